@@ -1,0 +1,84 @@
+// Test helpers: the shared GPU (a failure in CI when missing), ../shared lookup, tolerances.
+import { type Gpu, sharedGpu } from "../kernels/runtime.ts";
+
+const inCI = Deno.env.get("CI") === "true";
+
+async function tryGpu(): Promise<Gpu | null> {
+  try {
+    return await sharedGpu();
+  } catch (e) {
+    if (inCI) throw new Error(`CI=true but no WebGPU adapter: ${(e as Error).message}`);
+    console.warn(`skipping GPU tests: ${(e as Error).message}`);
+    return null;
+  }
+}
+
+/** The process-wide test GPU, or null outside CI when there is no adapter. */
+export const testGpu: Gpu | null = await tryGpu();
+
+/** Register a test that needs the GPU; skipped (with a message) only outside CI. */
+export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): void {
+  Deno.test({
+    name,
+    ignore: testGpu === null,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: () => fn(testGpu!),
+  });
+}
+
+/** Absolute path of ../shared beside the checkout, or null (with a message) when absent. */
+export function sharedPath(rel = ""): string | null {
+  const root = new URL("../../shared/", import.meta.url);
+  try {
+    Deno.statSync(root);
+  } catch {
+    if (inCI) throw new Error("CI=true but ../shared is missing beside the checkout");
+    console.warn("skipping: ../shared is not beside this checkout");
+    return null;
+  }
+  return new URL(rel, root).pathname;
+}
+
+/** Register a test that reads ../shared; skipped outside CI when it is absent. */
+export function sharedTest(name: string, fn: (shared: string) => Promise<void> | void): void {
+  const root = sharedPath();
+  Deno.test({
+    name,
+    ignore: root === null,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: () => fn(root!),
+  });
+}
+
+/** Max relative error |a-b| / max(|b|, floor) over two arrays; NaN anywhere gives Infinity. */
+export function maxRelErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-6): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const e = Math.abs(a[i] - b[i]) / Math.max(Math.abs(b[i]), floor);
+    if (!Number.isFinite(e)) return Infinity;
+    if (e > m) m = e;
+  }
+  return m;
+}
+
+/** Deterministic pseudo-random floats in [-scale, scale) (mulberry32). */
+export function randomArray(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+/** Print a one-line error report that the test log keeps: name, error, tolerance. */
+export function report(name: string, err: number, tol: number): void {
+  console.log(`  ${name}: max rel err ${err.toExponential(2)} (tolerance ${tol.toExponential(0)})`);
+}
