@@ -39,15 +39,29 @@ const COMMANDS: Record<string, Command> = {
     },
     async () => (await import("./pipeline/train_cmd.ts")).trainCommand,
   ),
+  serve: lazy(
+    "serve the progress of a run over HTTP (JSON, SSE, Prometheus, a live page)",
+    "deno task serve --run-dir DIR [--host H] [--port N] [--token T]",
+    {
+      "run-dir": { type: "string" },
+      host: { type: "string" },
+      port: { type: "string" },
+      token: { type: "string" },
+    },
+    async () => (await import("./pipeline/serve_cmd.ts")).serveCommand,
+  ),
   "init-model": lazy(
     "write a randomly initialised Llama-family model and a generated tokenizer",
     "deno task init-model --out DIR [--preset tiny|stories15m|smollm2-135m|llama-3.2-1b] " +
-      "[--set key=value ...] [--seed N]",
+      "[--set key=value ...] [--seed N] [--tokenizer DIR | --vocab N --corpus FILE...]",
     {
       out: { type: "string" },
       preset: { type: "string" },
       set: { type: "string", multiple: true },
       seed: { type: "string" },
+      tokenizer: { type: "string" },
+      vocab: { type: "string" },
+      corpus: { type: "string", multiple: true },
     },
     async () => (await import("./model/init_model.ts")).initModelCommand,
   ),

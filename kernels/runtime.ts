@@ -137,6 +137,7 @@ export class Gpu {
     const key = `${file}.${entry}${ck ? `{${ck}}` : ""}`;
     const hit = this.pipelines.get(key);
     if (hit) return hit;
+    this.device.pushErrorScope("validation");
     const module = this.device.createShaderModule({ label: key, code: this.source(file) });
     const pipeline = this.device.createComputePipeline({
       label: key,
@@ -145,6 +146,7 @@ export class Gpu {
     });
     const k: Kernel = { name: key, pipeline };
     this.pipelines.set(key, k);
+    this.scoped(key, () => this.pipelines.delete(key));
     return k;
   }
 
@@ -157,6 +159,8 @@ export class Gpu {
     this.device.pushErrorScope("validation");
     const k = this.kernel(file, entry, constants);
     const err = await this.device.popErrorScope();
+    // kernel() reported its own error (named) into the pending list: raise it here.
+    this.check(k.name);
     if (err) {
       this.pipelines.delete(k.name);
       throw new GpuError(err.message, k.name);
@@ -217,10 +221,22 @@ export class Gpu {
       const s = r instanceof GPUBuffer ? { buffer: r } : r;
       return { binding: Number(b), resource: s as GPUBufferBinding };
     });
-    return this.device.createBindGroup({
+    this.device.pushErrorScope("validation");
+    const bg = this.device.createBindGroup({
       label: kernel.name,
       layout: kernel.pipeline.getBindGroupLayout(0),
       entries: list,
+    });
+    this.scoped(`${kernel.name} bind group`);
+    return bg;
+  }
+
+  /** Pop the error scope pushed just before; an error is raised at the next check, named. */
+  private scoped(name: string, onError?: () => void): void {
+    this.device.popErrorScope().then((err) => {
+      if (!err) return;
+      onError?.();
+      this.uncaptured.push(`[${name}] ${err.message}`);
     });
   }
 

@@ -1,7 +1,90 @@
-// Placeholder for the 'trainCommand' command until its issue lands.
-import { UserError } from "../pipeline/errors.ts";
+// `deno task train [PIPELINE.yaml] [--run-dir DIR] [--set key=value ...]`: run a pipeline end to end.
+import { loadPipelineConfig, resolvedYaml } from "./config.ts";
+import { UserError } from "./errors.ts";
+import { runPipeline } from "./pipeline.ts";
+import { createEventLog } from "./progress.ts";
+import { prepareRunDir } from "./run_dir.ts";
+import { startServer } from "./server.ts";
 
-/** Not available yet: raises a clear error. */
-export function trainCommand(_v: Record<string, unknown>, _p: string[]): Promise<number> {
-  throw new UserError("this command is not available yet in this build");
+const DEFAULT_PIPELINE = new URL("../examples/quickstart.yaml", import.meta.url).pathname;
+
+/** The train command: validate, prepare the run dir, serve progress, run stages, report. */
+export async function trainCommand(
+  values: Record<string, unknown>,
+  positionals: string[],
+): Promise<number> {
+  if (positionals.length > 1) {
+    throw new UserError(
+      `expected one pipeline file, got ${positionals.length}`,
+      "deno task train FILE.yaml",
+    );
+  }
+  const file = positionals[0] ?? DEFAULT_PIPELINE;
+  const sets = [...((values.set as string[] | undefined) ?? [])];
+  if (typeof values["run-dir"] === "string") sets.push(`run.dir=${values["run-dir"]}`);
+  if (typeof values.port === "string") sets.push(`server.port=${values.port}`);
+  const cfg = await loadPipelineConfig(file, sets);
+  for (const w of cfg.source.warnings) console.warn(`warning: ${w}`);
+
+  const run = await prepareRunDir(cfg.run.dir, resolvedYaml(cfg));
+  const log = createEventLog(cfg.run.dir);
+  let server: Awaited<ReturnType<typeof startServer>> | null = null;
+  const t0 = performance.now();
+  try {
+    if (cfg.server.enabled) {
+      server = startServer({
+        runDir: cfg.run.dir,
+        log,
+        host: cfg.server.host,
+        port: cfg.server.port,
+        token: cfg.server.token,
+        runId: cfg.run.name,
+      });
+      console.log(`progress: ${server.url} (curl ${server.url}progress)`);
+    }
+    console.log(`run dir: ${cfg.run.dir}`);
+    log.emit({ type: "run", state: "running", run_id: cfg.run.name } as never);
+    const ctx = await runPipeline(cfg, log);
+    log.emit({ type: "run", state: "finished", run_id: cfg.run.name } as never);
+    printSummary(ctx.summary.phases, (performance.now() - t0) / 1000, cfg.run.dir);
+    return 0;
+  } catch (e) {
+    log.emit(
+      { type: "run", state: "failed", run_id: cfg.run.name, error: (e as Error).message } as never,
+    );
+    throw e;
+  } finally {
+    await server?.close();
+    await log.close();
+    await run.release();
+  }
+}
+
+function printSummary(
+  phases: {
+    name: string;
+    result: {
+      firstLoss: number | null;
+      lastLoss: number | null;
+      steps: number;
+      samplesSeen: number;
+      tokensPerS: number;
+      checkpoints: { dir: string }[];
+    };
+  }[],
+  seconds: number,
+  runDir: string,
+): void {
+  console.log(`\nsummary (${seconds.toFixed(1)} s, run dir ${runDir})`);
+  for (const p of phases) {
+    const r = p.result;
+    console.log(
+      `  ${p.name}: loss ${r.firstLoss?.toFixed(4) ?? "-"} → ${
+        r.lastLoss?.toFixed(4) ?? "-"
+      } over ${r.steps} steps, ` +
+        `${r.samplesSeen} samples, ${r.tokensPerS.toFixed(0)} tokens/s; last checkpoint ${
+          r.checkpoints.at(-1)?.dir ?? "-"
+        }`,
+    );
+  }
 }

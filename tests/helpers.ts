@@ -82,3 +82,7 @@ export function randomArray(n: number, seed: number, scale = 1): Float32Array {
 export function report(name: string, err: number, tol: number): void {
   console.log(`  ${name}: max rel err ${err.toExponential(2)} (tolerance ${tol.toExponential(0)})`);
 }
+
+// Release the device before the runtime tears down (avoids a rare heap-corruption abort at exit
+// in wgpu's Vulkan teardown on lavapipe).
+globalThis.addEventListener("unload", () => testGpu?.destroy());

@@ -1,0 +1,116 @@
+// Attention benchmark cases: packed causal forward and backward at training shapes, checked against the f64 reference.
+import type { KernelCase, KernelSetup } from "../lib.ts";
+import {
+  attentionBackward,
+  attentionBackwardWorkspaceBytes,
+  attentionForward,
+} from "../../kernels/attention.ts";
+import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
+import { maxRelErr, randomArray } from "../../tests/helpers.ts";
+import {
+  attentionBackwardRef,
+  attentionRef,
+  type AttnShape,
+  packSamples,
+} from "../../tests/reference/attention.ts";
+
+interface Shape {
+  lengths: number[];
+  Hq: number;
+  Hkv: number;
+  D: number;
+}
+
+const SHAPES: Shape[] = [
+  { lengths: [256, 256, 256, 256], Hq: 8, Hkv: 4, D: 64 },
+  { lengths: [100, 412, 1, 511], Hq: 4, Hkv: 1, D: 128 },
+  { lengths: [128, 128], Hq: 8, Hkv: 4, D: 8 },
+];
+
+/** Query/key pairs the causal block-diagonal mask keeps, per head. */
+function unmaskedPairs(lengths: number[]): number {
+  return lengths.reduce((a, n) => a + (n * (n + 1)) / 2, 0);
+}
+
+function label(s: Shape): string {
+  const T = s.lengths.reduce((a, b) => a + b, 0);
+  return `T${T}/${s.lengths.length}seq h${s.Hq}/${s.Hkv} d${s.D}`;
+}
+
+/** Max relative error with a floor of 1e-2 · max |ref|. */
+function relErr(got: Float32Array, ref: Float64Array): number {
+  let m = 0;
+  for (let i = 0; i < ref.length; i++) m = Math.max(m, Math.abs(ref[i]));
+  return maxRelErr(got, ref, Math.max(1e-2 * m, 1e-6));
+}
+
+function setup(gpu: Gpu, s: Shape, which: "forward" | "backward"): KernelSetup {
+  const T = s.lengths.reduce((a, b) => a + b, 0);
+  const sh: AttnShape = { T, Hq: s.Hq, Hkv: s.Hkv, D: s.D, scale: 1 / Math.sqrt(s.D) };
+  const { seqStart, seqEnd } = packSamples(s.lengths);
+  const q = randomArray(T * s.Hq * s.D, 1), k = randomArray(T * s.Hkv * s.D, 2);
+  const v = randomArray(T * s.Hkv * s.D, 3), dout = randomArray(T * s.Hq * s.D, 4);
+  const nq = T * s.Hq * s.D * 4, nk = T * s.Hkv * s.D * 4;
+  const up = (l: string, a: ArrayBufferView) => ({ buffer: gpu.bufferFrom(`bench.attention.${l}`, a) });
+  const mk = (l: string, n: number) => ({ buffer: gpu.buffer(`bench.attention.${l}`, n) });
+  const b = {
+    q: up("q", q),
+    k: up("k", k),
+    v: up("v", v),
+    dout: up("dout", dout),
+    seqStart: up("seqStart", seqStart),
+    seqEnd: up("seqEnd", seqEnd),
+    o: mk("o", nq),
+    lse: mk("lse", T * s.Hq * 4),
+    dq: mk("dq", nq),
+    dk: mk("dk", nk),
+    dv: mk("dv", nk),
+    workspace: mk("ws", attentionBackwardWorkspaceBytes(T, s.Hq)),
+  };
+  const arena = new ParamArena(gpu, "bench.attention.params", 4096);
+  const fwd = attentionForward(gpu, arena, { ...b, ...sh });
+  const bwd = attentionBackward(gpu, arena, { ...b, ...sh });
+  if (which === "backward") gpu.run(fwd, "bench.attention.forward"); // o and lse for the backward
+  return {
+    dispatches: which === "forward" ? fwd : bwd,
+    check: async () => {
+      if (which === "forward") {
+        const [o, lse] = (await gpu.read([b.o, b.lse])).map((a) => new Float32Array(a));
+        const ref = attentionRef(q, k, v, seqStart, sh);
+        return { maxRelErr: Math.max(relErr(o, ref.o), relErr(lse, ref.lse)), tolerance: 1e-4 };
+      }
+      const [dq, dk, dv] = (await gpu.read([b.dq, b.dk, b.dv])).map((a) => new Float32Array(a));
+      const ref = attentionBackwardRef(q, k, v, dout, seqStart, sh);
+      const err = Math.max(relErr(dq, ref.dq), relErr(dk, ref.dk), relErr(dv, ref.dv));
+      return { maxRelErr: err, tolerance: 1e-4 };
+    },
+    cleanup: () => {
+      for (const x of Object.values(b)) x.buffer.destroy();
+      arena.buffer.destroy();
+    },
+  };
+}
+
+/**
+ * Attention forward and backward cases. FLOPs count only unmasked (query, key) pairs:
+ * forward 4·D per pair and head (QKᵀ, PV), backward 10·D (QKᵀ recomputed, dP, dV, dK, dQ).
+ */
+export function cases(filter?: string): KernelCase[] {
+  const out: KernelCase[] = [];
+  for (const s of SHAPES) {
+    const pairs = unmaskedPairs(s.lengths) * s.Hq;
+    out.push({
+      kernel: "attention_forward",
+      shape: label(s),
+      flops: 4 * s.D * pairs,
+      setup: (gpu) => setup(gpu, s, "forward"),
+    });
+    out.push({
+      kernel: "attention_backward",
+      shape: label(s),
+      flops: 10 * s.D * pairs,
+      setup: (gpu) => setup(gpu, s, "backward"),
+    });
+  }
+  return out.filter((c) => !filter || c.kernel.includes(filter));
+}

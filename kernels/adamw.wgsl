@@ -1,0 +1,153 @@
+// AdamW with global gradient-norm clipping: sums of squares per workgroup, a fixed-order
+// finalize (norm, clip scale, finite flag), and the fp32 update of params and moments.
+//
+// grad_norm_squares writes one partial per workgroup of NORM_CHUNK elements; several tensors
+// write disjoint ranges of one partials buffer and grad_norm_finalize reduces them all. The
+// update matches torch.optim.AdamW (single-tensor path): param *= 1 − lr·wd; m = lerp(m, g, 1 − β1);
+// v = β2·v + (1 − β2)·g²; param −= (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps). No atomics.
+
+const WG: u32 = 256u;
+const NORM_PER_THREAD: u32 = 64u;
+const NORM_CHUNK: u32 = WG * NORM_PER_THREAD; // elements per partial
+
+override ZERO_GRAD: bool = false; // adamw_update: zero the gradient after reading it
+
+struct Params {
+  n: u32, // elements (finalize: number of partials)
+  offset: u32, // grad_norm_squares: first partial slot of this tensor
+  max_norm: f32, // finalize: clipping threshold, ≤ 0 = no clipping
+  zero: u32, // always 0: an opaque value that keeps the compiler from folding Kahan away
+}
+
+/** Per-step hyper-parameters, rewritten by the trainer (ADAMW_HP_FLOATS = 8). */
+struct Hyper {
+  lr: f32,
+  beta1: f32,
+  beta2: f32,
+  eps: f32,
+  weight_decay: f32,
+  bc1: f32, // 1 − β1^t
+  bc2: f32, // 1 − β2^t
+  _pad: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// grad_norm_squares
+@group(0) @binding(1) var<storage, read_write> partials_out: array<f32>; // (≥ offset + chunks)
+@group(0) @binding(2) var<storage, read> grad_in: array<f32>; // (n)
+
+// grad_norm_finalize
+@group(0) @binding(1) var<storage, read_write> stats_out: array<f32>; // (3): norm, clip, finite
+@group(0) @binding(2) var<storage, read> partials_in: array<f32>; // (n)
+
+// adamw_update
+@group(0) @binding(1) var<storage, read_write> param: array<f32>; // (n)
+@group(0) @binding(2) var<storage, read_write> m: array<f32>; // (n)
+@group(0) @binding(3) var<storage, read_write> v: array<f32>; // (n)
+@group(0) @binding(4) var<storage, read_write> grad: array<f32>; // (n)
+@group(0) @binding(5) var<storage, read> stats: array<f32>; // (3)
+@group(0) @binding(6) var<storage, read> hp: Hyper;
+
+var<workgroup> red: array<f32, WG>;
+
+/** Fixed-order tree sum of `v` over the workgroup; every invocation gets the total. */
+fn workgroup_sum(lid: u32, val: f32) -> f32 {
+  red[lid] = val;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) {
+      red[lid] = red[lid] + red[lid + s];
+    }
+    workgroupBarrier();
+  }
+  let total = red[0];
+  workgroupBarrier();
+  return total;
+}
+
+/** Finite test on the bits (fast-math compilers may fold x != x). */
+fn is_finite(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+@compute @workgroup_size(WG)
+fn grad_norm_squares(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let g = wid.x + wid.y * nwg.x;
+  let base = g * NORM_CHUNK;
+  if (base >= p.n) {
+    return; // surplus workgroup of the grid (uniform)
+  }
+  var s = 0.0;
+  for (var k = 0u; k < NORM_PER_THREAD; k++) {
+    let i = base + k * WG + lid;
+    if (i < p.n) {
+      let x = grad_in[i];
+      s = s + x * x;
+    }
+  }
+  let total = workgroup_sum(lid, s);
+  if (lid == 0u) {
+    partials_out[p.offset + g] = total;
+  }
+}
+
+// One workgroup: invocation lid adds partials lid, lid + WG, ... with Kahan compensation, then a
+// fixed tree (pairwise) over the workgroup. The running sum passes through an XOR with the
+// uniform p.zero so a fast-math compiler cannot rewrite (s + y) − s − y to 0.
+@compute @workgroup_size(WG)
+fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
+  var s = 0.0;
+  var comp = 0.0;
+  for (var i = lid; i < p.n; i += WG) {
+    let y = partials_in[i] - comp;
+    let t = bitcast<f32>(bitcast<u32>(s + y) ^ p.zero);
+    comp = (t - s) - y;
+    s = t;
+  }
+  let total = workgroup_sum(lid, s);
+  if (lid == 0u) {
+    let norm = sqrt(total);
+    let finite = is_finite(total);
+    var clip = 1.0;
+    if (p.max_norm > 0.0 && finite) {
+      clip = min(1.0, p.max_norm / (norm + 1e-6));
+    }
+    stats_out[0] = norm;
+    stats_out[1] = clip;
+    stats_out[2] = select(0.0, 1.0, finite);
+  }
+}
+
+@compute @workgroup_size(WG)
+fn adamw_update(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = (wid.x + wid.y * nwg.x) * WG + lid;
+  if (i >= p.n) {
+    return;
+  }
+  let g = grad[i] * stats[1];
+  if (ZERO_GRAD) {
+    grad[i] = 0.0; // zeroed even when the step is skipped: the next step starts clean
+  }
+  if (stats[2] == 0.0) {
+    return; // non-finite gradient norm: leave param, m and v untouched
+  }
+  let w = param[i] * (1.0 - hp.lr * hp.weight_decay);
+  // torch.lerp(m, g, wt): m + wt·(g − m) when wt < 0.5, else g − (g − m)·(1 − wt)
+  let wt = 1.0 - hp.beta1;
+  let m0 = m[i];
+  let m1 = select(g - (g - m0) * (1.0 - wt), m0 + wt * (g - m0), wt < 0.5);
+  let v1 = v[i] * hp.beta2 + (1.0 - hp.beta2) * (g * g);
+  let denom = sqrt(v1) / sqrt(hp.bc2) + hp.eps;
+  m[i] = m1;
+  v[i] = v1;
+  param[i] = w - (hp.lr / hp.bc1) * (m1 / denom);
+}

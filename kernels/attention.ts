@@ -1,0 +1,183 @@
+// Launchers for packed variable-length causal attention: forward (saves LSE) and backward (delta, dQ, dK/dV).
+import {
+  alignUp,
+  type BufferSlice,
+  type Dispatch,
+  type Gpu,
+  GpuError,
+  type ParamArena,
+  packParams,
+} from "./runtime.ts";
+
+/** Rows one workgroup owns (16 threads × 4 rows), fixed in attention.wgsl. */
+const ROWS = 64;
+/** Largest head dim the kernels hold in registers (8 Blk4 of 16 dims in attention.wgsl). */
+export const ATTENTION_MAX_HEAD_DIM = 128;
+
+/** Buffers and shape of the attention forward. */
+export interface AttentionForwardArgs {
+  o: BufferSlice; // (T, Hq, D) output
+  lse: BufferSlice; // (Hq, T) log-sum-exp of the scaled scores, saved for the backward
+  q: BufferSlice; // (T, Hq, D)
+  k: BufferSlice; // (T, Hkv, D)
+  v: BufferSlice; // (T, Hkv, D)
+  seqStart: BufferSlice; // (T) u32: first token of the token's sample
+  seqEnd: BufferSlice; // (T) u32: one past the last token of the token's sample
+  T: number;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  scale: number; // usually 1/sqrt(D)
+}
+
+/** Buffers and shape of the attention backward (dq, dk, dv are written, not accumulated). */
+export interface AttentionBackwardArgs {
+  dq: BufferSlice; // (T, Hq, D)
+  dk: BufferSlice; // (T, Hkv, D)
+  dv: BufferSlice; // (T, Hkv, D)
+  dout: BufferSlice; // (T, Hq, D)
+  o: BufferSlice; // (T, Hq, D) forward output
+  lse: BufferSlice; // (Hq, T) from the forward
+  q: BufferSlice; // (T, Hq, D)
+  k: BufferSlice; // (T, Hkv, D)
+  v: BufferSlice; // (T, Hkv, D)
+  seqStart: BufferSlice; // (T) u32
+  seqEnd: BufferSlice; // (T) u32
+  T: number;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  scale: number;
+  workspace: BufferSlice; // attentionBackwardWorkspaceBytes(T, Hq) bytes
+}
+
+/** Bytes of scratch the backward needs: delta = rowsum(dO∘O), (Hq, T) f32. */
+export function attentionBackwardWorkspaceBytes(T: number, Hq: number): number {
+  return alignUp(T * Hq * 4, 256);
+}
+
+function checkShape(kernel: string, a: { T: number; Hq: number; Hkv: number; D: number }) {
+  const { T, Hq, Hkv, D } = a;
+  if (!(Number.isInteger(T) && T >= 1 && Hq >= 1 && Hkv >= 1)) {
+    throw new GpuError(`bad shape T=${T} Hq=${Hq} Hkv=${Hkv}`, kernel);
+  }
+  if (Hq % Hkv !== 0) throw new GpuError(`Hq=${Hq} is not a multiple of Hkv=${Hkv}`, kernel);
+  if (!(Number.isInteger(D) && D >= 1 && D <= ATTENTION_MAX_HEAD_DIM)) {
+    throw new GpuError(`head dim ${D} outside 1..${ATTENTION_MAX_HEAD_DIM}`, kernel);
+  }
+  if (Math.ceil(T / ROWS) > 65535 || Hq > 65535) {
+    throw new GpuError(`T=${T} or Hq=${Hq} exceeds the dispatch limits`, kernel);
+  }
+}
+
+/**
+ * Override constants for head dim D: NQ, the quads of 4 rows per staged tile, is the largest of
+ * 8, 4, 2, 1 whose workgroup memory (two tiles of NQ·4 rows × D, plus 48 bytes of row data per
+ * quad) fits the device limit.
+ */
+function constants(gpu: Gpu, kernel: string, D: number): Record<string, number> {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const d4 = Math.ceil(D / 4);
+  for (let nq = 8; nq >= 1; nq /= 2) {
+    if (2 * nq * d4 * 64 + nq * 48 <= limit) return { D, NQ: nq };
+  }
+  throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, kernel);
+}
+
+function params(arena: ParamArena, a: { T: number; Hq: number; Hkv: number; scale: number }) {
+  return arena.alloc(packParams([a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, 0, 0, 0], [4]));
+}
+
+/**
+ * o = softmax(scale · q·kᵀ + mask) · v per q head over the block-diagonal causal mask
+ * (token i sees keys seqStart[i] ≤ j ≤ i), and lse = log Σ_j exp(scale · q_i·k_j).
+ * One workgroup per (64-query tile, q head), 4 queries per thread in registers; key tiles outside
+ * the tile's range are never visited. Samples must be contiguous (seqStart non-decreasing).
+ */
+export function attentionForward(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: AttentionForwardArgs,
+): Dispatch[] {
+  checkShape("attention_forward", args);
+  const { T, Hq, D } = args;
+  const kernel = gpu.kernel("attention", "attention_forward", constants(gpu, "attention", D));
+  const bindGroup = gpu.bind(kernel, {
+    0: params(arena, args),
+    1: args.o,
+    2: args.lse,
+    3: args.q,
+    4: args.k,
+    5: args.v,
+    6: args.seqStart,
+  });
+  return [{ kernel, bindGroup, workgroups: [Math.ceil(T / ROWS), Hq, 1] }];
+}
+
+/**
+ * dq, dk, dv of the attention (written, not accumulated), in three dispatches without float
+ * atomics: delta = rowsum(dO∘O) into the workspace; dQ per (query tile, q head); dK and dV per
+ * (key tile, kv head), looping over the q heads of its group and the query tiles that see it.
+ */
+export function attentionBackward(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: AttentionBackwardArgs,
+): Dispatch[] {
+  checkShape("attention_backward", args);
+  const { T, Hq, Hkv, D } = args;
+  const need = T * Hq * 4;
+  const wsSize = args.workspace.size ?? args.workspace.buffer.size - (args.workspace.offset ?? 0);
+  if (wsSize < need) {
+    throw new GpuError(`workspace of ${wsSize} bytes < ${need}`, "attention_backward");
+  }
+  const delta: BufferSlice = { ...args.workspace, size: alignUp(need, 4) };
+  const c = constants(gpu, "attention_backward", D);
+  const prm = params(arena, args);
+
+  const kDelta = gpu.kernel("attention", "attention_backward_delta", { D });
+  const groups = Math.ceil((T * Hq) / 64);
+  const gx = Math.min(groups, 65535);
+  const dDelta: Dispatch = {
+    kernel: kDelta,
+    bindGroup: gpu.bind(kDelta, { 0: prm, 1: delta, 8: args.dout, 11: args.o }),
+    workgroups: [gx, Math.ceil(groups / gx), 1],
+  };
+
+  const kDq = gpu.kernel("attention", "attention_backward_dq", c);
+  const dDq: Dispatch = {
+    kernel: kDq,
+    bindGroup: gpu.bind(kDq, {
+      0: prm,
+      1: args.dq,
+      3: args.q,
+      4: args.k,
+      5: args.v,
+      6: args.seqStart,
+      8: args.dout,
+      9: args.lse,
+      10: delta,
+    }),
+    workgroups: [Math.ceil(T / ROWS), Hq, 1],
+  };
+
+  const kDkv = gpu.kernel("attention", "attention_backward_dkv", c);
+  const dDkv: Dispatch = {
+    kernel: kDkv,
+    bindGroup: gpu.bind(kDkv, {
+      0: prm,
+      1: args.dk,
+      2: args.dv,
+      3: args.q,
+      4: args.k,
+      5: args.v,
+      6: args.seqStart,
+      7: args.seqEnd,
+      8: args.dout,
+      9: args.lse,
+      10: delta,
+    }),
+    workgroups: [Math.ceil(T / ROWS), Hkv, 1],
+  };
+  return [dDelta, dDq, dDkv];
+}

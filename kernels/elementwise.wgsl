@@ -1,0 +1,148 @@
+// Elementwise kernels over flat f32 vectors: axpy, scale-copy, fill, copy, and a deterministic sum.
+//
+// Every kernel indexes one element per invocation on a 2-D grid of workgroups (x fastest), so N can
+// exceed 65535 × WG; workgroups past the end exit at once. `sum_partials` / `sum_finalize` form a
+// fixed-order two-level reduction (no atomics): bit-identical across runs on the same adapter.
+
+const WG: u32 = 256u;
+const SUM_PER_THREAD: u32 = 64u; // elements each invocation of sum_partials adds in sequence
+const SUM_CHUNK: u32 = WG * SUM_PER_THREAD; // elements per workgroup of sum_partials (one partial)
+
+struct Params {
+  n: u32, // elements (sum_finalize: number of partials)
+  alpha: f32, // axpy / scale_copy factor, fill value
+  index: u32, // sum_finalize: element of acc that receives the sum
+  zero: u32, // always 0: an opaque value that keeps the compiler from folding Kahan away
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// axpy / scale_copy / copy / fill
+@group(0) @binding(1) var<storage, read_write> y: array<f32>; // (n)
+@group(0) @binding(2) var<storage, read> x: array<f32>; // (n)
+
+// sum_partials
+@group(0) @binding(1) var<storage, read_write> partials: array<f32>; // (ceil(n / SUM_CHUNK))
+@group(0) @binding(2) var<storage, read> xs: array<f32>; // (n)
+
+// sum_finalize
+@group(0) @binding(1) var<storage, read_write> acc: array<f32>; // (> index)
+@group(0) @binding(2) var<storage, read> parts: array<f32>; // (n partials)
+
+var<workgroup> red: array<f32, WG>;
+
+/** Linear workgroup number on the 2-D grid. */
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+  return wid.x + wid.y * nwg.x;
+}
+
+/** Fixed-order tree sum of `v` over the workgroup; every invocation gets the total. */
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) {
+      red[lid] = red[lid] + red[lid + s];
+    }
+    workgroupBarrier();
+  }
+  let total = red[0];
+  workgroupBarrier();
+  return total;
+}
+
+@compute @workgroup_size(WG)
+fn axpy(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = group_index(wid, nwg) * WG + lid;
+  if (i >= p.n) {
+    return;
+  }
+  y[i] = y[i] + p.alpha * x[i];
+}
+
+@compute @workgroup_size(WG)
+fn scale_copy(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = group_index(wid, nwg) * WG + lid;
+  if (i >= p.n) {
+    return;
+  }
+  y[i] = p.alpha * x[i];
+}
+
+@compute @workgroup_size(WG)
+fn copy(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = group_index(wid, nwg) * WG + lid;
+  if (i >= p.n) {
+    return;
+  }
+  y[i] = x[i];
+}
+
+@compute @workgroup_size(WG)
+fn fill(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = group_index(wid, nwg) * WG + lid;
+  if (i >= p.n) {
+    return;
+  }
+  y[i] = p.alpha;
+}
+
+// partials[g] = sum of xs[g·SUM_CHUNK ..][..SUM_CHUNK]: each invocation adds SUM_PER_THREAD
+// elements strided by WG (coalesced), then a fixed tree over the workgroup.
+@compute @workgroup_size(WG)
+fn sum_partials(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let g = group_index(wid, nwg);
+  let base = g * SUM_CHUNK;
+  if (base >= p.n) {
+    return; // whole workgroup past the end (uniform)
+  }
+  var s = 0.0;
+  for (var k = 0u; k < SUM_PER_THREAD; k++) {
+    let i = base + k * WG + lid;
+    if (i < p.n) {
+      s = s + xs[i];
+    }
+  }
+  let total = workgroup_sum(lid, s);
+  if (lid == 0u) {
+    partials[g] = total;
+  }
+}
+
+// acc[index] += sum of the n partials: invocation lid adds partials lid, lid+WG, ... in order
+// with Kahan compensation, then a fixed tree over the workgroup. One workgroup.
+@compute @workgroup_size(WG)
+fn sum_finalize(@builtin(local_invocation_index) lid: u32) {
+  var s = 0.0;
+  var comp = 0.0;
+  for (var i = lid; i < p.n; i += WG) {
+    let v = parts[i] - comp;
+    let t = bitcast<f32>(bitcast<u32>(s + v) ^ p.zero);
+    comp = (t - s) - v;
+    s = t;
+  }
+  let total = workgroup_sum(lid, s);
+  if (lid == 0u) {
+    acc[p.index] = acc[p.index] + total;
+  }
+}

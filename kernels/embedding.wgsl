@@ -1,0 +1,75 @@
+// Token embedding lookup out = scale · table[ids], and its deterministic backward (no atomics).
+//
+// Forward: one element of out per invocation on a 2-D grid of workgroups (x fastest).
+// Backward: one workgroup per (unique id, block of WG channels); it adds the token rows of its id
+// in ascending position order (from the CPU-built index) and owns dtable[id, block] alone, so the
+// result is bit-identical across runs. Layout of the index (u32, capacity T):
+//   [0] U unique ids, [1] tokens, [2 .. 2+T) unique ids ascending,
+//   [2+T .. 3+2T) segment starts (U+1 used), [3+2T .. 3+3T) token positions grouped by id.
+
+const WG: u32 = 256u;
+
+struct Params {
+  T: u32, // tokens (forward), index capacity (backward)
+  C: u32, // channels
+  scale: f32, // embedding multiplier (Granite), 1 otherwise
+  cblocks: u32, // backward: ceil(C / WG)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// embedding_forward
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (T, C)
+@group(0) @binding(2) var<storage, read> table: array<f32>; // (V, C)
+@group(0) @binding(3) var<storage, read> ids: array<u32>; // (T)
+
+// embedding_backward
+@group(0) @binding(1) var<storage, read_write> dtable: array<f32>; // (V, C)
+@group(0) @binding(2) var<storage, read> dout: array<f32>; // (T, C)
+@group(0) @binding(3) var<storage, read> index: array<u32>; // (3T + 3)
+
+@compute @workgroup_size(WG)
+fn embedding_forward(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = (wid.x + wid.y * nwg.x) * WG + lid;
+  if (i >= p.T * p.C) {
+    return;
+  }
+  let t = i / p.C;
+  let c = i - t * p.C;
+  let id = ids[t];
+  if (id >= arrayLength(&table) / p.C) {
+    out[i] = bitcast<f32>(0x7fc00000u); // id outside the table: NaN, never a silent wrong row
+    return;
+  }
+  out[i] = p.scale * table[id * p.C + c];
+}
+
+@compute @workgroup_size(WG)
+fn embedding_backward(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let g = wid.x + wid.y * nwg.x;
+  let u = g / p.cblocks;
+  let c = (g - u * p.cblocks) * WG + lid;
+  if (u >= index[0] || c >= p.C) {
+    return; // more workgroups than unique ids: the surplus exits
+  }
+  let id = index[2u + u];
+  if (id >= arrayLength(&dtable) / p.C) {
+    return; // id outside the table (the CPU index builder rejects these when told V)
+  }
+  let seg = 2u + p.T;
+  let pos = 3u + 2u * p.T;
+  var s = 0.0;
+  for (var k = index[seg + u]; k < index[seg + u + 1u]; k++) {
+    s = s + dout[index[pos + k] * p.C + c];
+  }
+  let o = id * p.C + c;
+  dtable[o] = dtable[o] + p.scale * s;
+}

@@ -1,0 +1,296 @@
+// Launchers for the linear-layer products (forward, dX, dW, bias grad) on one strided GEMM kernel.
+import {
+  type BufferSlice,
+  type Dispatch,
+  type Gpu,
+  GpuError,
+  type Kernel,
+  packParams,
+  type ParamArena,
+} from "./runtime.ts";
+
+/** A tensor argument: a whole buffer or a slice of one (offset aligned to 256 bytes). */
+export type Tensor = GPUBuffer | BufferSlice;
+
+/** Which GEMM implementation runs, and its tile sizes (override constants). */
+export interface MatmulTuning {
+  /** "tiled": workgroup-memory tiles (GPUs); "wide": register-only blocks (CPU adapters). */
+  variant: "tiled" | "wide";
+  /** matmul_wide: invocations per workgroup. */
+  wideWg: number;
+  /** matmul_wide: rows per workgroup (1..16). */
+  wideRows: number;
+  /** matmul_wide: columns per invocation (4, 8, 12 or 16). */
+  wideCols: number;
+}
+
+const WIDE_DEFAULT = { wideWg: 8, wideRows: 16, wideCols: 16 };
+const tunings = new WeakMap<Gpu, MatmulTuning>();
+
+/** True for CPU adapters (lavapipe / llvmpipe / SwiftShader), where matmul_wide is faster. */
+export function isCpuAdapter(gpu: Gpu): boolean {
+  const d = `${gpu.summary.description} ${gpu.summary.backend}`.toLowerCase();
+  return gpu.summary.isFallback || /llvmpipe|lavapipe|swiftshader/.test(d);
+}
+
+/** The tuning used for `gpu`: chosen from the adapter on first use unless set explicitly. */
+export function matmulTuning(gpu: Gpu): MatmulTuning {
+  let t = tunings.get(gpu);
+  if (!t) {
+    t = { variant: isCpuAdapter(gpu) ? "wide" : "tiled", ...WIDE_DEFAULT };
+    tunings.set(gpu, t);
+  }
+  return t;
+}
+
+/** Override (part of) the tuning for `gpu`; applies to dispatches built afterwards. */
+export function setMatmulTuning(gpu: Gpu, t: Partial<MatmulTuning>): MatmulTuning {
+  const next = { ...matmulTuning(gpu), ...t };
+  if (!Number.isInteger(next.wideRows) || next.wideRows < 1 || next.wideRows > 16) {
+    throw new GpuError(`wideRows must be 1..16, got ${next.wideRows}`, "matmul");
+  }
+  if (![4, 8, 12, 16].includes(next.wideCols)) {
+    throw new GpuError(`wideCols must be 4, 8, 12 or 16, got ${next.wideCols}`, "matmul");
+  }
+  const maxWg = gpu.limits.maxComputeInvocationsPerWorkgroup;
+  if (!Number.isInteger(next.wideWg) || next.wideWg < 1 || next.wideWg > maxWg) {
+    throw new GpuError(`wideWg must be 1..${maxWg}, got ${next.wideWg}`, "matmul");
+  }
+  tunings.set(gpu, next);
+  return next;
+}
+
+const dummies = new WeakMap<Gpu, GPUBuffer>();
+
+/** A 16-byte storage buffer bound where a kernel declares an optional input that is unused. */
+export function dummyBuffer(gpu: Gpu): GPUBuffer {
+  let d = dummies.get(gpu);
+  if (!d) {
+    d = gpu.buffer("matmul.dummy", 16);
+    dummies.set(gpu, d);
+  }
+  return d;
+}
+
+/** Arguments of the generic GEMM (all strides and offsets in elements). */
+export interface GemmArgs {
+  c: Tensor; // output (M, ldc)
+  a: Tensor; // A (i, p) = a[offA + i*sAi + p*sAp]
+  b: Tensor; // B (p, j) = b[offB + p*sBp + j*sBj]
+  bias?: Tensor; // (N), added to every row
+  M: number;
+  N: number;
+  K: number;
+  sAi: number;
+  sAp: number;
+  sBp: number;
+  sBj: number;
+  ldc: number;
+  offA?: number;
+  offB?: number;
+  offC?: number;
+  offBias?: number;
+  alpha?: number;
+  accumulate?: boolean;
+}
+
+function checkDims(what: string, dims: Record<string, number>): void {
+  for (const [k, v] of Object.entries(dims)) {
+    if (!Number.isInteger(v) || v < 1 || v >= 2 ** 32) {
+      throw new GpuError(`${k} must be a positive integer, got ${v}`, what);
+    }
+  }
+}
+
+/**
+ * One GEMM dispatch: C[i, j] (+)= alpha * sum_p A(i, p) * B(p, j) (+ bias[j]) with arbitrary
+ * strides, so transposed operands need no copies. The building block of every launcher here and
+ * of the chunked cross-entropy.
+ */
+export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[] {
+  checkDims("matmul", { M: g.M, N: g.N, K: g.K });
+  if (g.ldc < g.N) throw new GpuError(`ldc ${g.ldc} < N ${g.N}`, "matmul");
+  const flags = (g.accumulate ? 1 : 0) | (g.bias ? 2 : 0);
+  const params = arena.alloc(packParams([
+    g.M,
+    g.N,
+    g.K,
+    g.ldc,
+    g.sAi,
+    g.sAp,
+    g.sBp,
+    g.sBj,
+    g.offA ?? 0,
+    g.offB ?? 0,
+    g.offC ?? 0,
+    flags,
+    g.alpha ?? 1,
+    g.offBias ?? 0,
+    0,
+    0,
+  ], [12]));
+  const t = matmulTuning(gpu);
+  let kernel: Kernel;
+  let workgroups: [number, number, number];
+  if (t.variant === "wide") {
+    kernel = gpu.kernel("matmul", "matmul_wide", {
+      WIDE_WG: t.wideWg,
+      WIDE_TR: t.wideRows,
+      WIDE_TC: t.wideCols,
+    });
+    workgroups = [Math.ceil(g.N / (t.wideWg * t.wideCols)), Math.ceil(g.M / t.wideRows), 1];
+  } else {
+    kernel = gpu.kernel("matmul", "matmul_tiled");
+    workgroups = [Math.ceil(g.N / 64), Math.ceil(g.M / 64), 1];
+  }
+  const maxWg = gpu.limits.maxComputeWorkgroupsPerDimension;
+  if (workgroups[0] > maxWg || workgroups[1] > maxWg) {
+    throw new GpuError(`grid ${workgroups} exceeds ${maxWg} workgroups per dimension`, kernel.name);
+  }
+  const bindGroup = gpu.bind(kernel, {
+    0: params,
+    1: g.c,
+    2: g.a,
+    3: g.b,
+    4: g.bias ?? dummyBuffer(gpu),
+  });
+  return [{ kernel, bindGroup, workgroups }];
+}
+
+/** Y (+)= X·Wᵀ (+ bias): X (M,K), W (N,K), Y (M, ldy ≥ N), bias (N). */
+export function matmulForward(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: {
+    y: Tensor; // (M, ldy)
+    x: Tensor; // (M, K)
+    w: Tensor; // (N, K)
+    bias?: Tensor; // (N)
+    M: number;
+    N: number;
+    K: number;
+    accumulate?: boolean;
+    ldy?: number;
+  },
+): Dispatch[] {
+  const { M, N, K } = args;
+  return matmulGemm(gpu, arena, {
+    c: args.y,
+    a: args.x,
+    b: args.w,
+    bias: args.bias,
+    M,
+    N,
+    K,
+    sAi: K,
+    sAp: 1,
+    sBp: 1,
+    sBj: K,
+    ldc: args.ldy ?? N,
+    accumulate: args.accumulate,
+  });
+}
+
+/** dX (+)= dY·W: dY (M, lddy ≥ N), W (N,K), dX (M,K). */
+export function matmulBackwardInput(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: {
+    dx: Tensor; // (M, K)
+    dy: Tensor; // (M, lddy)
+    w: Tensor; // (N, K)
+    M: number;
+    N: number;
+    K: number;
+    accumulate?: boolean;
+    lddy?: number;
+  },
+): Dispatch[] {
+  const { M, N, K } = args;
+  return matmulGemm(gpu, arena, {
+    c: args.dx,
+    a: args.dy,
+    b: args.w,
+    M,
+    N: K,
+    K: N,
+    sAi: args.lddy ?? N,
+    sAp: 1,
+    sBp: K,
+    sBj: 1,
+    ldc: K,
+    accumulate: args.accumulate,
+  });
+}
+
+/** dW (+)= dYᵀ·X: dY (M, lddy ≥ N), X (M,K), dW (N,K). */
+export function matmulBackwardWeight(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: {
+    dw: Tensor; // (N, K)
+    dy: Tensor; // (M, lddy)
+    x: Tensor; // (M, K)
+    M: number;
+    N: number;
+    K: number;
+    accumulate?: boolean;
+    lddy?: number;
+  },
+): Dispatch[] {
+  const { M, N, K } = args;
+  return matmulGemm(gpu, arena, {
+    c: args.dw,
+    a: args.dy,
+    b: args.x,
+    M: N,
+    N: K,
+    K: M,
+    sAi: 1,
+    sAp: args.lddy ?? N,
+    sBp: K,
+    sBj: 1,
+    ldc: K,
+    accumulate: args.accumulate,
+  });
+}
+
+/** db (+)= Σ_m dY[m, :]: dY (M, lddy ≥ N), db (N); summed in a fixed order (deterministic). */
+export function biasBackward(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: {
+    db: Tensor; // (N)
+    dy: Tensor; // (M, lddy)
+    M: number;
+    N: number;
+    accumulate?: boolean;
+    lddy?: number;
+  },
+): Dispatch[] {
+  const { M, N } = args;
+  checkDims("matmul_bias_backward", { M, N });
+  const lddy = args.lddy ?? N;
+  if (lddy < N) throw new GpuError(`lddy ${lddy} < N ${N}`, "matmul_bias_backward");
+  const params = arena.alloc(packParams([
+    M,
+    N,
+    1,
+    N,
+    lddy,
+    1,
+    0,
+    0,
+    0,
+    0,
+    0,
+    args.accumulate ? 1 : 0,
+    1,
+    0,
+    0,
+    0,
+  ], [12]));
+  const kernel = gpu.kernel("matmul", "matmul_bias_backward");
+  const bindGroup = gpu.bind(kernel, { 0: params, 1: args.db, 2: args.dy });
+  return [{ kernel, bindGroup, workgroups: [Math.ceil(N / 64), 1, 1] }];
+}

@@ -1,0 +1,516 @@
+// Generic strided GEMM kernels behind every linear layer: C (+)= alpha * A.B (+ bias), plus bias grads.
+//
+// One kernel serves the three linear-layer products by strides (see kernels/matmul.ts):
+//   C[offC + i*ldc + j] = alpha * sum_p A[offA + i*sAi + p*sAp] * B[offB + p*sBp + j*sBj]
+//                         (+ C[...] when accumulating) (+ bias[offBias + j] when biased)
+// for i < M, j < N, p < K. Every load index is clamped into range and every store is guarded, so
+// any shape works (edges not multiples of the tile, M, N or K = 1).
+//
+// Two implementations of the same contract:
+// - matmul_tiled: the classic GPU kernel. A 64x64 output tile per workgroup of 16x16 threads,
+//   K-tiles of 16 staged in workgroup memory, a 4x4 register block per thread.
+// - matmul_wide: for CPU adapters (lavapipe / llvmpipe) where every storage or workgroup load runs
+//   as a per-lane scalar loop, so the cost is loads per multiply-add. No workgroup memory; each
+//   invocation owns a WIDE_TR x WIDE_TC register block (columns j0 + c*WIDE_WG, lanes adjacent)
+//   and reuses each loaded value WIDE_TC or WIDE_TR times; K is unrolled by 4 into partial sums.
+//   The body is written out for the largest block (16 x 16); the override constants cut it down at
+//   pipeline creation (constant-false branches vanish), which also keeps compile time in check.
+
+struct GemmParams {
+  M: u32, // rows of C
+  N: u32, // columns of C
+  K: u32, // reduction length
+  ldc: u32, // row stride of C (elements)
+  sAi: u32, // A stride along i
+  sAp: u32, // A stride along p
+  sBp: u32, // B stride along p
+  sBj: u32, // B stride along j
+  offA: u32, // element offsets into the bound buffers
+  offB: u32,
+  offC: u32,
+  flags: u32, // bit 0: accumulate into C, bit 1: add bias
+  alpha: f32,
+  offBias: u32,
+  _pad0: u32,
+  _pad1: u32,
+}
+
+const FLAG_ACCUMULATE = 1u;
+const FLAG_BIAS = 2u;
+
+@group(0) @binding(0) var<uniform> p: GemmParams;
+@group(0) @binding(1) var<storage, read_write> c: array<f32>; // (M, ldc)
+@group(0) @binding(2) var<storage, read> a: array<f32>; // A (i, p) by strides
+@group(0) @binding(3) var<storage, read> b: array<f32>; // B (p, j) by strides
+@group(0) @binding(4) var<storage, read> bias: array<f32>; // (N), read only when FLAG_BIAS
+
+/// The final store of one output element: alpha * acc, plus the old value and the bias if asked.
+fn storeOne(i: u32, j: u32, acc: f32) {
+  if (i >= p.M || j >= p.N) {
+    return;
+  }
+  let idx = p.offC + i * p.ldc + j;
+  var r = p.alpha * acc;
+  if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+    r += c[idx];
+  }
+  if ((p.flags & FLAG_BIAS) != 0u) {
+    r += bias[p.offBias + j];
+  }
+  c[idx] = r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul_tiled (GPU)
+
+const TILE = 64u; // output tile edge (rows and columns)
+const TILE_K = 16u; // reduction slice staged per step
+
+var<workgroup> tileA: array<f32, 1024>; // (TILE_K, TILE) = A[i0 + i, k0 + p] at [p * TILE + i]
+var<workgroup> tileB: array<f32, 1024>; // (TILE_K, TILE) = B[k0 + p, j0 + j] at [p * TILE + j]
+
+/// Stage one element of the A and B tiles (e < 1024), with reads ordered along the unit stride.
+fn stageTiles(e: u32, i0: u32, j0: u32, k0: u32) {
+  var ti: u32;
+  var tp: u32;
+  if (p.sAp == 1u) {
+    ti = e / TILE_K;
+    tp = e % TILE_K;
+  } else {
+    tp = e / TILE;
+    ti = e % TILE;
+  }
+  let gi = i0 + ti;
+  let gp = k0 + tp;
+  let av = a[p.offA + min(gi, p.M - 1u) * p.sAi + min(gp, p.K - 1u) * p.sAp];
+  tileA[tp * TILE + ti] = select(0.0, av, gi < p.M && gp < p.K);
+  var tj: u32;
+  var tq: u32;
+  if (p.sBj == 1u) {
+    tq = e / TILE;
+    tj = e % TILE;
+  } else {
+    tj = e / TILE_K;
+    tq = e % TILE_K;
+  }
+  let gj = j0 + tj;
+  let gq = k0 + tq;
+  let bv = b[p.offB + min(gq, p.K - 1u) * p.sBp + min(gj, p.N - 1u) * p.sBj];
+  tileB[tq * TILE + tj] = select(0.0, bv, gj < p.N && gq < p.K);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+  @builtin(workgroup_id) wid: vec3<u32>,
+) {
+  let i0 = wid.y * TILE;
+  let j0 = wid.x * TILE;
+  let ti = lid.y * 4u;
+  let tj = lid.x * 4u;
+  var c0 = vec4<f32>(0.0);
+  var c1 = vec4<f32>(0.0);
+  var c2 = vec4<f32>(0.0);
+  var c3 = vec4<f32>(0.0);
+  for (var k0 = 0u; k0 < p.K; k0 += TILE_K) {
+    stageTiles(li, i0, j0, k0);
+    stageTiles(li + 256u, i0, j0, k0);
+    stageTiles(li + 512u, i0, j0, k0);
+    stageTiles(li + 768u, i0, j0, k0);
+    workgroupBarrier();
+    for (var kk = 0u; kk < TILE_K; kk++) {
+      let ra = kk * TILE + ti;
+      let rb = kk * TILE + tj;
+      let av = vec4<f32>(tileA[ra], tileA[ra + 1u], tileA[ra + 2u], tileA[ra + 3u]);
+      let bv = vec4<f32>(tileB[rb], tileB[rb + 1u], tileB[rb + 2u], tileB[rb + 3u]);
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    workgroupBarrier();
+  }
+  let rows = array<vec4<f32>, 4>(c0, c1, c2, c3);
+  for (var r = 0u; r < 4u; r++) {
+    for (var t = 0u; t < 4u; t++) {
+      storeOne(i0 + ti + r, j0 + tj + t, rows[r][t]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul_wide (CPU adapters)
+
+override WIDE_WG: u32 = 8u; // invocations per workgroup (one SIMD row on llvmpipe)
+override WIDE_TR: u32 = 16u; // rows per workgroup (1..16)
+override WIDE_TC: u32 = 16u; // columns per invocation (4, 8, 12 or 16)
+
+/// Store four columns j, j + WIDE_WG, j + 2 WIDE_WG, j + 3 WIDE_WG of row i.
+fn storeWide(i: u32, j: u32, v: vec4<f32>) {
+  storeOne(i, j, v.x);
+  storeOne(i, j + WIDE_WG, v.y);
+  storeOne(i, j + 2u * WIDE_WG, v.z);
+  storeOne(i, j + 3u * WIDE_WG, v.w);
+}
+
+// The body below is regular: row r (r < 16) and column group g (g < 4, columns 4g..4g+3 of the
+// invocation) are present only when WIDE_TR > r and WIDE_TC > 4g. K advances by 4 per iteration;
+// the k-th step of an iteration reads clamped indices and zeroes both operands past the end.
+@compute @workgroup_size(WIDE_WG)
+fn matmul_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let j0 = wid.x * WIDE_WG * WIDE_TC + lid.x; // first column of this lane; column c is j0 + c * WIDE_WG
+  let i0 = wid.y * WIDE_TR; // first row of this workgroup
+  let nLast = p.N - 1u;
+  let mLast = p.M - 1u;
+  // B column offsets (clamped so every load is in bounds; out-of-range columns are never stored)
+  var bj0 = vec4<u32>(0u);
+  var bj1 = vec4<u32>(0u);
+  var bj2 = vec4<u32>(0u);
+  var bj3 = vec4<u32>(0u);
+  { bj0 = p.offB + min(j0 + vec4<u32>(0u, 1u, 2u, 3u) * WIDE_WG, vec4<u32>(nLast)) * p.sBj; }
+  if (WIDE_TC > 4u) { bj1 = p.offB + min(j0 + vec4<u32>(4u, 5u, 6u, 7u) * WIDE_WG, vec4<u32>(nLast)) * p.sBj; }
+  if (WIDE_TC > 8u) { bj2 = p.offB + min(j0 + vec4<u32>(8u, 9u, 10u, 11u) * WIDE_WG, vec4<u32>(nLast)) * p.sBj; }
+  if (WIDE_TC > 12u) { bj3 = p.offB + min(j0 + vec4<u32>(12u, 13u, 14u, 15u) * WIDE_WG, vec4<u32>(nLast)) * p.sBj; }
+  // A row offsets
+  var ai0 = 0u;
+  var ai1 = 0u;
+  var ai2 = 0u;
+  var ai3 = 0u;
+  var ai4 = 0u;
+  var ai5 = 0u;
+  var ai6 = 0u;
+  var ai7 = 0u;
+  var ai8 = 0u;
+  var ai9 = 0u;
+  var ai10 = 0u;
+  var ai11 = 0u;
+  var ai12 = 0u;
+  var ai13 = 0u;
+  var ai14 = 0u;
+  var ai15 = 0u;
+  { ai0 = p.offA + min(i0 + 0u, mLast) * p.sAi; }
+  if (WIDE_TR > 1u) { ai1 = p.offA + min(i0 + 1u, mLast) * p.sAi; }
+  if (WIDE_TR > 2u) { ai2 = p.offA + min(i0 + 2u, mLast) * p.sAi; }
+  if (WIDE_TR > 3u) { ai3 = p.offA + min(i0 + 3u, mLast) * p.sAi; }
+  if (WIDE_TR > 4u) { ai4 = p.offA + min(i0 + 4u, mLast) * p.sAi; }
+  if (WIDE_TR > 5u) { ai5 = p.offA + min(i0 + 5u, mLast) * p.sAi; }
+  if (WIDE_TR > 6u) { ai6 = p.offA + min(i0 + 6u, mLast) * p.sAi; }
+  if (WIDE_TR > 7u) { ai7 = p.offA + min(i0 + 7u, mLast) * p.sAi; }
+  if (WIDE_TR > 8u) { ai8 = p.offA + min(i0 + 8u, mLast) * p.sAi; }
+  if (WIDE_TR > 9u) { ai9 = p.offA + min(i0 + 9u, mLast) * p.sAi; }
+  if (WIDE_TR > 10u) { ai10 = p.offA + min(i0 + 10u, mLast) * p.sAi; }
+  if (WIDE_TR > 11u) { ai11 = p.offA + min(i0 + 11u, mLast) * p.sAi; }
+  if (WIDE_TR > 12u) { ai12 = p.offA + min(i0 + 12u, mLast) * p.sAi; }
+  if (WIDE_TR > 13u) { ai13 = p.offA + min(i0 + 13u, mLast) * p.sAi; }
+  if (WIDE_TR > 14u) { ai14 = p.offA + min(i0 + 14u, mLast) * p.sAi; }
+  if (WIDE_TR > 15u) { ai15 = p.offA + min(i0 + 15u, mLast) * p.sAi; }
+  var c0_0 = vec4<f32>(0.0); var c0_1 = vec4<f32>(0.0); var c0_2 = vec4<f32>(0.0); var c0_3 = vec4<f32>(0.0);
+  var c1_0 = vec4<f32>(0.0); var c1_1 = vec4<f32>(0.0); var c1_2 = vec4<f32>(0.0); var c1_3 = vec4<f32>(0.0);
+  var c2_0 = vec4<f32>(0.0); var c2_1 = vec4<f32>(0.0); var c2_2 = vec4<f32>(0.0); var c2_3 = vec4<f32>(0.0);
+  var c3_0 = vec4<f32>(0.0); var c3_1 = vec4<f32>(0.0); var c3_2 = vec4<f32>(0.0); var c3_3 = vec4<f32>(0.0);
+  var c4_0 = vec4<f32>(0.0); var c4_1 = vec4<f32>(0.0); var c4_2 = vec4<f32>(0.0); var c4_3 = vec4<f32>(0.0);
+  var c5_0 = vec4<f32>(0.0); var c5_1 = vec4<f32>(0.0); var c5_2 = vec4<f32>(0.0); var c5_3 = vec4<f32>(0.0);
+  var c6_0 = vec4<f32>(0.0); var c6_1 = vec4<f32>(0.0); var c6_2 = vec4<f32>(0.0); var c6_3 = vec4<f32>(0.0);
+  var c7_0 = vec4<f32>(0.0); var c7_1 = vec4<f32>(0.0); var c7_2 = vec4<f32>(0.0); var c7_3 = vec4<f32>(0.0);
+  var c8_0 = vec4<f32>(0.0); var c8_1 = vec4<f32>(0.0); var c8_2 = vec4<f32>(0.0); var c8_3 = vec4<f32>(0.0);
+  var c9_0 = vec4<f32>(0.0); var c9_1 = vec4<f32>(0.0); var c9_2 = vec4<f32>(0.0); var c9_3 = vec4<f32>(0.0);
+  var c10_0 = vec4<f32>(0.0); var c10_1 = vec4<f32>(0.0); var c10_2 = vec4<f32>(0.0); var c10_3 = vec4<f32>(0.0);
+  var c11_0 = vec4<f32>(0.0); var c11_1 = vec4<f32>(0.0); var c11_2 = vec4<f32>(0.0); var c11_3 = vec4<f32>(0.0);
+  var c12_0 = vec4<f32>(0.0); var c12_1 = vec4<f32>(0.0); var c12_2 = vec4<f32>(0.0); var c12_3 = vec4<f32>(0.0);
+  var c13_0 = vec4<f32>(0.0); var c13_1 = vec4<f32>(0.0); var c13_2 = vec4<f32>(0.0); var c13_3 = vec4<f32>(0.0);
+  var c14_0 = vec4<f32>(0.0); var c14_1 = vec4<f32>(0.0); var c14_2 = vec4<f32>(0.0); var c14_3 = vec4<f32>(0.0);
+  var c15_0 = vec4<f32>(0.0); var c15_1 = vec4<f32>(0.0); var c15_2 = vec4<f32>(0.0); var c15_3 = vec4<f32>(0.0);
+  for (var k = 0u; k < p.K; k += 4u) {
+    let k0 = min(k + 0u, p.K - 1u);
+    let v0 = k + 0u < p.K;
+    let pa0 = k0 * p.sAp;
+    let pb0 = k0 * p.sBp;
+    let k1 = min(k + 1u, p.K - 1u);
+    let v1 = k + 1u < p.K;
+    let pa1 = k1 * p.sAp;
+    let pb1 = k1 * p.sBp;
+    let k2 = min(k + 2u, p.K - 1u);
+    let v2 = k + 2u < p.K;
+    let pa2 = k2 * p.sAp;
+    let pb2 = k2 * p.sBp;
+    let k3 = min(k + 3u, p.K - 1u);
+    let v3 = k + 3u < p.K;
+    let pa3 = k3 * p.sAp;
+    let pb3 = k3 * p.sBp;
+    var b0_0 = vec4<f32>(0.0);
+    var b0_1 = vec4<f32>(0.0);
+    var b0_2 = vec4<f32>(0.0);
+    var b0_3 = vec4<f32>(0.0);
+    { b0_0 = select(vec4<f32>(0.0), vec4<f32>(b[bj0.x + pb0], b[bj0.y + pb0], b[bj0.z + pb0], b[bj0.w + pb0]), v0); }
+    if (WIDE_TC > 4u) { b0_1 = select(vec4<f32>(0.0), vec4<f32>(b[bj1.x + pb0], b[bj1.y + pb0], b[bj1.z + pb0], b[bj1.w + pb0]), v0); }
+    if (WIDE_TC > 8u) { b0_2 = select(vec4<f32>(0.0), vec4<f32>(b[bj2.x + pb0], b[bj2.y + pb0], b[bj2.z + pb0], b[bj2.w + pb0]), v0); }
+    if (WIDE_TC > 12u) { b0_3 = select(vec4<f32>(0.0), vec4<f32>(b[bj3.x + pb0], b[bj3.y + pb0], b[bj3.z + pb0], b[bj3.w + pb0]), v0); }
+    var b1_0 = vec4<f32>(0.0);
+    var b1_1 = vec4<f32>(0.0);
+    var b1_2 = vec4<f32>(0.0);
+    var b1_3 = vec4<f32>(0.0);
+    { b1_0 = select(vec4<f32>(0.0), vec4<f32>(b[bj0.x + pb1], b[bj0.y + pb1], b[bj0.z + pb1], b[bj0.w + pb1]), v1); }
+    if (WIDE_TC > 4u) { b1_1 = select(vec4<f32>(0.0), vec4<f32>(b[bj1.x + pb1], b[bj1.y + pb1], b[bj1.z + pb1], b[bj1.w + pb1]), v1); }
+    if (WIDE_TC > 8u) { b1_2 = select(vec4<f32>(0.0), vec4<f32>(b[bj2.x + pb1], b[bj2.y + pb1], b[bj2.z + pb1], b[bj2.w + pb1]), v1); }
+    if (WIDE_TC > 12u) { b1_3 = select(vec4<f32>(0.0), vec4<f32>(b[bj3.x + pb1], b[bj3.y + pb1], b[bj3.z + pb1], b[bj3.w + pb1]), v1); }
+    var b2_0 = vec4<f32>(0.0);
+    var b2_1 = vec4<f32>(0.0);
+    var b2_2 = vec4<f32>(0.0);
+    var b2_3 = vec4<f32>(0.0);
+    { b2_0 = select(vec4<f32>(0.0), vec4<f32>(b[bj0.x + pb2], b[bj0.y + pb2], b[bj0.z + pb2], b[bj0.w + pb2]), v2); }
+    if (WIDE_TC > 4u) { b2_1 = select(vec4<f32>(0.0), vec4<f32>(b[bj1.x + pb2], b[bj1.y + pb2], b[bj1.z + pb2], b[bj1.w + pb2]), v2); }
+    if (WIDE_TC > 8u) { b2_2 = select(vec4<f32>(0.0), vec4<f32>(b[bj2.x + pb2], b[bj2.y + pb2], b[bj2.z + pb2], b[bj2.w + pb2]), v2); }
+    if (WIDE_TC > 12u) { b2_3 = select(vec4<f32>(0.0), vec4<f32>(b[bj3.x + pb2], b[bj3.y + pb2], b[bj3.z + pb2], b[bj3.w + pb2]), v2); }
+    var b3_0 = vec4<f32>(0.0);
+    var b3_1 = vec4<f32>(0.0);
+    var b3_2 = vec4<f32>(0.0);
+    var b3_3 = vec4<f32>(0.0);
+    { b3_0 = select(vec4<f32>(0.0), vec4<f32>(b[bj0.x + pb3], b[bj0.y + pb3], b[bj0.z + pb3], b[bj0.w + pb3]), v3); }
+    if (WIDE_TC > 4u) { b3_1 = select(vec4<f32>(0.0), vec4<f32>(b[bj1.x + pb3], b[bj1.y + pb3], b[bj1.z + pb3], b[bj1.w + pb3]), v3); }
+    if (WIDE_TC > 8u) { b3_2 = select(vec4<f32>(0.0), vec4<f32>(b[bj2.x + pb3], b[bj2.y + pb3], b[bj2.z + pb3], b[bj2.w + pb3]), v3); }
+    if (WIDE_TC > 12u) { b3_3 = select(vec4<f32>(0.0), vec4<f32>(b[bj3.x + pb3], b[bj3.y + pb3], b[bj3.z + pb3], b[bj3.w + pb3]), v3); }
+    {
+      let a0 = select(0.0, a[ai0 + pa0], v0); let a1 = select(0.0, a[ai0 + pa1], v1); let a2 = select(0.0, a[ai0 + pa2], v2); let a3 = select(0.0, a[ai0 + pa3], v3);
+      { c0_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c0_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c0_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c0_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 1u) {
+      let a0 = select(0.0, a[ai1 + pa0], v0); let a1 = select(0.0, a[ai1 + pa1], v1); let a2 = select(0.0, a[ai1 + pa2], v2); let a3 = select(0.0, a[ai1 + pa3], v3);
+      { c1_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c1_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c1_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c1_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 2u) {
+      let a0 = select(0.0, a[ai2 + pa0], v0); let a1 = select(0.0, a[ai2 + pa1], v1); let a2 = select(0.0, a[ai2 + pa2], v2); let a3 = select(0.0, a[ai2 + pa3], v3);
+      { c2_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c2_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c2_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c2_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 3u) {
+      let a0 = select(0.0, a[ai3 + pa0], v0); let a1 = select(0.0, a[ai3 + pa1], v1); let a2 = select(0.0, a[ai3 + pa2], v2); let a3 = select(0.0, a[ai3 + pa3], v3);
+      { c3_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c3_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c3_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c3_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 4u) {
+      let a0 = select(0.0, a[ai4 + pa0], v0); let a1 = select(0.0, a[ai4 + pa1], v1); let a2 = select(0.0, a[ai4 + pa2], v2); let a3 = select(0.0, a[ai4 + pa3], v3);
+      { c4_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c4_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c4_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c4_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 5u) {
+      let a0 = select(0.0, a[ai5 + pa0], v0); let a1 = select(0.0, a[ai5 + pa1], v1); let a2 = select(0.0, a[ai5 + pa2], v2); let a3 = select(0.0, a[ai5 + pa3], v3);
+      { c5_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c5_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c5_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c5_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 6u) {
+      let a0 = select(0.0, a[ai6 + pa0], v0); let a1 = select(0.0, a[ai6 + pa1], v1); let a2 = select(0.0, a[ai6 + pa2], v2); let a3 = select(0.0, a[ai6 + pa3], v3);
+      { c6_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c6_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c6_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c6_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 7u) {
+      let a0 = select(0.0, a[ai7 + pa0], v0); let a1 = select(0.0, a[ai7 + pa1], v1); let a2 = select(0.0, a[ai7 + pa2], v2); let a3 = select(0.0, a[ai7 + pa3], v3);
+      { c7_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c7_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c7_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c7_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 8u) {
+      let a0 = select(0.0, a[ai8 + pa0], v0); let a1 = select(0.0, a[ai8 + pa1], v1); let a2 = select(0.0, a[ai8 + pa2], v2); let a3 = select(0.0, a[ai8 + pa3], v3);
+      { c8_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c8_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c8_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c8_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 9u) {
+      let a0 = select(0.0, a[ai9 + pa0], v0); let a1 = select(0.0, a[ai9 + pa1], v1); let a2 = select(0.0, a[ai9 + pa2], v2); let a3 = select(0.0, a[ai9 + pa3], v3);
+      { c9_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c9_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c9_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c9_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 10u) {
+      let a0 = select(0.0, a[ai10 + pa0], v0); let a1 = select(0.0, a[ai10 + pa1], v1); let a2 = select(0.0, a[ai10 + pa2], v2); let a3 = select(0.0, a[ai10 + pa3], v3);
+      { c10_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c10_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c10_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c10_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 11u) {
+      let a0 = select(0.0, a[ai11 + pa0], v0); let a1 = select(0.0, a[ai11 + pa1], v1); let a2 = select(0.0, a[ai11 + pa2], v2); let a3 = select(0.0, a[ai11 + pa3], v3);
+      { c11_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c11_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c11_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c11_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 12u) {
+      let a0 = select(0.0, a[ai12 + pa0], v0); let a1 = select(0.0, a[ai12 + pa1], v1); let a2 = select(0.0, a[ai12 + pa2], v2); let a3 = select(0.0, a[ai12 + pa3], v3);
+      { c12_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c12_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c12_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c12_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 13u) {
+      let a0 = select(0.0, a[ai13 + pa0], v0); let a1 = select(0.0, a[ai13 + pa1], v1); let a2 = select(0.0, a[ai13 + pa2], v2); let a3 = select(0.0, a[ai13 + pa3], v3);
+      { c13_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c13_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c13_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c13_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 14u) {
+      let a0 = select(0.0, a[ai14 + pa0], v0); let a1 = select(0.0, a[ai14 + pa1], v1); let a2 = select(0.0, a[ai14 + pa2], v2); let a3 = select(0.0, a[ai14 + pa3], v3);
+      { c14_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c14_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c14_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c14_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+    if (WIDE_TR > 15u) {
+      let a0 = select(0.0, a[ai15 + pa0], v0); let a1 = select(0.0, a[ai15 + pa1], v1); let a2 = select(0.0, a[ai15 + pa2], v2); let a3 = select(0.0, a[ai15 + pa3], v3);
+      { c15_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
+      if (WIDE_TC > 4u) { c15_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
+      if (WIDE_TC > 8u) { c15_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
+      if (WIDE_TC > 12u) { c15_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+    }
+  }
+  {
+    { storeWide(i0 + 0u, j0 + 0u * WIDE_WG, c0_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 0u, j0 + 4u * WIDE_WG, c0_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 0u, j0 + 8u * WIDE_WG, c0_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 0u, j0 + 12u * WIDE_WG, c0_3); }
+  }
+  if (WIDE_TR > 1u) {
+    { storeWide(i0 + 1u, j0 + 0u * WIDE_WG, c1_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 1u, j0 + 4u * WIDE_WG, c1_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 1u, j0 + 8u * WIDE_WG, c1_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 1u, j0 + 12u * WIDE_WG, c1_3); }
+  }
+  if (WIDE_TR > 2u) {
+    { storeWide(i0 + 2u, j0 + 0u * WIDE_WG, c2_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 2u, j0 + 4u * WIDE_WG, c2_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 2u, j0 + 8u * WIDE_WG, c2_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 2u, j0 + 12u * WIDE_WG, c2_3); }
+  }
+  if (WIDE_TR > 3u) {
+    { storeWide(i0 + 3u, j0 + 0u * WIDE_WG, c3_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 3u, j0 + 4u * WIDE_WG, c3_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 3u, j0 + 8u * WIDE_WG, c3_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 3u, j0 + 12u * WIDE_WG, c3_3); }
+  }
+  if (WIDE_TR > 4u) {
+    { storeWide(i0 + 4u, j0 + 0u * WIDE_WG, c4_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 4u, j0 + 4u * WIDE_WG, c4_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 4u, j0 + 8u * WIDE_WG, c4_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 4u, j0 + 12u * WIDE_WG, c4_3); }
+  }
+  if (WIDE_TR > 5u) {
+    { storeWide(i0 + 5u, j0 + 0u * WIDE_WG, c5_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 5u, j0 + 4u * WIDE_WG, c5_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 5u, j0 + 8u * WIDE_WG, c5_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 5u, j0 + 12u * WIDE_WG, c5_3); }
+  }
+  if (WIDE_TR > 6u) {
+    { storeWide(i0 + 6u, j0 + 0u * WIDE_WG, c6_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 6u, j0 + 4u * WIDE_WG, c6_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 6u, j0 + 8u * WIDE_WG, c6_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 6u, j0 + 12u * WIDE_WG, c6_3); }
+  }
+  if (WIDE_TR > 7u) {
+    { storeWide(i0 + 7u, j0 + 0u * WIDE_WG, c7_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 7u, j0 + 4u * WIDE_WG, c7_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 7u, j0 + 8u * WIDE_WG, c7_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 7u, j0 + 12u * WIDE_WG, c7_3); }
+  }
+  if (WIDE_TR > 8u) {
+    { storeWide(i0 + 8u, j0 + 0u * WIDE_WG, c8_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 8u, j0 + 4u * WIDE_WG, c8_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 8u, j0 + 8u * WIDE_WG, c8_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 8u, j0 + 12u * WIDE_WG, c8_3); }
+  }
+  if (WIDE_TR > 9u) {
+    { storeWide(i0 + 9u, j0 + 0u * WIDE_WG, c9_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 9u, j0 + 4u * WIDE_WG, c9_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 9u, j0 + 8u * WIDE_WG, c9_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 9u, j0 + 12u * WIDE_WG, c9_3); }
+  }
+  if (WIDE_TR > 10u) {
+    { storeWide(i0 + 10u, j0 + 0u * WIDE_WG, c10_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 10u, j0 + 4u * WIDE_WG, c10_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 10u, j0 + 8u * WIDE_WG, c10_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 10u, j0 + 12u * WIDE_WG, c10_3); }
+  }
+  if (WIDE_TR > 11u) {
+    { storeWide(i0 + 11u, j0 + 0u * WIDE_WG, c11_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 11u, j0 + 4u * WIDE_WG, c11_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 11u, j0 + 8u * WIDE_WG, c11_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 11u, j0 + 12u * WIDE_WG, c11_3); }
+  }
+  if (WIDE_TR > 12u) {
+    { storeWide(i0 + 12u, j0 + 0u * WIDE_WG, c12_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 12u, j0 + 4u * WIDE_WG, c12_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 12u, j0 + 8u * WIDE_WG, c12_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 12u, j0 + 12u * WIDE_WG, c12_3); }
+  }
+  if (WIDE_TR > 13u) {
+    { storeWide(i0 + 13u, j0 + 0u * WIDE_WG, c13_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 13u, j0 + 4u * WIDE_WG, c13_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 13u, j0 + 8u * WIDE_WG, c13_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 13u, j0 + 12u * WIDE_WG, c13_3); }
+  }
+  if (WIDE_TR > 14u) {
+    { storeWide(i0 + 14u, j0 + 0u * WIDE_WG, c14_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 14u, j0 + 4u * WIDE_WG, c14_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 14u, j0 + 8u * WIDE_WG, c14_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 14u, j0 + 12u * WIDE_WG, c14_3); }
+  }
+  if (WIDE_TR > 15u) {
+    { storeWide(i0 + 15u, j0 + 0u * WIDE_WG, c15_0); }
+    if (WIDE_TC > 4u) { storeWide(i0 + 15u, j0 + 4u * WIDE_WG, c15_1); }
+    if (WIDE_TC > 8u) { storeWide(i0 + 15u, j0 + 8u * WIDE_WG, c15_2); }
+    if (WIDE_TC > 12u) { storeWide(i0 + 15u, j0 + 12u * WIDE_WG, c15_3); }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul_bias_backward: db[j] (+)= sum_m dY[m, j], reusing GemmParams (M rows, N columns, sAi =
+// row stride of dY, offA / offC = element offsets of dY / db, FLAG_ACCUMULATE). One invocation
+// per column sums its rows in a fixed order, so the result is deterministic.
+
+@compute @workgroup_size(64)
+fn matmul_bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let j = gid.x;
+  if (j >= p.N) {
+    return;
+  }
+  var s0 = 0.0;
+  var s1 = 0.0;
+  var s2 = 0.0;
+  var s3 = 0.0;
+  var m = 0u;
+  for (; m + 4u <= p.M; m += 4u) {
+    let base = p.offA + m * p.sAi + j;
+    s0 += a[base];
+    s1 += a[base + p.sAi];
+    s2 += a[base + 2u * p.sAi];
+    s3 += a[base + 3u * p.sAi];
+  }
+  for (; m < p.M; m++) {
+    s0 += a[p.offA + m * p.sAi + j];
+  }
+  var r = (s0 + s1) + (s2 + s3);
+  let idx = p.offC + j;
+  if ((p.flags & FLAG_ACCUMULATE) != 0u) {
+    r += c[idx];
+  }
+  c[idx] = r;
+}

@@ -1,0 +1,90 @@
+// Launchers for RMSNorm: forward (saves rstd) and backward (dx, deterministic accumulated dw).
+import { grid2d } from "./elementwise.ts";
+import {
+  type BufferSlice,
+  type Dispatch,
+  type Gpu,
+  packParams,
+  type ParamArena,
+} from "./runtime.ts";
+
+const WG = 256; // WG in rmsnorm.wgsl
+const ROWS = 64; // ROWS in rmsnorm.wgsl: rows per dw partial
+
+/** Bytes of the dw workspace of rmsnormBackward: one partial row (C) per block of 64 rows. */
+export function rmsnormWorkspaceBytes(T: number, C: number): number {
+  return Math.max(1, Math.ceil(T / ROWS)) * C * 4;
+}
+
+/** y (T, C) = x · rstd · w, rstd (T) = 1/sqrt(mean_c(x²) + eps) saved for the backward. */
+export function rmsnormForward(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: {
+    y: BufferSlice;
+    rstd: BufferSlice;
+    x: BufferSlice;
+    w: BufferSlice;
+    T: number;
+    C: number;
+    eps: number;
+  },
+): Dispatch[] {
+  const { y, rstd, x, w, T, C, eps } = args;
+  if (T * C === 0) return [];
+  const kernel = gpu.kernel("rmsnorm", "rmsnorm_forward");
+  const p = arena.alloc(packParams([T, C, eps, 0], [2]));
+  return [{
+    kernel,
+    bindGroup: gpu.bind(kernel, { 0: p, 1: y, 2: rstd, 3: x, 4: w }),
+    workgroups: grid2d(gpu, T),
+  }];
+}
+
+/**
+ * dx (T, C) = (or += when accumulateDx) the input gradient, and dw (C) += Σ_t dy·x·rstd, reduced
+ * in a fixed order through `workspace` (rmsnormWorkspaceBytes(T, C)). Three dispatches.
+ */
+export function rmsnormBackward(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: {
+    dx: BufferSlice;
+    dw: BufferSlice;
+    dy: BufferSlice;
+    x: BufferSlice;
+    w: BufferSlice;
+    rstd: BufferSlice;
+    T: number;
+    C: number;
+    accumulateDx?: boolean;
+    workspace: BufferSlice;
+  },
+): Dispatch[] {
+  const { dx, dw, dy, x, w, rstd, T, C, workspace } = args;
+  if (T * C === 0) return [];
+  const blocks = Math.ceil(T / ROWS);
+  const kdx = gpu.kernel("rmsnorm", "rmsnorm_backward_dx", {
+    ACCUMULATE: args.accumulateDx ? 1 : 0,
+  });
+  const kpart = gpu.kernel("rmsnorm", "rmsnorm_backward_dw_partial");
+  const kred = gpu.kernel("rmsnorm", "rmsnorm_backward_dw_reduce");
+  const p = arena.alloc(packParams([T, C, 0, blocks]));
+  return [
+    {
+      kernel: kdx,
+      bindGroup: gpu.bind(kdx, { 0: p, 1: dx, 2: dy, 3: x, 4: w, 5: rstd }),
+      workgroups: grid2d(gpu, T),
+    },
+    {
+      kernel: kpart,
+      bindGroup: gpu.bind(kpart, { 0: p, 1: workspace, 2: dy, 3: x, 4: rstd }),
+      workgroups: grid2d(gpu, blocks * Math.ceil(C / WG)),
+    },
+    {
+      kernel: kred,
+      bindGroup: gpu.bind(kred, { 0: p, 1: dw, 2: workspace }),
+      workgroups: grid2d(gpu, Math.ceil(C / WG)),
+    },
+  ];
+}

@@ -1,0 +1,883 @@
+// Llama-family training graph on the WGSL kernels: parameters, activations, forward, backward, AdamW.
+import {
+  adamwUpdate,
+  gradNormFinalize,
+  gradNormPartialCount,
+  gradNormSquares,
+} from "../kernels/adamw.ts";
+import {
+  attentionBackward,
+  attentionBackwardWorkspaceBytes,
+  attentionForward,
+} from "../kernels/attention.ts";
+import {
+  crossEntropyForward,
+  crossEntropyForwardBackward,
+  crossEntropyWorkspaceBytes,
+} from "../kernels/cross_entropy.ts";
+import { axpy, copy, fill, scaleCopy } from "../kernels/elementwise.ts";
+import {
+  buildEmbeddingIndex,
+  embeddingBackward,
+  embeddingForward,
+  embeddingIndexLength,
+} from "../kernels/embedding.ts";
+import {
+  biasBackward,
+  matmulBackwardInput,
+  matmulBackwardWeight,
+  matmulForward,
+} from "../kernels/matmul.ts";
+import { rmsnormBackward, rmsnormForward, rmsnormWorkspaceBytes } from "../kernels/rmsnorm.ts";
+import { ropeBackward, ropeForward, ropeTable } from "../kernels/rope.ts";
+import { type BufferSlice, type Dispatch, type Gpu, ParamArena } from "../kernels/runtime.ts";
+import { swigluBackward, swigluForward } from "../kernels/swiglu.ts";
+import { type ModelConfig, parameterShapes } from "./config.ts";
+import { type ArenaTensor, TensorArena } from "./tensor_arena.ts";
+
+/** One micro-batch: T token slots (samples packed, the tail padded with ignored tokens). */
+export interface MicroBatch {
+  ids: Uint32Array; // (T)
+  labels: Int32Array; // (T), −100 = no loss
+  pos: Uint32Array; // (T) position within its sample
+  seqStart: Uint32Array; // (T) first token of its sample
+  seqEnd: Uint32Array; // (T) one past the last token of its sample
+  lossTokens: number;
+  samples: number;
+  /** Slots holding real tokens (the rest is padding). */
+  used: number;
+}
+
+/** A sample as the data stage writes it: token ids and labels (already shifted or not, see below). */
+export interface TokenizedSample {
+  ids: ArrayLike<number>;
+  labels: ArrayLike<number>;
+}
+
+/**
+ * Pack samples into one row of T slots. Labels follow the Hugging Face convention of the data
+ * stage (labels[i] is the target of position i, unshifted): the next-token target of position i
+ * is labels[i + 1] within the same sample, so the last token of each sample predicts nothing.
+ * Padding forms its own segments of ignored tokens.
+ */
+export function packMicroBatch(samples: TokenizedSample[], T: number, padId = 0): MicroBatch {
+  const mb: MicroBatch = {
+    ids: new Uint32Array(T).fill(padId),
+    labels: new Int32Array(T).fill(-100),
+    pos: new Uint32Array(T),
+    seqStart: new Uint32Array(T),
+    seqEnd: new Uint32Array(T),
+    lossTokens: 0,
+    samples: samples.length,
+    used: 0,
+  };
+  let t = 0;
+  for (const s of samples) {
+    const n = s.ids.length;
+    if (t + n > T) throw new Error(`micro-batch overflow: ${t + n} tokens > capacity ${T}`);
+    for (let i = 0; i < n; i++) {
+      mb.ids[t + i] = s.ids[i];
+      const target = i + 1 < n ? s.labels[i + 1] : -100;
+      mb.labels[t + i] = target;
+      if (target !== -100) mb.lossTokens++;
+      mb.pos[t + i] = i;
+      mb.seqStart[t + i] = t;
+      mb.seqEnd[t + i] = t + n;
+    }
+    t += n;
+  }
+  mb.used = t;
+  for (let i = t; i < T; i++) {
+    mb.pos[i] = i - t;
+    mb.seqStart[i] = t;
+    mb.seqEnd[i] = T;
+  }
+  return mb;
+}
+
+/** Per-layer weights (slices into the parameter arena), by HF name suffix. */
+interface LayerParams {
+  ln1: ArenaTensor;
+  q: ArenaTensor;
+  k: ArenaTensor;
+  v: ArenaTensor;
+  o: ArenaTensor;
+  qb?: ArenaTensor;
+  kb?: ArenaTensor;
+  vb?: ArenaTensor;
+  ob?: ArenaTensor;
+  ln2: ArenaTensor;
+  gate: ArenaTensor;
+  up: ArenaTensor;
+  down: ArenaTensor;
+}
+
+/** Saved activations of one layer. */
+interface LayerActs {
+  xIn: ArenaTensor; // (T, C) input of the layer (residual stream)
+  n1: ArenaTensor; // (T, C)
+  rstd1: ArenaTensor; // (T)
+  q: ArenaTensor; // (T, Hq·D) after RoPE
+  k: ArenaTensor; // (T, Hkv·D) after RoPE
+  v: ArenaTensor; // (T, Hkv·D)
+  o: ArenaTensor; // (T, Hq·D) attention output before o_proj
+  lse: ArenaTensor; // (Hq, T)
+  xMid: ArenaTensor; // (T, C)
+  n2: ArenaTensor; // (T, C)
+  rstd2: ArenaTensor; // (T)
+  gate: ArenaTensor; // (T, I)
+  up: ArenaTensor; // (T, I)
+  act: ArenaTensor; // (T, I)
+}
+
+/** Hyper-parameters of one optimizer step. */
+export interface StepHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  maxGradNorm: number;
+}
+
+/** Options of a graph. */
+export interface GraphOptions {
+  /** Token slots per micro-batch. */
+  tokens: number;
+  /** Keep only each layer's input and recompute the rest during backward. */
+  recompute?: boolean;
+  /** "train" allocates gradients and optimizer state; "eval" only the forward. */
+  mode?: "train" | "eval";
+}
+
+/** Slots of the metrics ring: loss sum, grad norm, clip scale, finite flag per step. */
+export const METRIC_FIELDS = 4;
+const RING = 1024;
+
+/** The model on the GPU with every buffer, bind group and dispatch list built once. */
+export class LlamaGraph {
+  readonly T: number;
+  readonly params = new Map<string, ArenaTensor>();
+  readonly grads = new Map<string, ArenaTensor>();
+  readonly weights: TensorArena;
+  readonly gradArena: TensorArena | null;
+  readonly mArena: TensorArena | null;
+  readonly vArena: TensorArena | null;
+  readonly acts: TensorArena;
+  readonly arena: ParamArena;
+  readonly forwardBackward: Dispatch[] = [];
+  readonly forwardOnly: Dispatch[] = [];
+  readonly optimizer: Dispatch[] = [];
+  readonly zeroLoss: Dispatch[] = [];
+  /** Per-token loss (T) of the last forward (eval mode), 0 on ignored tokens. */
+  readonly tokenLoss: ArenaTensor;
+  readonly lossAcc: GPUBuffer;
+  readonly stats: GPUBuffer;
+  readonly ring: GPUBuffer;
+  readonly hp: GPUBuffer;
+  readonly invTokens: GPUBuffer;
+  private readonly inputs: Record<
+    "ids" | "labels" | "pos" | "seqStart" | "seqEnd" | "embIndex",
+    GPUBuffer
+  >;
+  private readonly mode: "train" | "eval";
+  private layers: LayerParams[] = [];
+  private layerActs: LayerActs[] = [];
+
+  constructor(readonly gpu: Gpu, readonly cfg: ModelConfig, opts: GraphOptions) {
+    const T = (this.T = opts.tokens);
+    this.mode = opts.mode ?? "train";
+    const train = this.mode === "train";
+    const { hiddenSize: C, intermediateSize: I, numHeads: Hq, numKvHeads: Hkv, headDim: D } = cfg;
+    const V = cfg.vocabSize, L = cfg.numLayers;
+    this.arena = new ParamArena(gpu, "graph.params", 1 << 20);
+
+    // Parameters (and, in train mode, gradients and Adam moments with the same layout).
+    this.weights = new TensorArena(gpu, "weights");
+    this.gradArena = train ? new TensorArena(gpu, "grads") : null;
+    this.mArena = train ? new TensorArena(gpu, "adam.m") : null;
+    this.vArena = train ? new TensorArena(gpu, "adam.v") : null;
+    for (const { name, shape } of parameterShapes(cfg)) {
+      const numel = shape.reduce((a, b) => a * b, 1);
+      this.params.set(name, this.weights.reserve(name, numel));
+      if (train) {
+        this.grads.set(name, this.gradArena!.reserve(name, numel));
+        this.mArena!.reserve(name, numel);
+        this.vArena!.reserve(name, numel);
+      }
+    }
+    for (const a of [this.weights, this.gradArena, this.mArena, this.vArena]) a?.allocate();
+    const P = (n: string) => this.params.get(n)!;
+    for (let l = 0; l < L; l++) {
+      const p = `model.layers.${l}.`;
+      this.layers.push({
+        ln1: P(`${p}input_layernorm.weight`),
+        q: P(`${p}self_attn.q_proj.weight`),
+        k: P(`${p}self_attn.k_proj.weight`),
+        v: P(`${p}self_attn.v_proj.weight`),
+        o: P(`${p}self_attn.o_proj.weight`),
+        qb: this.params.get(`${p}self_attn.q_proj.bias`),
+        kb: this.params.get(`${p}self_attn.k_proj.bias`),
+        vb: this.params.get(`${p}self_attn.v_proj.bias`),
+        ob: this.params.get(`${p}self_attn.o_proj.bias`),
+        ln2: P(`${p}post_attention_layernorm.weight`),
+        gate: P(`${p}mlp.gate_proj.weight`),
+        up: P(`${p}mlp.up_proj.weight`),
+        down: P(`${p}mlp.down_proj.weight`),
+      });
+    }
+
+    // Inputs rewritten every micro-batch.
+    const u32 = (label: string, n: number) => gpu.buffer(`graph.${label}`, n * 4);
+    this.inputs = {
+      ids: u32("ids", T),
+      labels: u32("labels", T),
+      pos: u32("pos", T),
+      seqStart: u32("seqStart", T),
+      seqEnd: u32("seqEnd", T),
+      embIndex: u32("embIndex", embeddingIndexLength(T)),
+    };
+    this.lossAcc = gpu.buffer("graph.lossAcc", 16);
+    this.stats = gpu.buffer("graph.stats", 16);
+    this.ring = gpu.buffer("graph.metricsRing", RING * METRIC_FIELDS * 4);
+    this.hp = gpu.buffer("graph.adamHyper", 32);
+    this.invTokens = gpu.buffer("graph.invTokens", 16);
+    const ropeTab = gpu.bufferFrom(
+      "graph.ropeTable",
+      ropeTable(D, cfg.ropeTheta, cfg.ropeScaling as never, Math.max(T, 1)),
+    );
+
+    // Activations.
+    const acts = (this.acts = new TensorArena(gpu, "acts"));
+    const layerActs = (): LayerActs => ({
+      xIn: acts.reserve("xIn", T * C),
+      n1: acts.reserve("n1", T * C),
+      rstd1: acts.reserve("rstd1", T),
+      q: acts.reserve("q", T * Hq * D),
+      k: acts.reserve("k", T * Hkv * D),
+      v: acts.reserve("v", T * Hkv * D),
+      o: acts.reserve("o", T * Hq * D),
+      lse: acts.reserve("lse", Hq * T),
+      xMid: acts.reserve("xMid", T * C),
+      n2: acts.reserve("n2", T * C),
+      rstd2: acts.reserve("rstd2", T),
+      gate: acts.reserve("gate", T * I),
+      up: acts.reserve("up", T * I),
+      act: acts.reserve("act", T * I),
+    });
+    const keepAll = !opts.recompute || !train;
+    const shared = keepAll ? null : layerActs();
+    for (let l = 0; l < L; l++) {
+      if (keepAll) this.layerActs.push(layerActs());
+      else this.layerActs.push({ ...shared!, xIn: acts.reserve("xIn", T * C) });
+    }
+    const xFinal = acts.reserve("xFinal", T * C);
+    const hFinal = acts.reserve("hFinal", T * C);
+    const rstdF = acts.reserve("rstdF", T);
+    this.tokenLoss = acts.reserve("tokenLoss", T);
+    const tmpC = acts.reserve("tmpC", T * C);
+    // Backward scratch.
+    const dx = train ? acts.reserve("dx", T * C) : null;
+    const dh = train ? acts.reserve("dh", T * C) : null;
+    const dtmp = train ? acts.reserve("dtmp", T * C) : null;
+    const dn = train ? acts.reserve("dn", T * C) : null;
+    const dq = train ? acts.reserve("dq", T * Hq * D) : null;
+    const dk = train ? acts.reserve("dk", T * Hkv * D) : null;
+    const dv = train ? acts.reserve("dv", T * Hkv * D) : null;
+    const dO = train ? acts.reserve("do", T * Hq * D) : null;
+    const dgate = train ? acts.reserve("dgate", T * I) : null;
+    const dup = train ? acts.reserve("dup", T * I) : null;
+    const dact = train ? acts.reserve("dact", T * I) : null;
+    const normWs = acts.reserve("normWs", rmsnormWorkspaceBytes(T, Math.max(C, 1)) / 4);
+    const attnWs = train
+      ? acts.reserve("attnWs", attentionBackwardWorkspaceBytes(T, Hq) / 4)
+      : null;
+    const ceWs = acts.reserve("ceWs", crossEntropyWorkspaceBytes(T, V) / 4);
+    acts.allocate();
+
+    // ---- forward ----
+    const g = gpu, ar = this.arena, inp = this.inputs;
+    const resMult = cfg.residualMultiplier;
+    const fwd: Dispatch[] = [];
+    const layerForward = (l: number, out: Dispatch[]) => {
+      const w = this.layers[l], a = this.layerActs[l];
+      const xOut = l + 1 < L ? this.layerActs[l + 1].xIn : xFinal;
+      out.push(
+        ...rmsnormForward(g, ar, {
+          y: a.n1,
+          rstd: a.rstd1,
+          x: a.xIn,
+          w: w.ln1,
+          T,
+          C,
+          eps: cfg.rmsNormEps,
+        }),
+        ...matmulForward(g, ar, { y: a.q, x: a.n1, w: w.q, bias: w.qb, M: T, N: Hq * D, K: C }),
+        ...matmulForward(g, ar, { y: a.k, x: a.n1, w: w.k, bias: w.kb, M: T, N: Hkv * D, K: C }),
+        ...matmulForward(g, ar, { y: a.v, x: a.n1, w: w.v, bias: w.vb, M: T, N: Hkv * D, K: C }),
+        ...ropeForward(g, ar, {
+          out: a.q,
+          x: a.q,
+          pos: { buffer: inp.pos },
+          table: { buffer: ropeTab },
+          T,
+          H: Hq,
+          D,
+        }),
+        ...ropeForward(g, ar, {
+          out: a.k,
+          x: a.k,
+          pos: { buffer: inp.pos },
+          table: { buffer: ropeTab },
+          T,
+          H: Hkv,
+          D,
+        }),
+        ...attentionForward(g, ar, {
+          o: a.o,
+          lse: a.lse,
+          q: a.q,
+          k: a.k,
+          v: a.v,
+          seqStart: { buffer: inp.seqStart },
+          seqEnd: { buffer: inp.seqEnd },
+          T,
+          Hq,
+          Hkv,
+          D,
+          scale: cfg.attentionScale,
+        }),
+      );
+      // xMid = xIn + resMult · o_proj(o)
+      out.push(...residualBranch(a.xMid, a.xIn, a.o, w.o, w.ob, Hq * D));
+      out.push(
+        ...rmsnormForward(g, ar, {
+          y: a.n2,
+          rstd: a.rstd2,
+          x: a.xMid,
+          w: w.ln2,
+          T,
+          C,
+          eps: cfg.rmsNormEps,
+        }),
+        ...matmulForward(g, ar, { y: a.gate, x: a.n2, w: w.gate, M: T, N: I, K: C }),
+        ...matmulForward(g, ar, { y: a.up, x: a.n2, w: w.up, M: T, N: I, K: C }),
+        ...swigluForward(g, ar, { out: a.act, gate: a.gate, up: a.up, N: T * I }),
+      );
+      out.push(...residualBranch(xOut, a.xMid, a.act, w.down, undefined, I));
+    };
+    // y = x + resMult · (inp · Wᵀ + b)
+    const residualBranch = (
+      y: BufferSlice,
+      x: BufferSlice,
+      inpAct: BufferSlice,
+      wt: BufferSlice,
+      b: BufferSlice | undefined,
+      K: number,
+    ): Dispatch[] => {
+      if (resMult === 1) {
+        return [
+          ...copy(g, ar, { y, x, N: T * C }),
+          ...matmulForward(g, ar, {
+            y,
+            x: inpAct,
+            w: wt,
+            bias: b,
+            M: T,
+            N: C,
+            K,
+            accumulate: true,
+          }),
+        ];
+      }
+      return [
+        ...matmulForward(g, ar, { y: tmpC, x: inpAct, w: wt, bias: b, M: T, N: C, K }),
+        ...copy(g, ar, { y, x, N: T * C }),
+        ...axpy(g, ar, { y, x: tmpC, alpha: resMult, N: T * C }),
+      ];
+    };
+
+    const embed = P("model.embed_tokens.weight");
+    const head = this.params.get("lm_head.weight") ?? embed;
+    fwd.push(
+      ...embeddingForward(g, ar, {
+        out: this.layerActs[0].xIn,
+        table: embed,
+        ids: { buffer: inp.ids },
+        T,
+        C,
+        scale: cfg.embeddingMultiplier,
+      }),
+    );
+    const fwdLayers: Dispatch[][] = [];
+    for (let l = 0; l < L; l++) {
+      const d: Dispatch[] = [];
+      layerForward(l, d);
+      fwdLayers.push(d);
+      if (keepAll) fwd.push(...d);
+    }
+    if (!keepAll) {
+      // Forward still has to run every layer to produce the next layer's input.
+      for (const d of fwdLayers) fwd.push(...d);
+    }
+    fwd.push(
+      ...rmsnormForward(g, ar, {
+        y: hFinal,
+        rstd: rstdF,
+        x: xFinal,
+        w: P("model.norm.weight"),
+        T,
+        C,
+        eps: cfg.rmsNormEps,
+      }),
+    );
+    const logitScale = 1 / cfg.logitsScaling;
+    this.zeroLoss.push(...fill(g, ar, { y: { buffer: this.lossAcc }, value: 0, N: 4 }));
+    this.forwardOnly.push(
+      ...fwd,
+      ...crossEntropyForward(g, ar, {
+        h: hFinal,
+        w: head,
+        labels: { buffer: inp.labels },
+        lossAcc: { buffer: this.lossAcc },
+        tokenLoss: this.tokenLoss,
+        T,
+        C,
+        V,
+        logitScale,
+        workspace: ceWs,
+      }),
+    );
+    if (!train) return;
+
+    // ---- backward ----
+    const G = (n: string) => this.grads.get(n)!;
+    const gEmbed = G("model.embed_tokens.weight");
+    const gHead = this.grads.get("lm_head.weight") ?? gEmbed;
+    const bwd: Dispatch[] = [];
+    bwd.push(
+      ...crossEntropyForwardBackward(g, ar, {
+        h: hFinal,
+        w: head,
+        labels: { buffer: inp.labels },
+        dh: dh!,
+        dw: gHead,
+        lossAcc: { buffer: this.lossAcc },
+        invTokens: { buffer: this.invTokens },
+        T,
+        C,
+        V,
+        logitScale,
+        workspace: ceWs,
+      }),
+      ...rmsnormBackward(g, ar, {
+        dx: dx!,
+        dw: G("model.norm.weight"),
+        dy: dh!,
+        x: xFinal,
+        w: P("model.norm.weight"),
+        rstd: rstdF,
+        T,
+        C,
+        workspace: normWs,
+      }),
+    );
+    for (let l = L - 1; l >= 0; l--) {
+      const w = this.layers[l], a = this.layerActs[l];
+      const pre = `model.layers.${l}.`;
+      if (!keepAll) bwd.push(...fwdLayers[l]); // recompute this layer's activations
+      // x_{l+1} = xMid + m · down(act)
+      const dBranch = resMult === 1 ? dx! : dtmp!;
+      if (resMult !== 1) {
+        bwd.push(...scaleCopy(g, ar, { y: dtmp!, x: dx!, alpha: resMult, N: T * C }));
+      }
+      bwd.push(
+        ...matmulBackwardWeight(g, ar, {
+          dw: G(`${pre}mlp.down_proj.weight`),
+          dy: dBranch,
+          x: a.act,
+          M: T,
+          N: C,
+          K: I,
+          accumulate: true,
+        }),
+        ...matmulBackwardInput(g, ar, { dx: dact!, dy: dBranch, w: w.down, M: T, N: C, K: I }),
+        ...swigluBackward(g, ar, {
+          dgate: dgate!,
+          dup: dup!,
+          dout: dact!,
+          gate: a.gate,
+          up: a.up,
+          N: T * I,
+        }),
+        ...matmulBackwardWeight(g, ar, {
+          dw: G(`${pre}mlp.gate_proj.weight`),
+          dy: dgate!,
+          x: a.n2,
+          M: T,
+          N: I,
+          K: C,
+          accumulate: true,
+        }),
+        ...matmulBackwardWeight(g, ar, {
+          dw: G(`${pre}mlp.up_proj.weight`),
+          dy: dup!,
+          x: a.n2,
+          M: T,
+          N: I,
+          K: C,
+          accumulate: true,
+        }),
+        ...matmulBackwardInput(g, ar, { dx: dn!, dy: dgate!, w: w.gate, M: T, N: I, K: C }),
+        ...matmulBackwardInput(g, ar, {
+          dx: dn!,
+          dy: dup!,
+          w: w.up,
+          M: T,
+          N: I,
+          K: C,
+          accumulate: true,
+        }),
+        ...rmsnormBackward(g, ar, {
+          dx: dx!,
+          dw: G(`${pre}post_attention_layernorm.weight`),
+          dy: dn!,
+          x: a.xMid,
+          w: w.ln2,
+          rstd: a.rstd2,
+          T,
+          C,
+          accumulateDx: true,
+          workspace: normWs,
+        }),
+      );
+      // xMid = xIn + m · o_proj(o)
+      if (resMult !== 1) {
+        bwd.push(...scaleCopy(g, ar, { y: dtmp!, x: dx!, alpha: resMult, N: T * C }));
+      }
+      bwd.push(
+        ...matmulBackwardWeight(g, ar, {
+          dw: G(`${pre}self_attn.o_proj.weight`),
+          dy: dBranch,
+          x: a.o,
+          M: T,
+          N: C,
+          K: Hq * D,
+          accumulate: true,
+        }),
+      );
+      if (w.ob) {
+        bwd.push(
+          ...biasBackward(g, ar, {
+            db: G(`${pre}self_attn.o_proj.bias`),
+            dy: dBranch,
+            M: T,
+            N: C,
+            accumulate: true,
+          }),
+        );
+      }
+      bwd.push(
+        ...matmulBackwardInput(g, ar, { dx: dO!, dy: dBranch, w: w.o, M: T, N: C, K: Hq * D }),
+        ...attentionBackward(g, ar, {
+          dq: dq!,
+          dk: dk!,
+          dv: dv!,
+          dout: dO!,
+          o: a.o,
+          lse: a.lse,
+          q: a.q,
+          k: a.k,
+          v: a.v,
+          seqStart: { buffer: inp.seqStart },
+          seqEnd: { buffer: inp.seqEnd },
+          T,
+          Hq,
+          Hkv,
+          D,
+          scale: cfg.attentionScale,
+          workspace: attnWs!,
+        }),
+        ...ropeBackward(g, ar, {
+          dx: dq!,
+          dout: dq!,
+          pos: { buffer: inp.pos },
+          table: { buffer: ropeTab },
+          T,
+          H: Hq,
+          D,
+        }),
+        ...ropeBackward(g, ar, {
+          dx: dk!,
+          dout: dk!,
+          pos: { buffer: inp.pos },
+          table: { buffer: ropeTab },
+          T,
+          H: Hkv,
+          D,
+        }),
+      );
+      const proj: [string, ArenaTensor, ArenaTensor | undefined, BufferSlice, number][] = [
+        ["q", w.q, w.qb, dq!, Hq * D],
+        ["k", w.k, w.kb, dk!, Hkv * D],
+        ["v", w.v, w.vb, dv!, Hkv * D],
+      ];
+      proj.forEach(([name, wt, b, dy, N], i) => {
+        bwd.push(
+          ...matmulBackwardWeight(g, ar, {
+            dw: G(`${pre}self_attn.${name}_proj.weight`),
+            dy,
+            x: a.n1,
+            M: T,
+            N,
+            K: C,
+            accumulate: true,
+          }),
+          ...matmulBackwardInput(g, ar, { dx: dn!, dy, w: wt, M: T, N, K: C, accumulate: i > 0 }),
+        );
+        if (b) {
+          bwd.push(
+            ...biasBackward(g, ar, {
+              db: G(`${pre}self_attn.${name}_proj.bias`),
+              dy,
+              M: T,
+              N,
+              accumulate: true,
+            }),
+          );
+        }
+      });
+      bwd.push(
+        ...rmsnormBackward(g, ar, {
+          dx: dx!,
+          dw: G(`${pre}input_layernorm.weight`),
+          dy: dn!,
+          x: a.xIn,
+          w: w.ln1,
+          rstd: a.rstd1,
+          T,
+          C,
+          accumulateDx: true,
+          workspace: normWs,
+        }),
+      );
+    }
+    bwd.push(
+      ...embeddingBackward(g, ar, {
+        dtable: gEmbed,
+        dout: dx!,
+        index: { buffer: inp.embIndex },
+        T,
+        C,
+        scale: cfg.embeddingMultiplier,
+      }),
+    );
+    this.forwardBackward.push(...fwd, ...bwd);
+
+    // ---- optimizer: global grad norm, clip, AdamW over whole arena buffers ----
+    const flatG = this.gradArena!.flat(), flatW = this.weights.flat();
+    const flatM = this.mArena!.flat(), flatV = this.vArena!.flat();
+    let parts = 0;
+    const counts = flatG.map((c) => gradNormPartialCount(c.numel));
+    const partials = gpu.buffer("graph.gradNormPartials", counts.reduce((a, b) => a + b, 0) * 4);
+    flatG.forEach((c, i) => {
+      this.optimizer.push(
+        ...gradNormSquares(g, ar, {
+          partials: { buffer: partials },
+          grad: { buffer: c.buffer },
+          N: c.numel,
+          partialOffset: parts,
+        }),
+      );
+      parts += counts[i];
+    });
+    this.optimizer.push(
+      ...gradNormFinalize(g, ar, {
+        stats: { buffer: this.stats },
+        partials: { buffer: partials },
+        count: parts,
+        maxNorm: 0,
+      }),
+    );
+    this.gradNormFinalizeIndex = this.optimizer.length - 1;
+    flatG.forEach((c, i) => {
+      this.optimizer.push(
+        ...adamwUpdate(g, ar, {
+          param: { buffer: flatW[i].buffer },
+          grad: { buffer: c.buffer },
+          m: { buffer: flatM[i].buffer },
+          v: { buffer: flatV[i].buffer },
+          stats: { buffer: this.stats },
+          hp: { buffer: this.hp },
+          N: c.numel,
+          zeroGrad: true,
+        }),
+      );
+    });
+    this.partials = partials;
+    this.partialCount = parts;
+  }
+
+  private gradNormFinalizeIndex = -1;
+  private partials: GPUBuffer | null = null;
+  private partialCount = 0;
+  private maxNormBuilt = 0;
+
+  /** Rebuild the clip threshold of the finalize dispatch when it changes. */
+  private ensureMaxNorm(maxNorm: number): void {
+    if (maxNorm === this.maxNormBuilt || this.gradNormFinalizeIndex < 0) return;
+    const d = gradNormFinalize(this.gpu, this.arena, {
+      stats: { buffer: this.stats },
+      partials: { buffer: this.partials! },
+      count: this.partialCount,
+      maxNorm,
+    });
+    this.optimizer.splice(this.gradNormFinalizeIndex, d.length, ...d);
+    this.maxNormBuilt = maxNorm;
+  }
+
+  /** Upload weights by HF name (every parameter must be present). */
+  upload(tensors: Map<string, Float32Array>): void {
+    for (const [name, t] of this.params) {
+      const src = tensors.get(name);
+      if (!src) throw new Error(`missing tensor ${name}`);
+      if (src.length !== t.numel) {
+        throw new Error(`${name}: ${src.length} elements, expected ${t.numel}`);
+      }
+      this.gpu.write(t.buffer, src, t.offset);
+    }
+  }
+
+  /** Read every parameter back, by HF name. */
+  async download(
+    which: "weights" | "grads" | "m" | "v" = "weights",
+  ): Promise<Map<string, Float32Array>> {
+    const src = which === "weights" ? this.params : which === "grads" ? this.grads : null;
+    const names = [...this.params.keys()];
+    const slices = names.map((n) => {
+      const t = src ? src.get(n)! : this.momentSlice(which as "m" | "v", n);
+      return { buffer: t.buffer, offset: t.offset, size: t.numel * 4 };
+    });
+    const out = new Map<string, Float32Array>();
+    // Read in groups to bound the staging buffer.
+    for (let i = 0; i < names.length;) {
+      let bytes = 0, j = i;
+      while (j < names.length && (j === i || bytes + slices[j].size < 1 << 28)) {
+        bytes += slices[j++].size;
+      }
+      const abs = await this.gpu.read(slices.slice(i, j));
+      abs.forEach((ab, k) => out.set(names[i + k], new Float32Array(ab)));
+      i = j;
+    }
+    return out;
+  }
+
+  /** Write Adam moments (for resuming). */
+  uploadMoments(which: "m" | "v", tensors: Map<string, Float32Array>): void {
+    for (const name of this.params.keys()) {
+      const src = tensors.get(name);
+      if (!src) throw new Error(`missing moment ${which} of ${name}`);
+      const t = this.momentSlice(which, name);
+      this.gpu.write(t.buffer, src, t.offset);
+    }
+  }
+
+  private momentSlice(which: "m" | "v", name: string): ArenaTensor {
+    // Same layout as the weights arena: same chunk index and offset.
+    const w = this.params.get(name)!;
+    const arena = which === "m" ? this.mArena! : this.vArena!;
+    const ci = this.weights.chunks.findIndex((c) => c.buffer === w.buffer);
+    return { ...w, buffer: arena.chunks[ci].buffer! };
+  }
+
+  /** Write one micro-batch's inputs (queued before the next submit). */
+  setBatch(mb: MicroBatch): void {
+    const g = this.gpu, i = this.inputs;
+    g.write(i.ids, mb.ids);
+    g.write(i.labels, mb.labels);
+    g.write(i.pos, mb.pos);
+    g.write(i.seqStart, mb.seqStart);
+    g.write(i.seqEnd, mb.seqEnd);
+    if (this.mode === "train") {
+      // Padding carries no gradient (its own segments, no labels): leave it out of the index.
+      g.write(i.embIndex, buildEmbeddingIndex(mb.ids.subarray(0, mb.used), this.T, this.cfg.vocabSize));
+    }
+  }
+
+  /**
+   * Queue one optimizer step over `microBatches` (no waiting, no read-back): loss is the token
+   * mean over the whole step; metrics land in ring slot `step % 1024`.
+   */
+  queueStep(step: number, microBatches: MicroBatch[], hyper: StepHyper): void {
+    const lossTokens = microBatches.reduce((s, m) => s + m.lossTokens, 0);
+    const g = this.gpu;
+    this.ensureMaxNorm(hyper.maxGradNorm);
+    g.write(this.invTokens, new Float32Array([lossTokens > 0 ? 1 / lossTokens : 0]));
+    const t = step + 1;
+    g.write(
+      this.hp,
+      new Float32Array([
+        hyper.lr,
+        hyper.beta1,
+        hyper.beta2,
+        hyper.eps,
+        hyper.weightDecay,
+        1 - hyper.beta1 ** t,
+        1 - hyper.beta2 ** t,
+        0,
+      ]),
+    );
+    g.run(this.zeroLoss, "graph.zeroLoss");
+    for (const mb of microBatches) {
+      this.setBatch(mb);
+      g.run(this.forwardBackward, "graph.forwardBackward");
+    }
+    const enc = g.device.createCommandEncoder({ label: "graph.optimizer" });
+    const pass = enc.beginComputePass({ label: "graph.optimizer" });
+    for (const d of this.optimizer) {
+      pass.setPipeline(d.kernel.pipeline);
+      pass.setBindGroup(0, d.bindGroup);
+      pass.dispatchWorkgroups(...d.workgroups);
+    }
+    pass.end();
+    const slot = (step % RING) * METRIC_FIELDS * 4;
+    enc.copyBufferToBuffer(this.lossAcc, 0, this.ring, slot, 4);
+    enc.copyBufferToBuffer(this.stats, 0, this.ring, slot + 4, 12);
+    g.device.queue.submit([enc.finish()]);
+  }
+
+  /** Read metrics of steps [from, to) from the ring: loss sum, grad norm, clip scale, finite. */
+  async readMetrics(from: number, to: number): Promise<Float32Array[]> {
+    if (to - from > RING) throw new Error("metrics window larger than the ring");
+    const all = new Float32Array((await this.gpu.read([{ buffer: this.ring }]))[0]);
+    const out: Float32Array[] = [];
+    for (let s = from; s < to; s++) {
+      const o = (s % RING) * METRIC_FIELDS;
+      out.push(all.slice(o, o + METRIC_FIELDS));
+    }
+    return out;
+  }
+
+  /** Forward only over one micro-batch; returns per-token losses (T) and their sum. */
+  async evalLoss(mb: MicroBatch): Promise<{ tokenLoss: Float32Array; lossSum: number }> {
+    this.setBatch(mb);
+    this.gpu.run([...this.zeroLoss, ...this.forwardOnly], "graph.eval");
+    const [tl, acc] = await this.gpu.read([
+      { buffer: this.tokenLoss.buffer, offset: this.tokenLoss.offset, size: this.T * 4 },
+      { buffer: this.lossAcc, size: 4 },
+    ]);
+    return { tokenLoss: new Float32Array(tl), lossSum: new Float32Array(acc)[0] };
+  }
+
+  /** Free every buffer. */
+  destroy(): void {
+    for (const a of [this.weights, this.gradArena, this.mArena, this.vArena, this.acts]) {
+      a?.destroy();
+    }
+    for (const b of Object.values(this.inputs)) b.destroy();
+    for (const b of [this.lossAcc, this.stats, this.ring, this.hp, this.invTokens, this.partials]) {
+      b?.destroy();
+    }
+    this.arena.buffer.destroy();
+  }
+}

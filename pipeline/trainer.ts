@@ -1,0 +1,412 @@
+// The training loop of one phase: schedule, gradient accumulation, metrics, checkpoints, resume.
+import type { Gpu } from "../kernels/runtime.ts";
+import { type ModelConfig, parameterShapes } from "../model/config.ts";
+import { saveHfModel } from "../model/hf_dir.ts";
+import {
+  LlamaGraph,
+  type MicroBatch,
+  packMicroBatch,
+  type TokenizedSample,
+} from "../model/llama_graph.ts";
+import { SafetensorsReader, writeSafetensorsFile } from "../model/safetensors.ts";
+import { UserError } from "./errors.ts";
+import { writeJsonAtomic } from "./run_dir.ts";
+import { lrAt, type ScheduleOptions } from "./schedule.ts";
+
+/** One optimizer step of the plan: its micro-batches (sample indices), every rank's in turn. */
+export interface PlannedStep {
+  epoch: number;
+  microBatches: number[][];
+}
+
+/** Hyper-parameters of the optimizer. */
+export interface OptimizerConfig extends ScheduleOptions {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  maxGradNorm: number;
+}
+
+/** One line of metrics.jsonl. */
+export interface MetricsRecord {
+  step: number;
+  epoch: number;
+  phase: string;
+  samples_seen: number;
+  tokens_seen: number;
+  loss: number;
+  gradnorm: number;
+  lr: number;
+  num_loss_counted_tokens: number;
+  batch_size: number;
+  micro_batches: number;
+  tokens_per_s: number;
+  elapsed_s: number;
+}
+
+/** A checkpoint written by the trainer. */
+export interface CheckpointInfo {
+  dir: string;
+  phase: string;
+  step: number;
+  samples: number;
+}
+
+/** Listener for trainer events (metrics records, checkpoints); the progress server subscribes. */
+export interface TrainerEvents {
+  emit(event: { type: string; [k: string]: unknown }): void;
+}
+
+/** Everything one phase of training needs. */
+export interface TrainPhaseOptions {
+  runDir: string;
+  phase: string;
+  cfg: ModelConfig;
+  /** Weights to start from (HF directory). */
+  startDir: string;
+  /** Tokenizer files copied into every checkpoint. */
+  tokenizerDir: string;
+  samples: TokenizedSample[];
+  /** The whole plan (all epochs, cut to the budget). */
+  plan: PlannedStep[];
+  tokens: number;
+  recompute: boolean;
+  padId: number;
+  optimizer: OptimizerConfig;
+  /** Checkpoint every this many samples (null: only at the end). */
+  saveSamples: number | null;
+  keepLast: number | null;
+  metricsEvery: number;
+  saveDtype: "f32" | "bf16";
+  /** Samples seen before this phase (phased training keeps counting). */
+  samplesOffset?: number;
+  events?: TrainerEvents;
+  /** Stop after this many steps of this invocation (tests of resume); the state stays resumable. */
+  stopAfterSteps?: number;
+  quiet?: boolean;
+}
+
+/** What a finished phase reports. */
+export interface TrainPhaseResult {
+  steps: number;
+  samplesSeen: number;
+  tokensSeen: number;
+  firstLoss: number | null;
+  lastLoss: number | null;
+  tokensPerS: number;
+  checkpoints: CheckpointInfo[];
+  resumedFrom: number | null;
+  stopped: boolean;
+}
+
+interface FullState {
+  version: 1;
+  phase: string;
+  step: number;
+  samplesSeen: number;
+  tokensSeen: number;
+  elapsedS: number;
+  checkpoints: CheckpointInfo[];
+  firstLoss: number | null;
+  lastLoss: number | null;
+}
+
+const stateDir = (runDir: string, phase: string) => `${runDir}/state/${phase}`;
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Load weights of an HF directory into the graph. */
+async function uploadFromDir(graph: LlamaGraph, dir: string): Promise<void> {
+  const r = await SafetensorsReader.open(dir);
+  try {
+    const tensors = new Map<string, Float32Array>();
+    for (const { name } of parameterShapes(graph.cfg)) tensors.set(name, await r.read(name));
+    graph.upload(tensors);
+  } finally {
+    r.close();
+  }
+}
+
+/** Read the last full state of a phase, or null. A half-written state is ignored. */
+async function readState(runDir: string, phase: string): Promise<FullState | null> {
+  for (const dir of [stateDir(runDir, phase), `${stateDir(runDir, phase)}.old`]) {
+    if (await exists(`${dir}/state.json`)) {
+      return JSON.parse(await Deno.readTextFile(`${dir}/state.json`)) as FullState;
+    }
+  }
+  return null;
+}
+
+async function stateFilesDir(runDir: string, phase: string): Promise<string> {
+  const d = stateDir(runDir, phase);
+  return (await exists(`${d}/state.json`)) ? d : `${d}.old`;
+}
+
+/** Write weights, Adam moments and counters; the previous state survives a crash mid-write. */
+async function writeState(graph: LlamaGraph, runDir: string, st: FullState): Promise<void> {
+  const final = stateDir(runDir, st.phase);
+  const tmp = `${final}.tmp`;
+  await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  await Deno.mkdir(tmp, { recursive: true });
+  const shapes = parameterShapes(graph.cfg);
+  for (const which of ["weights", "m", "v"] as const) {
+    const data = await graph.download(which);
+    await writeSafetensorsFile(
+      `${tmp}/${which}.safetensors`,
+      shapes.map(({ name, shape }) => ({ name, shape, data: data.get(name)! })),
+      "f32",
+    );
+  }
+  await Deno.writeTextFile(`${tmp}/state.json`, JSON.stringify(st, null, 2) + "\n");
+  // Swap: final → .old, tmp → final, drop .old. A crash in between leaves .old readable.
+  await Deno.remove(`${final}.old`, { recursive: true }).catch(() => {});
+  if (await exists(final)) await Deno.rename(final, `${final}.old`);
+  await Deno.rename(tmp, final);
+  await Deno.remove(`${final}.old`, { recursive: true }).catch(() => {});
+}
+
+async function loadState(graph: LlamaGraph, runDir: string, phase: string): Promise<void> {
+  const dir = await stateFilesDir(runDir, phase);
+  for (const which of ["weights", "m", "v"] as const) {
+    const r = await SafetensorsReader.open(`${dir}/${which}.safetensors`);
+    try {
+      const t = new Map<string, Float32Array>();
+      for (const { name } of parameterShapes(graph.cfg)) t.set(name, await r.read(name));
+      if (which === "weights") graph.upload(t);
+      else graph.uploadMoments(which, t);
+    } finally {
+      r.close();
+    }
+  }
+}
+
+/** Keep metrics.jsonl lines of other phases and of this phase before `step` (resume). */
+async function truncateMetrics(path: string, phase: string, step: number): Promise<void> {
+  if (!(await exists(path))) return;
+  const lines = (await Deno.readTextFile(path)).split("\n").filter((l) => l.trim());
+  const keep = lines.filter((l) => {
+    try {
+      const r = JSON.parse(l) as MetricsRecord;
+      return r.phase !== phase || r.step < step;
+    } catch {
+      return false; // a torn last line from a kill
+    }
+  });
+  await Deno.writeTextFile(path, keep.map((l) => l + "\n").join(""));
+}
+
+/**
+ * Train one phase. Re-running with the same run dir resumes from the last full state, and the
+ * metrics from there on equal those of an uninterrupted run.
+ */
+export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainPhaseResult> {
+  const graph = new LlamaGraph(gpu, o.cfg, { tokens: o.tokens, recompute: o.recompute });
+  const metricsPath = `${o.runDir}/metrics.jsonl`;
+  let st: FullState = {
+    version: 1,
+    phase: o.phase,
+    step: 0,
+    samplesSeen: o.samplesOffset ?? 0,
+    tokensSeen: 0,
+    elapsedS: 0,
+    checkpoints: [],
+    firstLoss: null,
+    lastLoss: null,
+  };
+  const prev = await readState(o.runDir, o.phase);
+  let resumedFrom: number | null = null;
+  if (prev) {
+    st = prev;
+    resumedFrom = prev.step;
+    await loadState(graph, o.runDir, o.phase);
+    await truncateMetrics(metricsPath, o.phase, prev.step);
+    if (!o.quiet) {
+      console.log(`[${o.phase}] resuming at step ${prev.step} (${prev.samplesSeen} samples seen)`);
+    }
+  } else {
+    await uploadFromDir(graph, o.startDir);
+    await truncateMetrics(metricsPath, o.phase, 0);
+  }
+  const total = o.plan.length;
+  const metricsFile = await Deno.open(metricsPath, { append: true, create: true });
+  const enc = new TextEncoder();
+  const isTty = Deno.stdout.isTerminal();
+  const t0 = performance.now() - st.elapsedS * 1000;
+  let windowStart = performance.now(), windowTokens = 0;
+  let lastTps = 0;
+  let stopped = false;
+
+  interface Pending {
+    step: number;
+    epoch: number;
+    samples: number;
+    lossTokens: number;
+    tokens: number;
+    lr: number;
+    micro: number;
+  }
+  let pending: Pending[] = [];
+
+  const flush = async () => {
+    if (!pending.length) return;
+    const ms = await graph.readMetrics(pending[0].step, pending[pending.length - 1].step + 1);
+    const now = performance.now();
+    const tps = windowTokens / Math.max(1e-9, (now - windowStart) / 1000);
+    lastTps = tps;
+    windowStart = now;
+    windowTokens = 0;
+    let out = "";
+    for (let i = 0; i < pending.length; i++) {
+      const p = pending[i], m = ms[i];
+      const loss = p.lossTokens > 0 ? m[0] / p.lossTokens : 0;
+      if (
+        !Number.isFinite(m[0]) || !Number.isFinite(m[1]) || m[2] !== 1 && m[2] !== 0 || m[3] === 0
+      ) {
+        const last = st.checkpoints.at(-1);
+        throw new UserError(
+          `non-finite ${Number.isFinite(m[0]) ? "gradient" : "loss"} at step ${p.step} of phase ` +
+            `'${o.phase}'; training stopped, the update was skipped`,
+          last ? `last good checkpoint: ${last.dir}` : "lower train.lr or check the data",
+        );
+      }
+      st.samplesSeen += p.samples;
+      st.tokensSeen += p.tokens;
+      st.firstLoss ??= loss;
+      st.lastLoss = loss;
+      const rec: MetricsRecord = {
+        step: p.step,
+        epoch: p.epoch,
+        phase: o.phase,
+        samples_seen: st.samplesSeen,
+        tokens_seen: st.tokensSeen,
+        loss,
+        gradnorm: m[1],
+        lr: p.lr,
+        num_loss_counted_tokens: p.lossTokens,
+        batch_size: p.samples,
+        micro_batches: p.micro,
+        tokens_per_s: tps,
+        elapsed_s: (now - t0) / 1000,
+      };
+      out += JSON.stringify(rec) + "\n";
+      o.events?.emit({ type: "metrics", ...rec, total_steps: total });
+    }
+    await metricsFile.write(enc.encode(out));
+    pending = [];
+    const last = JSON.parse(out.trim().split("\n").at(-1)!) as MetricsRecord;
+    if (!o.quiet) {
+      const line = `[${o.phase}] step ${last.step + 1}/${total} samples ${last.samples_seen} ` +
+        `loss ${last.loss.toFixed(4)} gradnorm ${last.gradnorm.toFixed(3)} lr ${
+          last.lr.toExponential(2)
+        } ` +
+        `${tps.toFixed(0)} tok/s`;
+      if (isTty) Deno.stdout.writeSync(enc.encode(`\r${line}\x1b[K`));
+      else console.log(line);
+    }
+  };
+
+  const checkpoint = async (final: boolean) => {
+    await flush();
+    const name = `samples_${st.samplesSeen}`;
+    const dir = `${o.runDir}/checkpoints/${o.phase}/${name}`;
+    const weights = await graph.download("weights");
+    await saveHfModel(dir, {
+      config: o.cfg,
+      tensors: weights,
+      dtype: o.saveDtype,
+      tokenizerFrom: o.tokenizerDir,
+    });
+    st.checkpoints = st.checkpoints.filter((c) => c.dir !== dir);
+    st.checkpoints.push({ dir, phase: o.phase, step: st.step, samples: st.samplesSeen });
+    if (o.keepLast && st.checkpoints.length > o.keepLast) {
+      for (const c of st.checkpoints.splice(0, st.checkpoints.length - o.keepLast)) {
+        await Deno.remove(c.dir, { recursive: true }).catch(() => {});
+      }
+    }
+    st.elapsedS = (performance.now() - t0) / 1000;
+    await writeState(graph, o.runDir, st);
+    await writeJsonAtomic(`${o.runDir}/checkpoints/${o.phase}/index.json`, st.checkpoints);
+    o.events?.emit({
+      type: "checkpoint",
+      dir,
+      phase: o.phase,
+      step: st.step,
+      samples: st.samplesSeen,
+      final,
+    });
+    if (isTty && !o.quiet) console.log();
+  };
+
+  try {
+    let ranThisCall = 0;
+    let nextSave = o.saveSamples
+      ? (Math.floor(st.samplesSeen / o.saveSamples) + 1) * o.saveSamples
+      : Infinity;
+    let samplesQueued = st.samplesSeen;
+    while (st.step < total) {
+      const ps = o.plan[st.step];
+      const mbs: MicroBatch[] = ps.microBatches.map((idx) =>
+        packMicroBatch(idx.map((i) => o.samples[i]), o.tokens, o.padId)
+      );
+      const lr = lrAt(st.step, total, o.optimizer);
+      graph.queueStep(st.step, mbs, { ...o.optimizer, lr });
+      const samples = mbs.reduce((s, m) => s + m.samples, 0);
+      const tokens = ps.microBatches.reduce(
+        (s, idx) => s + idx.reduce((a, i) => a + o.samples[i].ids.length, 0),
+        0,
+      );
+      windowTokens += tokens;
+      pending.push({
+        step: st.step,
+        epoch: ps.epoch,
+        samples,
+        lossTokens: mbs.reduce((s, m) => s + m.lossTokens, 0),
+        tokens,
+        lr,
+        micro: mbs.length,
+      });
+      st.step++;
+      ranThisCall++;
+      samplesQueued += samples;
+      if (pending.length >= o.metricsEvery) await flush();
+      if (samplesQueued >= nextSave && st.step < total) {
+        await checkpoint(false);
+        nextSave = (Math.floor(st.samplesSeen / o.saveSamples!) + 1) * o.saveSamples!;
+      }
+      if (o.stopAfterSteps !== undefined && ranThisCall >= o.stopAfterSteps && st.step < total) {
+        await flush();
+        st.elapsedS = (performance.now() - t0) / 1000;
+        await writeState(graph, o.runDir, st);
+        stopped = true;
+        break;
+      }
+    }
+    if (!stopped) {
+      const haveFinal = st.checkpoints.some((c) => c.step === st.step);
+      if (!haveFinal) await checkpoint(true);
+      else await flush();
+    }
+  } finally {
+    metricsFile.close();
+    graph.destroy();
+  }
+  return {
+    steps: st.step,
+    samplesSeen: st.samplesSeen,
+    tokensSeen: st.tokensSeen,
+    firstLoss: st.firstLoss,
+    lastLoss: st.lastLoss,
+    tokensPerS: lastTps,
+    checkpoints: st.checkpoints,
+    resumedFrom,
+    stopped,
+  };
+}

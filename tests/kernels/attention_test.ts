@@ -1,0 +1,175 @@
+// Attention tests: packed varlen causal forward/backward on the GPU against f64 references and finite differences.
+import assert from "node:assert/strict";
+import {
+  attentionBackward,
+  attentionBackwardWorkspaceBytes,
+  attentionForward,
+} from "../../kernels/attention.ts";
+import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
+import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
+import {
+  attentionBackwardRef,
+  attentionRef,
+  type AttnShape,
+  packSamples,
+} from "../reference/attention.ts";
+
+const TOL = 1e-4;
+/** Relative-error floor: this fraction of the reference's largest magnitude (at least 1e-6). */
+const FLOOR_FRAC = 1e-2;
+
+interface Case {
+  name: string;
+  lengths: number[];
+  Hq: number;
+  Hkv: number;
+  D: number;
+  scale?: number;
+  inScale?: number;
+}
+
+interface GpuResult {
+  o: Float32Array;
+  lse: Float32Array;
+  dq: Float32Array;
+  dk: Float32Array;
+  dv: Float32Array;
+}
+
+/** Upload, poison outputs with NaN, run forward then backward, read everything back. */
+async function runGpu(
+  gpu: Gpu,
+  sh: AttnShape,
+  lengths: number[],
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  dout: Float32Array,
+): Promise<GpuResult> {
+  const { T, Hq, Hkv, D } = sh;
+  const { seqStart, seqEnd } = packSamples(lengths);
+  const nq = T * Hq * D, nk = T * Hkv * D;
+  const nan = (n: number) => new Float32Array(n).fill(NaN);
+  const up = (label: string, a: ArrayBufferView) => ({ buffer: gpu.bufferFrom(label, a) });
+  const b = {
+    q: up("attention_test.q", q),
+    k: up("attention_test.k", k),
+    v: up("attention_test.v", v),
+    dout: up("attention_test.dout", dout),
+    seqStart: up("attention_test.seqStart", seqStart),
+    seqEnd: up("attention_test.seqEnd", seqEnd),
+    o: up("attention_test.o", nan(nq)),
+    lse: up("attention_test.lse", nan(Hq * T)),
+    dq: up("attention_test.dq", nan(nq)),
+    dk: up("attention_test.dk", nan(nk)),
+    dv: up("attention_test.dv", nan(nk)),
+    workspace: up("attention_test.ws", nan(attentionBackwardWorkspaceBytes(T, Hq) / 4)),
+  };
+  const arena = new ParamArena(gpu, "attention_test.params", 4096);
+  const fwd = attentionForward(gpu, arena, { ...b, ...sh });
+  const bwd = attentionBackward(gpu, arena, { ...b, ...sh });
+  gpu.run([...fwd, ...bwd], "attention_test");
+  const r = await gpu.read([b.o, b.lse, b.dq, b.dk, b.dv]);
+  for (const x of Object.values(b)) x.buffer.destroy();
+  arena.buffer.destroy();
+  const [o, lse, dq, dk, dv] = r.map((a) => new Float32Array(a));
+  return { o, lse, dq, dk, dv };
+}
+
+/** Max relative error with a floor of max(FLOOR_FRAC × max |ref|, 1e-6). */
+function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < ref.length; i++) m = Math.max(m, Math.abs(ref[i]));
+  return maxRelErr(got, ref, Math.max(FLOOR_FRAC * m, 1e-6));
+}
+
+const CASES: Case[] = [
+  { name: "GQA Hq=4 Hkv=2 D=16, lengths 1,7,20,1,3,5", lengths: [1, 7, 20, 1, 3, 5], Hq: 4, Hkv: 2, D: 16 },
+  { name: "Hq=Hkv=2 D=32, lengths 50,1,12", lengths: [50, 1, 12], Hq: 2, Hkv: 2, D: 32 },
+  { name: "Hq=6 Hkv=1 D=8, lengths 3,1,1,30,9", lengths: [3, 1, 1, 30, 9], Hq: 6, Hkv: 1, D: 8 },
+  { name: "Hq=2 Hkv=1 D=64, one sample of 45", lengths: [45], Hq: 2, Hkv: 1, D: 64 },
+  { name: "Hq=2 Hkv=1 D=128, lengths 37,1,20", lengths: [37, 1, 20], Hq: 2, Hkv: 1, D: 128 },
+  { name: "Hq=3 Hkv=3 D=12, all length 1 (T=19)", lengths: new Array(19).fill(1), Hq: 3, Hkv: 3, D: 12 },
+  {
+    name: "Hq=2 Hkv=1 D=16 scale=1, inputs ±2 (large scores)",
+    lengths: [17, 18],
+    Hq: 2,
+    Hkv: 1,
+    D: 16,
+    scale: 1,
+    inScale: 2,
+  },
+];
+
+for (const c of CASES) {
+  gpuTest(`attention: forward and backward vs f64 reference (${c.name})`, async (gpu) => {
+    const T = c.lengths.reduce((a, b) => a + b, 0);
+    const sh: AttnShape = { T, Hq: c.Hq, Hkv: c.Hkv, D: c.D, scale: c.scale ?? 1 / Math.sqrt(c.D) };
+    const s = c.inScale ?? 1;
+    const q = randomArray(T * c.Hq * c.D, 1, s);
+    const k = randomArray(T * c.Hkv * c.D, 2, s);
+    const v = randomArray(T * c.Hkv * c.D, 3);
+    const dout = randomArray(T * c.Hq * c.D, 4);
+    const g = await runGpu(gpu, sh, c.lengths, q, k, v, dout);
+    const { seqStart } = packSamples(c.lengths);
+    const ref = attentionRef(q, k, v, seqStart, sh);
+    const bref = attentionBackwardRef(q, k, v, dout, seqStart, sh);
+    const errs: [string, number][] = [
+      ["o", relErr(g.o, ref.o)],
+      ["lse", relErr(g.lse, ref.lse)],
+      ["dq", relErr(g.dq, bref.dq)],
+      ["dk", relErr(g.dk, bref.dk)],
+      ["dv", relErr(g.dv, bref.dv)],
+    ];
+    for (const [n, e] of errs) report(`${n} (floor ${FLOOR_FRAC}·max|ref|)`, e, TOL);
+    for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
+  });
+}
+
+gpuTest("attention: backward matches central finite differences in f64", async (gpu) => {
+  const lengths = [2, 1, 6];
+  const T = 9, Hq = 4, Hkv = 2, D = 4;
+  const sh: AttnShape = { T, Hq, Hkv, D, scale: 0.7 };
+  const { seqStart } = packSamples(lengths);
+  const q = randomArray(T * Hq * D, 5), k = randomArray(T * Hkv * D, 6);
+  const v = randomArray(T * Hkv * D, 7), w = randomArray(T * Hq * D, 8);
+  // loss L = Σ o ∘ w, so dL/do = w
+  const loss = (qq: Float64Array, kk: Float64Array, vv: Float64Array) => {
+    const { o } = attentionRef(qq, kk, vv, seqStart, sh);
+    let s = 0;
+    for (let i = 0; i < o.length; i++) s += o[i] * w[i];
+    return s;
+  };
+  const base = [Float64Array.from(q), Float64Array.from(k), Float64Array.from(v)];
+  const fd = base.map((x, which) => {
+    const g = new Float64Array(x.length);
+    const eps = 1e-5;
+    for (let i = 0; i < x.length; i++) {
+      const keep = x[i];
+      x[i] = keep + eps;
+      const lp = loss(base[0], base[1], base[2]);
+      x[i] = keep - eps;
+      const lm = loss(base[0], base[1], base[2]);
+      x[i] = keep;
+      g[i] = (lp - lm) / (2 * eps);
+    }
+    void which;
+    return g;
+  });
+  const an = attentionBackwardRef(q, k, v, w, seqStart, sh);
+  const refErr = Math.max(
+    relErr(an.dq, fd[0]),
+    relErr(an.dk, fd[1]),
+    relErr(an.dv, fd[2]),
+  );
+  report("f64 analytic reference vs finite differences", refErr, 1e-7);
+  assert.ok(refErr <= 1e-7);
+  const g = await runGpu(gpu, sh, lengths, q, k, v, w);
+  const errs: [string, number][] = [
+    ["dq", relErr(g.dq, fd[0])],
+    ["dk", relErr(g.dk, fd[1])],
+    ["dv", relErr(g.dv, fd[2])],
+  ];
+  for (const [n, e] of errs) report(`GPU ${n} vs finite differences (floor ${FLOOR_FRAC}·max|fd|)`, e, TOL);
+  for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
+});

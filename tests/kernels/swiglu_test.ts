@@ -1,0 +1,138 @@
+// SwiGLU forward/backward against the f64 reference, and the reference against central differences.
+import assert from "node:assert/strict";
+import { setGridMaxForTesting } from "../../kernels/elementwise.ts";
+import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
+import { swigluBackward, swigluForward } from "../../kernels/swiglu.ts";
+import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
+import { swigluBackwardRef, swigluForwardRef } from "../reference/swiglu.ts";
+
+const TOL = 1e-5; // elementwise
+// Relative-error floor: outputs are O(1) (|gate| < 6, |up|, |dout| < 2); dgate crosses zero where
+// 1 + g·(1 − s) = 0, and there the f32 rounding of the O(1) terms (~1e-7) is judged against 0.1.
+const FLOOR = 0.1;
+const TOL_FD = 1e-7; // reference vs central differences (f64, h = 1e-5), relative, floor 1e-3
+
+function nanBuffer(gpu: Gpu, label: string, n: number) {
+  return gpu.bufferFrom(label, new Float32Array(n).fill(NaN));
+}
+
+async function runSwiglu(gpu: Gpu, arena: ParamArena, N: number, seed: number) {
+  const gate = randomArray(N, seed, 6);
+  const up = randomArray(N, seed + 1, 2);
+  const dout = randomArray(N, seed + 2, 2);
+  const gb = gpu.bufferFrom("test.swiglu.gate", gate);
+  const ub = gpu.bufferFrom("test.swiglu.up", up);
+  const db = gpu.bufferFrom("test.swiglu.dout", dout);
+  const out = nanBuffer(gpu, "test.swiglu.out", N);
+  const dgate = nanBuffer(gpu, "test.swiglu.dgate", N);
+  const dup = nanBuffer(gpu, "test.swiglu.dup", N);
+  gpu.run([
+    ...swigluForward(gpu, arena, {
+      out: { buffer: out },
+      gate: { buffer: gb },
+      up: { buffer: ub },
+      N,
+    }),
+    ...swigluBackward(gpu, arena, {
+      dgate: { buffer: dgate },
+      dup: { buffer: dup },
+      dout: { buffer: db },
+      gate: { buffer: gb },
+      up: { buffer: ub },
+      N,
+    }),
+  ]);
+  const [o, dg, du] = (await gpu.read([out, dgate, dup].map((buffer) => ({ buffer }))))
+    .map((b) => new Float32Array(b));
+  for (const b of [gb, ub, db, out, dgate, dup]) b.destroy();
+  const ref = swigluBackwardRef(dout, gate, up);
+  return {
+    out: maxRelErr(o, swigluForwardRef(gate, up), FLOOR),
+    dgate: maxRelErr(dg, ref.dgate, FLOOR),
+    dup: maxRelErr(du, ref.dup, FLOOR),
+  };
+}
+
+Deno.test("swiglu: reference backward matches central differences (f64)", () => {
+  const N = 64;
+  const gate = Float64Array.from(randomArray(N, 7, 6));
+  const up = Float64Array.from(randomArray(N, 8, 2));
+  const dout = Float64Array.from(randomArray(N, 9, 2));
+  const { dgate, dup } = swigluBackwardRef(dout, gate, up);
+  // loss = Σ dout · out: its derivative in gate[i] / up[i] only involves element i.
+  const h = 1e-5;
+  const fdGate = new Float64Array(N), fdUp = new Float64Array(N);
+  for (let i = 0; i < N; i++) {
+    const f = (g: number, u: number) => dout[i] * swigluForwardRef([g], [u])[0];
+    fdGate[i] = (f(gate[i] + h, up[i]) - f(gate[i] - h, up[i])) / (2 * h);
+    fdUp[i] = (f(gate[i], up[i] + h) - f(gate[i], up[i] - h)) / (2 * h);
+  }
+  const e = Math.max(maxRelErr(dgate, fdGate, 1e-3), maxRelErr(dup, fdUp, 1e-3));
+  report("swiglu reference vs finite differences", e, TOL_FD);
+  assert.ok(e <= TOL_FD, `${e}`);
+});
+
+gpuTest("swiglu: forward and backward match the reference at odd sizes", async (gpu) => {
+  const arena = new ParamArena(gpu, "test.swiglu");
+  for (const N of [1, 7, 333, 1000, 4099]) {
+    const e = await runSwiglu(gpu, arena, N, N);
+    for (const [k, v] of Object.entries(e)) {
+      report(`swiglu ${k} N=${N}`, v, TOL);
+      assert.ok(v <= TOL, `${k} N=${N}: ${v}`);
+    }
+  }
+});
+
+gpuTest("swiglu: a 2-D grid of workgroups covers every element", async (gpu) => {
+  const arena = new ParamArena(gpu, "test.swiglu.grid");
+  setGridMaxForTesting(4);
+  try {
+    const e = await runSwiglu(gpu, arena, 333 * 7, 42); // 10 workgroups on a 4 × 3 grid
+    for (const [k, v] of Object.entries(e)) {
+      report(`swiglu ${k} on a 4-wide grid`, v, TOL);
+      assert.ok(v <= TOL, `${k}: ${v}`);
+    }
+  } finally {
+    setGridMaxForTesting(null);
+  }
+});
+
+gpuTest("swiglu: saturated gates stay finite", async (gpu) => {
+  const arena = new ParamArena(gpu, "test.swiglu.sat");
+  const gate = new Float32Array([-100, -30, 30, 100, 0]);
+  const up = new Float32Array([1.5, -1, 2, -0.5, 3]);
+  const dout = new Float32Array([1, 2, -1, 0.5, 1]);
+  const N = gate.length;
+  const gb = gpu.bufferFrom("test.swiglu.gate", gate);
+  const ub = gpu.bufferFrom("test.swiglu.up", up);
+  const db = gpu.bufferFrom("test.swiglu.dout", dout);
+  const out = nanBuffer(gpu, "test.swiglu.out", N);
+  const dgate = nanBuffer(gpu, "test.swiglu.dgate", N);
+  const dup = nanBuffer(gpu, "test.swiglu.dup", N);
+  gpu.run([
+    ...swigluForward(gpu, arena, {
+      out: { buffer: out },
+      gate: { buffer: gb },
+      up: { buffer: ub },
+      N,
+    }),
+    ...swigluBackward(gpu, arena, {
+      dgate: { buffer: dgate },
+      dup: { buffer: dup },
+      dout: { buffer: db },
+      gate: { buffer: gb },
+      up: { buffer: ub },
+      N,
+    }),
+  ]);
+  const [o, dg, du] = (await gpu.read([out, dgate, dup].map((buffer) => ({ buffer }))))
+    .map((b) => new Float32Array(b));
+  const ref = swigluBackwardRef(dout, gate, up);
+  const e = Math.max(
+    maxRelErr(o, swigluForwardRef(gate, up), FLOOR),
+    maxRelErr(dg, ref.dgate, FLOOR),
+    maxRelErr(du, ref.dup, FLOOR),
+  );
+  report("swiglu saturated gates", e, TOL);
+  assert.ok(e <= TOL, `${e}`);
+});

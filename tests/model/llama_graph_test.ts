@@ -1,0 +1,166 @@
+// GPU training graph vs the plain-TS reference model: loss and every gradient, per model family.
+import assert from "node:assert/strict";
+import { type ModelConfig, parameterShapes, parseModelConfig } from "../../model/config.ts";
+import { LlamaGraph, type MicroBatch, packMicroBatch } from "../../model/llama_graph.ts";
+import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
+import { referenceForwardBackward } from "../reference/llama.ts";
+
+const BASE = {
+  vocab_size: 37,
+  hidden_size: 16,
+  intermediate_size: 24,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  max_position_embeddings: 64,
+  hidden_act: "silu",
+  tie_word_embeddings: false,
+};
+
+/** Tiny configs of every family the graph supports. */
+export const FAMILIES: Record<string, Record<string, unknown>> = {
+  "llama-gqa": { ...BASE, architectures: ["LlamaForCausalLM"] },
+  "llama-tied": {
+    ...BASE,
+    architectures: ["LlamaForCausalLM"],
+    tie_word_embeddings: true,
+    num_key_value_heads: 4,
+  },
+  granite: {
+    ...BASE,
+    architectures: ["GraniteForCausalLM"],
+    embedding_multiplier: 3.0,
+    residual_multiplier: 0.5,
+    attention_multiplier: 0.2,
+    logits_scaling: 2.5,
+  },
+  qwen2: {
+    ...BASE,
+    architectures: ["Qwen2ForCausalLM"],
+    num_key_value_heads: 1,
+    attention_bias: true,
+  },
+  "llama3-rope": {
+    ...BASE,
+    architectures: ["LlamaForCausalLM"],
+    rope_theta: 500000,
+    rope_scaling: {
+      rope_type: "llama3",
+      factor: 32,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 8,
+    },
+  },
+};
+
+/** Random weights (norm weights around 1) for a config. */
+export function randomWeights(cfg: ModelConfig, seed: number): Map<string, Float32Array> {
+  const w = new Map<string, Float32Array>();
+  parameterShapes(cfg).forEach(({ name, shape }, i) => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const r = randomArray(n, seed * 1000 + i, name.includes("norm") ? 0.2 : 0.3);
+    if (name.includes("norm")) { for (let j = 0; j < n; j++) r[j] += 1; }
+    w.set(name, r);
+  });
+  return w;
+}
+
+/** Three samples of lengths 5, 1 and 7 (the first token of each is prompt, not trained). */
+export function testSamples(V: number, seed: number): { ids: number[]; labels: number[] }[] {
+  const r = randomArray(64, seed, 1);
+  let k = 0;
+  return [5, 1, 7].map((n) => {
+    const ids = Array.from({ length: n }, () => Math.floor(Math.abs(r[k++ % 64]) * V) % V);
+    return { ids, labels: ids.map((id, i) => (i === 0 ? -100 : id)) };
+  });
+}
+
+/** The test samples packed into T = 16 slots (3 padding). */
+export function testBatch(V: number, seed: number, T = 16): MicroBatch {
+  return packMicroBatch(testSamples(V, seed), T, 0);
+}
+
+for (const [family, json] of Object.entries(FAMILIES)) {
+  gpuTest(`graph: ${family} loss and every gradient match the reference`, async (gpu) => {
+    const cfg = parseModelConfig(json, `${family}/config.json`);
+    const weights = randomWeights(cfg, 7);
+    const mb = testBatch(cfg.vocabSize, 3);
+    const ref = referenceForwardBackward(cfg, weights, {
+      ids: Int32Array.from(mb.ids),
+      labels: mb.labels,
+      pos: mb.pos,
+      seqStart: mb.seqStart,
+      seqEnd: mb.seqEnd,
+    });
+    assert.equal(ref.lossTokens, mb.lossTokens);
+    const graph = new LlamaGraph(gpu, cfg, { tokens: 16 });
+    graph.upload(weights);
+    // One step with lr 0: gradients of the token-mean loss land in Adam's m = (1 − β1)·g.
+    graph.queueStep(0, [mb], {
+      lr: 0,
+      beta1: 0.5,
+      beta2: 0.9,
+      eps: 1e-8,
+      weightDecay: 0,
+      maxGradNorm: 0,
+    });
+    const [metrics] = await graph.readMetrics(0, 1);
+    const lossErr = Math.abs(metrics[0] - ref.lossSum) / Math.abs(ref.lossSum);
+    report(
+      `${family} loss sum ${metrics[0].toFixed(5)} vs ${ref.lossSum.toFixed(5)}`,
+      lossErr,
+      1e-5,
+    );
+    assert.ok(lossErr < 1e-5, `loss ${metrics[0]} vs ${ref.lossSum}`);
+    const m = await graph.download("m");
+    let worst = 0, worstName = "";
+    for (const [name, g] of ref.grads) {
+      const got = m.get(name)!.map((x) => x / 0.5 * mb.lossTokens);
+      const err = maxRelErr(got, g, 1e-3);
+      if (err > worst) [worst, worstName] = [err, name];
+    }
+    report(`${family} gradients (worst ${worstName}, floor 1e-3)`, worst, 2e-3);
+    assert.ok(worst < 2e-3, `${worstName}: ${worst}`);
+    // gradnorm reported before clipping equals the reference norm of the mean-loss gradient.
+    let sq = 0;
+    for (const g of ref.grads.values()) for (const x of g) sq += (x / mb.lossTokens) ** 2;
+    const gnErr = Math.abs(metrics[1] - Math.sqrt(sq)) / Math.sqrt(sq);
+    assert.ok(gnErr < 1e-4, `gradnorm ${metrics[1]} vs ${Math.sqrt(sq)}`);
+    graph.destroy();
+  });
+}
+
+gpuTest(
+  "graph: accumulation over 2 micro-batches equals one batch twice as large (A.6.10)",
+  async (gpu) => {
+    const cfg = parseModelConfig(FAMILIES["llama-gqa"], "acc/config.json");
+    const weights = randomWeights(cfg, 11);
+    const a = testBatch(cfg.vocabSize, 5), b = testBatch(cfg.vocabSize, 6);
+    const both = packMicroBatch(
+      [...testSamples(cfg.vocabSize, 5), ...testSamples(cfg.vocabSize, 6)],
+      32,
+      0,
+    );
+    assert.equal(both.lossTokens, a.lossTokens + b.lossTokens);
+    const hyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 };
+    const g1 = new LlamaGraph(gpu, cfg, { tokens: 16 });
+    g1.upload(weights);
+    g1.queueStep(0, [a, b], hyper);
+    const g2 = new LlamaGraph(gpu, cfg, { tokens: 32 });
+    g2.upload(weights);
+    g2.queueStep(0, [both], hyper);
+    const [m1] = await g1.readMetrics(0, 1), [m2] = await g2.readMetrics(0, 1);
+    assert.ok(Math.abs(m1[0] - m2[0]) / m2[0] < 1e-5, `loss ${m1[0]} vs ${m2[0]}`);
+    assert.ok(Math.abs(m1[1] - m2[1]) / m2[1] < 1e-4, `gradnorm ${m1[1]} vs ${m2[1]}`);
+    const w1 = await g1.download("m"), w2 = await g2.download("m");
+    let worst = 0;
+    for (const [n, x] of w1) worst = Math.max(worst, maxRelErr(x, w2.get(n)!, 1e-4));
+    report("accumulated vs single-batch gradients (floor 1e-4)", worst, 1e-3);
+    assert.ok(worst < 1e-3);
+    g1.destroy();
+    g2.destroy();
+  },
+);
