@@ -179,7 +179,12 @@ export class Evaluator {
       opts.style ?? "auto",
       opts.log,
     );
-    await ev.load(modelDir);
+    try {
+      await ev.load(modelDir);
+    } catch (e) {
+      ev.destroy();
+      throw e;
+    }
     return ev;
   }
 

@@ -1,4 +1,4 @@
-// Launchers for decoding with a GPU KV cache: append a token's K/V and attend one query row (split-K, GQA).
+// Launchers for decoding with a GPU KV cache: RoPE + K/V append of one token, then attention of its query row (split-K, GQA).
 import {
   alignUp,
   type BufferSlice,
@@ -52,34 +52,43 @@ function params(arena: ParamArena, s: DecodeShape, scale: number): BufferSlice {
 }
 
 /**
- * kCache[pos] = k and vCache[pos] = v, with pos = step[0] (u32) read on the GPU, so the same
- * dispatch serves every decode step. Caches (Lmax, Hkv, D); k, v (Hkv, D).
+ * RoPE and cache append of one token, in one dispatch, with pos = step[0] (u32) read on the GPU so
+ * the same dispatch serves every decode step: q (Hq, D) is rotated in place, kCache[pos] =
+ * RoPE(k) and vCache[pos] = v (k, v (Hkv, D); caches (Lmax, Hkv, D); table from ropeTable with at
+ * least Lmax positions). The rotation is rope.wgsl's (HF rotate-half).
  */
-export function kvAppend(
+export function ropeAppend(
   gpu: Gpu,
   arena: ParamArena,
   args: DecodeShape & {
+    q: BufferSlice;
     kCache: BufferSlice;
     vCache: BufferSlice;
     k: BufferSlice;
     v: BufferSlice;
     step: BufferSlice;
+    table: BufferSlice;
   },
 ): Dispatch[] {
-  check("kv_append", args);
-  const kernel = gpu.kernel("decode_attention", "kv_append", { D: args.D });
+  check("rope_append", args);
+  if (args.D % 2 !== 0) throw new GpuError(`head dim ${args.D} is odd`, "rope_append");
+  const { Hq, Hkv, D } = args;
+  const kernel = gpu.kernel("decode_attention", "rope_append", { D });
   const p = params(arena, args, 1);
+  const n = ((Hq + Hkv) * D) / 2 + Hkv * D;
   return [{
     kernel,
     bindGroup: gpu.bind(kernel, {
       0: p,
-      1: args.kCache,
-      2: args.vCache,
-      3: args.k,
-      4: args.v,
-      5: args.step,
+      1: args.q,
+      2: args.kCache,
+      3: args.vCache,
+      4: args.k,
+      5: args.v,
+      6: args.step,
+      7: args.table,
     }),
-    workgroups: [Math.ceil((args.Hkv * args.D) / 256), 1, 1],
+    workgroups: [Math.ceil(n / 256), 1, 1],
   }];
 }
 

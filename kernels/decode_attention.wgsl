@@ -1,7 +1,8 @@
-// Decode attention against a GPU KV cache: append one token's K/V, then split-K attention of one query row (GQA).
+// Decode attention against a GPU KV cache: RoPE of q and k with K/V appended, then split-K attention of one query row (GQA).
 //
 // The cache of a layer is (Lmax, Hkv, D) row-major; `step[0]` is the position p of the token
-// being decoded (it attends to cache rows 0..p). decode_attention_partial: workgroup (key chunk c
+// being decoded (it attends to cache rows 0..p). rope_append rotates q in place (HF rotate-half,
+// the same arithmetic as rope.wgsl) and writes the rotated k and the raw v into cache row p. decode_attention_partial: workgroup (key chunk c
 // of CHUNK rows, q head h) writes the chunk's max score m, Σ exp(s − m) and Σ exp(s − m)·v into
 // the workspace; decode_attention_combine: workgroup per q head merges the chunks in a fixed
 // order. Deterministic: every reduction has a fixed order, no atomics.
@@ -24,12 +25,14 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// kv_append bindings
-@group(0) @binding(1) var<storage, read_write> a_kc: array<f32>; // (Lmax, Hkv, D)
-@group(0) @binding(2) var<storage, read_write> a_vc: array<f32>; // (Lmax, Hkv, D)
-@group(0) @binding(3) var<storage, read> a_k: array<f32>; // (Hkv, D) new key (after RoPE)
-@group(0) @binding(4) var<storage, read> a_v: array<f32>; // (Hkv, D) new value
-@group(0) @binding(5) var<storage, read> a_step: array<u32>; // [pos, ...]
+// rope_append bindings
+@group(0) @binding(1) var<storage, read_write> a_q: array<f32>; // (Hq, D) rotated in place
+@group(0) @binding(2) var<storage, read_write> a_kc: array<f32>; // (Lmax, Hkv, D)
+@group(0) @binding(3) var<storage, read_write> a_vc: array<f32>; // (Lmax, Hkv, D)
+@group(0) @binding(4) var<storage, read> a_k: array<f32>; // (Hkv, D) new key (before RoPE)
+@group(0) @binding(5) var<storage, read> a_v: array<f32>; // (Hkv, D) new value
+@group(0) @binding(6) var<storage, read> a_step: array<u32>; // [pos, ...]
+@group(0) @binding(7) var<storage, read> a_table: array<vec2<f32>>; // (Lmax, D/2) (cos, sin)
 
 // decode_attention_partial bindings
 @group(0) @binding(1) var<storage, read_write> s_part: array<f32>; // (Hq, chunks, D + 2)
@@ -48,17 +51,38 @@ var<workgroup> wred: array<f32, CHUNK>; // reduction scratch
 var<workgroup> wp: array<f32, CHUNK>; // exp(s − m) of the chunk's keys
 var<workgroup> wpos: u32;
 
-// kc[pos] = k, vc[pos] = v: one thread per element of (Hkv, D).
+// One thread per rotation pair of q (Hq·D/2), then per pair of k (Hkv·D/2, written to the
+// cache row), then per element of v (Hkv·D, copied to the cache row).
 @compute @workgroup_size(256)
-fn kv_append(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let n = p.hkv * D;
+fn rope_append(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let half = D / 2u;
+  let nq = p.hq * half;
+  let nk = p.hkv * half;
+  let nv = p.hkv * D;
   let e = gid.x;
-  if (e >= n) {
-    return;
+  let pos = a_step[0];
+  if (e < nq) {
+    let i = e % half;
+    let base = (e / half) * D + i;
+    let cs = a_table[pos * half + i];
+    let a = a_q[base];
+    let b = a_q[base + half];
+    a_q[base] = a * cs.x - b * cs.y;
+    a_q[base + half] = b * cs.x + a * cs.y;
+  } else if (e < nq + nk) {
+    let k = e - nq;
+    let i = k % half;
+    let base = (k / half) * D + i;
+    let cs = a_table[pos * half + i];
+    let a = a_k[base];
+    let b = a_k[base + half];
+    let row = pos * nv;
+    a_kc[row + base] = a * cs.x - b * cs.y;
+    a_kc[row + base + half] = b * cs.x + a * cs.y;
+  } else if (e < nq + nk + nv) {
+    let v = e - nq - nk;
+    a_vc[pos * nv + v] = a_v[v];
   }
-  let row = a_step[0] * n;
-  a_kc[row + e] = a_k[e];
-  a_vc[row + e] = a_v[e];
 }
 
 // Tree reduction of wred (max when `is_max`, else sum); every thread returns the result.

@@ -131,11 +131,15 @@ fn matmul_tiled(
     }
     workgroupBarrier();
   }
-  let rows = array<vec4<f32>, 4>(c0, c1, c2, c3);
-  for (var r = 0u; r < 4u; r++) {
-    for (var t = 0u; t < 4u; t++) {
-      storeOne(i0 + ti + r, j0 + tj + t, rows[r][t]);
-    }
+  // Rows loop with a data-dependent trip count, so it is not unrolled (smaller code to compile).
+  let blk = array<vec4<f32>, 4>(c0, c1, c2, c3);
+  let rows = min(4u, p.M - min(i0 + ti, p.M));
+  for (var r = 0u; r < rows; r++) {
+    let v = blk[r];
+    storeOne(i0 + ti + r, j0 + tj, v.x);
+    storeOne(i0 + ti + r, j0 + tj + 1u, v.y);
+    storeOne(i0 + ti + r, j0 + tj + 2u, v.z);
+    storeOne(i0 + ti + r, j0 + tj + 3u, v.w);
   }
 }
 
@@ -242,242 +246,188 @@ fn matmul_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     var b0_1 = vec4<f32>(0.0);
     var b0_2 = vec4<f32>(0.0);
     var b0_3 = vec4<f32>(0.0);
-    { b0_0 = select(vec4<f32>(0.0), vec4<f32>(b[bj0.x + pb0], b[bj0.y + pb0], b[bj0.z + pb0], b[bj0.w + pb0]), v0); }
-    if (WIDE_TC > 4u) { b0_1 = select(vec4<f32>(0.0), vec4<f32>(b[bj1.x + pb0], b[bj1.y + pb0], b[bj1.z + pb0], b[bj1.w + pb0]), v0); }
-    if (WIDE_TC > 8u) { b0_2 = select(vec4<f32>(0.0), vec4<f32>(b[bj2.x + pb0], b[bj2.y + pb0], b[bj2.z + pb0], b[bj2.w + pb0]), v0); }
-    if (WIDE_TC > 12u) { b0_3 = select(vec4<f32>(0.0), vec4<f32>(b[bj3.x + pb0], b[bj3.y + pb0], b[bj3.z + pb0], b[bj3.w + pb0]), v0); }
+    { b0_0 = vec4<f32>(b[bj0.x + pb0], b[bj0.y + pb0], b[bj0.z + pb0], b[bj0.w + pb0]); }
+    if (WIDE_TC > 4u) { b0_1 = vec4<f32>(b[bj1.x + pb0], b[bj1.y + pb0], b[bj1.z + pb0], b[bj1.w + pb0]); }
+    if (WIDE_TC > 8u) { b0_2 = vec4<f32>(b[bj2.x + pb0], b[bj2.y + pb0], b[bj2.z + pb0], b[bj2.w + pb0]); }
+    if (WIDE_TC > 12u) { b0_3 = vec4<f32>(b[bj3.x + pb0], b[bj3.y + pb0], b[bj3.z + pb0], b[bj3.w + pb0]); }
     var b1_0 = vec4<f32>(0.0);
     var b1_1 = vec4<f32>(0.0);
     var b1_2 = vec4<f32>(0.0);
     var b1_3 = vec4<f32>(0.0);
-    { b1_0 = select(vec4<f32>(0.0), vec4<f32>(b[bj0.x + pb1], b[bj0.y + pb1], b[bj0.z + pb1], b[bj0.w + pb1]), v1); }
-    if (WIDE_TC > 4u) { b1_1 = select(vec4<f32>(0.0), vec4<f32>(b[bj1.x + pb1], b[bj1.y + pb1], b[bj1.z + pb1], b[bj1.w + pb1]), v1); }
-    if (WIDE_TC > 8u) { b1_2 = select(vec4<f32>(0.0), vec4<f32>(b[bj2.x + pb1], b[bj2.y + pb1], b[bj2.z + pb1], b[bj2.w + pb1]), v1); }
-    if (WIDE_TC > 12u) { b1_3 = select(vec4<f32>(0.0), vec4<f32>(b[bj3.x + pb1], b[bj3.y + pb1], b[bj3.z + pb1], b[bj3.w + pb1]), v1); }
+    { b1_0 = vec4<f32>(b[bj0.x + pb1], b[bj0.y + pb1], b[bj0.z + pb1], b[bj0.w + pb1]); }
+    if (WIDE_TC > 4u) { b1_1 = vec4<f32>(b[bj1.x + pb1], b[bj1.y + pb1], b[bj1.z + pb1], b[bj1.w + pb1]); }
+    if (WIDE_TC > 8u) { b1_2 = vec4<f32>(b[bj2.x + pb1], b[bj2.y + pb1], b[bj2.z + pb1], b[bj2.w + pb1]); }
+    if (WIDE_TC > 12u) { b1_3 = vec4<f32>(b[bj3.x + pb1], b[bj3.y + pb1], b[bj3.z + pb1], b[bj3.w + pb1]); }
     var b2_0 = vec4<f32>(0.0);
     var b2_1 = vec4<f32>(0.0);
     var b2_2 = vec4<f32>(0.0);
     var b2_3 = vec4<f32>(0.0);
-    { b2_0 = select(vec4<f32>(0.0), vec4<f32>(b[bj0.x + pb2], b[bj0.y + pb2], b[bj0.z + pb2], b[bj0.w + pb2]), v2); }
-    if (WIDE_TC > 4u) { b2_1 = select(vec4<f32>(0.0), vec4<f32>(b[bj1.x + pb2], b[bj1.y + pb2], b[bj1.z + pb2], b[bj1.w + pb2]), v2); }
-    if (WIDE_TC > 8u) { b2_2 = select(vec4<f32>(0.0), vec4<f32>(b[bj2.x + pb2], b[bj2.y + pb2], b[bj2.z + pb2], b[bj2.w + pb2]), v2); }
-    if (WIDE_TC > 12u) { b2_3 = select(vec4<f32>(0.0), vec4<f32>(b[bj3.x + pb2], b[bj3.y + pb2], b[bj3.z + pb2], b[bj3.w + pb2]), v2); }
+    { b2_0 = vec4<f32>(b[bj0.x + pb2], b[bj0.y + pb2], b[bj0.z + pb2], b[bj0.w + pb2]); }
+    if (WIDE_TC > 4u) { b2_1 = vec4<f32>(b[bj1.x + pb2], b[bj1.y + pb2], b[bj1.z + pb2], b[bj1.w + pb2]); }
+    if (WIDE_TC > 8u) { b2_2 = vec4<f32>(b[bj2.x + pb2], b[bj2.y + pb2], b[bj2.z + pb2], b[bj2.w + pb2]); }
+    if (WIDE_TC > 12u) { b2_3 = vec4<f32>(b[bj3.x + pb2], b[bj3.y + pb2], b[bj3.z + pb2], b[bj3.w + pb2]); }
     var b3_0 = vec4<f32>(0.0);
     var b3_1 = vec4<f32>(0.0);
     var b3_2 = vec4<f32>(0.0);
     var b3_3 = vec4<f32>(0.0);
-    { b3_0 = select(vec4<f32>(0.0), vec4<f32>(b[bj0.x + pb3], b[bj0.y + pb3], b[bj0.z + pb3], b[bj0.w + pb3]), v3); }
-    if (WIDE_TC > 4u) { b3_1 = select(vec4<f32>(0.0), vec4<f32>(b[bj1.x + pb3], b[bj1.y + pb3], b[bj1.z + pb3], b[bj1.w + pb3]), v3); }
-    if (WIDE_TC > 8u) { b3_2 = select(vec4<f32>(0.0), vec4<f32>(b[bj2.x + pb3], b[bj2.y + pb3], b[bj2.z + pb3], b[bj2.w + pb3]), v3); }
-    if (WIDE_TC > 12u) { b3_3 = select(vec4<f32>(0.0), vec4<f32>(b[bj3.x + pb3], b[bj3.y + pb3], b[bj3.z + pb3], b[bj3.w + pb3]), v3); }
+    { b3_0 = vec4<f32>(b[bj0.x + pb3], b[bj0.y + pb3], b[bj0.z + pb3], b[bj0.w + pb3]); }
+    if (WIDE_TC > 4u) { b3_1 = vec4<f32>(b[bj1.x + pb3], b[bj1.y + pb3], b[bj1.z + pb3], b[bj1.w + pb3]); }
+    if (WIDE_TC > 8u) { b3_2 = vec4<f32>(b[bj2.x + pb3], b[bj2.y + pb3], b[bj2.z + pb3], b[bj2.w + pb3]); }
+    if (WIDE_TC > 12u) { b3_3 = vec4<f32>(b[bj3.x + pb3], b[bj3.y + pb3], b[bj3.z + pb3], b[bj3.w + pb3]); }
+    var a0_0 = 0.0; var a0_1 = 0.0; var a0_2 = 0.0; var a0_3 = 0.0;
+    { a0_0 = select(0.0, a[ai0 + pa0], v0); a0_1 = select(0.0, a[ai0 + pa1], v1); a0_2 = select(0.0, a[ai0 + pa2], v2); a0_3 = select(0.0, a[ai0 + pa3], v3); }
+    var a1_0 = 0.0; var a1_1 = 0.0; var a1_2 = 0.0; var a1_3 = 0.0;
+    if (WIDE_TR > 1u) { a1_0 = select(0.0, a[ai1 + pa0], v0); a1_1 = select(0.0, a[ai1 + pa1], v1); a1_2 = select(0.0, a[ai1 + pa2], v2); a1_3 = select(0.0, a[ai1 + pa3], v3); }
+    var a2_0 = 0.0; var a2_1 = 0.0; var a2_2 = 0.0; var a2_3 = 0.0;
+    if (WIDE_TR > 2u) { a2_0 = select(0.0, a[ai2 + pa0], v0); a2_1 = select(0.0, a[ai2 + pa1], v1); a2_2 = select(0.0, a[ai2 + pa2], v2); a2_3 = select(0.0, a[ai2 + pa3], v3); }
+    var a3_0 = 0.0; var a3_1 = 0.0; var a3_2 = 0.0; var a3_3 = 0.0;
+    if (WIDE_TR > 3u) { a3_0 = select(0.0, a[ai3 + pa0], v0); a3_1 = select(0.0, a[ai3 + pa1], v1); a3_2 = select(0.0, a[ai3 + pa2], v2); a3_3 = select(0.0, a[ai3 + pa3], v3); }
+    var a4_0 = 0.0; var a4_1 = 0.0; var a4_2 = 0.0; var a4_3 = 0.0;
+    if (WIDE_TR > 4u) { a4_0 = select(0.0, a[ai4 + pa0], v0); a4_1 = select(0.0, a[ai4 + pa1], v1); a4_2 = select(0.0, a[ai4 + pa2], v2); a4_3 = select(0.0, a[ai4 + pa3], v3); }
+    var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0;
+    if (WIDE_TR > 5u) { a5_0 = select(0.0, a[ai5 + pa0], v0); a5_1 = select(0.0, a[ai5 + pa1], v1); a5_2 = select(0.0, a[ai5 + pa2], v2); a5_3 = select(0.0, a[ai5 + pa3], v3); }
+    var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0;
+    if (WIDE_TR > 6u) { a6_0 = select(0.0, a[ai6 + pa0], v0); a6_1 = select(0.0, a[ai6 + pa1], v1); a6_2 = select(0.0, a[ai6 + pa2], v2); a6_3 = select(0.0, a[ai6 + pa3], v3); }
+    var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0;
+    if (WIDE_TR > 7u) { a7_0 = select(0.0, a[ai7 + pa0], v0); a7_1 = select(0.0, a[ai7 + pa1], v1); a7_2 = select(0.0, a[ai7 + pa2], v2); a7_3 = select(0.0, a[ai7 + pa3], v3); }
+    var a8_0 = 0.0; var a8_1 = 0.0; var a8_2 = 0.0; var a8_3 = 0.0;
+    if (WIDE_TR > 8u) { a8_0 = select(0.0, a[ai8 + pa0], v0); a8_1 = select(0.0, a[ai8 + pa1], v1); a8_2 = select(0.0, a[ai8 + pa2], v2); a8_3 = select(0.0, a[ai8 + pa3], v3); }
+    var a9_0 = 0.0; var a9_1 = 0.0; var a9_2 = 0.0; var a9_3 = 0.0;
+    if (WIDE_TR > 9u) { a9_0 = select(0.0, a[ai9 + pa0], v0); a9_1 = select(0.0, a[ai9 + pa1], v1); a9_2 = select(0.0, a[ai9 + pa2], v2); a9_3 = select(0.0, a[ai9 + pa3], v3); }
+    var a10_0 = 0.0; var a10_1 = 0.0; var a10_2 = 0.0; var a10_3 = 0.0;
+    if (WIDE_TR > 10u) { a10_0 = select(0.0, a[ai10 + pa0], v0); a10_1 = select(0.0, a[ai10 + pa1], v1); a10_2 = select(0.0, a[ai10 + pa2], v2); a10_3 = select(0.0, a[ai10 + pa3], v3); }
+    var a11_0 = 0.0; var a11_1 = 0.0; var a11_2 = 0.0; var a11_3 = 0.0;
+    if (WIDE_TR > 11u) { a11_0 = select(0.0, a[ai11 + pa0], v0); a11_1 = select(0.0, a[ai11 + pa1], v1); a11_2 = select(0.0, a[ai11 + pa2], v2); a11_3 = select(0.0, a[ai11 + pa3], v3); }
+    var a12_0 = 0.0; var a12_1 = 0.0; var a12_2 = 0.0; var a12_3 = 0.0;
+    if (WIDE_TR > 12u) { a12_0 = select(0.0, a[ai12 + pa0], v0); a12_1 = select(0.0, a[ai12 + pa1], v1); a12_2 = select(0.0, a[ai12 + pa2], v2); a12_3 = select(0.0, a[ai12 + pa3], v3); }
+    var a13_0 = 0.0; var a13_1 = 0.0; var a13_2 = 0.0; var a13_3 = 0.0;
+    if (WIDE_TR > 13u) { a13_0 = select(0.0, a[ai13 + pa0], v0); a13_1 = select(0.0, a[ai13 + pa1], v1); a13_2 = select(0.0, a[ai13 + pa2], v2); a13_3 = select(0.0, a[ai13 + pa3], v3); }
+    var a14_0 = 0.0; var a14_1 = 0.0; var a14_2 = 0.0; var a14_3 = 0.0;
+    if (WIDE_TR > 14u) { a14_0 = select(0.0, a[ai14 + pa0], v0); a14_1 = select(0.0, a[ai14 + pa1], v1); a14_2 = select(0.0, a[ai14 + pa2], v2); a14_3 = select(0.0, a[ai14 + pa3], v3); }
+    var a15_0 = 0.0; var a15_1 = 0.0; var a15_2 = 0.0; var a15_3 = 0.0;
+    if (WIDE_TR > 15u) { a15_0 = select(0.0, a[ai15 + pa0], v0); a15_1 = select(0.0, a[ai15 + pa1], v1); a15_2 = select(0.0, a[ai15 + pa2], v2); a15_3 = select(0.0, a[ai15 + pa3], v3); }
     {
-      let a0 = select(0.0, a[ai0 + pa0], v0); let a1 = select(0.0, a[ai0 + pa1], v1); let a2 = select(0.0, a[ai0 + pa2], v2); let a3 = select(0.0, a[ai0 + pa3], v3);
-      { c0_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c0_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c0_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c0_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c0_0 += a0_0 * b0_0 + a0_1 * b1_0 + a0_2 * b2_0 + a0_3 * b3_0; }
+      if (WIDE_TC > 4u) { c0_1 += a0_0 * b0_1 + a0_1 * b1_1 + a0_2 * b2_1 + a0_3 * b3_1; }
+      if (WIDE_TC > 8u) { c0_2 += a0_0 * b0_2 + a0_1 * b1_2 + a0_2 * b2_2 + a0_3 * b3_2; }
+      if (WIDE_TC > 12u) { c0_3 += a0_0 * b0_3 + a0_1 * b1_3 + a0_2 * b2_3 + a0_3 * b3_3; }
     }
     if (WIDE_TR > 1u) {
-      let a0 = select(0.0, a[ai1 + pa0], v0); let a1 = select(0.0, a[ai1 + pa1], v1); let a2 = select(0.0, a[ai1 + pa2], v2); let a3 = select(0.0, a[ai1 + pa3], v3);
-      { c1_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c1_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c1_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c1_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c1_0 += a1_0 * b0_0 + a1_1 * b1_0 + a1_2 * b2_0 + a1_3 * b3_0; }
+      if (WIDE_TC > 4u) { c1_1 += a1_0 * b0_1 + a1_1 * b1_1 + a1_2 * b2_1 + a1_3 * b3_1; }
+      if (WIDE_TC > 8u) { c1_2 += a1_0 * b0_2 + a1_1 * b1_2 + a1_2 * b2_2 + a1_3 * b3_2; }
+      if (WIDE_TC > 12u) { c1_3 += a1_0 * b0_3 + a1_1 * b1_3 + a1_2 * b2_3 + a1_3 * b3_3; }
     }
     if (WIDE_TR > 2u) {
-      let a0 = select(0.0, a[ai2 + pa0], v0); let a1 = select(0.0, a[ai2 + pa1], v1); let a2 = select(0.0, a[ai2 + pa2], v2); let a3 = select(0.0, a[ai2 + pa3], v3);
-      { c2_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c2_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c2_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c2_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c2_0 += a2_0 * b0_0 + a2_1 * b1_0 + a2_2 * b2_0 + a2_3 * b3_0; }
+      if (WIDE_TC > 4u) { c2_1 += a2_0 * b0_1 + a2_1 * b1_1 + a2_2 * b2_1 + a2_3 * b3_1; }
+      if (WIDE_TC > 8u) { c2_2 += a2_0 * b0_2 + a2_1 * b1_2 + a2_2 * b2_2 + a2_3 * b3_2; }
+      if (WIDE_TC > 12u) { c2_3 += a2_0 * b0_3 + a2_1 * b1_3 + a2_2 * b2_3 + a2_3 * b3_3; }
     }
     if (WIDE_TR > 3u) {
-      let a0 = select(0.0, a[ai3 + pa0], v0); let a1 = select(0.0, a[ai3 + pa1], v1); let a2 = select(0.0, a[ai3 + pa2], v2); let a3 = select(0.0, a[ai3 + pa3], v3);
-      { c3_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c3_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c3_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c3_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c3_0 += a3_0 * b0_0 + a3_1 * b1_0 + a3_2 * b2_0 + a3_3 * b3_0; }
+      if (WIDE_TC > 4u) { c3_1 += a3_0 * b0_1 + a3_1 * b1_1 + a3_2 * b2_1 + a3_3 * b3_1; }
+      if (WIDE_TC > 8u) { c3_2 += a3_0 * b0_2 + a3_1 * b1_2 + a3_2 * b2_2 + a3_3 * b3_2; }
+      if (WIDE_TC > 12u) { c3_3 += a3_0 * b0_3 + a3_1 * b1_3 + a3_2 * b2_3 + a3_3 * b3_3; }
     }
     if (WIDE_TR > 4u) {
-      let a0 = select(0.0, a[ai4 + pa0], v0); let a1 = select(0.0, a[ai4 + pa1], v1); let a2 = select(0.0, a[ai4 + pa2], v2); let a3 = select(0.0, a[ai4 + pa3], v3);
-      { c4_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c4_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c4_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c4_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c4_0 += a4_0 * b0_0 + a4_1 * b1_0 + a4_2 * b2_0 + a4_3 * b3_0; }
+      if (WIDE_TC > 4u) { c4_1 += a4_0 * b0_1 + a4_1 * b1_1 + a4_2 * b2_1 + a4_3 * b3_1; }
+      if (WIDE_TC > 8u) { c4_2 += a4_0 * b0_2 + a4_1 * b1_2 + a4_2 * b2_2 + a4_3 * b3_2; }
+      if (WIDE_TC > 12u) { c4_3 += a4_0 * b0_3 + a4_1 * b1_3 + a4_2 * b2_3 + a4_3 * b3_3; }
     }
     if (WIDE_TR > 5u) {
-      let a0 = select(0.0, a[ai5 + pa0], v0); let a1 = select(0.0, a[ai5 + pa1], v1); let a2 = select(0.0, a[ai5 + pa2], v2); let a3 = select(0.0, a[ai5 + pa3], v3);
-      { c5_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c5_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c5_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c5_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c5_0 += a5_0 * b0_0 + a5_1 * b1_0 + a5_2 * b2_0 + a5_3 * b3_0; }
+      if (WIDE_TC > 4u) { c5_1 += a5_0 * b0_1 + a5_1 * b1_1 + a5_2 * b2_1 + a5_3 * b3_1; }
+      if (WIDE_TC > 8u) { c5_2 += a5_0 * b0_2 + a5_1 * b1_2 + a5_2 * b2_2 + a5_3 * b3_2; }
+      if (WIDE_TC > 12u) { c5_3 += a5_0 * b0_3 + a5_1 * b1_3 + a5_2 * b2_3 + a5_3 * b3_3; }
     }
     if (WIDE_TR > 6u) {
-      let a0 = select(0.0, a[ai6 + pa0], v0); let a1 = select(0.0, a[ai6 + pa1], v1); let a2 = select(0.0, a[ai6 + pa2], v2); let a3 = select(0.0, a[ai6 + pa3], v3);
-      { c6_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c6_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c6_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c6_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c6_0 += a6_0 * b0_0 + a6_1 * b1_0 + a6_2 * b2_0 + a6_3 * b3_0; }
+      if (WIDE_TC > 4u) { c6_1 += a6_0 * b0_1 + a6_1 * b1_1 + a6_2 * b2_1 + a6_3 * b3_1; }
+      if (WIDE_TC > 8u) { c6_2 += a6_0 * b0_2 + a6_1 * b1_2 + a6_2 * b2_2 + a6_3 * b3_2; }
+      if (WIDE_TC > 12u) { c6_3 += a6_0 * b0_3 + a6_1 * b1_3 + a6_2 * b2_3 + a6_3 * b3_3; }
     }
     if (WIDE_TR > 7u) {
-      let a0 = select(0.0, a[ai7 + pa0], v0); let a1 = select(0.0, a[ai7 + pa1], v1); let a2 = select(0.0, a[ai7 + pa2], v2); let a3 = select(0.0, a[ai7 + pa3], v3);
-      { c7_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c7_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c7_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c7_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c7_0 += a7_0 * b0_0 + a7_1 * b1_0 + a7_2 * b2_0 + a7_3 * b3_0; }
+      if (WIDE_TC > 4u) { c7_1 += a7_0 * b0_1 + a7_1 * b1_1 + a7_2 * b2_1 + a7_3 * b3_1; }
+      if (WIDE_TC > 8u) { c7_2 += a7_0 * b0_2 + a7_1 * b1_2 + a7_2 * b2_2 + a7_3 * b3_2; }
+      if (WIDE_TC > 12u) { c7_3 += a7_0 * b0_3 + a7_1 * b1_3 + a7_2 * b2_3 + a7_3 * b3_3; }
     }
     if (WIDE_TR > 8u) {
-      let a0 = select(0.0, a[ai8 + pa0], v0); let a1 = select(0.0, a[ai8 + pa1], v1); let a2 = select(0.0, a[ai8 + pa2], v2); let a3 = select(0.0, a[ai8 + pa3], v3);
-      { c8_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c8_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c8_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c8_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c8_0 += a8_0 * b0_0 + a8_1 * b1_0 + a8_2 * b2_0 + a8_3 * b3_0; }
+      if (WIDE_TC > 4u) { c8_1 += a8_0 * b0_1 + a8_1 * b1_1 + a8_2 * b2_1 + a8_3 * b3_1; }
+      if (WIDE_TC > 8u) { c8_2 += a8_0 * b0_2 + a8_1 * b1_2 + a8_2 * b2_2 + a8_3 * b3_2; }
+      if (WIDE_TC > 12u) { c8_3 += a8_0 * b0_3 + a8_1 * b1_3 + a8_2 * b2_3 + a8_3 * b3_3; }
     }
     if (WIDE_TR > 9u) {
-      let a0 = select(0.0, a[ai9 + pa0], v0); let a1 = select(0.0, a[ai9 + pa1], v1); let a2 = select(0.0, a[ai9 + pa2], v2); let a3 = select(0.0, a[ai9 + pa3], v3);
-      { c9_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c9_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c9_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c9_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c9_0 += a9_0 * b0_0 + a9_1 * b1_0 + a9_2 * b2_0 + a9_3 * b3_0; }
+      if (WIDE_TC > 4u) { c9_1 += a9_0 * b0_1 + a9_1 * b1_1 + a9_2 * b2_1 + a9_3 * b3_1; }
+      if (WIDE_TC > 8u) { c9_2 += a9_0 * b0_2 + a9_1 * b1_2 + a9_2 * b2_2 + a9_3 * b3_2; }
+      if (WIDE_TC > 12u) { c9_3 += a9_0 * b0_3 + a9_1 * b1_3 + a9_2 * b2_3 + a9_3 * b3_3; }
     }
     if (WIDE_TR > 10u) {
-      let a0 = select(0.0, a[ai10 + pa0], v0); let a1 = select(0.0, a[ai10 + pa1], v1); let a2 = select(0.0, a[ai10 + pa2], v2); let a3 = select(0.0, a[ai10 + pa3], v3);
-      { c10_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c10_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c10_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c10_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c10_0 += a10_0 * b0_0 + a10_1 * b1_0 + a10_2 * b2_0 + a10_3 * b3_0; }
+      if (WIDE_TC > 4u) { c10_1 += a10_0 * b0_1 + a10_1 * b1_1 + a10_2 * b2_1 + a10_3 * b3_1; }
+      if (WIDE_TC > 8u) { c10_2 += a10_0 * b0_2 + a10_1 * b1_2 + a10_2 * b2_2 + a10_3 * b3_2; }
+      if (WIDE_TC > 12u) { c10_3 += a10_0 * b0_3 + a10_1 * b1_3 + a10_2 * b2_3 + a10_3 * b3_3; }
     }
     if (WIDE_TR > 11u) {
-      let a0 = select(0.0, a[ai11 + pa0], v0); let a1 = select(0.0, a[ai11 + pa1], v1); let a2 = select(0.0, a[ai11 + pa2], v2); let a3 = select(0.0, a[ai11 + pa3], v3);
-      { c11_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c11_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c11_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c11_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c11_0 += a11_0 * b0_0 + a11_1 * b1_0 + a11_2 * b2_0 + a11_3 * b3_0; }
+      if (WIDE_TC > 4u) { c11_1 += a11_0 * b0_1 + a11_1 * b1_1 + a11_2 * b2_1 + a11_3 * b3_1; }
+      if (WIDE_TC > 8u) { c11_2 += a11_0 * b0_2 + a11_1 * b1_2 + a11_2 * b2_2 + a11_3 * b3_2; }
+      if (WIDE_TC > 12u) { c11_3 += a11_0 * b0_3 + a11_1 * b1_3 + a11_2 * b2_3 + a11_3 * b3_3; }
     }
     if (WIDE_TR > 12u) {
-      let a0 = select(0.0, a[ai12 + pa0], v0); let a1 = select(0.0, a[ai12 + pa1], v1); let a2 = select(0.0, a[ai12 + pa2], v2); let a3 = select(0.0, a[ai12 + pa3], v3);
-      { c12_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c12_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c12_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c12_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c12_0 += a12_0 * b0_0 + a12_1 * b1_0 + a12_2 * b2_0 + a12_3 * b3_0; }
+      if (WIDE_TC > 4u) { c12_1 += a12_0 * b0_1 + a12_1 * b1_1 + a12_2 * b2_1 + a12_3 * b3_1; }
+      if (WIDE_TC > 8u) { c12_2 += a12_0 * b0_2 + a12_1 * b1_2 + a12_2 * b2_2 + a12_3 * b3_2; }
+      if (WIDE_TC > 12u) { c12_3 += a12_0 * b0_3 + a12_1 * b1_3 + a12_2 * b2_3 + a12_3 * b3_3; }
     }
     if (WIDE_TR > 13u) {
-      let a0 = select(0.0, a[ai13 + pa0], v0); let a1 = select(0.0, a[ai13 + pa1], v1); let a2 = select(0.0, a[ai13 + pa2], v2); let a3 = select(0.0, a[ai13 + pa3], v3);
-      { c13_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c13_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c13_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c13_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c13_0 += a13_0 * b0_0 + a13_1 * b1_0 + a13_2 * b2_0 + a13_3 * b3_0; }
+      if (WIDE_TC > 4u) { c13_1 += a13_0 * b0_1 + a13_1 * b1_1 + a13_2 * b2_1 + a13_3 * b3_1; }
+      if (WIDE_TC > 8u) { c13_2 += a13_0 * b0_2 + a13_1 * b1_2 + a13_2 * b2_2 + a13_3 * b3_2; }
+      if (WIDE_TC > 12u) { c13_3 += a13_0 * b0_3 + a13_1 * b1_3 + a13_2 * b2_3 + a13_3 * b3_3; }
     }
     if (WIDE_TR > 14u) {
-      let a0 = select(0.0, a[ai14 + pa0], v0); let a1 = select(0.0, a[ai14 + pa1], v1); let a2 = select(0.0, a[ai14 + pa2], v2); let a3 = select(0.0, a[ai14 + pa3], v3);
-      { c14_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c14_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c14_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c14_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c14_0 += a14_0 * b0_0 + a14_1 * b1_0 + a14_2 * b2_0 + a14_3 * b3_0; }
+      if (WIDE_TC > 4u) { c14_1 += a14_0 * b0_1 + a14_1 * b1_1 + a14_2 * b2_1 + a14_3 * b3_1; }
+      if (WIDE_TC > 8u) { c14_2 += a14_0 * b0_2 + a14_1 * b1_2 + a14_2 * b2_2 + a14_3 * b3_2; }
+      if (WIDE_TC > 12u) { c14_3 += a14_0 * b0_3 + a14_1 * b1_3 + a14_2 * b2_3 + a14_3 * b3_3; }
     }
     if (WIDE_TR > 15u) {
-      let a0 = select(0.0, a[ai15 + pa0], v0); let a1 = select(0.0, a[ai15 + pa1], v1); let a2 = select(0.0, a[ai15 + pa2], v2); let a3 = select(0.0, a[ai15 + pa3], v3);
-      { c15_0 += a0 * b0_0 + a1 * b1_0 + a2 * b2_0 + a3 * b3_0; }
-      if (WIDE_TC > 4u) { c15_1 += a0 * b0_1 + a1 * b1_1 + a2 * b2_1 + a3 * b3_1; }
-      if (WIDE_TC > 8u) { c15_2 += a0 * b0_2 + a1 * b1_2 + a2 * b2_2 + a3 * b3_2; }
-      if (WIDE_TC > 12u) { c15_3 += a0 * b0_3 + a1 * b1_3 + a2 * b2_3 + a3 * b3_3; }
+      { c15_0 += a15_0 * b0_0 + a15_1 * b1_0 + a15_2 * b2_0 + a15_3 * b3_0; }
+      if (WIDE_TC > 4u) { c15_1 += a15_0 * b0_1 + a15_1 * b1_1 + a15_2 * b2_1 + a15_3 * b3_1; }
+      if (WIDE_TC > 8u) { c15_2 += a15_0 * b0_2 + a15_1 * b1_2 + a15_2 * b2_2 + a15_3 * b3_2; }
+      if (WIDE_TC > 12u) { c15_3 += a15_0 * b0_3 + a15_1 * b1_3 + a15_2 * b2_3 + a15_3 * b3_3; }
     }
   }
-  {
-    { storeWide(i0 + 0u, j0 + 0u * WIDE_WG, c0_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 0u, j0 + 4u * WIDE_WG, c0_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 0u, j0 + 8u * WIDE_WG, c0_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 0u, j0 + 12u * WIDE_WG, c0_3); }
-  }
-  if (WIDE_TR > 1u) {
-    { storeWide(i0 + 1u, j0 + 0u * WIDE_WG, c1_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 1u, j0 + 4u * WIDE_WG, c1_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 1u, j0 + 8u * WIDE_WG, c1_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 1u, j0 + 12u * WIDE_WG, c1_3); }
-  }
-  if (WIDE_TR > 2u) {
-    { storeWide(i0 + 2u, j0 + 0u * WIDE_WG, c2_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 2u, j0 + 4u * WIDE_WG, c2_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 2u, j0 + 8u * WIDE_WG, c2_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 2u, j0 + 12u * WIDE_WG, c2_3); }
-  }
-  if (WIDE_TR > 3u) {
-    { storeWide(i0 + 3u, j0 + 0u * WIDE_WG, c3_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 3u, j0 + 4u * WIDE_WG, c3_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 3u, j0 + 8u * WIDE_WG, c3_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 3u, j0 + 12u * WIDE_WG, c3_3); }
-  }
-  if (WIDE_TR > 4u) {
-    { storeWide(i0 + 4u, j0 + 0u * WIDE_WG, c4_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 4u, j0 + 4u * WIDE_WG, c4_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 4u, j0 + 8u * WIDE_WG, c4_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 4u, j0 + 12u * WIDE_WG, c4_3); }
-  }
-  if (WIDE_TR > 5u) {
-    { storeWide(i0 + 5u, j0 + 0u * WIDE_WG, c5_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 5u, j0 + 4u * WIDE_WG, c5_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 5u, j0 + 8u * WIDE_WG, c5_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 5u, j0 + 12u * WIDE_WG, c5_3); }
-  }
-  if (WIDE_TR > 6u) {
-    { storeWide(i0 + 6u, j0 + 0u * WIDE_WG, c6_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 6u, j0 + 4u * WIDE_WG, c6_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 6u, j0 + 8u * WIDE_WG, c6_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 6u, j0 + 12u * WIDE_WG, c6_3); }
-  }
-  if (WIDE_TR > 7u) {
-    { storeWide(i0 + 7u, j0 + 0u * WIDE_WG, c7_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 7u, j0 + 4u * WIDE_WG, c7_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 7u, j0 + 8u * WIDE_WG, c7_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 7u, j0 + 12u * WIDE_WG, c7_3); }
-  }
-  if (WIDE_TR > 8u) {
-    { storeWide(i0 + 8u, j0 + 0u * WIDE_WG, c8_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 8u, j0 + 4u * WIDE_WG, c8_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 8u, j0 + 8u * WIDE_WG, c8_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 8u, j0 + 12u * WIDE_WG, c8_3); }
-  }
-  if (WIDE_TR > 9u) {
-    { storeWide(i0 + 9u, j0 + 0u * WIDE_WG, c9_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 9u, j0 + 4u * WIDE_WG, c9_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 9u, j0 + 8u * WIDE_WG, c9_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 9u, j0 + 12u * WIDE_WG, c9_3); }
-  }
-  if (WIDE_TR > 10u) {
-    { storeWide(i0 + 10u, j0 + 0u * WIDE_WG, c10_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 10u, j0 + 4u * WIDE_WG, c10_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 10u, j0 + 8u * WIDE_WG, c10_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 10u, j0 + 12u * WIDE_WG, c10_3); }
-  }
-  if (WIDE_TR > 11u) {
-    { storeWide(i0 + 11u, j0 + 0u * WIDE_WG, c11_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 11u, j0 + 4u * WIDE_WG, c11_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 11u, j0 + 8u * WIDE_WG, c11_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 11u, j0 + 12u * WIDE_WG, c11_3); }
-  }
-  if (WIDE_TR > 12u) {
-    { storeWide(i0 + 12u, j0 + 0u * WIDE_WG, c12_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 12u, j0 + 4u * WIDE_WG, c12_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 12u, j0 + 8u * WIDE_WG, c12_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 12u, j0 + 12u * WIDE_WG, c12_3); }
-  }
-  if (WIDE_TR > 13u) {
-    { storeWide(i0 + 13u, j0 + 0u * WIDE_WG, c13_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 13u, j0 + 4u * WIDE_WG, c13_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 13u, j0 + 8u * WIDE_WG, c13_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 13u, j0 + 12u * WIDE_WG, c13_3); }
-  }
-  if (WIDE_TR > 14u) {
-    { storeWide(i0 + 14u, j0 + 0u * WIDE_WG, c14_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 14u, j0 + 4u * WIDE_WG, c14_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 14u, j0 + 8u * WIDE_WG, c14_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 14u, j0 + 12u * WIDE_WG, c14_3); }
-  }
-  if (WIDE_TR > 15u) {
-    { storeWide(i0 + 15u, j0 + 0u * WIDE_WG, c15_0); }
-    if (WIDE_TC > 4u) { storeWide(i0 + 15u, j0 + 4u * WIDE_WG, c15_1); }
-    if (WIDE_TC > 8u) { storeWide(i0 + 15u, j0 + 8u * WIDE_WG, c15_2); }
-    if (WIDE_TC > 12u) { storeWide(i0 + 15u, j0 + 12u * WIDE_WG, c15_3); }
+  // Epilogue: gather the block into one array and store it row by row in a loop (one copy of
+  // the store code instead of 64; the trip count is dynamic so the loop is not unrolled).
+  var blk: array<vec4<f32>, 64>;
+  { blk[0] = c0_0; blk[1] = c0_1; blk[2] = c0_2; blk[3] = c0_3; }
+  if (WIDE_TR > 1u) { blk[4] = c1_0; blk[5] = c1_1; blk[6] = c1_2; blk[7] = c1_3; }
+  if (WIDE_TR > 2u) { blk[8] = c2_0; blk[9] = c2_1; blk[10] = c2_2; blk[11] = c2_3; }
+  if (WIDE_TR > 3u) { blk[12] = c3_0; blk[13] = c3_1; blk[14] = c3_2; blk[15] = c3_3; }
+  if (WIDE_TR > 4u) { blk[16] = c4_0; blk[17] = c4_1; blk[18] = c4_2; blk[19] = c4_3; }
+  if (WIDE_TR > 5u) { blk[20] = c5_0; blk[21] = c5_1; blk[22] = c5_2; blk[23] = c5_3; }
+  if (WIDE_TR > 6u) { blk[24] = c6_0; blk[25] = c6_1; blk[26] = c6_2; blk[27] = c6_3; }
+  if (WIDE_TR > 7u) { blk[28] = c7_0; blk[29] = c7_1; blk[30] = c7_2; blk[31] = c7_3; }
+  if (WIDE_TR > 8u) { blk[32] = c8_0; blk[33] = c8_1; blk[34] = c8_2; blk[35] = c8_3; }
+  if (WIDE_TR > 9u) { blk[36] = c9_0; blk[37] = c9_1; blk[38] = c9_2; blk[39] = c9_3; }
+  if (WIDE_TR > 10u) { blk[40] = c10_0; blk[41] = c10_1; blk[42] = c10_2; blk[43] = c10_3; }
+  if (WIDE_TR > 11u) { blk[44] = c11_0; blk[45] = c11_1; blk[46] = c11_2; blk[47] = c11_3; }
+  if (WIDE_TR > 12u) { blk[48] = c12_0; blk[49] = c12_1; blk[50] = c12_2; blk[51] = c12_3; }
+  if (WIDE_TR > 13u) { blk[52] = c13_0; blk[53] = c13_1; blk[54] = c13_2; blk[55] = c13_3; }
+  if (WIDE_TR > 14u) { blk[56] = c14_0; blk[57] = c14_1; blk[58] = c14_2; blk[59] = c14_3; }
+  if (WIDE_TR > 15u) { blk[60] = c15_0; blk[61] = c15_1; blk[62] = c15_2; blk[63] = c15_3; }
+  let rows = min(WIDE_TR, p.M - min(i0, p.M));
+  for (var r = 0u; r < rows; r++) {
+    storeWide(i0 + r, j0, blk[4u * r]);
+    if (WIDE_TC > 4u) { storeWide(i0 + r, j0 + 4u * WIDE_WG, blk[4u * r + 1u]); }
+    if (WIDE_TC > 8u) { storeWide(i0 + r, j0 + 8u * WIDE_WG, blk[4u * r + 2u]); }
+    if (WIDE_TC > 12u) { storeWide(i0 + r, j0 + 12u * WIDE_WG, blk[4u * r + 3u]); }
   }
 }
 

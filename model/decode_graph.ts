@@ -11,9 +11,9 @@ import { attentionForward } from "../kernels/attention.ts";
 import {
   decodeAttention,
   decodeAttentionWorkspaceBytes,
-  kvAppend,
+  ropeAppend,
 } from "../kernels/decode_attention.ts";
-import { matvec } from "../kernels/decode_matvec.ts";
+import { matvec, matvecSwiglu } from "../kernels/decode_matvec.ts";
 import { sampleToken, STEP_BYTES, stepData } from "../kernels/decode_sample.ts";
 import { axpy } from "../kernels/elementwise.ts";
 import { embeddingForward } from "../kernels/embedding.ts";
@@ -98,6 +98,12 @@ interface PrefillPlan {
   dispatches: Dispatch[];
   ids: GPUBuffer; // (capacity) u32 prompt ids, zero-padded
   x: GPUBuffer; // (capacity, C) final residual stream
+  arena: ParamArena; // its uniform parameters
+}
+
+/** Uniform-arena bytes for one plan of L layers: 64 slots per layer (about 15 used) and 64 more. */
+function paramBytes(L: number): number {
+  return 256 * (64 * L + 64);
 }
 
 /** Smallest prefill capacity: shorter prompts are padded up to it. */
@@ -134,7 +140,6 @@ export class DecodeGraph {
   private readonly ropeTab: GPUBuffer;
   private readonly step: Dispatch[] = [];
   private readonly tail: Dispatch[] = [];
-  private prefillArena: ParamArena | null = null;
   private prefillBuffers: GPUBuffer[] = [];
   private prefillPlans = new Map<number, PrefillPlan>();
   private prefillCapacity = 0;
@@ -146,7 +151,7 @@ export class DecodeGraph {
     if (!(Number.isInteger(Lmax) && Lmax >= 2)) {
       throw new GpuError(`maxTokens must be an integer >= 2 (got ${opts.maxTokens})`, "decode");
     }
-    this.arena = new ParamArena(gpu, "decode.params", 1 << 18);
+    this.arena = new ParamArena(gpu, "decode.params", paramBytes(L));
 
     // Weights: shared or owned.
     if (opts.weights) {
@@ -206,7 +211,7 @@ export class DecodeGraph {
     const n = buf("n", C), rstd = buf("rstd", 4);
     const q = buf("q", Hq * D), k = buf("k", Hkv * D), v = buf("v", Hkv * D);
     const o = buf("o", Hq * D);
-    const gate = buf("gate", I), up = buf("up", I), act = buf("act", I);
+    const act = buf("act", I);
     const h = buf("h", C);
     const logits = (this.logits = buf("logits", V));
     const ws = buf("attnWs", decodeAttentionWorkspaceBytes(Hq, D, Lmax) / 4);
@@ -241,31 +246,15 @@ export class DecodeGraph {
         ...matvec(g, ar, { y: B(q), x: B(n), w: w.q, bias: w.qb, N: Hq * D, K: C }),
         ...matvec(g, ar, { y: B(k), x: B(n), w: w.k, bias: w.kb, N: Hkv * D, K: C }),
         ...matvec(g, ar, { y: B(v), x: B(n), w: w.v, bias: w.vb, N: Hkv * D, K: C }),
-        ...ropeForward(g, ar, {
-          out: B(q),
-          x: B(q),
-          pos: s,
-          table: B(this.ropeTab),
-          T: 1,
-          H: Hq,
-          D,
-        }),
-        ...ropeForward(g, ar, {
-          out: B(k),
-          x: B(k),
-          pos: s,
-          table: B(this.ropeTab),
-          T: 1,
-          H: Hkv,
-          D,
-        }),
-        ...kvAppend(g, ar, {
+        ...ropeAppend(g, ar, {
           ...shape,
+          q: B(q),
           kCache: B(this.kCache[l]),
           vCache: B(this.vCache[l]),
           k: B(k),
           v: B(v),
           step: s,
+          table: B(this.ropeTab),
         }),
         ...decodeAttention(g, ar, {
           ...shape,
@@ -297,9 +286,7 @@ export class DecodeGraph {
           C,
           eps: cfg.rmsNormEps,
         }),
-        ...matvec(g, ar, { y: B(gate), x: B(n), w: w.gate, N: I, K: C }),
-        ...matvec(g, ar, { y: B(up), x: B(n), w: w.up, N: I, K: C }),
-        ...swigluForward(g, ar, { out: B(act), gate: B(gate), up: B(up), N: I }),
+        ...matvecSwiglu(g, ar, { y: B(act), x: B(n), wGate: w.gate, wUp: w.up, N: I, K: C }),
         ...matvec(g, ar, {
           y: B(x),
           x: B(act),
@@ -388,14 +375,14 @@ export class DecodeGraph {
     if (Tp > this.prefillCapacity) {
       // Grow: drop the smaller plans and their scratch.
       for (const b of this.prefillBuffers) b.destroy();
-      this.prefillArena?.buffer.destroy();
+      for (const p of this.prefillPlans.values()) p.arena.buffer.destroy();
       this.prefillBuffers = [];
       this.prefillPlans.clear();
       this.prefillCapacity = Tp;
-      this.prefillArena = new ParamArena(this.gpu, "decode.prefill.params", 1 << 18);
     }
     const cap = this.prefillCapacity;
-    const cfg = this.cfg, g = this.gpu, ar = this.prefillArena!;
+    const cfg = this.cfg, g = this.gpu;
+    const ar = new ParamArena(g, `decode.prefill${Tp}.params`, paramBytes(cfg.numLayers));
     const { hiddenSize: C, intermediateSize: I, numHeads: Hq, numKvHeads: Hkv, headDim: D } = cfg;
     const rm = cfg.residualMultiplier;
     const scratch = (label: string, floats: number) => {
@@ -567,7 +554,7 @@ export class DecodeGraph {
         ...branch(x, act, w.down, undefined, I),
       );
     });
-    const plan = { Tp, dispatches: d, ids, x };
+    const plan = { Tp, dispatches: d, ids, x, arena: ar };
     this.prefillPlans.set(Tp, plan);
     return plan;
   }
@@ -733,6 +720,6 @@ export class DecodeGraph {
     this.own?.destroy();
     for (const b of [...this.buffers, ...this.prefillBuffers]) b.destroy();
     this.arena.buffer.destroy();
-    this.prefillArena?.buffer.destroy();
+    for (const p of this.prefillPlans.values()) p.arena.buffer.destroy();
   }
 }

@@ -13,7 +13,8 @@ import {
 import {
   crossEntropyForward,
   crossEntropyForwardBackward,
-  crossEntropyWorkspaceBytes,
+  type CrossEntropyWorkspace,
+  crossEntropyWorkspace,
 } from "../kernels/cross_entropy.ts";
 import { axpy, copy, fill, scaleCopy } from "../kernels/elementwise.ts";
 import {
@@ -182,6 +183,7 @@ export class LlamaGraph {
   >;
   private readonly mode: "train" | "eval";
   private layers: LayerParams[] = [];
+  private ceWs: CrossEntropyWorkspace;
   private layerActs: LayerActs[] = [];
 
   constructor(readonly gpu: Gpu, readonly cfg: ModelConfig, opts: GraphOptions) {
@@ -248,7 +250,7 @@ export class LlamaGraph {
     );
 
     // Activations.
-    const acts = (this.acts = new TensorArena(gpu, "acts"));
+    const acts = (this.acts = new TensorArena(gpu, "acts", undefined, true));
     const layerActs = (): LayerActs => ({
       xIn: acts.reserve("xIn", T * C),
       n1: acts.reserve("n1", T * C),
@@ -292,7 +294,7 @@ export class LlamaGraph {
     const attnWs = train
       ? acts.reserve("attnWs", attentionBackwardWorkspaceBytes(T, Hq) / 4)
       : null;
-    const ceWs = acts.reserve("ceWs", crossEntropyWorkspaceBytes(T, V) / 4);
+    const ceWs = (this.ceWs = crossEntropyWorkspace(gpu, T, V));
     acts.allocate();
 
     // ---- forward ----
@@ -800,7 +802,10 @@ export class LlamaGraph {
     g.write(i.seqEnd, mb.seqEnd);
     if (this.mode === "train") {
       // Padding carries no gradient (its own segments, no labels): leave it out of the index.
-      g.write(i.embIndex, buildEmbeddingIndex(mb.ids.subarray(0, mb.used), this.T, this.cfg.vocabSize));
+      g.write(
+        i.embIndex,
+        buildEmbeddingIndex(mb.ids.subarray(0, mb.used), this.T, this.cfg.vocabSize),
+      );
     }
   }
 
@@ -879,5 +884,6 @@ export class LlamaGraph {
       b?.destroy();
     }
     this.arena.buffer.destroy();
+    this.ceWs.destroy();
   }
 }

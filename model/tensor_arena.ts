@@ -27,7 +27,17 @@ export class TensorArena {
   private readonly chunkBytes: number;
   static readonly ALIGN = 256;
 
-  constructor(readonly gpu: Gpu, readonly label: string, maxChunkBytes?: number) {
+  /**
+   * `separate`: every tensor gets a buffer of its own. WebGPU forbids binding one buffer as
+   * writable and readable in the same dispatch, so tensors that a kernel writes while reading
+   * another (activations, workspaces) must not share a buffer; read-only weights may.
+   */
+  constructor(
+    readonly gpu: Gpu,
+    readonly label: string,
+    maxChunkBytes?: number,
+    readonly separate = false,
+  ) {
     const lim = gpu.limits;
     this.chunkBytes = Math.min(
       maxChunkBytes ?? 1 << 30,
@@ -46,7 +56,9 @@ export class TensorArena {
         `${this.label}:${label}`,
       );
     }
-    let ci = this.chunks.findIndex((c) => alignUp(c.used, TensorArena.ALIGN) + bytes <= c.capacity);
+    let ci = this.separate
+      ? -1
+      : this.chunks.findIndex((c) => alignUp(c.used, TensorArena.ALIGN) + bytes <= c.capacity);
     if (ci < 0) {
       this.chunks.push({ buffer: null, used: 0, capacity: this.chunkBytes });
       ci = this.chunks.length - 1;
@@ -64,7 +76,11 @@ export class TensorArena {
     this.chunks.forEach((c, i) => {
       if (!c.buffer) {
         c.capacity = alignUp(c.used, TensorArena.ALIGN);
-        c.buffer = this.gpu.buffer(`${this.label}#${i}`, Math.max(c.capacity, 256));
+        const name = this.separate ? this.pending.find((p) => p.chunk === i)?.t.label : null;
+        c.buffer = this.gpu.buffer(
+          `${this.label}#${i}${name ? `:${name}` : ""}`,
+          Math.max(c.capacity, 256),
+        );
       }
     });
     for (const { t, chunk } of this.pending) t.buffer = this.chunks[chunk].buffer!;

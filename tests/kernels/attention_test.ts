@@ -84,12 +84,24 @@ function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
 }
 
 const CASES: Case[] = [
-  { name: "GQA Hq=4 Hkv=2 D=16, lengths 1,7,20,1,3,5", lengths: [1, 7, 20, 1, 3, 5], Hq: 4, Hkv: 2, D: 16 },
+  {
+    name: "GQA Hq=4 Hkv=2 D=16, lengths 1,7,20,1,3,5",
+    lengths: [1, 7, 20, 1, 3, 5],
+    Hq: 4,
+    Hkv: 2,
+    D: 16,
+  },
   { name: "Hq=Hkv=2 D=32, lengths 50,1,12", lengths: [50, 1, 12], Hq: 2, Hkv: 2, D: 32 },
   { name: "Hq=6 Hkv=1 D=8, lengths 3,1,1,30,9", lengths: [3, 1, 1, 30, 9], Hq: 6, Hkv: 1, D: 8 },
   { name: "Hq=2 Hkv=1 D=64, one sample of 45", lengths: [45], Hq: 2, Hkv: 1, D: 64 },
   { name: "Hq=2 Hkv=1 D=128, lengths 37,1,20", lengths: [37, 1, 20], Hq: 2, Hkv: 1, D: 128 },
-  { name: "Hq=3 Hkv=3 D=12, all length 1 (T=19)", lengths: new Array(19).fill(1), Hq: 3, Hkv: 3, D: 12 },
+  {
+    name: "Hq=3 Hkv=3 D=12, all length 1 (T=19)",
+    lengths: new Array(19).fill(1),
+    Hq: 3,
+    Hkv: 3,
+    D: 12,
+  },
   {
     name: "Hq=2 Hkv=1 D=16 scale=1, inputs ±2 (large scores)",
     lengths: [17, 18],
@@ -170,6 +182,8 @@ gpuTest("attention: backward matches central finite differences in f64", async (
     ["dk", relErr(g.dk, fd[1])],
     ["dv", relErr(g.dv, fd[2])],
   ];
-  for (const [n, e] of errs) report(`GPU ${n} vs finite differences (floor ${FLOOR_FRAC}·max|fd|)`, e, TOL);
+  for (const [n, e] of errs) {
+    report(`GPU ${n} vs finite differences (floor ${FLOOR_FRAC}·max|fd|)`, e, TOL);
+  }
   for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
 });

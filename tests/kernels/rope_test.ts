@@ -68,7 +68,14 @@ const FLOOR = 0.1; // inputs are in [-1, 1]: errors are judged against at least 
 for (
   const c of [
     { name: "D=8 H=4 stories260K", D: 8, H: 4, lengths: [5, 1, 9, 3], theta: 10000, scaling: null },
-    { name: "D=64 H=3 llama3", D: 64, H: 3, lengths: [40, 1, 23], theta: 500000, scaling: LLAMA32_1B },
+    {
+      name: "D=64 H=3 llama3",
+      D: 64,
+      H: 3,
+      lengths: [40, 1, 23],
+      theta: 500000,
+      scaling: LLAMA32_1B,
+    },
     { name: "D=128 H=2", D: 128, H: 2, lengths: [7, 13], theta: 10000, scaling: null },
   ]
 ) {

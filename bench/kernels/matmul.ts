@@ -1,0 +1,157 @@
+// Benchmark cases for the matmul launchers: GFLOP/s and sampled max rel error at 1024³ and a
+// training-like shape, in the adapter's default variant (and the other variant for comparison).
+import {
+  biasBackward,
+  matmulBackwardInput,
+  matmulBackwardWeight,
+  matmulForward,
+  matmulTuning,
+  type MatmulTuning,
+  setMatmulTuning,
+} from "../../kernels/matmul.ts";
+import { type Dispatch, type Gpu, ParamArena } from "../../kernels/runtime.ts";
+import type { KernelCase, KernelSetup } from "../lib.ts";
+
+/** Deterministic pseudo-random floats in [-1, 1) (xorshift; fast enough for 4M elements). */
+function fill(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    a[i] = ((s >>> 0) / 4294967296) * 2 - 1;
+  }
+  return a;
+}
+
+type Op = "forward" | "backward_input" | "backward_weight" | "bias_backward";
+
+/** Reference value of output element `idx` in f64 (the op's definition, from the host arrays). */
+function refAt(
+  op: Op,
+  idx: number,
+  M: number,
+  N: number,
+  K: number,
+  x: Float32Array,
+  w: Float32Array,
+  dy: Float32Array,
+): number {
+  let s = 0;
+  if (op === "forward") {
+    const m = Math.floor(idx / N), n = idx % N;
+    for (let k = 0; k < K; k++) s += x[m * K + k] * w[n * K + k];
+  } else if (op === "backward_input") {
+    const m = Math.floor(idx / K), k = idx % K;
+    for (let n = 0; n < N; n++) s += dy[m * N + n] * w[n * K + k];
+  } else if (op === "backward_weight") {
+    const n = Math.floor(idx / K), k = idx % K;
+    for (let m = 0; m < M; m++) s += dy[m * N + n] * x[m * K + k];
+  } else {
+    for (let m = 0; m < M; m++) s += dy[m * N + idx];
+  }
+  return s;
+}
+
+function matmulCase(
+  op: Op,
+  M: number,
+  N: number,
+  K: number,
+  variant?: MatmulTuning["variant"],
+): KernelCase {
+  const flops = op === "bias_backward" ? M * N : 2 * M * N * K;
+  const outLen = op === "forward" ? M * N : op === "backward_input" ? M * K : op ===
+      "backward_weight"
+    ? N * K
+    : N;
+  return {
+    kernel: `matmul_${op}${variant ? `[${variant}]` : ""}`,
+    shape: op === "bias_backward" ? `M=${M} N=${N}` : `M=${M} N=${N} K=${K}`,
+    flops,
+    bytes: op === "bias_backward" ? 4 * (M * N + N) : undefined,
+    setup(gpu: Gpu): KernelSetup {
+      const before = { ...matmulTuning(gpu) };
+      if (variant) setMatmulTuning(gpu, { variant });
+      const x = fill(M * K, 1), w = fill(N * K, 2), dy = fill(M * N, 3);
+      const arena = new ParamArena(gpu, "bench.matmul", 4096);
+      const bufs: GPUBuffer[] = [];
+      const mk = (label: string, data: Float32Array) => {
+        const b = gpu.bufferFrom(label, data);
+        bufs.push(b);
+        return b;
+      };
+      const out = gpu.buffer(`bench.matmul.${op}.out`, outLen * 4);
+      bufs.push(out);
+      let dispatches: Dispatch[];
+      if (op === "forward") {
+        dispatches = matmulForward(gpu, arena, {
+          y: out,
+          x: mk("bench.matmul.x", x),
+          w: mk("bench.matmul.w", w),
+          M,
+          N,
+          K,
+        });
+      } else if (op === "backward_input") {
+        dispatches = matmulBackwardInput(gpu, arena, {
+          dx: out,
+          dy: mk("bench.matmul.dy", dy),
+          w: mk("bench.matmul.w", w),
+          M,
+          N,
+          K,
+        });
+      } else if (op === "backward_weight") {
+        dispatches = matmulBackwardWeight(gpu, arena, {
+          dw: out,
+          dy: mk("bench.matmul.dy", dy),
+          x: mk("bench.matmul.x", x),
+          M,
+          N,
+          K,
+        });
+      } else {
+        dispatches = biasBackward(gpu, arena, { db: out, dy: mk("bench.matmul.dy", dy), M, N });
+      }
+      setMatmulTuning(gpu, before);
+      return {
+        dispatches,
+        check: async () => {
+          const got = await gpu.readF32(out, 0, outLen);
+          // 64 sampled outputs (first, last and a stride through the middle) against f64.
+          let err = 0;
+          for (let s = 0; s < 64; s++) {
+            const idx = s === 63 ? outLen - 1 : Math.floor((s * outLen) / 63);
+            const ref = refAt(op, idx, M, N, K, x, w, dy);
+            const floor = op === "bias_backward" ? Math.sqrt(M) * 1e-2 : Math.sqrt(K) * 1e-2;
+            const e = Math.abs(got[idx] - ref) / Math.max(Math.abs(ref), floor);
+            err = Number.isNaN(e) ? Infinity : Math.max(err, e);
+          }
+          return { maxRelErr: err, tolerance: 1e-4 };
+        },
+        cleanup: () => {
+          for (const b of bufs) b.destroy();
+          arena.buffer.destroy();
+        },
+      };
+    },
+  };
+}
+
+/** Matmul cases: 1024³ and a training-like shape for forward, dX and dW, plus the bias grad. */
+export function cases(filter?: string): KernelCase[] {
+  const list: KernelCase[] = [];
+  for (const op of ["forward", "backward_input", "backward_weight"] as const) {
+    list.push(matmulCase(op, 1024, 1024, 1024));
+  }
+  for (const op of ["forward", "backward_input", "backward_weight"] as const) {
+    list.push(matmulCase(op, 2048, 768, 288));
+  }
+  list.push(matmulCase("bias_backward", 2048, 768, 1));
+  // The other variant at 1024³ for comparison (the default one is picked per adapter).
+  list.push(matmulCase("forward", 1024, 1024, 1024, "tiled"));
+  list.push(matmulCase("forward", 1024, 1024, 1024, "wide"));
+  return list.filter((c) => !filter || c.kernel.includes(filter));
+}
