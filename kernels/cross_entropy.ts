@@ -1,20 +1,19 @@
 // Launchers for the fused, vocabulary-chunked cross-entropy (the full T × V logits never exist).
-import { grid2d, sumInto, sumIntoWorkspaceBytes } from "./elementwise.ts";
-import { matmulBackwardInput, matmulBackwardWeight, matmulForward } from "./matmul.ts";
+import { dummyBuffer, matmulGemm, type Tensor } from "./matmul.ts";
 import {
-  alignUp,
   type BufferSlice,
   type Dispatch,
   type Gpu,
+  GpuError,
   packParams,
   type ParamArena,
 } from "./runtime.ts";
 
-const STATS = 4; // floats per row of the running statistics
+const STATS = 4; // floats per token of the running statistics: max, Σexp, z[label], lse
 
 /**
- * Vocabulary chunk width: a multiple of 64 (so weight-chunk offsets stay 256-byte aligned), at
- * most 8192, and small enough that the (T, chunk) logits fit one storage binding.
+ * Default vocabulary chunk width: all of V when it fits, else a multiple of 64 of at most 8192,
+ * small enough that the (T, chunk) logits fit one storage binding of `maxBinding` bytes.
  */
 export function crossEntropyChunk(T: number, V: number, maxBinding = 128 * 2 ** 20): number {
   const fit = Math.floor(maxBinding / (Math.max(T, 1) * 4));
@@ -23,17 +22,15 @@ export function crossEntropyChunk(T: number, V: number, maxBinding = 128 * 2 ** 
   return c;
 }
 
-/** The workspace: separate buffers, since a kernel may not write one buffer while reading it. */
+/** The workspace of one cross-entropy launch: a logits chunk and per-token statistics. */
 export interface CrossEntropyWorkspace {
   chunk: number;
   logits: BufferSlice; // (T, chunk)
   stats: BufferSlice; // (T, 4)
-  rowLoss: BufferSlice; // (T)
-  sum: BufferSlice; // sumInto partials
   destroy(): void;
 }
 
-/** Allocate the workspace of a cross-entropy launch for T rows and vocabulary V. */
+/** Allocate the workspace of a cross-entropy launch for T tokens and vocabulary V. */
 export function crossEntropyWorkspace(
   gpu: Gpu,
   T: number,
@@ -44,15 +41,11 @@ export function crossEntropyWorkspace(
   const bufs = [
     gpu.buffer("cross_entropy.logits", T * c * 4),
     gpu.buffer("cross_entropy.stats", T * STATS * 4),
-    gpu.buffer("cross_entropy.rowLoss", T * 4),
-    gpu.buffer("cross_entropy.sum", sumIntoWorkspaceBytes(T)),
   ];
   return {
     chunk: c,
     logits: { buffer: bufs[0] },
     stats: { buffer: bufs[1] },
-    rowLoss: { buffer: bufs[2] },
-    sum: { buffer: bufs[3] },
     destroy: () => bufs.forEach((b) => b.destroy()),
   };
 }
@@ -60,16 +53,16 @@ export function crossEntropyWorkspace(
 /** Workspace bytes of a cross-entropy launch (for memory plans). */
 export function crossEntropyWorkspaceBytes(T: number, V: number, chunk?: number): number {
   const c = chunk ?? crossEntropyChunk(T, V);
-  return T * c * 4 + T * STATS * 4 + T * 4 + sumIntoWorkspaceBytes(T);
+  return T * c * 4 + T * STATS * 4;
 }
 
 /** Buffers and shape of a cross-entropy launch. */
 export interface CrossEntropyArgs {
-  h: BufferSlice; // (T, C) final hidden states
-  w: BufferSlice; // (V, C) LM head (or tied embedding)
-  labels: BufferSlice; // (T) i32, −100 = ignored
-  lossAcc: BufferSlice; // (≥1) f32: lossAcc[0] += Σ token losses
-  tokenLoss?: BufferSlice; // (T) per-token loss, 0 where ignored
+  h: Tensor; // (T, C) final hidden states (after the final norm)
+  w: Tensor; // (V, C) LM head (or tied embedding)
+  labels: Tensor; // (T) i32, −100 = ignored
+  lossAcc?: Tensor; // (≥1) f32: lossAcc[0] += Σ token losses
+  tokenLoss?: Tensor; // (T) per-token loss, 0 where ignored
   T: number;
   C: number;
   V: number;
@@ -78,57 +71,90 @@ export interface CrossEntropyArgs {
   workspace: CrossEntropyWorkspace;
 }
 
-function sub(s: BufferSlice, offset: number, size: number): BufferSlice {
-  return { buffer: s.buffer, offset: (s.offset ?? 0) + offset, size };
+function check(gpu: Gpu, a: CrossEntropyArgs): void {
+  for (const [k, v] of Object.entries({ T: a.T, C: a.C, V: a.V })) {
+    if (!Number.isInteger(v) || v < 1) {
+      throw new GpuError(`${k} must be a positive integer, got ${v}`, "cross_entropy");
+    }
+  }
+  const { chunk } = a.workspace;
+  if (!Number.isInteger(chunk) || chunk < 1) {
+    throw new GpuError(`bad workspace chunk ${chunk}`, "cross_entropy");
+  }
+  const bytes = a.T * Math.min(chunk, a.V) * 4;
+  if (bytes > gpu.limits.maxStorageBufferBindingSize) {
+    throw new GpuError(
+      `logits chunk of ${bytes} bytes exceeds maxStorageBufferBindingSize; use a smaller chunk`,
+      "cross_entropy",
+    );
+  }
 }
 
+/** Workgroup grid covering `n` groups in x and y (x first, at most the per-dimension limit). */
+function grid(gpu: Gpu, n: number): [number, number] {
+  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const x = Math.min(n, max);
+  return [x, Math.ceil(n / x)];
+}
+
+/** z chunk = logitScale · h · w[v0 : v0 + n]ᵀ into the workspace (T, n). */
+function logitsChunk(gpu: Gpu, arena: ParamArena, a: CrossEntropyArgs, v0: number, n: number) {
+  return matmulGemm(gpu, arena, {
+    c: a.workspace.logits,
+    a: a.h,
+    b: a.w,
+    M: a.T,
+    N: n,
+    K: a.C,
+    sAi: a.C,
+    sAp: 1,
+    sBp: 1,
+    sBj: a.C,
+    offB: v0 * a.C,
+    ldc: n,
+    alpha: a.logitScale,
+  });
+}
+
+/** Pass 1: statistics over every chunk, then loss per token and lossAcc[0] += Σ loss. */
 function forwardPart(gpu: Gpu, arena: ParamArena, a: CrossEntropyArgs): Dispatch[] {
-  const { T, C, V } = a;
+  check(gpu, a);
+  const { T, V } = a;
+  const ws = a.workspace;
   const out: Dispatch[] = [];
   const kStats = gpu.kernel("cross_entropy", "cross_entropy_stats");
-  const kFwd = gpu.kernel("cross_entropy", "cross_entropy_forward");
-  const L = a.workspace;
-  const stats = L.stats;
-  const rowLoss = a.tokenLoss ?? L.rowLoss;
-  for (let v0 = 0; v0 < V; v0 += L.chunk) {
-    const n = Math.min(L.chunk, V - v0);
-    const logits = sub(L.logits, 0, T * n * 4);
-    out.push(
-      ...matmulForward(gpu, arena, {
-        y: logits,
-        x: a.h,
-        w: sub(a.w, v0 * C * 4, n * C * 4),
-        M: T,
-        N: n,
-        K: C,
-      }),
+  const [gx, gy] = grid(gpu, T);
+  for (let v0 = 0; v0 < V; v0 += ws.chunk) {
+    const n = Math.min(ws.chunk, V - v0);
+    out.push(...logitsChunk(gpu, arena, a, v0, n));
+    const params = arena.alloc(
+      packParams([T, n, n, v0, V, v0 === 0 ? 1 : 0, a.logitScale, 0], [6]),
     );
-    const p = arena.alloc(packParams([T, n, v0, v0 === 0 ? 1 : 0, a.logitScale, V, 0, 0], [4]));
     out.push({
       kernel: kStats,
-      bindGroup: gpu.bind(kStats, { 0: p, 1: stats, 2: logits, 3: a.labels }),
-      workgroups: grid2d(gpu, T),
+      bindGroup: gpu.bind(kStats, { 0: params, 1: ws.stats, 2: ws.logits, 3: a.labels }),
+      workgroups: [gx, gy, 1],
     });
   }
-  const p = arena.alloc(packParams([T, 0, 0, 0, a.logitScale, V, 0, 0], [4]));
+  const kFin = gpu.kernel("cross_entropy", "cross_entropy_finalize");
+  const flags = (a.tokenLoss ? 1 : 0) | (a.lossAcc ? 2 : 0);
+  const params = arena.alloc(packParams([T, 0, 0, 0, V, flags, a.logitScale, 0], [6]));
   out.push({
-    kernel: kFwd,
-    bindGroup: gpu.bind(kFwd, { 0: p, 1: rowLoss, 2: stats, 3: a.labels }),
-    workgroups: grid2d(gpu, Math.ceil(T / 64)),
-  });
-  out.push(
-    ...sumInto(gpu, arena, {
-      acc: a.lossAcc,
-      x: rowLoss,
-      N: T,
-      workspace: L.sum,
+    kernel: kFin,
+    bindGroup: gpu.bind(kFin, {
+      0: params,
+      1: ws.stats,
+      2: a.lossAcc ?? dummyBuffer(gpu),
+      3: a.tokenLoss ?? dummyBuffer(gpu),
+      4: a.labels,
     }),
-  );
+    workgroups: [1, 1, 1],
+  });
   return out;
 }
 
 /**
- * Loss only (evaluation): lossAcc[0] += Σ token losses, and tokenLoss (T) when given. Logits are
+ * Loss only (evaluation): lossAcc[0] += Σ token losses and tokenLoss (T) when given. Logits are
  * computed one vocabulary chunk at a time into the workspace.
  */
 export function crossEntropyForward(
@@ -140,55 +166,71 @@ export function crossEntropyForward(
 }
 
 /**
- * Loss and gradients: pass 1 = crossEntropyForward; pass 2 recomputes each logits chunk, turns it
- * into dlogits = invTokens · scale · (softmax − onehot) in place, then dh (=, first chunk; += after)
- * and dw[chunk] += dlogitsᵀ·h.
+ * Loss and gradients: pass 1 as crossEntropyForward; pass 2 recomputes each logits chunk, turns
+ * it into dlogits = logitScale · invTokens · (softmax − onehot) in place (0 on ignored rows), then
+ * dh (= on the first chunk, += after) and dw[chunk rows] += dlogitsᵀ·h.
  */
 export function crossEntropyForwardBackward(
   gpu: Gpu,
   arena: ParamArena,
   args: CrossEntropyArgs & {
-    dh: BufferSlice; // (T, C) written
-    dw: BufferSlice; // (V, C) accumulated
-    invTokens: BufferSlice; // (1) f32, rewritten each step
+    dh: Tensor; // (T, C) written
+    dw: Tensor; // (V, C) accumulated
+    invTokens: Tensor; // (1) f32: 1 / loss tokens of the optimizer step, rewritten every step
   },
 ): Dispatch[] {
   const { T, C, V } = args;
-  const L = args.workspace;
+  const ws = args.workspace;
   const out = forwardPart(gpu, arena, args);
-  const kBwd = gpu.kernel("cross_entropy", "cross_entropy_backward");
-  const stats = L.stats;
-  for (let v0 = 0; v0 < V; v0 += L.chunk) {
-    const n = Math.min(L.chunk, V - v0);
-    const logits = sub(L.logits, 0, T * n * 4);
-    const wChunk = sub(args.w, v0 * C * 4, n * C * 4);
-    out.push(...matmulForward(gpu, arena, { y: logits, x: args.h, w: wChunk, M: T, N: n, K: C }));
-    const p = arena.alloc(packParams([T, n, v0, 0, args.logitScale, V, 0, 0], [4]));
+  const kGrad = gpu.kernel("cross_entropy", "cross_entropy_grad");
+  const [gy, gz] = grid(gpu, T);
+  for (let v0 = 0; v0 < V; v0 += ws.chunk) {
+    const n = Math.min(ws.chunk, V - v0);
+    out.push(...logitsChunk(gpu, arena, args, v0, n));
+    const params = arena.alloc(packParams([T, n, n, v0, V, 0, args.logitScale, 0], [6]));
     out.push({
-      kernel: kBwd,
-      bindGroup: gpu.bind(kBwd, { 0: p, 1: logits, 2: stats, 3: args.labels, 4: args.invTokens }),
-      workgroups: grid2d(gpu, T),
+      kernel: kGrad,
+      bindGroup: gpu.bind(kGrad, {
+        0: params,
+        1: ws.logits,
+        2: ws.stats,
+        3: args.labels,
+        4: args.invTokens,
+      }),
+      workgroups: [Math.ceil(n / 64), gy, gz],
     });
-    out.push(
-      ...matmulBackwardInput(gpu, arena, {
-        dx: args.dh,
-        dy: logits,
-        w: wChunk,
-        M: T,
-        N: n,
-        K: C,
-        accumulate: v0 > 0,
-      }),
-      ...matmulBackwardWeight(gpu, arena, {
-        dw: sub(args.dw, v0 * C * 4, n * C * 4),
-        dy: logits,
-        x: args.h,
-        M: T,
-        N: n,
-        K: C,
-        accumulate: true,
-      }),
-    );
+    // dh (T, C) (+)= dlogits (T, n) · w[v0 : v0 + n] (n, C)
+    out.push(...matmulGemm(gpu, arena, {
+      c: args.dh,
+      a: ws.logits,
+      b: args.w,
+      M: T,
+      N: C,
+      K: n,
+      sAi: n,
+      sAp: 1,
+      sBp: C,
+      sBj: 1,
+      offB: v0 * C,
+      ldc: C,
+      accumulate: v0 > 0,
+    }));
+    // dw[v0 : v0 + n] (n, C) += dlogitsᵀ (n, T) · h (T, C)
+    out.push(...matmulGemm(gpu, arena, {
+      c: args.dw,
+      a: ws.logits,
+      b: args.h,
+      M: n,
+      N: C,
+      K: T,
+      sAi: 1,
+      sAp: n,
+      sBp: C,
+      sBj: 1,
+      offC: v0 * C,
+      ldc: C,
+      accumulate: true,
+    }));
   }
   return out;
 }

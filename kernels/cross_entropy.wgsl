@@ -1,147 +1,174 @@
-// Fused, vocabulary-chunked cross-entropy: per-row online log-sum-exp over logits chunks that the
-// launcher recomputes with matmul, the per-token loss, and dlogits written in place.
+// Fused, vocabulary-chunked cross-entropy: softmax statistics, per-token loss, dlogits in place.
 //
-// z = scale · logits (scale = 1/logits_scaling for Granite, 1 otherwise). Rows whose label is
-// −100 are ignored (loss 0, gradient 0). One workgroup per row; fixed-order tree reductions.
-
-const WG: u32 = 256u;
-const IGNORE: i32 = -100;
+// The launcher (kernels/cross_entropy.ts) recomputes one vocabulary chunk of z = scale · h·wᵀ at
+// a time with the matmul GEMM, so the full (T, V) logits never exist:
+//   pass 1, per chunk: cross_entropy_stats folds the chunk into per-token running (max, Σexp)
+//           and picks the label logit; then cross_entropy_finalize: lse, per-token loss, and
+//           lossAcc[0] += Σ loss (one workgroup, fixed order: deterministic);
+//   pass 2, per chunk: z again, cross_entropy_grad turns it into dlogits in place, then the
+//           GEMMs dh (+)= dlogits·w_chunk and dw_chunk += dlogitsᵀ·h.
+// Label −100 = ignored (loss 0, dlogits 0); any other label outside [0, V) is an error and gives a
+// NaN loss and NaN gradients, so it cannot go unnoticed.
 
 struct Params {
-  T: u32, // rows
-  n: u32, // width of this logits chunk
+  T: u32, // tokens
+  n: u32, // width of this chunk (grad, stats)
+  ldz: u32, // row stride of the chunk buffer
   v0: u32, // first vocabulary id of the chunk
-  first: u32, // 1 on the first chunk: (re)initialise the running statistics
-  scale: f32, // logit scale
-  V: u32, // vocabulary size (labels ≥ V are errors: NaN loss)
-  _pad0: u32,
-  _pad1: u32,
+  V: u32, // vocabulary size
+  flags: u32, // stats: bit 0 = first chunk; finalize: bit 0 = write tokenLoss, bit 1 = add to lossAcc
+  scale: f32, // logit scale (1/logits_scaling): d(h·wᵀ) = scale · dz
+  _pad: u32,
 }
+
+const IGNORE = -100;
+const NEG_MAX = -3.4028234663852886e38;
+const QNAN = 0x7fc00000u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// cross_entropy_stats: running max / sum-exp / label logit per row over one chunk
-@group(0) @binding(1) var<storage, read_write> stats: array<f32>; // (T, 4): max, sumexp, label z, -
-@group(0) @binding(2) var<storage, read> logits_s: array<f32>; // (T, n)
+// cross_entropy_stats bindings
+@group(0) @binding(1) var<storage, read_write> stats_s: array<f32>; // (T, 4): max, Σexp, z[label], lse
+@group(0) @binding(2) var<storage, read> z_s: array<f32>; // (T, ldz) chunk of z
 @group(0) @binding(3) var<storage, read> labels_s: array<i32>; // (T)
 
-// cross_entropy_forward: per-row loss from the statistics
-@group(0) @binding(1) var<storage, read_write> row_loss: array<f32>; // (T)
-@group(0) @binding(2) var<storage, read_write> stats_f: array<f32>; // (T, 4): [3] ← lse
-@group(0) @binding(3) var<storage, read> labels_f: array<i32>; // (T)
+// cross_entropy_finalize bindings
+@group(0) @binding(1) var<storage, read_write> stats_f: array<f32>; // (T, 4): [3] ← lse
+@group(0) @binding(2) var<storage, read_write> loss_acc: array<f32>; // (≥1): [0] += Σ loss
+@group(0) @binding(3) var<storage, read_write> token_loss: array<f32>; // (T), when flags bit 0
+@group(0) @binding(4) var<storage, read> labels_f: array<i32>; // (T)
 
-// cross_entropy_backward: dlogits in place over one chunk
-@group(0) @binding(1) var<storage, read_write> dlogits: array<f32>; // (T, n) logits in, grads out
-@group(0) @binding(2) var<storage, read> stats_b: array<f32>; // (T, 4)
-@group(0) @binding(3) var<storage, read> labels_b: array<i32>; // (T)
-@group(0) @binding(4) var<storage, read> inv_tokens: array<f32>; // (1) 1 / loss tokens of the step
+// cross_entropy_grad bindings
+@group(0) @binding(1) var<storage, read_write> z_g: array<f32>; // (T, ldz): z in, dlogits out
+@group(0) @binding(2) var<storage, read> stats_g: array<f32>; // (T, 4)
+@group(0) @binding(3) var<storage, read> labels_g: array<i32>; // (T)
+@group(0) @binding(4) var<storage, read> inv_tokens: array<f32>; // (1) 1/loss tokens of the step
 
+const WG = 64u;
 var<workgroup> red_max: array<f32, WG>;
 var<workgroup> red_sum: array<f32, WG>;
 
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return wid.x + wid.y * nwg.x;
+/// Merge two (max, Σexp(x − max)) pairs.
+fn merge(m1: f32, s1: f32, m2: f32, s2: f32) -> vec2<f32> {
+  let m = max(m1, m2);
+  return vec2<f32>(m, s1 * exp(m1 - m) + s2 * exp(m2 - m));
 }
 
+/// One workgroup per token (2D grid): fold this chunk into the running statistics.
 @compute @workgroup_size(WG)
 fn cross_entropy_stats(
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  let t = row_of(wid, nwg);
+  let t = wid.x + wid.y * nwg.x;
   if (t >= p.T) {
     return;
   }
-  let base = t * p.n;
-  // Local max, then local sum of exp relative to it.
-  var m = -3.4028235e38;
-  for (var j = lid.x; j < p.n; j += WG) {
-    m = max(m, p.scale * logits_s[base + j]);
-  }
+  let row = t * p.ldz;
+  // Single pass, online: each invocation keeps (max, Σexp) over its strided columns.
+  var m = NEG_MAX;
   var s = 0.0;
   for (var j = lid.x; j < p.n; j += WG) {
-    s += exp(p.scale * logits_s[base + j] - m);
+    let x = z_s[row + j];
+    if (x > m) {
+      s = s * exp(m - x) + 1.0;
+      m = x;
+    } else {
+      s += exp(x - m);
+    }
   }
   red_max[lid.x] = m;
   red_sum[lid.x] = s;
   workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-    if (lid.x < stride) {
-      let m1 = red_max[lid.x];
-      let m2 = red_max[lid.x + stride];
-      let mm = max(m1, m2);
-      red_sum[lid.x] = red_sum[lid.x] * exp(m1 - mm) + red_sum[lid.x + stride] * exp(m2 - mm);
-      red_max[lid.x] = mm;
+  for (var half = WG / 2u; half > 0u; half /= 2u) {
+    if (lid.x < half) {
+      let r = merge(red_max[lid.x], red_sum[lid.x], red_max[lid.x + half], red_sum[lid.x + half]);
+      red_max[lid.x] = r.x;
+      red_sum[lid.x] = r.y;
     }
     workgroupBarrier();
   }
   if (lid.x == 0u) {
-    let cm = red_max[0];
-    let cs = red_sum[0];
-    var om = -3.4028235e38;
-    var os = 0.0;
-    var lz = stats[t * 4u + 2u];
-    if (p.first == 1u) {
-      lz = 0.0;
-    } else {
-      om = stats[t * 4u];
-      os = stats[t * 4u + 1u];
+    let st = t * 4u;
+    var r = vec2<f32>(red_max[0], red_sum[0]);
+    var zl = 0.0;
+    if ((p.flags & 1u) == 0u) {
+      r = merge(stats_s[st], stats_s[st + 1u], r.x, r.y);
+      zl = stats_s[st + 2u];
     }
-    let nm = max(om, cm);
-    stats[t * 4u] = nm;
-    stats[t * 4u + 1u] = os * exp(om - nm) + cs * exp(cm - nm);
     let lab = labels_s[t];
     if (lab >= i32(p.v0) && lab < i32(p.v0 + p.n)) {
-      lz = p.scale * logits_s[base + u32(lab) - p.v0];
+      zl = z_s[row + u32(lab) - p.v0];
     }
-    stats[t * 4u + 2u] = lz;
+    stats_s[st] = r.x;
+    stats_s[st + 1u] = r.y;
+    stats_s[st + 2u] = zl;
   }
 }
 
-@compute @workgroup_size(64)
-fn cross_entropy_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let t = gid.x + gid.y * nwg.x * 64u;
-  if (t >= p.T) {
-    return;
+const FIN_WG = 256u;
+var<workgroup> red_loss: array<f32, FIN_WG>;
+
+/// One workgroup: lse and loss per token, then lossAcc[0] += Σ loss in a fixed order.
+@compute @workgroup_size(FIN_WG)
+fn cross_entropy_finalize(@builtin(local_invocation_id) lid: vec3<u32>) {
+  var sum = 0.0;
+  for (var t = lid.x; t < p.T; t += FIN_WG) {
+    let st = t * 4u;
+    let lse = stats_f[st] + log(stats_f[st + 1u]);
+    stats_f[st + 3u] = lse;
+    let lab = labels_f[t];
+    var loss = 0.0;
+    if (lab != IGNORE) {
+      loss = lse - stats_f[st + 2u];
+      if (lab < 0 || u32(lab) >= p.V) {
+        loss = bitcast<f32>(QNAN);
+      }
+    }
+    sum += loss;
+    if ((p.flags & 1u) != 0u) {
+      token_loss[t] = loss;
+    }
   }
-  let lse = stats_f[t * 4u] + log(stats_f[t * 4u + 1u]);
-  stats_f[t * 4u + 3u] = lse;
-  let lab = labels_f[t];
-  if (lab == IGNORE) {
-    row_loss[t] = 0.0;
-  } else if (lab < 0 || u32(lab) >= p.V) {
-    row_loss[t] = bitcast<f32>(0x7fc00000u); // NaN: a label outside the vocabulary
-  } else {
-    row_loss[t] = lse - stats_f[t * 4u + 2u];
+  red_loss[lid.x] = sum;
+  workgroupBarrier();
+  for (var half = FIN_WG / 2u; half > 0u; half /= 2u) {
+    if (lid.x < half) {
+      red_loss[lid.x] += red_loss[lid.x + half];
+    }
+    workgroupBarrier();
+  }
+  if (lid.x == 0u && (p.flags & 2u) != 0u) {
+    loss_acc[0] += red_loss[0];
   }
 }
 
+/// dlogits = scale · invTokens · (softmax(z) − onehot(label)) in place; 0 on ignored rows.
+/// Grid: x over columns (64 per workgroup), y·z over tokens.
 @compute @workgroup_size(WG)
-fn cross_entropy_backward(
-  @builtin(local_invocation_id) lid: vec3<u32>,
+fn cross_entropy_grad(
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  let t = row_of(wid, nwg);
-  if (t >= p.T) {
+  let j = gid.x;
+  let t = wid.y + wid.z * nwg.y;
+  if (j >= p.n || t >= p.T) {
     return;
   }
-  let base = t * p.n;
-  let lab = labels_b[t];
+  let idx = t * p.ldz + j;
+  let lab = labels_g[t];
   if (lab == IGNORE) {
-    for (var j = lid.x; j < p.n; j += WG) {
-      dlogits[base + j] = 0.0;
-    }
+    z_g[idx] = 0.0;
     return;
   }
-  let lse = stats_b[t * 4u + 3u];
-  let g = inv_tokens[0] * p.scale; // chain rule through z = scale · logits
-  for (var j = lid.x; j < p.n; j += WG) {
-    var d = exp(p.scale * dlogits[base + j] - lse);
-    if (i32(p.v0 + j) == lab) {
-      d -= 1.0;
-    }
-    dlogits[base + j] = g * d;
+  var d = exp(z_g[idx] - stats_g[t * 4u + 3u]);
+  if (i32(p.v0 + j) == lab) {
+    d -= 1.0;
   }
+  if (lab < 0 || u32(lab) >= p.V) {
+    d = bitcast<f32>(QNAN);
+  }
+  z_g[idx] = p.scale * inv_tokens[0] * d;
 }

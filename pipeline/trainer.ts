@@ -268,7 +268,7 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
       const p = pending[i], m = ms[i];
       const loss = p.lossTokens > 0 ? m[0] / p.lossTokens : 0;
       if (
-        !Number.isFinite(m[0]) || !Number.isFinite(m[1]) || m[2] !== 1 && m[2] !== 0 || m[3] === 0
+        !Number.isFinite(m[0]) || !Number.isFinite(m[1]) || m[3] !== 1
       ) {
         const last = st.checkpoints.at(-1);
         throw new UserError(

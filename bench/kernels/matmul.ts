@@ -5,8 +5,8 @@ import {
   matmulBackwardInput,
   matmulBackwardWeight,
   matmulForward,
-  matmulTuning,
   type MatmulTuning,
+  matmulTuning,
   setMatmulTuning,
 } from "../../kernels/matmul.ts";
 import { type Dispatch, type Gpu, ParamArena } from "../../kernels/runtime.ts";

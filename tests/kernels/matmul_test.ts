@@ -9,8 +9,8 @@ import {
   matmulBackwardInput,
   matmulBackwardWeight,
   matmulForward,
-  matmulTuning,
   type MatmulTuning,
+  matmulTuning,
   setMatmulTuning,
 } from "../../kernels/matmul.ts";
 import { type Dispatch, type Gpu, ParamArena } from "../../kernels/runtime.ts";
@@ -245,7 +245,7 @@ gpuTest("matmul: bias backward (=, +=, lddy) matches f64", async (gpu) => {
         };
       });
       const ref = biasBackwardRef(dy, M, N, lddy);
-      if (accumulate) for (let i = 0; i < N; i++) ref[i] += init[i];
+      if (accumulate) { for (let i = 0; i < N; i++) ref[i] += init[i]; }
       const err = relErr(got, ref);
       assert.ok(err <= TOL, `M=${M} N=${N} acc=${accumulate}: err ${err}`);
       worst = Math.max(worst, err);
@@ -320,7 +320,14 @@ gpuTest("matmul: two runs are bit-identical", async (gpu) => {
       const y = up("test.y", new Float32Array(M * N).fill(NaN));
       return {
         out: y,
-        dispatches: matmulForward(gpu, arena, { y, x: up("test.x", x), w: up("test.w", w), M, N, K }),
+        dispatches: matmulForward(gpu, arena, {
+          y,
+          x: up("test.x", x),
+          w: up("test.w", w),
+          M,
+          N,
+          K,
+        }),
       };
     });
   const a = await once(), b = await once();
