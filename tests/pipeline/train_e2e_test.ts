@@ -1,0 +1,173 @@
+// End-to-end training through `main.ts train`: kill -9 and resume, NaN stop, phased strategy.
+import assert from "node:assert/strict";
+import { gpuTest } from "../helpers.ts";
+
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+
+/** A small pipeline: a 1-layer model, synthetic data, checkpoints every 64 samples. */
+function pipelineYaml(extra = ""): string {
+  return `
+run: { name: e2e, seed: 7 }
+model:
+  init:
+    preset: tiny
+    set: { hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1 }
+data:
+  max_seq_len: 128
+  synthetic: { kind: quickstart, seed: 3, knowledge_facts: 8, skills_samples: 64, heldout: 8 }
+train:
+  effective_batch_size: 16
+  micro_batch_tokens: 512
+  lr: 3e-3
+  epochs: 2
+  save_samples: 64
+  metrics_every: 2
+server: { enabled: false }
+${extra}`;
+}
+
+async function writePipeline(dir: string, extra = ""): Promise<string> {
+  const file = `${dir}/pipeline.yaml`;
+  await Deno.writeTextFile(file, pipelineYaml(extra));
+  return file;
+}
+
+function train(file: string, runDir: string, sets: string[] = []): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      MAIN,
+      "train",
+      file,
+      "--run-dir",
+      runDir,
+      ...sets.flatMap((s) => ["--set", s]),
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+}
+
+interface Rec {
+  step: number;
+  phase: string;
+  loss: number;
+  gradnorm: number;
+  lr: number;
+  samples_seen: number;
+}
+
+async function metrics(runDir: string): Promise<Rec[]> {
+  const text = await Deno.readTextFile(`${runDir}/metrics.jsonl`);
+  return text.trim().split("\n").map((l) => JSON.parse(l));
+}
+
+async function exists(p: string): Promise<boolean> {
+  return await Deno.stat(p).then(() => true, () => false);
+}
+
+gpuTest(
+  "train: kill -9 mid-run, re-run resumes and the metrics equal an uninterrupted run",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ft-resume-" });
+    const file = await writePipeline(dir);
+    // Uninterrupted reference run.
+    const ref = await train(file, `${dir}/ref`).output();
+    assert.equal(ref.code, 0, new TextDecoder().decode(ref.stderr));
+    const want = await metrics(`${dir}/ref`);
+    assert.ok(want.length >= 8, `only ${want.length} steps`);
+
+    // Killed run: wait for the first full state, then SIGKILL.
+    const p = train(file, `${dir}/killed`);
+    const t0 = Date.now();
+    while (!(await exists(`${dir}/killed/state/stacked/state.json`))) {
+      if (Date.now() - t0 > 120_000) throw new Error("no state written within 120 s");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    p.kill("SIGKILL");
+    const killed = await p.output();
+    assert.notEqual(killed.code, 0);
+    const partial = await metrics(`${dir}/killed`);
+    assert.ok(partial.length < want.length, "the run was killed before its end");
+
+    const again = await train(file, `${dir}/killed`).output();
+    const err = new TextDecoder().decode(again.stderr);
+    assert.equal(again.code, 0, err);
+    assert.match(new TextDecoder().decode(again.stdout), /resuming at step \d+/);
+    const got = await metrics(`${dir}/killed`);
+    assert.equal(got.length, want.length);
+    for (let i = 0; i < want.length; i++) {
+      // Bit-identical on the same adapter: same loss, gradient norm, lr and sample counts.
+      assert.equal(got[i].step, want[i].step);
+      assert.equal(got[i].loss, want[i].loss, `loss at step ${i}`);
+      assert.equal(got[i].gradnorm, want[i].gradnorm, `gradnorm at step ${i}`);
+      assert.equal(got[i].lr, want[i].lr);
+      assert.equal(got[i].samples_seen, want[i].samples_seen);
+    }
+    console.log(`  resumed run: ${got.length} steps bit-identical to the uninterrupted run`);
+    // Checkpoints are HF directories.
+    const last = `${dir}/killed/checkpoints/stacked/samples_${want.at(-1)!.samples_seen}`;
+    for (
+      const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    ) {
+      assert.ok(await exists(`${last}/${f}`), `${f} in the final checkpoint`);
+    }
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
+  "train: a non-finite loss stops the run naming the step and keeps the last good checkpoint",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ft-nan-" });
+    const file = await writePipeline(dir);
+    // Warmup makes step 0 run at lr 0 (a good checkpoint after it), then the lr explodes.
+    const out = await train(file, `${dir}/run`, [
+      "train.lr=1e30",
+      "train.max_grad_norm=0",
+      "train.warmup_steps=4",
+      "train.save_samples=8",
+      "train.metrics_every=1",
+    ]).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, err);
+    const m = err.match(/error: non-finite (loss|gradient) at step (\d+) of phase 'stacked'/);
+    assert.ok(m, err);
+    assert.ok(Number(m[2]) >= 1);
+    assert.doesNotMatch(err, /^\s+at /m, "no stack trace for a training failure");
+    const hint = err.match(/hint: last good checkpoint: (\S+)/);
+    assert.ok(hint, err);
+    assert.ok(await exists(`${hint[1]}/model.safetensors`), "the last good checkpoint is on disk");
+    const recs = await metrics(`${dir}/run`);
+    assert.ok(recs.every((r) => Number.isFinite(r.loss)), "no non-finite record was written");
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
+  "train: phased strategy trains phases in order, each from the previous phase's result",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ft-phased-" });
+    const file = await writePipeline(dir);
+    const out = await train(file, `${dir}/run`, [
+      "train.strategy=phased",
+      "train.epochs=1",
+      "train.save_samples=null",
+    ])
+      .output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const recs = await metrics(`${dir}/run`);
+    const phases = [...new Set(recs.map((r) => r.phase))];
+    assert.deepEqual(phases, ["knowledge", "skills"]);
+    // Samples seen keep counting across phases.
+    const k = recs.filter((r) => r.phase === "knowledge").at(-1)!;
+    const s = recs.find((r) => r.phase === "skills")!;
+    assert.ok(s.samples_seen > k.samples_seen);
+    // The second phase starts from the first one's weights: its first loss is below a fresh start's.
+    const fresh = recs[0].loss;
+    assert.ok(s.loss < fresh, `skills starts at ${s.loss}, fresh model at ${fresh}`);
+    await Deno.remove(dir, { recursive: true });
+  },
+);
