@@ -96,6 +96,7 @@ export interface TrainConfig {
   epochs: number;
   max_steps: number | null;
   max_samples: number | null;
+  stop_at_samples: number | null;
   beta1: number;
   beta2: number;
   eps: number;
@@ -332,6 +333,9 @@ const SCHEMA: Spec = obj({
     epochs: num(1, { gt: 0 }),
     max_steps: int(null, 1),
     max_samples: int(null, 1),
+    // Pause after this many samples of the phase (the schedule still spans the full budget);
+    // re-running without it resumes. Sweeps use it for their probe window.
+    stop_at_samples: int(null, 1),
     // Adam β1 0.9, β2 0.95 in all of the paper's runs (§A.4).
     beta1: num(0.9, { min: 0, lt: 1 }),
     beta2: num(0.95, { min: 0, lt: 1 }),

@@ -16,6 +16,14 @@ import { generateQuickstartData } from "./synth.ts";
 import { loadTokenizedDataset, tokenizeDataset, type TokenizedDataset } from "./tokenize.ts";
 import { type PlannedStep, trainPhase, type TrainPhaseResult } from "./trainer.ts";
 
+/** Raised when train.stop_at_samples pauses a phase: the run is resumable, not failed. */
+export class PipelinePaused extends Error {
+  constructor(readonly phase: string, readonly samples: number, readonly step: number) {
+    super(`paused in phase '${phase}' at step ${step} (${samples} samples seen)`);
+    this.name = "PipelinePaused";
+  }
+}
+
 /** What every stage of a pipeline run shares. */
 export interface PipelineContext extends StageContext {
   cfg: PipelineConfig;
@@ -328,7 +336,19 @@ export function pipelineStages(cfg: PipelineConfig): Stage<PipelineContext>[] {
           samplesOffset: prevSamples,
           events: { emit: (ev) => ctx.log.emit(ev as never) },
           quiet: ctx.quiet,
+          stopAtSamples: t.stop_at_samples,
         });
+        if (result.stopped) {
+          ctx.log.emit(
+            {
+              type: "paused",
+              phase: ph.name,
+              samples: result.samplesSeen,
+              step: result.steps,
+            } as never,
+          );
+          throw new PipelinePaused(ph.name, result.samplesSeen, result.steps);
+        }
         const last = result.checkpoints.at(-1)!;
         ctx.phaseResult.set(ph.name, { startFrom: last.dir, train: result });
         ctx.summary.phases.push({ name: ph.name, result });

@@ -1,7 +1,7 @@
 // `deno task train [PIPELINE.yaml] [--run-dir DIR] [--set key=value ...]`: run a pipeline end to end.
 import { loadPipelineConfig, resolvedYaml } from "./config.ts";
 import { UserError } from "./errors.ts";
-import { runPipeline } from "./pipeline.ts";
+import { PipelinePaused, runPipeline } from "./pipeline.ts";
 import { createEventLog } from "./progress.ts";
 import { prepareRunDir } from "./run_dir.ts";
 import { startServer } from "./server.ts";
@@ -43,12 +43,17 @@ export async function trainCommand(
       console.log(`progress: ${server.url} (curl ${server.url}progress)`);
     }
     console.log(`run dir: ${cfg.run.dir}`);
-    log.emit({ type: "run", state: "running", run_id: cfg.run.name } as never);
+    log.emit({ type: "run", state: "running", run_id: cfg.run.name });
     const ctx = await runPipeline(cfg, log);
-    log.emit({ type: "run", state: "finished", run_id: cfg.run.name } as never);
+    log.emit({ type: "run", state: "finished", run_id: cfg.run.name });
     printSummary(ctx.summary.phases, (performance.now() - t0) / 1000, cfg.run.dir);
     return 0;
   } catch (e) {
+    if (e instanceof PipelinePaused) {
+      log.emit({ type: "run", state: "paused", run_id: cfg.run.name });
+      console.log(`${e.message}; run the same command without train.stop_at_samples to continue`);
+      return 0;
+    }
     log.emit(
       { type: "run", state: "failed", run_id: cfg.run.name, error: (e as Error).message } as never,
     );

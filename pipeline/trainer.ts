@@ -82,8 +82,8 @@ export interface TrainPhaseOptions {
   /** Samples seen before this phase (phased training keeps counting). */
   samplesOffset?: number;
   events?: TrainerEvents;
-  /** Stop after this many steps of this invocation (tests of resume); the state stays resumable. */
-  stopAfterSteps?: number;
+  /** Pause once this many samples of the phase are seen; the state stays resumable. */
+  stopAtSamples?: number | null;
   quiet?: boolean;
 }
 
@@ -254,6 +254,7 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
     micro: number;
   }
   let pending: Pending[] = [];
+  const pendingSamples = () => pending.reduce((a, p) => a + p.samples, 0);
 
   const flush = async () => {
     if (!pending.length) return;
@@ -346,12 +347,14 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
   };
 
   try {
-    let ranThisCall = 0;
     let nextSave = o.saveSamples
       ? (Math.floor(st.samplesSeen / o.saveSamples) + 1) * o.saveSamples
       : Infinity;
     let samplesQueued = st.samplesSeen;
-    while (st.step < total) {
+    if (o.stopAtSamples && st.samplesSeen - (o.samplesOffset ?? 0) >= o.stopAtSamples) {
+      stopped = st.step < total; // already paused here: nothing to run
+    }
+    while (!stopped && st.step < total) {
       const ps = o.plan[st.step];
       const mbs: MicroBatch[] = ps.microBatches.map((idx) =>
         packMicroBatch(idx.map((i) => o.samples[i]), o.tokens, o.padId)
@@ -374,14 +377,14 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
         micro: mbs.length,
       });
       st.step++;
-      ranThisCall++;
       samplesQueued += samples;
       if (pending.length >= o.metricsEvery) await flush();
       if (samplesQueued >= nextSave && st.step < total) {
         await checkpoint(false);
         nextSave = (Math.floor(st.samplesSeen / o.saveSamples!) + 1) * o.saveSamples!;
       }
-      if (o.stopAfterSteps !== undefined && ranThisCall >= o.stopAfterSteps && st.step < total) {
+      const phaseSamples = st.samplesSeen + pendingSamples() - (o.samplesOffset ?? 0);
+      if (o.stopAtSamples && phaseSamples >= o.stopAtSamples && st.step < total) {
         await flush();
         st.elapsedS = (performance.now() - t0) / 1000;
         await writeState(graph, o.runDir, st);

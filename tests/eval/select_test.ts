@@ -9,6 +9,8 @@ import {
   selectStage,
 } from "../../pipeline/select.ts";
 import { runStages, type StageContext } from "../../pipeline/stage.ts";
+import { loadHfModel, saveHfModel } from "../../model/hf_dir.ts";
+import { gpuTest, randomArray, sharedPath } from "../helpers.ts";
 
 const METRICS = [
   { name: "heldout_loss", kind: "loss" as const, data: "", shots: 0, limit: null, max_tokens: 16 },
@@ -164,3 +166,54 @@ Deno.test("select: the stage runs once, is skipped on re-run, and re-runs when t
   );
   await Deno.remove(runDir, { recursive: true });
 });
+
+const stories = sharedPath("models/stories260K");
+if (stories) {
+  gpuTest(
+    "select: on the GPU, the pretrained checkpoint beats a damaged one on held-out loss",
+    async (gpu) => {
+      const runDir = await Deno.makeTempDir({ prefix: "select_gpu_test_" });
+      const { config, tensors } = await loadHfModel(stories);
+      // Checkpoint at 10 samples: noise added to every weight; at 20: the pretrained weights.
+      const noisy = new Map<string, Float32Array>();
+      let k = 0;
+      for (const [name, t] of tensors) {
+        const r = randomArray(t.length, ++k, 0.5);
+        noisy.set(name, t.map((x, i) => x + r[i]));
+      }
+      const dirs = [
+        join(runDir, "checkpoints/p/samples_10"),
+        join(runDir, "checkpoints/p/samples_20"),
+      ];
+      await saveHfModel(dirs[0], { config, tensors: noisy, dtype: "f32", tokenizerFrom: stories });
+      await saveHfModel(dirs[1], { config, tensors, dtype: "f32", tokenizerFrom: stories });
+      const data = join(runDir, "heldout.jsonl");
+      await Deno.writeTextFile(
+        data,
+        '{"text": "Once upon a time, there was a little girl named Lily."}\n' +
+          '{"text": "She loved to play outside in the park with her ball."}\n',
+      );
+      const sel = await selectCheckpoint({
+        runDir,
+        phase: "p",
+        metrics: [{ name: "loss", kind: "loss", data }],
+        primary: "loss",
+        checkpoints: [{ dir: dirs[0], step: 1, samples: 10 }, {
+          dir: dirs[1],
+          step: 2,
+          samples: 20,
+        }],
+        gpu,
+        evaluator: { tokens: 64 },
+      });
+      const [a, b] = sel.checkpoints.map((c) => c.scores.loss);
+      console.log(`  loss: damaged ${a.toFixed(3)}, pretrained ${b.toFixed(3)}`);
+      assert.ok(b < a);
+      assert.equal(sel.best.dir, dirs[1]);
+      assert.equal(sel.samples_to_best, 20);
+      const best = await loadHfModel(join(runDir, "checkpoints/best"));
+      assert.deepEqual(best.tensors.get("model.norm.weight"), tensors.get("model.norm.weight"));
+      await Deno.remove(runDir, { recursive: true });
+    },
+  );
+}

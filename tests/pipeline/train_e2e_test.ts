@@ -107,6 +107,20 @@ gpuTest(
       assert.equal(got[i].samples_seen, want[i].samples_seen);
     }
     console.log(`  resumed run: ${got.length} steps bit-identical to the uninterrupted run`);
+
+    // Pausing with train.stop_at_samples (a sweep's probe) and continuing gives the same run too.
+    const paused = await train(file, `${dir}/paused`, ["train.stop_at_samples=40"]).output();
+    assert.equal(paused.code, 0, new TextDecoder().decode(paused.stderr));
+    assert.match(new TextDecoder().decode(paused.stdout), /paused in phase 'stacked'/);
+    const probe = await metrics(`${dir}/paused`);
+    assert.ok(probe.length < want.length && probe.at(-1)!.samples_seen >= 40);
+    const cont = await train(file, `${dir}/paused`).output();
+    assert.equal(cont.code, 0, new TextDecoder().decode(cont.stderr));
+    const full = await metrics(`${dir}/paused`);
+    assert.deepEqual(
+      full.map((r) => [r.loss, r.gradnorm, r.lr]),
+      want.map((r) => [r.loss, r.gradnorm, r.lr]),
+    );
     // Checkpoints are HF directories.
     const last = `${dir}/killed/checkpoints/stacked/samples_${want.at(-1)!.samples_seen}`;
     for (
