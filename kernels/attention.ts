@@ -5,13 +5,11 @@ import {
   type Dispatch,
   type Gpu,
   GpuError,
-  type ParamArena,
   packParams,
+  type ParamArena,
 } from "./runtime.ts";
 
-/** Rows one workgroup owns (16 threads × 4 rows), fixed in attention.wgsl. */
-const ROWS = 64;
-/** Largest head dim the kernels hold in registers (8 Blk4 of 16 dims in attention.wgsl). */
+/** Largest head dim (the kernels take any D in 1..128). */
 export const ATTENTION_MAX_HEAD_DIM = 128;
 
 /** Buffers and shape of the attention forward. */
@@ -65,34 +63,52 @@ function checkShape(kernel: string, a: { T: number; Hq: number; Hkv: number; D: 
   if (!(Number.isInteger(D) && D >= 1 && D <= ATTENTION_MAX_HEAD_DIM)) {
     throw new GpuError(`head dim ${D} outside 1..${ATTENTION_MAX_HEAD_DIM}`, kernel);
   }
-  if (Math.ceil(T / ROWS) > 65535 || Hq > 65535) {
+  if (Math.ceil(T / 4) > 65535 || Hq > 65535) {
     throw new GpuError(`T=${T} or Hq=${Hq} exceeds the dispatch limits`, kernel);
   }
 }
 
 /**
- * Override constants for head dim D: NQ, the quads of 4 rows per staged tile, is the largest of
- * 8, 4, 2, 1 whose workgroup memory (two tiles of NQ·4 rows × D, plus 48 bytes of row data per
- * quad) fits the device limit.
+ * Override constants of one attention entry point: DM, the head-dim capacity of its workgroup
+ * arrays (D rounded up to 16, 32, 64 or 128, so nearby head dims share a pipeline); RQ threads
+ * of 4 rows; NG groups of 16 rows per staged tile.
  */
-function constants(gpu: Gpu, kernel: string, D: number): Record<string, number> {
-  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  const d4 = Math.ceil(D / 4);
-  for (let nq = 8; nq >= 1; nq /= 2) {
-    if (2 * nq * d4 * 64 + nq * 48 <= limit) return { D, NQ: nq };
-  }
-  throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, kernel);
+interface TileConfig extends Record<string, number> {
+  DM: number;
+  RQ: number;
+  NG: number;
 }
 
-function params(arena: ParamArena, a: { T: number; Hq: number; Hkv: number; scale: number }) {
-  return arena.alloc(packParams([a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, 0, 0, 0], [4]));
+/**
+ * Tile sizes for `entry` at head dim D that fit the device's workgroup memory: accumulators of
+ * RQ·4 rows × DM floats (two of them in dK/dV) and two staged tiles of NG·16 rows × DM floats.
+ * Prefers NG = 2, then 16 or 8 threads, then NG = 1 with as many threads as fit.
+ */
+function tileConfig(gpu: Gpu, entry: "forward" | "dq" | "dkv", D: number): TileConfig {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
+  const accs = entry === "dkv" ? 2 : 1;
+  const bytes = (rq: number, ng: number) => accs * 16 * DM * rq + ng * 128 * DM;
+  // whole 8-lane groups first (CPU drivers run 8 invocations per SIMD vector)
+  for (const ng of [2, 1]) {
+    for (const rq of [16, 8]) if (bytes(rq, ng) <= limit) return { DM, RQ: rq, NG: ng };
+  }
+  for (let rq = 7; rq >= 1; rq--) if (bytes(rq, 1) <= limit) return { DM, RQ: rq, NG: 1 };
+  throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, entry);
+}
+
+function params(
+  arena: ParamArena,
+  a: { T: number; Hq: number; Hkv: number; D: number; scale: number },
+) {
+  return arena.alloc(packParams([a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, a.D, 0, 0], [4]));
 }
 
 /**
  * o = softmax(scale · q·kᵀ + mask) · v per q head over the block-diagonal causal mask
  * (token i sees keys seqStart[i] ≤ j ≤ i), and lse = log Σ_j exp(scale · q_i·k_j).
- * One workgroup per (64-query tile, q head), 4 queries per thread in registers; key tiles outside
- * the tile's range are never visited. Samples must be contiguous (seqStart non-decreasing).
+ * One workgroup per (4·RQ queries, q head); key tiles outside the queries' ranges are never
+ * visited. Samples must be contiguous (seqStart, seqEnd non-decreasing).
  */
 export function attentionForward(
   gpu: Gpu,
@@ -101,7 +117,8 @@ export function attentionForward(
 ): Dispatch[] {
   checkShape("attention_forward", args);
   const { T, Hq, D } = args;
-  const kernel = gpu.kernel("attention", "attention_forward", constants(gpu, "attention", D));
+  const c = tileConfig(gpu, "forward", D);
+  const kernel = gpu.kernel("attention", "attention_forward", c);
   const bindGroup = gpu.bind(kernel, {
     0: params(arena, args),
     1: args.o,
@@ -111,7 +128,7 @@ export function attentionForward(
     5: args.v,
     6: args.seqStart,
   });
-  return [{ kernel, bindGroup, workgroups: [Math.ceil(T / ROWS), Hq, 1] }];
+  return [{ kernel, bindGroup, workgroups: [Math.ceil(T / (4 * c.RQ)), Hq, 1] }];
 }
 
 /**
@@ -132,10 +149,9 @@ export function attentionBackward(
     throw new GpuError(`workspace of ${wsSize} bytes < ${need}`, "attention_backward");
   }
   const delta: BufferSlice = { ...args.workspace, size: alignUp(need, 4) };
-  const c = constants(gpu, "attention_backward", D);
   const prm = params(arena, args);
 
-  const kDelta = gpu.kernel("attention", "attention_backward_delta", { D });
+  const kDelta = gpu.kernel("attention", "attention_backward_delta");
   const groups = Math.ceil((T * Hq) / 64);
   const gx = Math.min(groups, 65535);
   const dDelta: Dispatch = {
@@ -144,7 +160,8 @@ export function attentionBackward(
     workgroups: [gx, Math.ceil(groups / gx), 1],
   };
 
-  const kDq = gpu.kernel("attention", "attention_backward_dq", c);
+  const cDq = tileConfig(gpu, "dq", D);
+  const kDq = gpu.kernel("attention", "attention_backward_dq", cDq);
   const dDq: Dispatch = {
     kernel: kDq,
     bindGroup: gpu.bind(kDq, {
@@ -158,10 +175,11 @@ export function attentionBackward(
       9: args.lse,
       10: delta,
     }),
-    workgroups: [Math.ceil(T / ROWS), Hq, 1],
+    workgroups: [Math.ceil(T / (4 * cDq.RQ)), Hq, 1],
   };
 
-  const kDkv = gpu.kernel("attention", "attention_backward_dkv", c);
+  const cDkv = tileConfig(gpu, "dkv", D);
+  const kDkv = gpu.kernel("attention", "attention_backward_dkv", cDkv);
   const dDkv: Dispatch = {
     kernel: kDkv,
     bindGroup: gpu.bind(kDkv, {
@@ -177,7 +195,7 @@ export function attentionBackward(
       9: args.lse,
       10: delta,
     }),
-    workgroups: [Math.ceil(T / ROWS), Hkv, 1],
+    workgroups: [Math.ceil(T / (4 * cDkv.RQ)), Hkv, 1],
   };
   return [dDelta, dDq, dDkv];
 }

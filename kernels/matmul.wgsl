@@ -159,8 +159,9 @@ fn storeWide(i: u32, j: u32, v: vec4<f32>) {
 }
 
 // The body below is regular: row r (r < 16) and column group g (g < 4, columns 4g..4g+3 of the
-// invocation) are present only when WIDE_TR > r and WIDE_TC > 4g. K advances by 4 per iteration;
-// the k-th step of an iteration reads clamped indices and zeroes both operands past the end.
+// invocation) are present only when WIDE_TR > r and WIDE_TC > 4g. K advances by 4 per iteration
+// (four products summed before each accumulator update); past the end of K the indices are clamped
+// and the A values zeroed, so those steps add 0 · B(clamped, finite) = 0.
 @compute @workgroup_size(WIDE_WG)
 fn matmul_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let j0 = wid.x * WIDE_WG * WIDE_TC + lid.x; // first column of this lane; column c is j0 + c * WIDE_WG
@@ -168,31 +169,14 @@ fn matmul_wide(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
   let nLast = p.N - 1u;
   let mLast = p.M - 1u;
   // B column offsets (clamped so every load is in bounds; out-of-range columns are never stored)
-  var bj0 = vec4<u32>(0u);
-  var bj1 = vec4<u32>(0u);
-  var bj2 = vec4<u32>(0u);
-  var bj3 = vec4<u32>(0u);
+  var bj0 = vec4<u32>(0u); var bj1 = vec4<u32>(0u); var bj2 = vec4<u32>(0u); var bj3 = vec4<u32>(0u);
   { bj0 = p.offB + min(j0 + vec4<u32>(0u, 1u, 2u, 3u) * WIDE_WG, vec4<u32>(nLast)) * p.sBj; }
   if (WIDE_TC > 4u) { bj1 = p.offB + min(j0 + vec4<u32>(4u, 5u, 6u, 7u) * WIDE_WG, vec4<u32>(nLast)) * p.sBj; }
   if (WIDE_TC > 8u) { bj2 = p.offB + min(j0 + vec4<u32>(8u, 9u, 10u, 11u) * WIDE_WG, vec4<u32>(nLast)) * p.sBj; }
   if (WIDE_TC > 12u) { bj3 = p.offB + min(j0 + vec4<u32>(12u, 13u, 14u, 15u) * WIDE_WG, vec4<u32>(nLast)) * p.sBj; }
   // A row offsets
-  var ai0 = 0u;
-  var ai1 = 0u;
-  var ai2 = 0u;
-  var ai3 = 0u;
-  var ai4 = 0u;
-  var ai5 = 0u;
-  var ai6 = 0u;
-  var ai7 = 0u;
-  var ai8 = 0u;
-  var ai9 = 0u;
-  var ai10 = 0u;
-  var ai11 = 0u;
-  var ai12 = 0u;
-  var ai13 = 0u;
-  var ai14 = 0u;
-  var ai15 = 0u;
+  var ai0 = 0u; var ai1 = 0u; var ai2 = 0u; var ai3 = 0u; var ai4 = 0u; var ai5 = 0u; var ai6 = 0u; var ai7 = 0u;
+  var ai8 = 0u; var ai9 = 0u; var ai10 = 0u; var ai11 = 0u; var ai12 = 0u; var ai13 = 0u; var ai14 = 0u; var ai15 = 0u;
   { ai0 = p.offA + min(i0 + 0u, mLast) * p.sAi; }
   if (WIDE_TR > 1u) { ai1 = p.offA + min(i0 + 1u, mLast) * p.sAi; }
   if (WIDE_TR > 2u) { ai2 = p.offA + min(i0 + 2u, mLast) * p.sAi; }

@@ -11,6 +11,7 @@ import type { PipelineConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { splitByDifficulty } from "./phasing.ts";
 import type { EventLog } from "./progress.ts";
+import { selectStage, type SelectStageOutputs } from "./select.ts";
 import { fileStamp, runStages, type Stage, type StageContext } from "./stage.ts";
 import { generateQuickstartData } from "./synth.ts";
 import { loadTokenizedDataset, tokenizeDataset, type TokenizedDataset } from "./tokenize.ts";
@@ -301,7 +302,7 @@ export function pipelineStages(cfg: PipelineConfig): Stage<PipelineContext>[] {
         const hf: HfConfig = await readModelConfig(modelDir);
         checkMemory(gpu, hf, cfg);
         const tok = await loadTokenizer(tokenizerDirOf(cfg));
-        const start = i === 0 ? modelDir : ctx.phaseResult.get(phases[i - 1].name)!.startFrom;
+        const start = startOf(ctx, i)!;
         const prevSamples = i === 0
           ? 0
           : ctx.phaseResult.get(phases[i - 1].name)?.train?.samplesSeen ?? 0;
@@ -363,7 +364,27 @@ export function pipelineStages(cfg: PipelineConfig): Stage<PipelineContext>[] {
         };
       },
     });
+    if (cfg.eval.select && cfg.eval.metrics.length > 0) {
+      stages.push(selectStage<PipelineContext>(ph.name, (ctx) => ({
+        eval: cfg.eval,
+        gpu: ctx.gpu,
+        evaluator: {
+          tokens: cfg.train.micro_batch_tokens,
+          chatTemplate: cfg.data.chat_template,
+          tokenizerDir: tokenizerDirOf(cfg),
+        },
+        events: { emit: (ev) => ctx.log.emit(ev as never) },
+        log: ctx.quiet ? () => {} : (l) => console.log(l),
+      })));
+    }
   });
+  /** The directory phase i starts from: the model, or the previous phase's selection (else its last checkpoint). */
+  function startOf(ctx: PipelineContext, i: number): string | null {
+    if (i === 0) return modelDirOf(cfg);
+    const prev = phases[i - 1].name;
+    const sel = ctx.outputs?.[`select-${prev}`] as SelectStageOutputs | undefined;
+    return sel?.best ?? ctx.phaseResult.get(prev)?.startFrom ?? null;
+  }
   return stages;
 }
 

@@ -2,6 +2,7 @@
 import { loadPipelineConfig, resolvedYaml } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { PipelinePaused, runPipeline } from "./pipeline.ts";
+import { SELECTION_FILE, type SelectionFile } from "./select.ts";
 import { createEventLog } from "./progress.ts";
 import { prepareRunDir } from "./run_dir.ts";
 import { startServer } from "./server.ts";
@@ -47,6 +48,7 @@ export async function trainCommand(
     const ctx = await runPipeline(cfg, log);
     log.emit({ type: "run", state: "finished", run_id: cfg.run.name });
     printSummary(ctx.summary.phases, (performance.now() - t0) / 1000, cfg.run.dir);
+    await printSelection(cfg.run.dir);
     return 0;
   } catch (e) {
     if (e instanceof PipelinePaused) {
@@ -91,5 +93,28 @@ function printSummary(
           r.checkpoints.at(-1)?.dir ?? "-"
         }`,
     );
+  }
+}
+
+/** Print the checkpoint selection of every phase (held-out scores, the choice, samples to reach it). */
+async function printSelection(runDir: string): Promise<void> {
+  let sel: SelectionFile;
+  try {
+    sel = JSON.parse(await Deno.readTextFile(`${runDir}/${SELECTION_FILE}`));
+  } catch {
+    return;
+  }
+  for (const [phase, p] of Object.entries(sel.phases)) {
+    console.log(
+      `  selection ${phase} (by ${p.primary}, ${
+        p.higher_is_better ? "higher" : "lower"
+      } is better):`,
+    );
+    for (const c of p.checkpoints) {
+      const scores = Object.entries(c.scores).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ");
+      const mark = c.dir === p.best.dir ? " <- chosen" : "";
+      console.log(`    samples ${String(c.samples).padStart(7)}: ${scores}${mark}`);
+    }
+    console.log(`    best: ${p.best_path} (reached after ${p.samples_to_best} samples)`);
   }
 }

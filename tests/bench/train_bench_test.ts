@@ -1,0 +1,122 @@
+// `bench train` smoke test: one tiny step on stories260K; its loss against the f64 reference; FLOP count; PyTorch when present.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  benchTrain,
+  findTorchPython,
+  LOSS_TOLERANCE,
+  statedPeak,
+  trainFlopsPerStep,
+  trainOptionsFromFlags,
+} from "../../bench/train.ts";
+import { parseModelConfig } from "../../model/config.ts";
+import { loadHfModel } from "../../model/hf_dir.ts";
+import { packMicroBatch } from "../../model/llama_graph.ts";
+import { UserError } from "../../pipeline/errors.ts";
+import { gpuTest, report, sharedPath } from "../helpers.ts";
+import { referenceLoss } from "../reference/llama.ts";
+
+Deno.test("trainFlopsPerStep: 6·(matmul weights)·tokens + causal attention, counted by hand", () => {
+  const cfg = parseModelConfig({
+    architectures: ["LlamaForCausalLM"],
+    vocab_size: 10,
+    hidden_size: 4,
+    intermediate_size: 6,
+    num_hidden_layers: 2,
+    num_attention_heads: 2,
+    num_key_value_heads: 1,
+    tie_word_embeddings: true,
+  }, "test");
+  // Per layer: q 4×4, k 4×2, v 4×2, o 4×4, gate/up/down 3·4×6 = 16+8+8+16+72 = 120; head 40.
+  const B = 3, S = 5, matmul = 2 * 120 + 40;
+  // Attention forward per row and layer: QKᵀ and PV over S(S+1)/2 pairs, 2 FLOPs, 2 heads × D 2.
+  const attnFwd = 2 * (2 * 2 * 2 * (S * (S + 1)) / 2);
+  assert.equal(trainFlopsPerStep(cfg, B, S), 6 * matmul * B * S + 3 * attnFwd * 2 * B);
+});
+
+Deno.test("statedPeak: the flag wins, known GPUs by name, unknown adapters give null", () => {
+  assert.deepEqual(statedPeak("anything", 2), { gflops: 2000, source: "--peak-tflops" });
+  assert.equal(statedPeak("NVIDIA H100 80GB HBM3")!.gflops, 67e3);
+  assert.equal(statedPeak("NVIDIA H100 PCIe")!.gflops, 51e3);
+  assert.equal(statedPeak("Some Future GPU"), null);
+  const cpu = statedPeak("llvmpipe (LLVM 15.0.6, 256 bits)");
+  if (cpu) assert.ok(cpu.gflops > 1 && /lavapipe/.test(cpu.source), cpu.source);
+});
+
+Deno.test("trainOptionsFromFlags: defaults, and one clear error per bad flag", () => {
+  const o = trainOptionsFromFlags({});
+  assert.equal(o.model, "stories260k");
+  assert.equal(o.steps, 5);
+  assert.equal(o.warmup, 2);
+  assert.equal(o.torch, undefined);
+  const t = trainOptionsFromFlags({ "vs-torch": true, "torch-dtype": "fp32,bf16" });
+  assert.deepEqual(t.torch?.dtypes, ["fp32", "bf16"]);
+  assert.throws(() => trainOptionsFromFlags({ batch: "0" }), UserError);
+  assert.throws(() => trainOptionsFromFlags({ data: "web" }), UserError);
+  assert.throws(() => trainOptionsFromFlags({ "vs-torch": true, "torch-dtype": "fp8" }), UserError);
+});
+
+gpuTest("bench train runs stories260K steps; step-0 loss matches the f64 reference", async (gpu) => {
+  const shared = sharedPath();
+  if (!shared) return;
+  const work = await Deno.makeTempDir();
+  try {
+    const B = 2, S = 24;
+    const opts = trainOptionsFromFlags({ batch: `${B}`, seq: `${S}`, steps: "1", warmup: "1" });
+    const r = await benchTrain({ ...opts, workDir: work, gpu });
+    const o = r.ours;
+    assert.equal(r.model.tied, false); // stories260k is benched with an untied head
+    assert.equal(r.data.tokensPerStep, B * S);
+    assert.match(r.data.source, /GSM8K/);
+    assert.equal(o.losses.length, 2);
+    assert.ok(o.losses.every(Number.isFinite) && o.gradNorms.every(Number.isFinite));
+    assert.ok(o.tokensPerS > 0 && o.stepMs > 0);
+    assert.ok(o.dispatchesPerStep > 100, `${o.dispatchesPerStep} dispatches`);
+    assert.ok(o.memory.peakBufferBytes >= 4 * 4 * r.model.params, "weights, grads, m, v");
+    if (gpu.hasTimestamps) {
+      assert.ok(o.breakdown && o.breakdown.kernels.length > 5);
+      assert.ok(o.breakdown.ops.some((k) => k.name === "matmul"));
+      const calls = o.breakdown.kernels.reduce((a, k) => a + k.callsPerStep, 0);
+      assert.equal(calls + 1, o.dispatchesPerStep); // + the loss reset
+    }
+    // Step 0's loss (before any update) against the f64 reference on the same rows and weights.
+    const rows = new Int32Array((await Deno.readFile(join(work, "rows.i32"))).buffer);
+    const m = await loadHfModel(r.model.dir);
+    const samples = [0, 1].map((i) => {
+      const ids = rows.subarray(i * S, (i + 1) * S);
+      return { ids, labels: ids };
+    });
+    const mb = packMicroBatch(samples, B * S);
+    const ref = referenceLoss(m.config, m.tensors, {
+      ids: new Int32Array(mb.ids),
+      labels: mb.labels,
+      pos: mb.pos,
+      seqStart: mb.seqStart,
+      seqEnd: mb.seqEnd,
+    });
+    assert.equal(ref.lossTokens, B * (S - 1));
+    const want = ref.lossSum / ref.lossTokens;
+    const err = Math.abs(o.losses[0] - want) / Math.abs(want);
+    report("bench step-0 loss vs f64 reference", err, 1e-5);
+    assert.ok(err <= 1e-5, `${o.losses[0]} vs ${want}`);
+
+    // The same steps in PyTorch (plain fp32 Llama) when this machine has torch.
+    const python = await findTorchPython();
+    if (!python) {
+      console.log("  (no python with torch: PyTorch comparison skipped)");
+      return;
+    }
+    const withTorch = await benchTrain({
+      ...opts,
+      profile: false,
+      workDir: work,
+      gpu,
+      torch: { python, device: "cpu", dtypes: ["fp32"], impl: "plain" },
+    });
+    const t = withTorch.torch[0];
+    report("bench losses vs PyTorch fp32", t.lossMaxRelDiff, LOSS_TOLERANCE);
+    assert.equal(t.lossOk, true, `${withTorch.ours.losses} vs ${t.losses}`);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
