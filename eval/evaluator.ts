@@ -36,6 +36,8 @@ export interface MetricSpec {
   limit?: number | null;
   /** Generation budget per answer (exact_match). */
   maxTokens?: number;
+  /** Which accuracy is the mc score: the answer letter (lm-eval `acc`, default), the full choice text, or it length-normalised. */
+  mcScore?: "letter" | "text" | "text_norm";
 }
 
 /** Held-out loss details. */
@@ -488,7 +490,12 @@ export class Evaluator {
       subjects[name || "(none)"] = rate(x);
     }
     const details: McDetails = { kind: "mc", ...rate(all), shots, style, subjects, truncated };
-    return { score: details.acc, items: scored.length, details };
+    const score = spec.mcScore === "text"
+      ? details.acc_text
+      : spec.mcScore === "text_norm"
+      ? details.acc_text_norm
+      : details.acc;
+    return { score, items: scored.length, details };
   }
 
   private async evalExact(spec: MetricSpec) {

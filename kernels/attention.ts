@@ -1,4 +1,4 @@
-// Launchers for packed variable-length causal attention: forward (saves LSE) and backward (delta, dQ, dK/dV).
+// Launchers for packed varlen causal attention: forward (saves LSE) and backward (delta, dQ, dK/dV).
 import {
   alignUp,
   type BufferSlice,
@@ -54,6 +54,7 @@ export function attentionBackwardWorkspaceBytes(T: number, Hq: number): number {
   return alignUp(T * Hq * 4, 256);
 }
 
+/** Throws GpuError for shapes the kernels do not take. */
 function checkShape(kernel: string, a: { T: number; Hq: number; Hkv: number; D: number }) {
   const { T, Hq, Hkv, D } = a;
   if (!(Number.isInteger(T) && T >= 1 && Hq >= 1 && Hkv >= 1)) {
@@ -97,6 +98,7 @@ function tileConfig(gpu: Gpu, entry: "forward" | "dq" | "dkv", D: number): TileC
   throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, entry);
 }
 
+/** Uniform parameters shared by the attention entry points (Params in attention.wgsl). */
 function params(
   arena: ParamArena,
   a: { T: number; Hq: number; Hkv: number; D: number; scale: number },

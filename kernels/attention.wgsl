@@ -1,4 +1,4 @@
-// Packed variable-length causal attention (flash-attention style): forward with LSE, backward delta/dQ/dK·dV.
+// Packed varlen causal attention (flash-attention style): forward with LSE; backward delta, dQ, dK, dV.
 //
 // Q (T, Hq, D), K and V (T, Hkv, D) row-major; q head h reads kv head h / (Hq / Hkv). Token i
 // attends to key j when seqStart[i] <= j <= i (block-diagonal causal mask of contiguous packed
@@ -12,7 +12,9 @@
 // row): for each dim d, S16 += own(d) ⊗ tile(d, 16 rows), then, per dim again,
 // acc(d) += S16 · tile(d, 16 rows). Own-row inputs are read from the storage buffers, own-row
 // accumulators live in workgroup memory (acc[d · RQ + thread]). Loops over d stay loops: on CPU
-// drivers (lavapipe) large register arrays and unrolled code cost minutes of shader compilation.
+// drivers (lavapipe) large register arrays and unrolled code cost minutes of shader compilation
+// (an unrolled D = 128 forward took 300 s), and per-thread conditional stores inside loops cost
+// seconds, so outputs are written cooperatively after a barrier.
 
 const MASKED: f32 = -1.0e30; // score of a masked pair, and the running max before any real score
 const THRESHOLD: f32 = -1.0e29; // scores below this are masked
@@ -70,31 +72,27 @@ struct S16 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Own rows: dim d of four token rows of a (T, heads, D) tensor (0 outside T).
+// Own rows: element offsets `o` (+ d) of four token rows of a (T, heads, D) tensor. Rows past
+// T are clamped to T − 1: their scores are masked, so what they read never matters.
 
-fn offsets(rows: vec4<u32>, heads: u32, h: u32, d: u32) -> vec4<u32> {
-  return min(rows, vec4<u32>(p.t - 1u)) * (heads * D) + vec4<u32>(h * D + d);
+fn offsets(rows: vec4<u32>, heads: u32, h: u32) -> vec4<u32> {
+  return min(rows, vec4<u32>(p.t - 1u)) * (heads * D) + vec4<u32>(h * D);
 }
 
-fn own_q(rows: vec4<u32>, h: u32, d: u32) -> vec4<f32> {
-  let o = offsets(rows, p.hq, h, d);
-  return select(vec4<f32>(), vec4<f32>(in_q[o.x], in_q[o.y], in_q[o.z], in_q[o.w]), rows < vec4<u32>(p.t));
+fn own_q(o: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(in_q[o.x], in_q[o.y], in_q[o.z], in_q[o.w]);
 }
 
-fn own_dout(rows: vec4<u32>, h: u32, d: u32) -> vec4<f32> {
-  let o = offsets(rows, p.hq, h, d);
-  let v = vec4<f32>(in_dout[o.x], in_dout[o.y], in_dout[o.z], in_dout[o.w]);
-  return select(vec4<f32>(), v, rows < vec4<u32>(p.t));
+fn own_dout(o: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(in_dout[o.x], in_dout[o.y], in_dout[o.z], in_dout[o.w]);
 }
 
-fn own_k(rows: vec4<u32>, h: u32, d: u32) -> vec4<f32> {
-  let o = offsets(rows, p.hkv, h, d);
-  return select(vec4<f32>(), vec4<f32>(in_k[o.x], in_k[o.y], in_k[o.z], in_k[o.w]), rows < vec4<u32>(p.t));
+fn own_k(o: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(in_k[o.x], in_k[o.y], in_k[o.z], in_k[o.w]);
 }
 
-fn own_v(rows: vec4<u32>, h: u32, d: u32) -> vec4<f32> {
-  let o = offsets(rows, p.hkv, h, d);
-  return select(vec4<f32>(), vec4<f32>(in_v[o.x], in_v[o.y], in_v[o.z], in_v[o.w]), rows < vec4<u32>(p.t));
+fn own_v(o: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(in_v[o.x], in_v[o.y], in_v[o.z], in_v[o.w]);
 }
 
 fn starts(rows: vec4<u32>) -> vec4<u32> {
@@ -214,11 +212,14 @@ fn keep_queries(s: mat4x4<f32>, i: u32, st: vec4<u32>, keys: vec4<u32>) -> mat4x
   let ok = keys < vec4<u32>(p.t);
   let m = vec4<f32>(MASKED);
   let T = p.t;
+  let i1 = i + 1u;
+  let i2 = i + 2u;
+  let i3 = i + 3u;
   return mat4x4<f32>(
     select(m, s[0], ok & vec4<bool>(i < T) & (keys <= vec4<u32>(i)) & (keys >= vec4<u32>(st.x))),
-    select(m, s[1], ok & vec4<bool>(i + 1u < T) & (keys <= vec4<u32>(i + 1u)) & (keys >= vec4<u32>(st.y))),
-    select(m, s[2], ok & vec4<bool>(i + 2u < T) & (keys <= vec4<u32>(i + 2u)) & (keys >= vec4<u32>(st.z))),
-    select(m, s[3], ok & vec4<bool>(i + 3u < T) & (keys <= vec4<u32>(i + 3u)) & (keys >= vec4<u32>(st.w))),
+    select(m, s[1], ok & vec4<bool>(i1 < T) & (keys <= vec4<u32>(i1)) & (keys >= vec4<u32>(st.y))),
+    select(m, s[2], ok & vec4<bool>(i2 < T) & (keys <= vec4<u32>(i2)) & (keys >= vec4<u32>(st.z))),
+    select(m, s[3], ok & vec4<bool>(i3 < T) & (keys <= vec4<u32>(i3)) & (keys >= vec4<u32>(st.w))),
   );
 }
 
@@ -269,7 +270,12 @@ fn probs_cols(s: mat4x4<f32>, m: vec4<f32>) -> mat4x4<f32> {
 
 // dS = P ∘ (dP − delta) with delta per own row.
 fn dsoft(pr: mat4x4<f32>, dp: mat4x4<f32>, delta: vec4<f32>) -> mat4x4<f32> {
-  return mat4x4<f32>(pr[0] * (dp[0] - delta), pr[1] * (dp[1] - delta), pr[2] * (dp[2] - delta), pr[3] * (dp[3] - delta));
+  return mat4x4<f32>(
+    pr[0] * (dp[0] - delta),
+    pr[1] * (dp[1] - delta),
+    pr[2] * (dp[2] - delta),
+    pr[3] * (dp[3] - delta),
+  );
 }
 
 // dS = P ∘ (dP − delta) with delta per tile column.
@@ -301,6 +307,7 @@ fn attention_forward(
   let live = rows.x < T;
   let qHi = min(q0 + 4u * RQ, T) - 1u;
   let kLo = in_start[q0];
+  let qo = offsets(rows, p.hq, h);
   for (var d = 0u; d < D; d++) {
     acc1[d * RQ + li] = vec4<f32>();
   }
@@ -318,7 +325,7 @@ fn attention_forward(
       }
       var s = S16();
       for (var d = 0u; d < D; d++) {
-        s = outer_a(s, own_q(rows, h, d), d * BC4 + 4u * g);
+        s = outer_a(s, own_q(qo + vec4<u32>(d)), d * BC4 + 4u * g);
       }
       s = keep_keys16(scaled(s, p.scale), j, rows, start);
       let mNew = max(m, row_max(s));
@@ -403,6 +410,7 @@ fn attention_backward_dq(
   let rc = min(rows, vec4<u32>(T - 1u)) + vec4<u32>(h * T);
   let lse = vec4<f32>(in_lse[rc.x], in_lse[rc.y], in_lse[rc.z], in_lse[rc.w]);
   let delta = vec4<f32>(in_delta[rc.x], in_delta[rc.y], in_delta[rc.z], in_delta[rc.w]);
+  let qo = offsets(rows, p.hq, h);
   for (var d = 0u; d < D; d++) {
     acc1[d * RQ + li] = vec4<f32>();
   }
@@ -420,12 +428,17 @@ fn attention_backward_dq(
       var dp = S16();
       for (var d = 0u; d < D; d++) {
         let at = d * BC4 + 4u * g;
-        s = outer_a(s, own_q(rows, h, d), at);
-        dp = outer_b(dp, own_dout(rows, h, d), at);
+        s = outer_a(s, own_q(qo + vec4<u32>(d)), at);
+        dp = outer_b(dp, own_dout(qo + vec4<u32>(d)), at);
       }
       s = keep_keys16(scaled(s, p.scale), j, rows, start);
       let pr = probs16(s, lse);
-      let ds = S16(dsoft(pr.a, dp.a, delta), dsoft(pr.b, dp.b, delta), dsoft(pr.c, dp.c, delta), dsoft(pr.d, dp.d, delta));
+      let ds = S16(
+        dsoft(pr.a, dp.a, delta),
+        dsoft(pr.b, dp.b, delta),
+        dsoft(pr.c, dp.c, delta),
+        dsoft(pr.d, dp.d, delta),
+      );
       for (var d = 0u; d < D; d++) {
         let at = d * RQ + li;
         acc1[at] += contract_a(ds, d * BC4 + 4u * g);
@@ -462,6 +475,7 @@ fn attention_backward_dkv(
   let live = keys.x < T;
   let myEnd = in_end[min(keys.w, T - 1u)];
   let qEnd = in_end[min(k0 + 4u * RQ, T) - 1u];
+  let ko = offsets(keys, p.hkv, kvh);
   for (var d = 0u; d < D; d++) {
     acc1[d * RQ + li] = vec4<f32>();
     acc2[d * RQ + li] = vec4<f32>();
@@ -482,30 +496,24 @@ fn attention_backward_dkv(
         var dp = S16();
         for (var d = 0u; d < D; d++) {
           let at = d * BC4 + 4u * g;
-          s = outer_a(s, own_k(keys, kvh, d), at);
-          dp = outer_b(dp, own_v(keys, kvh, d), at);
+          s = outer_a(s, own_k(ko + vec4<u32>(d)), at);
+          dp = outer_b(dp, own_v(ko + vec4<u32>(d)), at);
         }
-        s = scaled(s, p.scale);
+        // mask, P and dS one quad of queries at a time (a loop: less shader code to compile)
         let q4 = 4u * g;
-        let qs = vec4<u32>(i) + vec4<u32>(0u, 4u, 8u, 12u);
-        s = S16(
-          keep_queries(s.a, qs.x, starts(vec4<u32>(qs.x) + vec4<u32>(0u, 1u, 2u, 3u)), keys),
-          keep_queries(s.b, qs.y, starts(vec4<u32>(qs.y) + vec4<u32>(0u, 1u, 2u, 3u)), keys),
-          keep_queries(s.c, qs.z, starts(vec4<u32>(qs.z) + vec4<u32>(0u, 1u, 2u, 3u)), keys),
-          keep_queries(s.d, qs.w, starts(vec4<u32>(qs.w) + vec4<u32>(0u, 1u, 2u, 3u)), keys),
-        );
-        let pr = S16(
-          probs_cols(s.a, quad_lse(h, qs.x)),
-          probs_cols(s.b, quad_lse(h, qs.y)),
-          probs_cols(s.c, quad_lse(h, qs.z)),
-          probs_cols(s.d, quad_lse(h, qs.w)),
-        );
-        let ds = S16(
-          dsoft_cols(pr.a, dp.a, quad_delta(h, qs.x)),
-          dsoft_cols(pr.b, dp.b, quad_delta(h, qs.y)),
-          dsoft_cols(pr.c, dp.c, quad_delta(h, qs.z)),
-          dsoft_cols(pr.d, dp.d, quad_delta(h, qs.w)),
-        );
+        let sq = array<mat4x4<f32>, 4>(s.a, s.b, s.c, s.d);
+        let dq = array<mat4x4<f32>, 4>(dp.a, dp.b, dp.c, dp.d);
+        var pq: array<mat4x4<f32>, 4>;
+        var dsq: array<mat4x4<f32>, 4>;
+        for (var n = 0u; n < 4u; n++) {
+          let iq = i + 4u * n;
+          let st = starts(vec4<u32>(iq) + vec4<u32>(0u, 1u, 2u, 3u));
+          let pn = probs_cols(keep_queries(sq[n] * p.scale, iq, st, keys), quad_lse(h, iq));
+          pq[n] = pn;
+          dsq[n] = dsoft_cols(pn, dq[n], quad_delta(h, iq));
+        }
+        let pr = S16(pq[0], pq[1], pq[2], pq[3]);
+        let ds = S16(dsq[0], dsq[1], dsq[2], dsq[3]);
         for (var d = 0u; d < D; d++) {
           let at = d * RQ + li;
           let t = d * BC4 + q4;

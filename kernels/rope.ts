@@ -4,8 +4,8 @@ import {
   type Dispatch,
   type Gpu,
   GpuError,
-  type ParamArena,
   packParams,
+  type ParamArena,
 } from "./runtime.ts";
 
 /** Llama-3 frequency scaling, as `rope_scaling` in a Hugging Face config.json. */
@@ -98,16 +98,16 @@ export interface RopeArgs {
 function ropeLaunch(gpu: Gpu, arena: ParamArena, a: RopeArgs, dir: "forward" | "backward") {
   if (a.D % 2 !== 0) throw new GpuError(`head dim ${a.D} is odd`, `rope.${dir}`);
   const half = a.D / 2;
-  const n = a.T * a.H * half;
+  const rows = a.T * a.H;
   const inplace = a.out.buffer === a.x.buffer;
   if (inplace && (a.out.offset ?? 0) !== (a.x.offset ?? 0)) {
     throw new GpuError("out and x share a buffer at different offsets", `rope.${dir}`);
   }
   const kernel = gpu.kernel("rope", `rope_${dir}${inplace ? "_inplace" : ""}`);
-  const params = arena.alloc(packParams([n, a.H, half, 0]));
+  const params = arena.alloc(packParams([rows, a.H, half, 0]));
   const entries: Record<number, BufferSlice> = { 0: params, 1: a.out, 3: a.pos, 4: a.table };
   if (!inplace) entries[2] = a.x;
-  const groups = Math.ceil(n / 256);
+  const groups = Math.ceil(rows / 64);
   const gx = Math.max(1, Math.min(groups, 65535));
   const dispatch: Dispatch = {
     kernel,

@@ -120,6 +120,7 @@ export interface MetricConfig {
   shots: number;
   limit: number | null;
   max_tokens: number;
+  mc_score: "letter" | "text" | "text_norm";
 }
 
 /** `eval:` */
@@ -366,6 +367,8 @@ const SCHEMA: Spec = obj({
       limit: int(null, 1),
       // Generation budget of exact_match answers.
       max_tokens: int(64, 1),
+      // mc: score by the answer letter (lm-eval acc), the full choice text, or it per character.
+      mc_score: oneOf(["letter", "text", "text_norm"], "letter"),
     })),
     // null: the first metric.
     primary: str(null),

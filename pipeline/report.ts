@@ -760,7 +760,9 @@ export async function writeSweepReport(sweepDir: string, s: SweepFile): Promise<
           {
             title: "probe score (early dynamics) vs final score",
             xLabel: "probe score (higher: predicted better)",
-            yLabel: `final ${metric ?? "score"}`,
+            yLabel: `final ${metric ?? "score"} (${
+              s.validation.higher_is_better ? "higher" : "lower"
+            } is better)`,
           },
         ),
       ),

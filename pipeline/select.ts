@@ -69,6 +69,7 @@ export function metricSpecs(metrics: readonly MetricConfig[]): MetricSpec[] {
     shots: m.shots,
     limit: m.limit,
     maxTokens: m.max_tokens,
+    mcScore: m.mc_score,
   }));
 }
 

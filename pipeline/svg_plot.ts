@@ -342,8 +342,12 @@ export function plotSvg(series: Series[], o: PlotOptions = {}): string {
           out.push(`<circle cx="${f(X(s.x[i]))}" cy="${f(Y(s.y[i]))}" r="3.5"/>`);
           const text = s.labels?.[i];
           if (text) {
+            // Beside the point, or to its left when it would run past the plot's right edge.
+            const px = X(s.x[i]), left = px + 6 + text.length * 6.2 > width;
             out.push(
-              `<text x="${f(X(s.x[i]) + 6)}" y="${f(Y(s.y[i]) - 5)}">${escapeXml(text)}</text>`,
+              `<text x="${f(left ? px - 6 : px + 6)}" y="${f(Y(s.y[i]) - 5)}"${
+                left ? ' text-anchor="end"' : ""
+              }>${escapeXml(text)}</text>`,
             );
           }
         }

@@ -843,8 +843,8 @@ export interface StageOptions {
 /**
  * Probe one member: train it until `probe.samples` samples (the whole budget when every member
  * continues anyway: validate or keep all), then record its status and budget. A member already
- * probed under this sweep is skipped. A training failure (e.g. a diverging lr) is recorded as
- * status "failed", not thrown.
+ * probed under this sweep is skipped (one whose probe failed is tried again: it resumes). A
+ * training failure (e.g. a diverging lr) is recorded as status "failed", not thrown.
  */
 export async function probeMember(
   spec: SweepSpec,
@@ -854,7 +854,11 @@ export async function probeMember(
 ): Promise<MemberRecord> {
   const dir = memberDir(sweepDir, m.name);
   const prev = await readMemberRecord(dir);
-  if (prev && prev.sweep_hash === spec.hash) return prev;
+  if (
+    prev && prev.sweep_hash === spec.hash && (prev.status !== "failed" || prev.stage !== "probe")
+  ) {
+    return prev;
+  }
   const log = o.log ?? ((l: string) => console.log(l));
   const runsThrough = spec.validate || spec.keep_k >= spec.members.length;
   const sets = memberSetArgs(spec, m);
@@ -919,8 +923,8 @@ async function budgetOf(
 
 /**
  * Continue a probed member to its full budget (the same train command without the probe's
- * stop_at_samples resumes bit-identically from the saved state). Members not probed, already
- * finished or failed are returned as they are.
+ * stop_at_samples resumes bit-identically from the saved state); a member whose continuation
+ * failed is tried again. Members already finished, or whose probe failed, are returned as they are.
  */
 export async function continueMember(
   spec: SweepSpec,
@@ -936,9 +940,12 @@ export async function continueMember(
       "run the probe stage for it first (its shard's --stage probe), or gather the right folder",
     );
   }
-  if (prev.status !== "probed") return prev;
+  const retry = prev.status === "failed" && prev.stage === "continue";
+  if (prev.status !== "probed" && !retry) return prev;
   const log = o.log ?? ((l: string) => console.log(l));
-  log(`sweep ${spec.name}: continuing member ${m.name} to its full budget`);
+  log(
+    `sweep ${spec.name}: ${retry ? "retrying" : "continuing"} member ${m.name} to its full budget`,
+  );
   const res = await runTrain(spec.base, dir, memberSetArgs(spec, m), m.name, log);
   const rec: MemberRecord = {
     ...prev,

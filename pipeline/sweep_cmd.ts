@@ -75,7 +75,11 @@ export async function sweepCommand(
 ): Promise<number> {
   const sets = (values.set as string[] | undefined) ?? [];
   const files: string[] = [], dirs: string[] = [];
-  for (const p of positionals) (await isDir(p) ? dirs : files).push(p);
+  // Folders are sweep dirs to gather, files are sweep files; a missing path goes by its extension.
+  for (const p of positionals) {
+    const kind = await Deno.stat(p).then((st) => (st.isDirectory ? "dir" : "file"), () => null);
+    (kind === "dir" || (kind === null && !/\.ya?ml$/i.test(p)) ? dirs : files).push(p);
+  }
   if (files.length > 1) {
     throw new UserError(`expected one sweep file, got ${files.join(", ")}`, SWEEP_USAGE);
   }
@@ -174,7 +178,7 @@ export async function sweepCommand(
   for (const m of spec.members) await probeMember(spec, out, m, opts);
   let s = await finalizeSweep(spec, out);
   for (const m of s.members) {
-    if (m.status === "probed" && (m.decision === "continue" || spec.validate)) {
+    if (m.decision === "continue" || spec.validate) {
       await continueMember(spec, out, spec.members[m.index], opts);
     }
   }

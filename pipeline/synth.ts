@@ -467,7 +467,11 @@ export async function generateQuickstartData(
       : rel === "flag"
       ? COLORS
       : [...world.countries.map((x) => x[rel]), ...world.decoys[rel]];
-    heldoutMc.push(mcItem(rHeld, q, c[rel], pickDistractors(rHeld, pool, c[rel]), "knowledge"));
+    // Choices are whole answers in the trained form ("The capital of X is Y."), so scoring the
+    // choice text measures the fact, not the answer format.
+    const say = (x: string) => fill(t.answer, c.name, x);
+    const wrong = pickDistractors(rHeld, pool, c[rel]).map(say);
+    heldoutMc.push(mcItem(rHeld, q, say(c[rel]), wrong, "knowledge"));
   }
   for (let i = 0; i < opts.heldout; i++) {
     const s = freshSkill(rHeld, i % SKILLS.length, seenSkills);

@@ -407,7 +407,7 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
     tokensSeen: st.tokensSeen,
     firstLoss: st.firstLoss,
     lastLoss: st.lastLoss,
-    tokensPerS: lastTps,
+    tokensPerS: st.elapsedS > 0 ? st.tokensSeen / st.elapsedS : lastTps,
     checkpoints: st.checkpoints,
     resumedFrom,
     stopped,

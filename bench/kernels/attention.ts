@@ -51,7 +51,9 @@ function setup(gpu: Gpu, s: Shape, which: "forward" | "backward"): KernelSetup {
   const q = randomArray(T * s.Hq * s.D, 1), k = randomArray(T * s.Hkv * s.D, 2);
   const v = randomArray(T * s.Hkv * s.D, 3), dout = randomArray(T * s.Hq * s.D, 4);
   const nq = T * s.Hq * s.D * 4, nk = T * s.Hkv * s.D * 4;
-  const up = (l: string, a: ArrayBufferView) => ({ buffer: gpu.bufferFrom(`bench.attention.${l}`, a) });
+  const up = (l: string, a: ArrayBufferView) => ({
+    buffer: gpu.bufferFrom(`bench.attention.${l}`, a),
+  });
   const mk = (l: string, n: number) => ({ buffer: gpu.buffer(`bench.attention.${l}`, n) });
   const b = {
     q: up("q", q),

@@ -1,4 +1,4 @@
-// Attention tests: packed varlen causal forward/backward on the GPU against f64 references and finite differences.
+// Attention tests: packed varlen causal forward/backward vs f64 references and finite differences.
 import assert from "node:assert/strict";
 import {
   attentionBackward,
@@ -104,6 +104,7 @@ const CASES: Case[] = [
     Hkv: 3,
     D: 12,
   },
+  { name: "T=1", lengths: [1], Hq: 2, Hkv: 1, D: 16 },
   {
     name: "Hq=2 Hkv=1 D=16 scale=1, inputs ±2 (large scores)",
     lengths: [17, 18],
@@ -155,7 +156,7 @@ gpuTest("attention: backward matches central finite differences in f64", async (
     return s;
   };
   const base = [Float64Array.from(q), Float64Array.from(k), Float64Array.from(v)];
-  const fd = base.map((x, which) => {
+  const fd = base.map((x) => {
     const g = new Float64Array(x.length);
     const eps = 1e-5;
     for (let i = 0; i < x.length; i++) {
@@ -167,7 +168,6 @@ gpuTest("attention: backward matches central finite differences in f64", async (
       x[i] = keep;
       g[i] = (lp - lm) / (2 * eps);
     }
-    void which;
     return g;
   });
   const an = attentionBackwardRef(q, k, v, w, seqStart, sh);
@@ -189,3 +189,20 @@ gpuTest("attention: backward matches central finite differences in f64", async (
   }
   for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
 });
+
+gpuTest(
+  "attention: two runs are bit-identical (no atomics, fixed reduction order)",
+  async (gpu) => {
+    const lengths = [40, 1, 33];
+    const T = 74, Hq = 4, Hkv = 2, D = 16;
+    const sh: AttnShape = { T, Hq, Hkv, D, scale: 0.25 };
+    const inputs = [T * Hq * D, T * Hkv * D, T * Hkv * D, T * Hq * D].map((n, i) =>
+      randomArray(n, 20 + i)
+    );
+    const a = await runGpu(gpu, sh, lengths, inputs[0], inputs[1], inputs[2], inputs[3]);
+    const b = await runGpu(gpu, sh, lengths, inputs[0], inputs[1], inputs[2], inputs[3]);
+    for (const key of ["o", "lse", "dq", "dk", "dv"] as const) {
+      assert.deepEqual(new Uint32Array(a[key].buffer), new Uint32Array(b[key].buffer), key);
+    }
+  },
+);

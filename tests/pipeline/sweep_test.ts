@@ -181,10 +181,14 @@ Deno.test("sweep: a pipeline with a sweep block becomes a base with absolute pat
   const file = join(dir, "p.yaml");
   await Deno.writeTextFile(
     file,
-    BASE.replace("  synthetic:", "  phases: [{ name: a, train: [d/a.jsonl] }]\n  x_synthetic:")
-      .replace(/  x_synthetic:.*\n/, "")
-      .replace(/eval:\n(.*\n){2}/, "") +
-      "sweep:\n  members: [{ name: one }]\n  probe: { samples: 8 }\n",
+    `model: { init: { preset: tiny } }
+data:
+  phases: [{ name: a, train: [d/a.jsonl] }]
+train: { effective_batch_size: 8 }
+sweep:
+  members: [{ name: one }]
+  probe: { samples: 8 }
+`,
   );
   const spec = await loadSweepSpec(file);
   assert.equal(spec.embedded, true);
