@@ -97,7 +97,7 @@ export interface TrainBenchOptions {
   steps: number;
   /** Steps run first and left out of the timing (they compile the pipelines). */
   warmup: number;
-  /** Rows per micro-batch (default: every row of the step, up to 4096 tokens). */
+  /** Rows per micro-batch (default: every row of the step, up to 4096 tokens; 512 on lavapipe). */
   microRows?: number;
   /** "gsm8k" (default when ../shared has it and the model a tokenizer) or "synthetic". */
   data?: "gsm8k" | "synthetic";
@@ -429,10 +429,10 @@ async function runOurs(
   tensors: Map<string, Float32Array>,
   rows: Int32Array,
   shape: { batch: number; seq: number; microRows: number },
+  gpu: Gpu,
   log: (l: string) => void,
 ): Promise<OursResult> {
   const { batch: B, seq: S, microRows } = shape;
-  const gpu = opts.gpu ?? await acquireGpu();
   const tracker = trackBuffers(gpu.device);
   const T = microRows * S;
   let graph: LlamaGraph | null = null;
@@ -521,7 +521,6 @@ async function runOurs(
   } finally {
     tracker.stop();
     graph?.destroy();
-    if (!opts.gpu) gpu.destroy();
   }
 }
 
@@ -591,6 +590,8 @@ async function runTorch(
 /** Run the training benchmark and return its result (prints progress through `opts.log`). */
 export async function benchTrain(opts: TrainBenchOptions): Promise<TrainBenchResult> {
   const log = opts.log ?? (() => {});
+  const total = opts.warmup + opts.steps;
+  if (total > 1000) throw new UserError(`--warmup + --steps must be at most 1000 (got ${total})`);
   const work = opts.workDir ?? `${HERE}out/train`;
   await Deno.mkdir(work, { recursive: true });
   const { name, dir, shape } = await prepareModel(opts, work, log);
@@ -602,20 +603,24 @@ export async function benchTrain(opts: TrainBenchOptions): Promise<TrainBenchRes
       `--seq ${S} exceeds ${dir}'s max_position_embeddings (${cfg.maxPositionEmbeddings})`,
     );
   }
+  if (opts.microRows && B % opts.microRows !== 0) {
+    throw new UserError(`--micro-rows ${opts.microRows} does not divide --batch ${B}`);
+  }
+  const gpu = opts.gpu ?? await acquireGpu();
+  // Default micro-batch: every row of the step up to a token cap. On lavapipe 512-token
+  // micro-batches ran fastest (bench/RESULTS.md); on GPUs larger ones fill the device better.
+  const cpuAdapter = /llvmpipe|lavapipe|swiftshader/i.test(gpu.summary.description);
+  const cap = Math.max(S, cpuAdapter ? 512 : 4096);
   let microRows = opts.microRows ?? 0;
   if (!microRows) {
     microRows = 1;
     for (let m = B; m >= 1; m--) {
-      if (B % m === 0 && m * S <= 4096) {
+      if (B % m === 0 && m * S <= cap) {
         microRows = m;
         break;
       }
     }
   }
-  if (B % microRows !== 0) {
-    throw new UserError(`--micro-rows ${microRows} does not divide --batch ${B}`);
-  }
-  const total = opts.warmup + opts.steps;
   const { ids: rows, source } = await benchRows(dir, cfg, total * B * S, opts.data);
   const rowsFile = join(work, "rows.i32");
   await Deno.writeFile(rowsFile, new Uint8Array(rows.buffer));
@@ -626,7 +631,12 @@ export async function benchTrain(opts: TrainBenchOptions): Promise<TrainBenchRes
   );
   log(`data: ${source}`);
 
-  const ours = await runOurs(opts, cfg, tensors, rows, { batch: B, seq: S, microRows }, log);
+  let ours: OursResult;
+  try {
+    ours = await runOurs(opts, cfg, tensors, rows, { batch: B, seq: S, microRows }, gpu, log);
+  } finally {
+    if (!opts.gpu) gpu.destroy(); // before PyTorch starts: give the memory back
+  }
   tensors.clear();
 
   const torch: TrainBenchResult["torch"] = [];

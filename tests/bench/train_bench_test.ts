@@ -56,67 +56,70 @@ Deno.test("trainOptionsFromFlags: defaults, and one clear error per bad flag", (
   assert.throws(() => trainOptionsFromFlags({ "vs-torch": true, "torch-dtype": "fp8" }), UserError);
 });
 
-gpuTest("bench train runs stories260K steps; step-0 loss matches the f64 reference", async (gpu) => {
-  const shared = sharedPath();
-  if (!shared) return;
-  const work = await Deno.makeTempDir();
-  try {
-    const B = 2, S = 24;
-    const opts = trainOptionsFromFlags({ batch: `${B}`, seq: `${S}`, steps: "1", warmup: "1" });
-    const r = await benchTrain({ ...opts, workDir: work, gpu });
-    const o = r.ours;
-    assert.equal(r.model.tied, false); // stories260k is benched with an untied head
-    assert.equal(r.data.tokensPerStep, B * S);
-    assert.match(r.data.source, /GSM8K/);
-    assert.equal(o.losses.length, 2);
-    assert.ok(o.losses.every(Number.isFinite) && o.gradNorms.every(Number.isFinite));
-    assert.ok(o.tokensPerS > 0 && o.stepMs > 0);
-    assert.ok(o.dispatchesPerStep > 100, `${o.dispatchesPerStep} dispatches`);
-    assert.ok(o.memory.peakBufferBytes >= 4 * 4 * r.model.params, "weights, grads, m, v");
-    if (gpu.hasTimestamps) {
-      assert.ok(o.breakdown && o.breakdown.kernels.length > 5);
-      assert.ok(o.breakdown.ops.some((k) => k.name === "matmul"));
-      const calls = o.breakdown.kernels.reduce((a, k) => a + k.callsPerStep, 0);
-      assert.equal(calls + 1, o.dispatchesPerStep); // + the loss reset
-    }
-    // Step 0's loss (before any update) against the f64 reference on the same rows and weights.
-    const rows = new Int32Array((await Deno.readFile(join(work, "rows.i32"))).buffer);
-    const m = await loadHfModel(r.model.dir);
-    const samples = [0, 1].map((i) => {
-      const ids = rows.subarray(i * S, (i + 1) * S);
-      return { ids, labels: ids };
-    });
-    const mb = packMicroBatch(samples, B * S);
-    const ref = referenceLoss(m.config, m.tensors, {
-      ids: new Int32Array(mb.ids),
-      labels: mb.labels,
-      pos: mb.pos,
-      seqStart: mb.seqStart,
-      seqEnd: mb.seqEnd,
-    });
-    assert.equal(ref.lossTokens, B * (S - 1));
-    const want = ref.lossSum / ref.lossTokens;
-    const err = Math.abs(o.losses[0] - want) / Math.abs(want);
-    report("bench step-0 loss vs f64 reference", err, 1e-5);
-    assert.ok(err <= 1e-5, `${o.losses[0]} vs ${want}`);
+gpuTest(
+  "bench train runs stories260K steps; step-0 loss matches the f64 reference",
+  async (gpu) => {
+    const shared = sharedPath();
+    if (!shared) return;
+    const work = await Deno.makeTempDir();
+    try {
+      const B = 2, S = 24;
+      const opts = trainOptionsFromFlags({ batch: `${B}`, seq: `${S}`, steps: "1", warmup: "1" });
+      const r = await benchTrain({ ...opts, workDir: work, gpu });
+      const o = r.ours;
+      assert.equal(r.model.tied, false); // stories260k is benched with an untied head
+      assert.equal(r.data.tokensPerStep, B * S);
+      assert.match(r.data.source, /GSM8K/);
+      assert.equal(o.losses.length, 2);
+      assert.ok(o.losses.every(Number.isFinite) && o.gradNorms.every(Number.isFinite));
+      assert.ok(o.tokensPerS > 0 && o.stepMs > 0);
+      assert.ok(o.dispatchesPerStep > 100, `${o.dispatchesPerStep} dispatches`);
+      assert.ok(o.memory.peakBufferBytes >= 4 * 4 * r.model.params, "weights, grads, m, v");
+      if (gpu.hasTimestamps) {
+        assert.ok(o.breakdown && o.breakdown.kernels.length > 5);
+        assert.ok(o.breakdown.ops.some((k) => k.name === "matmul"));
+        const calls = o.breakdown.kernels.reduce((a, k) => a + k.callsPerStep, 0);
+        assert.equal(calls + 1, o.dispatchesPerStep); // + the loss reset
+      }
+      // Step 0's loss (before any update) against the f64 reference on the same rows and weights.
+      const rows = new Int32Array((await Deno.readFile(join(work, "rows.i32"))).buffer);
+      const m = await loadHfModel(r.model.dir);
+      const samples = [0, 1].map((i) => {
+        const ids = rows.subarray(i * S, (i + 1) * S);
+        return { ids, labels: ids };
+      });
+      const mb = packMicroBatch(samples, B * S);
+      const ref = referenceLoss(m.config, m.tensors, {
+        ids: new Int32Array(mb.ids),
+        labels: mb.labels,
+        pos: mb.pos,
+        seqStart: mb.seqStart,
+        seqEnd: mb.seqEnd,
+      });
+      assert.equal(ref.lossTokens, B * (S - 1));
+      const want = ref.lossSum / ref.lossTokens;
+      const err = Math.abs(o.losses[0] - want) / Math.abs(want);
+      report("bench step-0 loss vs f64 reference", err, 1e-5);
+      assert.ok(err <= 1e-5, `${o.losses[0]} vs ${want}`);
 
-    // The same steps in PyTorch (plain fp32 Llama) when this machine has torch.
-    const python = await findTorchPython();
-    if (!python) {
-      console.log("  (no python with torch: PyTorch comparison skipped)");
-      return;
+      // The same steps in PyTorch (plain fp32 Llama) when this machine has torch.
+      const python = await findTorchPython();
+      if (!python) {
+        console.log("  (no python with torch: PyTorch comparison skipped)");
+        return;
+      }
+      const withTorch = await benchTrain({
+        ...opts,
+        profile: false,
+        workDir: work,
+        gpu,
+        torch: { python, device: "cpu", dtypes: ["fp32"], impl: "plain" },
+      });
+      const t = withTorch.torch[0];
+      report("bench losses vs PyTorch fp32", t.lossMaxRelDiff, LOSS_TOLERANCE);
+      assert.equal(t.lossOk, true, `${withTorch.ours.losses} vs ${t.losses}`);
+    } finally {
+      await Deno.remove(work, { recursive: true });
     }
-    const withTorch = await benchTrain({
-      ...opts,
-      profile: false,
-      workDir: work,
-      gpu,
-      torch: { python, device: "cpu", dtypes: ["fp32"], impl: "plain" },
-    });
-    const t = withTorch.torch[0];
-    report("bench losses vs PyTorch fp32", t.lossMaxRelDiff, LOSS_TOLERANCE);
-    assert.equal(t.lossOk, true, `${withTorch.ours.losses} vs ${t.losses}`);
-  } finally {
-    await Deno.remove(work, { recursive: true });
-  }
-});
+  },
+);

@@ -13,8 +13,24 @@ import { loadHfModel, saveHfModel } from "../../model/hf_dir.ts";
 import { gpuTest, randomArray, sharedPath } from "../helpers.ts";
 
 const METRICS = [
-  { name: "heldout_loss", kind: "loss" as const, data: "", shots: 0, limit: null, max_tokens: 16 },
-  { name: "mc", kind: "mc" as const, data: "", shots: 0, limit: null, max_tokens: 16 },
+  {
+    name: "heldout_loss",
+    kind: "loss" as const,
+    data: "",
+    shots: 0,
+    limit: null,
+    max_tokens: 16,
+    mc_score: "letter" as const,
+  },
+  {
+    name: "mc",
+    kind: "mc" as const,
+    data: "",
+    shots: 0,
+    limit: null,
+    max_tokens: 16,
+    mc_score: "letter" as const,
+  },
 ];
 
 function result(name: string, kind: "loss" | "mc", score: number): MetricResult {

@@ -119,11 +119,14 @@ for (const [family, json] of Object.entries(FAMILIES)) {
     let worst = 0, worstName = "";
     for (const [name, g] of ref.grads) {
       const got = m.get(name)!.map((x) => x / 0.5 * mb.lossTokens);
-      const err = maxRelErr(got, g, 1e-3);
+      // Floor: 1 % of the tensor's largest gradient (tiny entries carry f32 cancellation noise).
+      let gmax = 0;
+      for (const x of g) gmax = Math.max(gmax, Math.abs(x));
+      const err = maxRelErr(got, g, Math.max(1e-2 * gmax, 1e-6));
       if (err > worst) [worst, worstName] = [err, name];
     }
-    report(`${family} gradients (worst ${worstName}, floor 1e-3)`, worst, 2e-3);
-    assert.ok(worst < 2e-3, `${worstName}: ${worst}`);
+    report(`${family} gradients (worst ${worstName}, floor 1% of max)`, worst, 1e-3);
+    assert.ok(worst < 1e-3, `${worstName}: ${worst}`);
     // gradnorm reported before clipping equals the reference norm of the mean-loss gradient.
     let sq = 0;
     for (const g of ref.grads.values()) for (const x of g) sq += (x / mb.lossTokens) ** 2;
@@ -164,3 +167,22 @@ gpuTest(
     g2.destroy();
   },
 );
+
+gpuTest("graph: activation recomputation gives the same loss and gradients", async (gpu) => {
+  const cfg = parseModelConfig(FAMILIES["qwen2"], "recompute/config.json");
+  const weights = randomWeights(cfg, 13);
+  const mb = testBatch(cfg.vocabSize, 9);
+  const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
+  const grads: Map<string, Float32Array>[] = [];
+  const losses: number[] = [];
+  for (const recompute of [false, true]) {
+    const g = new LlamaGraph(gpu, cfg, { tokens: 16, recompute });
+    g.upload(weights);
+    g.queueStep(0, [mb], hyper);
+    losses.push((await g.readMetrics(0, 1))[0][0]);
+    grads.push(await g.download("m"));
+    g.destroy();
+  }
+  assert.equal(losses[1], losses[0]);
+  for (const [name, x] of grads[0]) assert.deepEqual(grads[1].get(name), x, name);
+});

@@ -69,7 +69,7 @@ Deno.test("examples/quickstart.yaml validates", async () => {
   ]);
   deepStrictEqual(cfg.model.init?.tokenizer_corpus, cfg.data.phases.flatMap((p) => p.train));
   deepStrictEqual(cfg.eval.metrics.map((m) => m.kind), ["loss", "mc", "exact_match"]);
-  equal(cfg.eval.primary, "heldout_loss");
+  equal(cfg.eval.primary, "mc");
   equal(cfg.data.synthetic?.seed, 42, "synthetic seed defaults to run.seed");
   deepStrictEqual(cfg.source.warnings, []);
 });

@@ -104,23 +104,26 @@ Deno.test("convertGsm8kFile writes one {messages} line per item; bad lines are a
   }
 });
 
-sharedTest("real GSM8K: targets keep the reference answer; only the answer is trained", async (root) => {
-  const items = await readGsm8k(`${root}data/gsm8k/train.jsonl`, 40);
-  assert.equal(items.length, 40);
-  const tok = await loadTokenizer(`${root}models/stories260K`);
-  const template = resolveChatTemplate("plain", tok)!;
-  for (const it of items) {
-    const msgs = gsm8kMessages(it);
-    const target = msgs[1].content;
-    assert.ok(!target.includes("<<"), target);
-    // The eval's extraction finds the same final number in the target as in the reference.
-    const score = scoreAnswer(target, it.answer);
-    assert.ok(score.strict, `${target} vs ${it.answer}`);
-    // Only the assistant's answer (and the eos that closes it) carries labels.
-    const enc = encodeChat(tok, template, msgs);
-    const trained = enc.inputIds.filter((_, i) => enc.labels[i] !== IGNORE);
-    const text = tok.decode(trained, { skipSpecialTokens: true });
-    assert.equal(text.trim(), target);
-    assert.equal(trained[trained.length - 1], tok.eosId);
-  }
-});
+sharedTest(
+  "real GSM8K: targets keep the reference answer; only the answer is trained",
+  async (root) => {
+    const items = await readGsm8k(`${root}data/gsm8k/train.jsonl`, 40);
+    assert.equal(items.length, 40);
+    const tok = await loadTokenizer(`${root}models/stories260K`);
+    const template = resolveChatTemplate("plain", tok)!;
+    for (const it of items) {
+      const msgs = gsm8kMessages(it);
+      const target = msgs[1].content;
+      assert.ok(!target.includes("<<"), target);
+      // The eval's extraction finds the same final number in the target as in the reference.
+      const score = scoreAnswer(target, it.answer);
+      assert.ok(score.strict, `${target} vs ${it.answer}`);
+      // Only the assistant's answer (and the eos that closes it) carries labels.
+      const enc = encodeChat(tok, template, msgs);
+      const trained = enc.inputIds.filter((_, i) => enc.labels[i] !== IGNORE);
+      const text = tok.decode(trained, { skipSpecialTokens: true });
+      assert.equal(text.trim(), target);
+      assert.equal(trained[trained.length - 1], tok.eosId);
+    }
+  },
+);

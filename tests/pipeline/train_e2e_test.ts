@@ -161,6 +161,64 @@ gpuTest(
 );
 
 gpuTest(
+  "train: a real run serves /progress, /events, /metrics, /metrics.jsonl and /healthz",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ft-serve-" });
+    const file = await writePipeline(dir);
+    const p = train(file, `${dir}/run`, ["server.enabled=true", "server.port=0", "train.epochs=3"]);
+    const reader = p.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let out = "", url = "";
+    while (!url) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`train ended before printing its URL:\n${out}`);
+      out += value;
+      url = out.match(/progress: (http:\/\/127\.0\.0\.1:\d+\/)/)?.[1] ?? "";
+    }
+    // Drain stdout in the background so the child never blocks on a full pipe.
+    const drain = (async () => {
+      while (!(await reader.read()).done) { /* keep reading */ }
+    })();
+    // Poll until training has produced metrics, checking every endpoint on the way.
+    let snap: Record<string, unknown> = {};
+    const t0 = Date.now();
+    while (!(typeof snap.step === "number" && (snap.step as number) >= 1)) {
+      if (Date.now() - t0 > 120_000) throw new Error(`no progress: ${JSON.stringify(snap)}`);
+      const r = await fetch(`${url}progress`);
+      assert.equal(r.status, 200);
+      snap = await r.json();
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(snap.state, "running");
+    assert.equal(snap.phase, "stacked");
+    assert.equal(typeof snap.loss, "number");
+    const health = await fetch(`${url}healthz`);
+    assert.equal(health.status, 200);
+    await health.body?.cancel();
+    const prom = await (await fetch(`${url}metrics`)).text();
+    assert.match(prom, /# TYPE \w+ gauge/);
+    assert.match(prom, /loss\{[^}]*run="e2e"[^}]*\} [\d.e+-]+/);
+    const jsonl = await (await fetch(`${url}metrics.jsonl?since=1`)).text();
+    const recs = jsonl.trim().split("\n").map((l) => JSON.parse(l));
+    assert.ok(recs.length >= 1 && recs.every((r) => r.step >= 1));
+    // SSE: the events of the run replay from the start; ids count up from 0.
+    const ac = new AbortController();
+    const sse = await fetch(`${url}events`, { signal: ac.signal });
+    const sr = sse.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    while ((text.match(/^id: /gm) ?? []).length < 3) text += (await sr.read()).value ?? "";
+    const ids = [...text.matchAll(/^id: (\d+)/gm)].map((m) => Number(m[1]));
+    assert.deepEqual(ids.slice(0, 3), [0, 1, 2]);
+    ac.abort();
+    await sr.cancel().catch(() => {});
+    const end = await p.status;
+    await drain;
+    await p.stderr.cancel().catch(() => {});
+    assert.equal(end.code, 0);
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
   "train: phased strategy trains phases in order, each from the previous phase's result",
   async () => {
     const dir = await Deno.makeTempDir({ prefix: "ft-phased-" });
