@@ -1,5 +1,6 @@
 // `deno task bench <suite>`: run one benchmark suite; each prints a table and writes bench/out/<suite>.json.
 import { parseArgs } from "node:util";
+import { TRAIN_FLAGS } from "./train.ts";
 
 const SUITES: Record<string, string> = {
   kernels: "every WGSL kernel: ms, GFLOP/s or GB/s, max rel err",

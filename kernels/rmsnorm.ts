@@ -9,6 +9,13 @@ import {
 } from "./runtime.ts";
 
 const WG = 256; // WG in rmsnorm.wgsl
+
+/** Invocations per row: the power of two ≥ C/4, between 32 and 256 (override ROW_WG). */
+function rowWg(C: number): number {
+  let w = 32;
+  while (w < 256 && w * 4 < C) w *= 2;
+  return w;
+}
 const ROWS = 64; // ROWS in rmsnorm.wgsl: rows per dw partial
 
 /** Bytes of the dw workspace of rmsnormBackward: one partial row (C) per block of 64 rows. */
@@ -32,7 +39,7 @@ export function rmsnormForward(
 ): Dispatch[] {
   const { y, rstd, x, w, T, C, eps } = args;
   if (T * C === 0) return [];
-  const kernel = gpu.kernel("rmsnorm", "rmsnorm_forward");
+  const kernel = gpu.kernel("rmsnorm", "rmsnorm_forward", { ROW_WG: rowWg(C) });
   const p = arena.alloc(packParams([T, C, eps, 0], [2]));
   return [{
     kernel,
@@ -66,6 +73,7 @@ export function rmsnormBackward(
   const blocks = Math.ceil(T / ROWS);
   const kdx = gpu.kernel("rmsnorm", "rmsnorm_backward_dx", {
     ACCUMULATE: args.accumulateDx ? 1 : 0,
+    ROW_WG: rowWg(C),
   });
   const kpart = gpu.kernel("rmsnorm", "rmsnorm_backward_dw_partial");
   const kred = gpu.kernel("rmsnorm", "rmsnorm_backward_dw_reduce");

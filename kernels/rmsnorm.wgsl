@@ -6,6 +6,9 @@
 // fixed-order reduce over the blocks that adds into dw: deterministic, no atomics.
 
 const WG: u32 = 256u;
+// Invocations per row of the forward and backward-dx kernels: a power of two ≤ WG, chosen by the
+// launcher from C (a 256-wide tree wastes most of its barriers on a 64-channel row).
+override ROW_WG: u32 = 256u;
 const ROWS: u32 = 64u; // rows per dw partial
 
 override ACCUMULATE: bool = false; // backward dx: dx += instead of dx =
@@ -48,7 +51,7 @@ var<workgroup> red: array<f32, WG>;
 fn workgroup_sum(lid: u32, v: f32) -> f32 {
   red[lid] = v;
   workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+  for (var s = ROW_WG / 2u; s > 0u; s = s >> 1u) {
     if (lid < s) {
       red[lid] = red[lid] + red[lid + s];
     }
@@ -59,7 +62,7 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
   return total;
 }
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(ROW_WG)
 fn rmsnorm_forward(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
@@ -71,13 +74,13 @@ fn rmsnorm_forward(
   }
   let row = t * p.C;
   var ss = 0.0;
-  for (var c = lid; c < p.C; c += WG) {
+  for (var c = lid; c < p.C; c += ROW_WG) {
     let v = x_f[row + c];
     ss = ss + v * v;
   }
   let total = workgroup_sum(lid, ss);
   let r = inverseSqrt(total / f32(p.C) + p.eps);
-  for (var c = lid; c < p.C; c += WG) {
+  for (var c = lid; c < p.C; c += ROW_WG) {
     y[row + c] = (x_f[row + c] * r) * w_f[c];
   }
   if (lid == 0u) {
@@ -86,7 +89,7 @@ fn rmsnorm_forward(
 }
 
 // dx = rstd · (dy·w − x · rstd² · Σ_c(dy·w·x) / C)
-@compute @workgroup_size(WG)
+@compute @workgroup_size(ROW_WG)
 fn rmsnorm_backward_dx(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
@@ -98,13 +101,13 @@ fn rmsnorm_backward_dx(
   }
   let row = t * p.C;
   var dot = 0.0;
-  for (var c = lid; c < p.C; c += WG) {
+  for (var c = lid; c < p.C; c += ROW_WG) {
     dot = dot + dy_b[row + c] * w_b[c] * x_b[row + c];
   }
   let total = workgroup_sum(lid, dot);
   let r = rstd_b[t];
   let k = r * r * total / f32(p.C);
-  for (var c = lid; c < p.C; c += WG) {
+  for (var c = lid; c < p.C; c += ROW_WG) {
     let g = r * (dy_b[row + c] * w_b[c] - x_b[row + c] * k);
     if (ACCUMULATE) {
       dx[row + c] = dx[row + c] + g;

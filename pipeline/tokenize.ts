@@ -1,4 +1,5 @@
 // Tokenize stage: chat/text JSONL → input_ids + exact loss-mask labels, with validation, limits, cache and workers.
+import { gsm8kChatSample } from "./gsm8k.ts";
 import { createHash } from "node:crypto";
 import { join, resolve } from "node:path";
 import { UserError, where } from "./errors.ts";
@@ -62,7 +63,12 @@ export function validateSample(v: unknown): { sample: RawSample } | { error: str
     if (v.text.trim() === "") return { error: `empty "text"` };
     return { sample: { text: v.text } };
   }
-  if (!hasMessages) return { error: `missing "messages" (or "text")` };
+  if (!hasMessages) {
+    // GSM8K-style {"question", "answer"} lines become a user/assistant pair (pipeline/gsm8k.ts).
+    const g = "question" in v && "answer" in v ? gsm8kChatSample(v) : null;
+    if (g) return { sample: g };
+    return { error: `missing "messages" (or "text", or "question" + "answer")` };
+  }
   if (!Array.isArray(v.messages)) return { error: `"messages" must be an array` };
   if (v.messages.length === 0) return { error: `"messages" is empty` };
   if ("unmask" in v && typeof v.unmask !== "boolean") {

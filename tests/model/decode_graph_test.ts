@@ -1,11 +1,12 @@
 // Decode graph vs the f64 reference: prefill and cached-step logits, greedy/sampled generation with and without the cache.
 import assert from "node:assert/strict";
-import { type ModelConfig, parameterShapes, parseModelConfig } from "../../model/config.ts";
+import { type ModelConfig, parseModelConfig } from "../../model/config.ts";
 import { DecodeGraph } from "../../model/decode_graph.ts";
 import { loadHfModel } from "../../model/hf_dir.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 import { gpuTest, maxRelErr, randomArray, report, sharedPath } from "../helpers.ts";
 import { greedyGenerate, referenceLogits } from "../reference/llama.ts";
+import { FAMILIES, randomWeights as tinyWeights } from "../reference/tiny_models.ts";
 
 const TOL = 1e-4; // logits go through every layer's reductions
 /** Relative-error floor: this fraction of the row's largest |logit| (small logits carry no signal). */
@@ -18,69 +19,8 @@ function rowErr(got: Float32Array, ref: Float64Array): number {
   return maxRelErr(got, ref, Math.max(FLOOR_FRAC * mx, 1e-6));
 }
 
-const BASE = {
-  vocab_size: 37,
-  hidden_size: 16,
-  intermediate_size: 24,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  rms_norm_eps: 1e-5,
-  rope_theta: 10000,
-  max_position_embeddings: 64,
-  hidden_act: "silu",
-  tie_word_embeddings: false,
-};
-
-/** Tiny configs of every family (the training graph's test set). */
-const FAMILIES: Record<string, Record<string, unknown>> = {
-  "llama-gqa": { ...BASE, architectures: ["LlamaForCausalLM"] },
-  "llama-tied": {
-    ...BASE,
-    architectures: ["LlamaForCausalLM"],
-    tie_word_embeddings: true,
-    num_key_value_heads: 4,
-  },
-  granite: {
-    ...BASE,
-    architectures: ["GraniteForCausalLM"],
-    embedding_multiplier: 3.0,
-    residual_multiplier: 0.5,
-    attention_multiplier: 0.2,
-    logits_scaling: 2.5,
-  },
-  qwen2: {
-    ...BASE,
-    architectures: ["Qwen2ForCausalLM"],
-    num_key_value_heads: 1,
-    attention_bias: true,
-  },
-  "llama-obias": { ...BASE, architectures: ["LlamaForCausalLM"], attention_bias: true },
-  "llama3-rope": {
-    ...BASE,
-    architectures: ["LlamaForCausalLM"],
-    rope_theta: 500000,
-    rope_scaling: {
-      rope_type: "llama3",
-      factor: 32,
-      low_freq_factor: 1,
-      high_freq_factor: 4,
-      original_max_position_embeddings: 8,
-    },
-  },
-};
-
-/** Random weights (norm weights around 1), scaled so greedy decoding does not collapse at once. */
-function randomWeights(cfg: ModelConfig, seed: number): Map<string, Float32Array> {
-  const w = new Map<string, Float32Array>();
-  parameterShapes(cfg).forEach(({ name, shape }, i) => {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const r = randomArray(n, seed * 1000 + i, name.includes("norm") ? 0.2 : 0.5);
-    if (name.includes("norm")) { for (let j = 0; j < n; j++) r[j] += 1; }
-    w.set(name, r);
-  });
-  return w;
-}
+/** Random weights scaled so greedy decoding does not collapse at once. */
+const randomWeights = (cfg: ModelConfig, seed: number) => tinyWeights(cfg, seed, 0.5);
 
 function promptOf(V: number, n: number, seed: number): number[] {
   return Array.from(randomArray(n, seed, 1), (x) => Math.floor(Math.abs(x) * V) % V);
