@@ -630,7 +630,12 @@ export function sweepSummary(s: SweepFile): string {
       `(${
         (100 * c.saved_tokens_fraction).toFixed(1)
       }% of the tokens) versus running every member ` +
-      `to the end` + (c.validate ? " — would have saved: keep is all, so every member ran." : "."),
+      `to the end` +
+      (c.validate
+        ? ` — would have saved: every member ran to the end (${
+          s.spec.validate ? "validate: true" : "keep covers every member"
+        }), so nothing was actually saved.`
+        : "."),
   );
   return lines.join("\n") + "\n";
 }

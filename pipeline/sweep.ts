@@ -567,6 +567,19 @@ export function probeWindow(recs: readonly MetricsRecord[], samples: number): Me
   return out;
 }
 
+/**
+ * Tokens trained through the last record. metrics.jsonl counts tokens_seen per phase (it restarts
+ * at each phase, unlike samples_seen): a drop at a phase change adds the previous phase's total.
+ */
+export function tokensThrough(recs: readonly MetricsRecord[]): number {
+  let offset = 0;
+  for (let i = 1; i < recs.length; i++) {
+    const a = recs[i - 1], b = recs[i];
+    if (b.phase !== a.phase && b.tokens_seen < a.tokens_seen) offset += a.tokens_seen;
+  }
+  return recs.length ? offset + recs[recs.length - 1].tokens_seen : 0;
+}
+
 /** What a member's probe window shows. */
 export interface ProbeFigures {
   /** Samples seen at the end of the window. */
@@ -594,10 +607,11 @@ export function probeFigures(recs: readonly MetricsRecord[], samples: number): P
   if (!w.length) return null;
   const avg = (f: (r: MetricsRecord) => number) => w.reduce((a, r) => a + f(r), 0) / w.length;
   const last = w.at(-1)!;
+  const window = probeWindow(recs, samples);
   return {
     samples: last.samples_seen,
     steps: w.length,
-    tokens: last.tokens_seen,
+    tokens: tokensThrough(window),
     complete: last.samples_seen >= samples,
     mean_loss: avg((r) => r.loss),
     mean_gradnorm: avg((r) => r.gradnorm),
@@ -1078,7 +1092,7 @@ export async function buildSweepFile(spec: SweepSpec, sweepDir: string): Promise
         ? {
           steps: recs.length,
           samples: last.samples_seen,
-          tokens: last.tokens_seen,
+          tokens: tokensThrough(recs),
           seconds: (valid?.seconds.probe ?? 0) + (valid?.seconds.continue ?? 0),
         }
         : null,

@@ -24,6 +24,7 @@ import {
   SPEC_FILE,
   specJson,
   type SweepSpec,
+  tokensThrough,
   zScores,
 } from "../../pipeline/sweep.ts";
 import { SWEEP_OPTIONS, sweepCommand } from "../../pipeline/sweep_cmd.ts";
@@ -212,6 +213,13 @@ Deno.test("sweep: probe window, z-scores and the probe score formula", () => {
   assert.ok(Math.abs(f.mean_log_loss - (Math.log(6) + Math.log(5)) / 2) < TOL);
   assert.ok(Math.abs(f.mean_log_gradnorm - Math.log(2) / 2) < TOL);
   assert.equal(probeFigures(recs, 1000)!.complete, false);
+  // tokens_seen restarts at each phase of a phased run: the totals add up.
+  const phased = [rec(0, 16, 6, 1), rec(1, 32, 5, 1), rec(0, 48, 5, 1), rec(1, 64, 4, 1)];
+  phased[2].phase = phased[3].phase = "skills";
+  phased[2].tokens_seen = 100;
+  phased[3].tokens_seen = 250;
+  assert.equal(tokensThrough(phased), 320 + 250);
+  assert.equal(tokensThrough(recs), 480);
   assert.equal(probeFigures([], 10), null);
 
   const z = zScores([1, 2, 3]);

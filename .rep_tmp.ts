@@ -1,0 +1,2 @@
+import { reportCommand } from "./pipeline/sweep_cmd.ts";
+Deno.exit(await reportCommand({}, Deno.args));
