@@ -50,6 +50,27 @@ const COMMANDS: Record<string, Command> = {
     },
     async () => (await import("./pipeline/serve_cmd.ts")).serveCommand,
   ),
+  sweep: lazy(
+    "run a hyperparameter sweep with early termination; shard it; gather shards",
+    "deno task sweep SWEEP.yaml [--out DIR] [--set key=value ...] [--shard i/n] [--stage probe|continue] " +
+      "[--list [--shards N]] | --gather DIR... --out DIR",
+    {
+      out: { type: "string" },
+      set: { type: "string", multiple: true },
+      shard: { type: "string" },
+      stage: { type: "string" },
+      gather: { type: "boolean" },
+      list: { type: "boolean" },
+      shards: { type: "string" },
+    },
+    async () => (await import("./pipeline/sweep_cmd.ts")).sweepCommand,
+  ),
+  report: lazy(
+    "rewrite report.md (tables and SVG plots) of a run dir or a sweep dir",
+    "deno task report DIR",
+    {},
+    async () => (await import("./pipeline/sweep_cmd.ts")).reportCommand,
+  ),
   "init-model": lazy(
     "write a randomly initialised Llama-family model and a generated tokenizer",
     "deno task init-model --out DIR [--preset tiny|stories15m|smollm2-135m|llama-3.2-1b] " +

@@ -679,6 +679,8 @@ function check(spec: Spec, v: unknown, p: Seg[], c: Checker): unknown {
       const out: Record<string, unknown> = {};
       const known = Object.keys(spec.fields);
       for (const k of Object.keys(v)) {
+        // A top-level `sweep:` block belongs to `deno task sweep` (pipeline/sweep.ts); train ignores it.
+        if (p.length === 0 && k === "sweep") continue;
         if (!(k in spec.fields)) c.error([...p, k], `unknown key${suggest(k, known)}`, "key");
       }
       for (const [k, s] of Object.entries(spec.fields)) out[k] = check(s, v[k], [...p, k], c);

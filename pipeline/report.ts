@@ -775,7 +775,10 @@ export async function writeSweepReport(sweepDir: string, s: SweepFile): Promise<
   }
   md.push("## Plots\n");
   md.push(
-    "Dashed: members stopped after the probe. The dotted vertical line marks the probe budget.\n",
+    (s.compute.validate
+      ? "Dashed: members the probe ranking would stop (every member ran to the end here). "
+      : "Dashed: members stopped after the probe. ") +
+      "The dotted vertical line marks the probe budget.\n",
   );
   for (const [alt, p] of plots) md.push(`![${alt}](${p})\n`);
   md.push("## Member reports\n");

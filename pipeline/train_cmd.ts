@@ -2,6 +2,7 @@
 import { loadPipelineConfig, resolvedYaml } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { PipelinePaused, runPipeline } from "./pipeline.ts";
+import { writeRunReport } from "./report.ts";
 import { SELECTION_FILE, type SelectionFile } from "./select.ts";
 import { createEventLog } from "./progress.ts";
 import { prepareRunDir } from "./run_dir.ts";
@@ -49,11 +50,13 @@ export async function trainCommand(
     log.emit({ type: "run", state: "finished", run_id: cfg.run.name });
     printSummary(ctx.summary.phases, (performance.now() - t0) / 1000, cfg.run.dir);
     await printSelection(cfg.run.dir);
+    console.log(`report: ${await writeRunReport(cfg.run.dir)}`);
     return 0;
   } catch (e) {
     if (e instanceof PipelinePaused) {
       log.emit({ type: "run", state: "paused", run_id: cfg.run.name });
       console.log(`${e.message}; run the same command without train.stop_at_samples to continue`);
+      await writeRunReport(cfg.run.dir);
       return 0;
     }
     log.emit(

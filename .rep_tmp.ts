@@ -1,2 +1,0 @@
-import { reportCommand } from "./pipeline/sweep_cmd.ts";
-Deno.exit(await reportCommand({}, Deno.args));
