@@ -9,15 +9,20 @@ const SUITES: Record<string, string> = {
   eval: "evaluation tokens/s",
 };
 
-const { positionals, values } = parseArgs({
-  args: Deno.args,
-  allowPositionals: true,
-  options: {
-    filter: { type: "string" },
-    "vs-torch": { type: "boolean" },
-    model: { type: "string" },
-  },
-});
+function parse() {
+  try {
+    return parseArgs({
+      args: Deno.args,
+      allowPositionals: true,
+      options: { filter: { type: "string" }, ...TRAIN_FLAGS },
+    });
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    console.error("hint: deno task bench <suite> [--filter NAME] [--model M] [--vs-torch] ...");
+    Deno.exit(2);
+  }
+}
+const { positionals, values } = parse();
 const suite = positionals[0];
 if (!suite || !(suite in SUITES)) {
   console.error(`error: ${suite ? `unknown suite '${suite}'` : "no suite given"}`);
