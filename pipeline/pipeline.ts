@@ -306,6 +306,9 @@ export function pipelineStages(cfg: PipelineConfig): Stage<PipelineContext>[] {
         const prevSamples = i === 0
           ? 0
           : ctx.phaseResult.get(phases[i - 1].name)?.train?.samplesSeen ?? 0;
+        const prevTokens = i === 0
+          ? 0
+          : ctx.phaseResult.get(phases[i - 1].name)?.train?.tokensSeen ?? 0;
         const t = cfg.train;
         const result = await trainPhase(gpu, {
           runDir,
@@ -335,6 +338,7 @@ export function pipelineStages(cfg: PipelineConfig): Stage<PipelineContext>[] {
           metricsEvery: t.metrics_every,
           saveDtype: t.save_dtype,
           samplesOffset: prevSamples,
+          tokensOffset: prevTokens,
           events: { emit: (ev) => ctx.log.emit(ev as never) },
           quiet: ctx.quiet,
           stopAtSamples: t.stop_at_samples,

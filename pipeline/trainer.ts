@@ -79,8 +79,9 @@ export interface TrainPhaseOptions {
   keepLast: number | null;
   metricsEvery: number;
   saveDtype: "f32" | "bf16";
-  /** Samples seen before this phase (phased training keeps counting). */
+  /** Samples and tokens seen before this phase (phased training keeps counting). */
   samplesOffset?: number;
+  tokensOffset?: number;
   events?: TrainerEvents;
   /** Pause once this many samples of the phase are seen; the state stays resumable. */
   stopAtSamples?: number | null;
@@ -215,7 +216,7 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
     phase: o.phase,
     step: 0,
     samplesSeen: o.samplesOffset ?? 0,
-    tokensSeen: 0,
+    tokensSeen: o.tokensOffset ?? 0,
     elapsedS: 0,
     checkpoints: [],
     firstLoss: null,
@@ -407,7 +408,7 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
     tokensSeen: st.tokensSeen,
     firstLoss: st.firstLoss,
     lastLoss: st.lastLoss,
-    tokensPerS: st.elapsedS > 0 ? st.tokensSeen / st.elapsedS : lastTps,
+    tokensPerS: st.elapsedS > 0 ? (st.tokensSeen - (o.tokensOffset ?? 0)) / st.elapsedS : lastTps,
     checkpoints: st.checkpoints,
     resumedFrom,
     stopped,
