@@ -69,6 +69,32 @@ export interface CrossEntropyArgs {
   /** Multiplier of the logits (1/logits_scaling for Granite, else 1). */
   logitScale: number;
   workspace: CrossEntropyWorkspace;
+  /**
+   * A head larger than one storage binding, as row shards [v0, v0 + rows) of w (and of dw):
+   * chunks never cross a shard. When given, `w` (and `dw`) are ignored.
+   */
+  shards?: VocabShard[];
+}
+
+/** Rows [v0, v0 + rows) of the (V, C) head and of its gradient, each in one binding. */
+export interface VocabShard {
+  v0: number;
+  rows: number;
+  w: Tensor;
+  dw?: Tensor;
+}
+
+/** The vocabulary chunks of a launch: [v0, v0 + n) inside one shard, with element offsets. */
+function chunksOf(a: CrossEntropyArgs, dw?: Tensor) {
+  const shards = a.shards ?? [{ v0: 0, rows: a.V, w: a.w, dw }];
+  const out: { v0: number; n: number; w: Tensor; dw?: Tensor; off: number }[] = [];
+  for (const s of shards) {
+    for (let r = 0; r < s.rows; r += a.workspace.chunk) {
+      const n = Math.min(a.workspace.chunk, s.rows - r);
+      out.push({ v0: s.v0 + r, n, w: s.w, dw: s.dw, off: r * a.C });
+    }
+  }
+  return out;
 }
 
 function check(gpu: Gpu, a: CrossEntropyArgs): void {
@@ -97,12 +123,19 @@ function grid(gpu: Gpu, n: number): [number, number] {
   return [x, Math.ceil(n / x)];
 }
 
-/** z chunk = logitScale · h · w[v0 : v0 + n]ᵀ into the workspace (T, n). */
-function logitsChunk(gpu: Gpu, arena: ParamArena, a: CrossEntropyArgs, v0: number, n: number) {
+/** z chunk = logitScale · h · w[off : off + n·C]ᵀ into the workspace (T, n). */
+function logitsChunk(
+  gpu: Gpu,
+  arena: ParamArena,
+  a: CrossEntropyArgs,
+  w: Tensor,
+  off: number,
+  n: number,
+) {
   return matmulGemm(gpu, arena, {
     c: a.workspace.logits,
     a: a.h,
-    b: a.w,
+    b: w,
     M: a.T,
     N: n,
     K: a.C,
@@ -110,7 +143,7 @@ function logitsChunk(gpu: Gpu, arena: ParamArena, a: CrossEntropyArgs, v0: numbe
     sAp: 1,
     sBp: 1,
     sBj: a.C,
-    offB: v0 * a.C,
+    offB: off,
     ldc: n,
     alpha: a.logitScale,
   });
@@ -124,9 +157,8 @@ function forwardPart(gpu: Gpu, arena: ParamArena, a: CrossEntropyArgs): Dispatch
   const out: Dispatch[] = [];
   const kStats = gpu.kernel("cross_entropy", "cross_entropy_stats");
   const [gx, gy] = grid(gpu, T);
-  for (let v0 = 0; v0 < V; v0 += ws.chunk) {
-    const n = Math.min(ws.chunk, V - v0);
-    out.push(...logitsChunk(gpu, arena, a, v0, n));
+  for (const { v0, n, w, off } of chunksOf(a)) {
+    out.push(...logitsChunk(gpu, arena, a, w, off, n));
     const params = arena.alloc(
       packParams([T, n, n, v0, V, v0 === 0 ? 1 : 0, a.logitScale, 0], [6]),
     );
@@ -184,9 +216,8 @@ export function crossEntropyForwardBackward(
   const out = forwardPart(gpu, arena, args);
   const kGrad = gpu.kernel("cross_entropy", "cross_entropy_grad");
   const [gy, gz] = grid(gpu, T);
-  for (let v0 = 0; v0 < V; v0 += ws.chunk) {
-    const n = Math.min(ws.chunk, V - v0);
-    out.push(...logitsChunk(gpu, arena, args, v0, n));
+  for (const { v0, n, w, dw, off } of chunksOf(args, args.dw)) {
+    out.push(...logitsChunk(gpu, arena, args, w, off, n));
     const params = arena.alloc(packParams([T, n, n, v0, V, 0, args.logitScale, 0], [6]));
     out.push({
       kernel: kGrad,
@@ -203,7 +234,7 @@ export function crossEntropyForwardBackward(
     out.push(...matmulGemm(gpu, arena, {
       c: args.dh,
       a: ws.logits,
-      b: args.w,
+      b: w,
       M: T,
       N: C,
       K: n,
@@ -211,13 +242,13 @@ export function crossEntropyForwardBackward(
       sAp: 1,
       sBp: C,
       sBj: 1,
-      offB: v0 * C,
+      offB: off,
       ldc: C,
       accumulate: v0 > 0,
     }));
     // dw[v0 : v0 + n] (n, C) += dlogitsᵀ (n, T) · h (T, C)
     out.push(...matmulGemm(gpu, arena, {
-      c: args.dw,
+      c: dw ?? args.dw,
       a: ws.logits,
       b: args.h,
       M: n,
@@ -227,7 +258,7 @@ export function crossEntropyForwardBackward(
       sAp: n,
       sBp: C,
       sBj: 1,
-      offC: v0 * C,
+      offC: off,
       ldc: C,
       accumulate: true,
     }));

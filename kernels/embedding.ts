@@ -71,12 +71,15 @@ export function embeddingForward(
     T: number;
     C: number;
     scale?: number;
+    /** Row shard of a larger table: `table` holds rows [v0, v0 + rows) of `vocab`. */
+    shard?: { v0: number; rows: number; vocab: number };
   },
 ): Dispatch[] {
   const { out, table, ids, T, C } = args;
   if (T * C === 0) return [];
   const kernel = gpu.kernel("embedding", "embedding_forward");
-  const p = arena.alloc(packParams([T, C, args.scale ?? 1, 0], [2]));
+  const sh = args.shard ?? { v0: 0, rows: 0, vocab: 0 };
+  const p = arena.alloc(packParams([T, C, args.scale ?? 1, 0, sh.v0, sh.rows, sh.vocab, 0], [2]));
   return [{
     kernel,
     bindGroup: gpu.bind(kernel, { 0: p, 1: out, 2: table, 3: ids }),
@@ -99,13 +102,18 @@ export function embeddingBackward(
     T: number;
     C: number;
     scale?: number;
+    /** Row shard of a larger gradient: `dtable` holds rows [v0, v0 + rows) of `vocab`. */
+    shard?: { v0: number; rows: number; vocab: number };
   },
 ): Dispatch[] {
   const { dtable, dout, index, T, C } = args;
   if (T * C === 0) return [];
   const cblocks = Math.ceil(C / WG);
   const kernel = gpu.kernel("embedding", "embedding_backward");
-  const p = arena.alloc(packParams([T, C, args.scale ?? 1, cblocks], [2]));
+  const sh = args.shard ?? { v0: 0, rows: 0, vocab: 0 };
+  const p = arena.alloc(
+    packParams([T, C, args.scale ?? 1, cblocks, sh.v0, sh.rows, sh.vocab, 0], [2]),
+  );
   return [{
     kernel,
     bindGroup: gpu.bind(kernel, { 0: p, 1: dtable, 2: dout, 3: index }),

@@ -14,6 +14,17 @@ struct Params {
   C: u32, // channels
   scale: f32, // embedding multiplier (Granite), 1 otherwise
   cblocks: u32, // backward: ceil(C / WG)
+  v0: u32, // first vocabulary row held by `table` (a row shard of a larger table), else 0
+  rows: u32, // rows held by `table`; 0 = all of it
+  vocab: u32, // rows of the whole table; 0 = the rows of `table`
+  _pad: u32,
+}
+
+/** Rows held by the bound table (shard) and of the whole table. */
+fn shard_rows(len: u32) -> vec2<u32> {
+  let held = select(p.rows, len / p.C, p.rows == 0u);
+  let vocab = select(p.vocab, p.v0 + held, p.vocab == 0u);
+  return vec2<u32>(held, vocab);
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,11 +52,18 @@ fn embedding_forward(
   let t = i / p.C;
   let c = i - t * p.C;
   let id = ids[t];
-  if (id >= arrayLength(&table) / p.C) {
-    out[i] = bitcast<f32>(0x7fc00000u); // id outside the table: NaN, never a silent wrong row
+  let r = shard_rows(arrayLength(&table));
+  if (id >= r.y) {
+    // id outside the table: NaN (written by the last shard), never a silent wrong row
+    if (p.v0 + r.x >= r.y) {
+      out[i] = bitcast<f32>(0x7fc00000u);
+    }
     return;
   }
-  out[i] = p.scale * table[id * p.C + c];
+  if (id < p.v0 || id >= p.v0 + r.x) {
+    return; // another shard's row
+  }
+  out[i] = p.scale * table[(id - p.v0) * p.C + c];
 }
 
 @compute @workgroup_size(WG)
@@ -61,8 +79,9 @@ fn embedding_backward(
     return; // more workgroups than unique ids: the surplus exits
   }
   let id = index[2u + u];
-  if (id >= arrayLength(&dtable) / p.C) {
-    return; // id outside the table (the CPU index builder rejects these when told V)
+  let r = shard_rows(arrayLength(&dtable));
+  if (id < p.v0 || id >= p.v0 + r.x) {
+    return; // another shard's row, or outside the table (the CPU index builder rejects those)
   }
   let seg = 2u + p.T;
   let pos = 3u + 2u * p.T;
@@ -70,6 +89,6 @@ fn embedding_backward(
   for (var k = index[seg + u]; k < index[seg + u + 1u]; k++) {
     s = s + dout[index[pos + k] * p.C + c];
   }
-  let o = id * p.C + c;
+  let o = (id - p.v0) * p.C + c;
   dtable[o] = dtable[o] + p.scale * s;
 }

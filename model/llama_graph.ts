@@ -149,6 +149,17 @@ export interface GraphOptions {
   recompute?: boolean;
   /** "train" allocates gradients and optimizer state; "eval" only the forward. */
   mode?: "train" | "eval";
+  /** Largest tensor per buffer (default: the adapter's storage binding limit); tests lower it. */
+  maxBindingBytes?: number;
+}
+
+/** Rows [v0, v0 + rows) of a parameter, held in one binding (with its gradient in train mode). */
+export interface ParamPiece {
+  v0: number;
+  rows: number;
+  cols: number;
+  w: ArenaTensor;
+  g?: ArenaTensor;
 }
 
 /** Slots of the metrics ring: loss sum, grad norm, clip scale, finite flag per step. */
@@ -160,6 +171,8 @@ export class LlamaGraph {
   readonly T: number;
   readonly params = new Map<string, ArenaTensor>();
   readonly grads = new Map<string, ArenaTensor>();
+  /** Every parameter as its row pieces (one piece unless sharded). */
+  readonly pieces = new Map<string, ParamPiece[]>();
   readonly weights: TensorArena;
   readonly gradArena: TensorArena | null;
   readonly mArena: TensorArena | null;
@@ -199,13 +212,35 @@ export class LlamaGraph {
     this.gradArena = train ? new TensorArena(gpu, "grads") : null;
     this.mArena = train ? new TensorArena(gpu, "adam.m") : null;
     this.vArena = train ? new TensorArena(gpu, "adam.v") : null;
+    // A tensor larger than one binding (a large vocabulary's embedding or head) is split into
+    // row shards, each bound on its own; every other tensor is one piece.
+    const binding = Math.min(
+      opts.maxBindingBytes ?? Infinity,
+      gpu.limits.maxStorageBufferBindingSize,
+      gpu.limits.maxBufferSize,
+    );
     for (const { name, shape } of parameterShapes(cfg)) {
-      const numel = shape.reduce((a, b) => a * b, 1);
-      this.params.set(name, this.weights.reserve(name, numel));
-      if (train) {
-        this.grads.set(name, this.gradArena!.reserve(name, numel));
-        this.mArena!.reserve(name, numel);
-        this.vArena!.reserve(name, numel);
+      const cols = shape.length > 1 ? shape.slice(1).reduce((a, b) => a * b, 1) : 1;
+      const rowsAll = shape.length > 1 ? shape[0] : shape[0];
+      const shardable = name === "model.embed_tokens.weight" || name === "lm_head.weight";
+      const per = shardable ? Math.max(1, Math.floor(binding / (cols * 4))) : rowsAll;
+      const pieces: ParamPiece[] = [];
+      for (let v0 = 0; v0 < rowsAll; v0 += per) {
+        const rows = Math.min(per, rowsAll - v0);
+        const label = rows === rowsAll ? name : `${name}[${v0}:${v0 + rows}]`;
+        const numel = shape.length > 1 ? rows * cols : rows;
+        const piece: ParamPiece = { v0, rows, cols, w: this.weights.reserve(label, numel) };
+        if (train) {
+          piece.g = this.gradArena!.reserve(label, numel);
+          this.mArena!.reserve(label, numel);
+          this.vArena!.reserve(label, numel);
+        }
+        pieces.push(piece);
+      }
+      this.pieces.set(name, pieces);
+      if (pieces.length === 1) {
+        this.params.set(name, pieces[0].w);
+        if (train) this.grads.set(name, pieces[0].g!);
       }
     }
     for (const a of [this.weights, this.gradArena, this.mArena, this.vArena]) a?.allocate();
@@ -399,18 +434,32 @@ export class LlamaGraph {
       ];
     };
 
-    const embed = P("model.embed_tokens.weight");
-    const head = this.params.get("lm_head.weight") ?? embed;
-    fwd.push(
-      ...embeddingForward(g, ar, {
-        out: this.layerActs[0].xIn,
-        table: embed,
-        ids: { buffer: inp.ids },
-        T,
-        C,
-        scale: cfg.embeddingMultiplier,
-      }),
-    );
+    const embedPieces = this.pieces.get("model.embed_tokens.weight")!;
+    const headPieces = this.pieces.get("lm_head.weight") ?? embedPieces;
+    const sharded = (ps: ParamPiece[]) => ps.length > 1;
+    for (const pc of embedPieces) {
+      fwd.push(
+        ...embeddingForward(g, ar, {
+          out: this.layerActs[0].xIn,
+          table: pc.w,
+          ids: { buffer: inp.ids },
+          T,
+          C,
+          scale: cfg.embeddingMultiplier,
+          shard: sharded(embedPieces) ? { v0: pc.v0, rows: pc.rows, vocab: V } : undefined,
+        }),
+      );
+    }
+    const head = headPieces[0].w;
+    const headShards = (withGrad: boolean) =>
+      sharded(headPieces)
+        ? headPieces.map((pc) => ({
+          v0: pc.v0,
+          rows: pc.rows,
+          w: pc.w,
+          dw: withGrad ? pc.g : undefined,
+        }))
+        : undefined;
     const fwdLayers: Dispatch[][] = [];
     for (let l = 0; l < L; l++) {
       const d: Dispatch[] = [];
@@ -448,14 +497,14 @@ export class LlamaGraph {
         V,
         logitScale,
         workspace: ceWs,
+        shards: headShards(false),
       }),
     );
     if (!train) return;
 
     // ---- backward ----
     const G = (n: string) => this.grads.get(n)!;
-    const gEmbed = G("model.embed_tokens.weight");
-    const gHead = this.grads.get("lm_head.weight") ?? gEmbed;
+    const gHead = headPieces[0].g!;
     const bwd: Dispatch[] = [];
     bwd.push(
       ...crossEntropyForwardBackward(g, ar, {
@@ -471,6 +520,7 @@ export class LlamaGraph {
         V,
         logitScale,
         workspace: ceWs,
+        shards: headShards(true),
       }),
       ...rmsnormBackward(g, ar, {
         dx: dx!,
@@ -665,14 +715,17 @@ export class LlamaGraph {
       );
     }
     bwd.push(
-      ...embeddingBackward(g, ar, {
-        dtable: gEmbed,
-        dout: dx!,
-        index: { buffer: inp.embIndex },
-        T,
-        C,
-        scale: cfg.embeddingMultiplier,
-      }),
+      ...embedPieces.flatMap((pc) =>
+        embeddingBackward(g, ar, {
+          dtable: pc.g!,
+          dout: dx!,
+          index: { buffer: inp.embIndex },
+          T,
+          C,
+          scale: cfg.embeddingMultiplier,
+          shard: sharded(embedPieces) ? { v0: pc.v0, rows: pc.rows, vocab: V } : undefined,
+        })
+      ),
     );
     this.forwardBackward.push(...fwd, ...bwd);
 
@@ -740,13 +793,26 @@ export class LlamaGraph {
 
   /** Upload weights by HF name (every parameter must be present). */
   upload(tensors: Map<string, Float32Array>): void {
-    for (const [name, t] of this.params) {
+    this.writePieces((pc) => pc.w, tensors, "tensor");
+  }
+
+  private writePieces(
+    pick: (pc: ParamPiece) => ArenaTensor,
+    tensors: Map<string, Float32Array>,
+    what: string,
+  ): void {
+    for (const [name, pieces] of this.pieces) {
       const src = tensors.get(name);
-      if (!src) throw new Error(`missing tensor ${name}`);
-      if (src.length !== t.numel) {
-        throw new Error(`${name}: ${src.length} elements, expected ${t.numel}`);
+      if (!src) throw new Error(`missing ${what} ${name}`);
+      const numel = pieces.reduce((n, pc) => n + pc.w.numel, 0);
+      if (src.length !== numel) {
+        throw new Error(`${name}: ${src.length} elements, expected ${numel}`);
       }
-      this.gpu.write(t.buffer, src, t.offset);
+      for (const pc of pieces) {
+        const t = pick(pc);
+        const from = pc.v0 * pc.cols;
+        this.gpu.write(t.buffer, src.subarray(from, from + t.numel), t.offset);
+      }
     }
   }
 
@@ -754,21 +820,33 @@ export class LlamaGraph {
   async download(
     which: "weights" | "grads" | "m" | "v" = "weights",
   ): Promise<Map<string, Float32Array>> {
-    const src = which === "weights" ? this.params : which === "grads" ? this.grads : null;
-    const names = [...this.params.keys()];
-    const slices = names.map((n) => {
-      const t = src ? src.get(n)! : this.momentSlice(which as "m" | "v", n);
-      return { buffer: t.buffer, offset: t.offset, size: t.numel * 4 };
-    });
+    const pick = (pc: ParamPiece): ArenaTensor =>
+      which === "weights" ? pc.w : which === "grads" ? pc.g! : this.momentSlice(which, pc.w);
+    const list: { name: string; pc: ParamPiece; t: ArenaTensor }[] = [];
+    for (const [name, pieces] of this.pieces) {
+      for (const pc of pieces) list.push({ name, pc, t: pick(pc) });
+    }
     const out = new Map<string, Float32Array>();
+    for (const [name, pieces] of this.pieces) {
+      out.set(name, new Float32Array(pieces.reduce((n, pc) => n + pc.w.numel, 0)));
+    }
     // Read in groups to bound the staging buffer.
-    for (let i = 0; i < names.length;) {
+    for (let i = 0; i < list.length;) {
       let bytes = 0, j = i;
-      while (j < names.length && (j === i || bytes + slices[j].size < 1 << 28)) {
-        bytes += slices[j++].size;
+      while (j < list.length && (j === i || bytes + list[j].t.numel * 4 < 1 << 28)) {
+        bytes += list[j++].t.numel * 4;
       }
-      const abs = await this.gpu.read(slices.slice(i, j));
-      abs.forEach((ab, k) => out.set(names[i + k], new Float32Array(ab)));
+      const abs = await this.gpu.read(
+        list.slice(i, j).map(({ t }) => ({
+          buffer: t.buffer,
+          offset: t.offset,
+          size: t.numel * 4,
+        })),
+      );
+      abs.forEach((ab, k) => {
+        const { name, pc } = list[i + k];
+        out.get(name)!.set(new Float32Array(ab), pc.v0 * pc.cols);
+      });
       i = j;
     }
     return out;
@@ -776,17 +854,11 @@ export class LlamaGraph {
 
   /** Write Adam moments (for resuming). */
   uploadMoments(which: "m" | "v", tensors: Map<string, Float32Array>): void {
-    for (const name of this.params.keys()) {
-      const src = tensors.get(name);
-      if (!src) throw new Error(`missing moment ${which} of ${name}`);
-      const t = this.momentSlice(which, name);
-      this.gpu.write(t.buffer, src, t.offset);
-    }
+    this.writePieces((pc) => this.momentSlice(which, pc.w), tensors, `moment ${which} of`);
   }
 
-  private momentSlice(which: "m" | "v", name: string): ArenaTensor {
+  private momentSlice(which: "m" | "v", w: ArenaTensor): ArenaTensor {
     // Same layout as the weights arena: same chunk index and offset.
-    const w = this.params.get(name)!;
     const arena = which === "m" ? this.mArena! : this.vArena!;
     const ci = this.weights.chunks.findIndex((c) => c.buffer === w.buffer);
     return { ...w, buffer: arena.chunks[ci].buffer! };
