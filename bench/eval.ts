@@ -2,12 +2,9 @@
 import { Evaluator } from "../eval/evaluator.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { writeResult } from "./lib.ts";
+import { pathExists } from "../pipeline/run_dir.ts";
 
 const SHARED = new URL("../../shared/", import.meta.url).pathname;
-
-async function exists(p: string): Promise<boolean> {
-  return await Deno.stat(p).then(() => true, () => false);
-}
 
 /** n pseudo-random token ids below V (a fixed LCG: the same ids every run). */
 function ids(n: number, V: number, seed: number): number[] {
@@ -21,7 +18,7 @@ function ids(n: number, V: number, seed: number): number[] {
 /** Run the eval suite on `opts.model` (default ../shared/models/stories260K). */
 export async function run(opts: { model?: string; filter?: string }): Promise<void> {
   const model = opts.model ?? `${SHARED}models/stories260K`;
-  if (!(await exists(`${model}/config.json`))) {
+  if (!(await pathExists(`${model}/config.json`))) {
     console.error(`error: no model at ${model}; pass --model DIR`);
     Deno.exit(1);
   }
@@ -51,7 +48,7 @@ export async function run(opts: { model?: string; filter?: string }): Promise<vo
 
   // MMLU-Redux items, zero-shot (letter + cloze scoring: 8 requests per item).
   const mmlu = `${SHARED}data/mmlu-redux/mmlu_redux.jsonl`;
-  if (await exists(mmlu)) {
+  if (await pathExists(mmlu)) {
     const r = await ev.evaluate({ name: "mmlu", kind: "mc", data: mmlu, shots: 0, limit: 8 });
     row(
       "mc items (MMLU-Redux, 0-shot)",

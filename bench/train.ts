@@ -15,6 +15,7 @@ import { loadTokenizer } from "../model/tokenizer.ts";
 import { UserError } from "../pipeline/errors.ts";
 import { gsm8kText, readGsm8k } from "../pipeline/gsm8k.ts";
 import { writeResult } from "./lib.ts";
+import { pathExists } from "../pipeline/run_dir.ts";
 
 const SHARED = new URL("../../shared/", import.meta.url).pathname;
 const HERE = new URL("./", import.meta.url).pathname;
@@ -208,10 +209,6 @@ export const LOSS_TOLERANCE = 1e-4;
 /** Steps whose losses are compared. */
 const COMPARED_STEPS = 5;
 
-async function exists(p: string): Promise<boolean> {
-  return await Deno.stat(p).then(() => true, () => false);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Model and data
 
@@ -224,7 +221,7 @@ async function prepareModel(
   const key = opts.model.toLowerCase();
   const shape = SHAPES[key] ?? null;
   if (!shape) {
-    if (!(await exists(join(opts.model, "config.json")))) {
+    if (!(await pathExists(join(opts.model, "config.json")))) {
       throw new UserError(
         `--model ${opts.model}: neither a shape nor an HF directory with config.json`,
         `shapes: ${Object.keys(SHAPES).join(", ")}; or a Hugging Face model folder`,
@@ -234,14 +231,14 @@ async function prepareModel(
   }
   if (shape.preset) {
     const dir = join(work, "models", key);
-    if (!(await exists(join(dir, "model.safetensors")))) {
+    if (!(await pathExists(join(dir, "model.safetensors")))) {
       log(`building ${shape.about} in ${dir} (once)`);
       await initModel({ out: dir, preset: shape.preset, seed: 1234 });
     }
     return { name: key, dir, shape };
   }
   const src = shape.dir!;
-  if (!(await exists(join(src, "config.json")))) {
+  if (!(await pathExists(join(src, "config.json")))) {
     throw new UserError(
       `${src} is missing`,
       "the stories260k shape reads ../shared/models/stories260K",
@@ -250,7 +247,7 @@ async function prepareModel(
   if (!shape.untie || opts.tied) return { name: key, dir: src, shape };
   // Untied copy: lm_head.weight starts as a copy of the embeddings, so both sides read one file.
   const dir = join(work, "models", `${key}-untied`);
-  if (!(await exists(join(dir, "model.safetensors")))) {
+  if (!(await pathExists(join(dir, "model.safetensors")))) {
     const m = await loadHfModel(src);
     const raw = { ...m.config.raw, tie_word_embeddings: false };
     const config = parseModelConfig(raw, join(dir, "config.json"));
@@ -285,8 +282,8 @@ export async function benchRows(
   want: "gsm8k" | "synthetic" | undefined,
 ): Promise<{ ids: Int32Array; source: string }> {
   const gsm = `${SHARED}data/gsm8k/train.jsonl`;
-  const haveTok = await exists(join(dir, "tokenizer.json"));
-  const haveGsm = await exists(gsm);
+  const haveTok = await pathExists(join(dir, "tokenizer.json"));
+  const haveGsm = await pathExists(gsm);
   if (want === "gsm8k" && (!haveTok || !haveGsm)) {
     throw new UserError(
       `--data gsm8k needs ${haveGsm ? `${dir}/tokenizer.json` : gsm}`,

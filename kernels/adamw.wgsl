@@ -49,22 +49,7 @@ struct Hyper {
 @group(0) @binding(5) var<storage, read> stats: array<f32>; // (3)
 @group(0) @binding(6) var<storage, read> hp: Hyper;
 
-var<workgroup> red: array<f32, WG>;
-
-/** Fixed-order tree sum of `v` over the workgroup; every invocation gets the total. */
-fn workgroup_sum(lid: u32, val: f32) -> f32 {
-  red[lid] = val;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) {
-      red[lid] = red[lid] + red[lid + s];
-    }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  workgroupBarrier();
-  return total;
-}
+// #include workgroup_sum.wgsl
 
 /** Finite test on the bits (fast-math compilers may fold x != x). */
 fn is_finite(x: f32) -> bool {

@@ -29,26 +29,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> acc: array<f32>; // (> index)
 @group(0) @binding(2) var<storage, read> parts: array<f32>; // (n partials)
 
-var<workgroup> red: array<f32, WG>;
+// #include workgroup_sum.wgsl
 
 /** Linear workgroup number on the 2-D grid. */
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return wid.x + wid.y * nwg.x;
-}
-
-/** Fixed-order tree sum of `v` over the workgroup; every invocation gets the total. */
-fn workgroup_sum(lid: u32, v: f32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) {
-      red[lid] = red[lid] + red[lid + s];
-    }
-    workgroupBarrier();
-  }
-  let total = red[0];
-  workgroupBarrier();
-  return total;
 }
 
 @compute @workgroup_size(WG)

@@ -81,6 +81,8 @@ export function alignUp(n: number, a: number): number {
 /** The device, its limits and the caches every launcher uses. */
 export class Gpu {
   readonly pipelines = new Map<string, Kernel>();
+  /** Settles when a pipeline's validation is known (its error scope popped). */
+  private compiled = new Map<string, Promise<void>>();
   readonly hasF16: boolean;
   readonly hasTimestamps: boolean;
   private sources = new Map<string, string>();
@@ -146,7 +148,7 @@ export class Gpu {
     });
     const k: Kernel = { name: key, pipeline };
     this.pipelines.set(key, k);
-    this.scoped(key, () => this.pipelines.delete(key));
+    this.compiled.set(key, this.scoped(key, () => this.pipelines.delete(key)));
     return k;
   }
 
@@ -156,15 +158,9 @@ export class Gpu {
     entry: string,
     constants: Record<string, number> = {},
   ): Promise<Kernel> {
-    this.device.pushErrorScope("validation");
     const k = this.kernel(file, entry, constants);
-    const err = await this.device.popErrorScope();
-    // kernel() reported its own error (named) into the pending list: raise it here.
+    await this.compiled.get(k.name); // kernel()'s own error scope, named after the kernel
     this.check(k.name);
-    if (err) {
-      this.pipelines.delete(k.name);
-      throw new GpuError(err.message, k.name);
-    }
     return k;
   }
 
@@ -232,8 +228,8 @@ export class Gpu {
   }
 
   /** Pop the error scope pushed just before; an error is raised at the next check, named. */
-  private scoped(name: string, onError?: () => void): void {
-    this.device.popErrorScope().then((err) => {
+  private scoped(name: string, onError?: () => void): Promise<void> {
+    return this.device.popErrorScope().then((err) => {
       if (!err) return;
       onError?.();
       this.uncaptured.push(`[${name}] ${err.message}`);

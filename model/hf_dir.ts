@@ -7,6 +7,7 @@ import {
   type TensorToWrite,
   writeSafetensorsDir,
 } from "./safetensors.ts";
+import { pathExists } from "../pipeline/run_dir.ts";
 
 /** Tokenizer files copied next to the weights when present (tokenizer.json is required). */
 export const TOKENIZER_FILES = [
@@ -132,15 +133,6 @@ export interface SaveOptions {
   generationConfig?: Record<string, unknown>;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function json(v: unknown): string {
   return JSON.stringify(v, null, 2) + "\n";
 }
@@ -182,7 +174,7 @@ export async function saveHfModel(dir: string, opts: SaveOptions): Promise<strin
     const genFrom = opts.tokenizerFrom ? `${opts.tokenizerFrom}/generation_config.json` : null;
     if (opts.generationConfig) {
       await Deno.writeTextFile(`${tmp}/generation_config.json`, json(opts.generationConfig));
-    } else if (genFrom && await exists(genFrom)) {
+    } else if (genFrom && await pathExists(genFrom)) {
       await Deno.copyFile(genFrom, `${tmp}/generation_config.json`);
     } else {
       const c = opts.config;
@@ -198,11 +190,11 @@ export async function saveHfModel(dir: string, opts: SaveOptions): Promise<strin
 
     if (opts.tokenizerFrom) {
       const from = opts.tokenizerFrom.replace(/\/+$/, "");
-      if (!await exists(`${from}/tokenizer.json`)) {
+      if (!await pathExists(`${from}/tokenizer.json`)) {
         throw new UserError(`${from}: no tokenizer.json to copy next to the saved model`);
       }
       for (const f of TOKENIZER_FILES) {
-        if (await exists(`${from}/${f}`)) {
+        if (await pathExists(`${from}/${f}`)) {
           await Deno.copyFile(`${from}/${f}`, `${tmp}/${f}`);
           files.push(f);
         }
@@ -222,7 +214,7 @@ export async function saveHfModel(dir: string, opts: SaveOptions): Promise<strin
 
     // Swap into place: the old directory is moved aside first and removed only after the rename.
     let old: string | null = null;
-    if (await exists(dir)) {
+    if (await pathExists(dir)) {
       old = `${parent}/.${base}.old-${Deno.pid}-${Date.now()}`;
       await Deno.rename(dir, old);
     }

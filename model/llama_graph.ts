@@ -183,6 +183,8 @@ export class LlamaGraph {
   readonly forwardOnly: Dispatch[] = [];
   readonly optimizer: Dispatch[] = [];
   readonly zeroLoss: Dispatch[] = [];
+  private readonly firstForwardBackward: Dispatch[] = [];
+  private readonly evalPass: Dispatch[] = [];
   /** Per-token loss (T) of the last forward (eval mode), 0 on ignored tokens. */
   readonly tokenLoss: ArenaTensor;
   readonly lossAcc: GPUBuffer;
@@ -336,6 +338,13 @@ export class LlamaGraph {
     const g = gpu, ar = this.arena, inp = this.inputs;
     const resMult = cfg.residualMultiplier;
     const fwd: Dispatch[] = [];
+    /** RoPE in place on x (T, H, D) at the micro-batch's positions (backward: the transpose). */
+    const rope = (x: BufferSlice, H: number, dir: "forward" | "backward"): Dispatch[] => {
+      const pos = { buffer: inp.pos }, table = { buffer: ropeTab };
+      return dir === "forward"
+        ? ropeForward(g, ar, { out: x, x, pos, table, T, H, D })
+        : ropeBackward(g, ar, { dx: x, dout: x, pos, table, T, H, D });
+    };
     const layerForward = (l: number, out: Dispatch[]) => {
       const w = this.layers[l], a = this.layerActs[l];
       const xOut = l + 1 < L ? this.layerActs[l + 1].xIn : xFinal;
@@ -352,24 +361,8 @@ export class LlamaGraph {
         ...matmulForward(g, ar, { y: a.q, x: a.n1, w: w.q, bias: w.qb, M: T, N: Hq * D, K: C }),
         ...matmulForward(g, ar, { y: a.k, x: a.n1, w: w.k, bias: w.kb, M: T, N: Hkv * D, K: C }),
         ...matmulForward(g, ar, { y: a.v, x: a.n1, w: w.v, bias: w.vb, M: T, N: Hkv * D, K: C }),
-        ...ropeForward(g, ar, {
-          out: a.q,
-          x: a.q,
-          pos: { buffer: inp.pos },
-          table: { buffer: ropeTab },
-          T,
-          H: Hq,
-          D,
-        }),
-        ...ropeForward(g, ar, {
-          out: a.k,
-          x: a.k,
-          pos: { buffer: inp.pos },
-          table: { buffer: ropeTab },
-          T,
-          H: Hkv,
-          D,
-        }),
+        ...rope(a.q, Hq, "forward"),
+        ...rope(a.k, Hkv, "forward"),
         ...attentionForward(g, ar, {
           o: a.o,
           lse: a.lse,
@@ -650,24 +643,8 @@ export class LlamaGraph {
           scale: cfg.attentionScale,
           workspace: attnWs!,
         }),
-        ...ropeBackward(g, ar, {
-          dx: dq!,
-          dout: dq!,
-          pos: { buffer: inp.pos },
-          table: { buffer: ropeTab },
-          T,
-          H: Hq,
-          D,
-        }),
-        ...ropeBackward(g, ar, {
-          dx: dk!,
-          dout: dk!,
-          pos: { buffer: inp.pos },
-          table: { buffer: ropeTab },
-          T,
-          H: Hkv,
-          D,
-        }),
+        ...rope(dq!, Hq, "backward"),
+        ...rope(dk!, Hkv, "backward"),
       );
       const proj: [string, ArenaTensor, ArenaTensor | undefined, BufferSlice, number][] = [
         ["q", w.q, w.qb, dq!, Hq * D],
@@ -728,6 +705,7 @@ export class LlamaGraph {
       ),
     );
     this.forwardBackward.push(...fwd, ...bwd);
+    this.firstForwardBackward.push(...this.zeroLoss, ...this.forwardBackward);
 
     // ---- optimizer: global grad norm, clip, AdamW over whole arena buffers ----
     const flatG = this.gradArena!.flat(), flatW = this.weights.flat();
@@ -904,11 +882,12 @@ export class LlamaGraph {
         0,
       ]),
     );
-    g.run(this.zeroLoss, "graph.zeroLoss");
-    for (const mb of microBatches) {
+    microBatches.forEach((mb, i) => {
       this.setBatch(mb);
-      g.run(this.forwardBackward, "graph.forwardBackward");
-    }
+      // The step's first pass also zeroes the loss accumulator: no submit of its own.
+      g.run(i === 0 ? this.firstForwardBackward : this.forwardBackward, "graph.forwardBackward");
+    });
+    if (microBatches.length === 0) g.run(this.zeroLoss, "graph.zeroLoss");
     const enc = g.device.createCommandEncoder({ label: "graph.optimizer" });
     const pass = enc.beginComputePass({ label: "graph.optimizer" });
     for (const d of this.optimizer) {
@@ -938,7 +917,8 @@ export class LlamaGraph {
   /** Forward only over one micro-batch; returns per-token losses (T) and their sum. */
   async evalLoss(mb: MicroBatch): Promise<{ tokenLoss: Float32Array; lossSum: number }> {
     this.setBatch(mb);
-    this.gpu.run([...this.zeroLoss, ...this.forwardOnly], "graph.eval");
+    if (!this.evalPass.length) this.evalPass.push(...this.zeroLoss, ...this.forwardOnly);
+    this.gpu.run(this.evalPass, "graph.eval");
     const [tl, acc] = await this.gpu.read([
       { buffer: this.tokenLoss.buffer, offset: this.tokenLoss.offset, size: this.T * 4 },
       { buffer: this.lossAcc, size: 4 },

@@ -15,6 +15,8 @@ interface Chunk {
   buffer: GPUBuffer | null;
   used: number;
   capacity: number;
+  /** The tensor's name when the chunk holds one tensor (separate mode). */
+  label?: string;
 }
 
 /**
@@ -60,7 +62,12 @@ export class TensorArena {
       ? -1
       : this.chunks.findIndex((c) => alignUp(c.used, TensorArena.ALIGN) + bytes <= c.capacity);
     if (ci < 0) {
-      this.chunks.push({ buffer: null, used: 0, capacity: this.chunkBytes });
+      this.chunks.push({
+        buffer: null,
+        used: 0,
+        capacity: this.chunkBytes,
+        label: this.separate ? label : undefined,
+      });
       ci = this.chunks.length - 1;
     }
     const c = this.chunks[ci];
@@ -76,9 +83,8 @@ export class TensorArena {
     this.chunks.forEach((c, i) => {
       if (!c.buffer) {
         c.capacity = alignUp(c.used, TensorArena.ALIGN);
-        const name = this.separate ? this.pending.find((p) => p.chunk === i)?.t.label : null;
         c.buffer = this.gpu.buffer(
-          `${this.label}#${i}${name ? `:${name}` : ""}`,
+          `${this.label}#${i}${c.label ? `:${c.label}` : ""}`,
           Math.max(c.capacity, 256),
         );
       }

@@ -182,3 +182,14 @@ export async function prepareRunDir(runDir: string, resolvedConfigYaml: string):
     throw e;
   }
 }
+
+/** Whether `path` exists (following links); errors other than "not found" are raised. */
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}

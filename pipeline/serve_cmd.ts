@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { UserError } from "./errors.ts";
 import { EVENTS_FILE, METRICS_FILE, tailEventLog } from "./progress.ts";
 import { type ProgressServer, startServer } from "./server.ts";
+import { pathExists } from "./run_dir.ts";
 
 /** Test hooks of serveCommand. */
 export interface ServeHooks {
@@ -12,16 +13,6 @@ export interface ServeHooks {
   onListen?: (server: ProgressServer) => void;
   /** Poll interval of the events.jsonl tail, ms (default 300). */
   pollMs?: number;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 /** Parse a --port value: an integer 0-65535 (0: any free port). */
@@ -67,8 +58,8 @@ export async function serveCommand(
   const port = parsePort(values.port);
   const host = (values.host as string | undefined) ?? "127.0.0.1";
   const token = (values.token as string | undefined) ?? Deno.env.get("FT_SERVER_TOKEN") ?? null;
-  if (!(await exists(join(runDir, EVENTS_FILE)))) {
-    const more = (await exists(join(runDir, METRICS_FILE)))
+  if (!(await pathExists(join(runDir, EVENTS_FILE)))) {
+    const more = (await pathExists(join(runDir, METRICS_FILE)))
       ? ` (${METRICS_FILE} is still served at /metrics.jsonl)`
       : "";
     console.warn(`note: ${join(runDir, EVENTS_FILE)} does not exist yet; waiting for it${more}`);

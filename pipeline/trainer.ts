@@ -10,7 +10,7 @@ import {
 } from "../model/llama_graph.ts";
 import { SafetensorsReader, writeSafetensorsFile } from "../model/safetensors.ts";
 import { UserError } from "./errors.ts";
-import { writeJsonAtomic } from "./run_dir.ts";
+import { pathExists, writeJsonAtomic } from "./run_dir.ts";
 import { lrAt, type ScheduleOptions } from "./schedule.ts";
 
 /** One optimizer step of the plan: its micro-batches (sample indices), every rank's in turn. */
@@ -115,15 +115,6 @@ interface FullState {
 
 const stateDir = (runDir: string, phase: string) => `${runDir}/state/${phase}`;
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Load weights of an HF directory into the graph. */
 async function uploadFromDir(graph: LlamaGraph, dir: string): Promise<void> {
   const r = await SafetensorsReader.open(dir);
@@ -139,7 +130,7 @@ async function uploadFromDir(graph: LlamaGraph, dir: string): Promise<void> {
 /** Read the last full state of a phase, or null. A half-written state is ignored. */
 async function readState(runDir: string, phase: string): Promise<FullState | null> {
   for (const dir of [stateDir(runDir, phase), `${stateDir(runDir, phase)}.old`]) {
-    if (await exists(`${dir}/state.json`)) {
+    if (await pathExists(`${dir}/state.json`)) {
       return JSON.parse(await Deno.readTextFile(`${dir}/state.json`)) as FullState;
     }
   }
@@ -148,18 +139,24 @@ async function readState(runDir: string, phase: string): Promise<FullState | nul
 
 async function stateFilesDir(runDir: string, phase: string): Promise<string> {
   const d = stateDir(runDir, phase);
-  return (await exists(`${d}/state.json`)) ? d : `${d}.old`;
+  return (await pathExists(`${d}/state.json`)) ? d : `${d}.old`;
 }
 
 /** Write weights, Adam moments and counters; the previous state survives a crash mid-write. */
-async function writeState(graph: LlamaGraph, runDir: string, st: FullState): Promise<void> {
+async function writeState(
+  graph: LlamaGraph,
+  runDir: string,
+  st: FullState,
+  weights?: Map<string, Float32Array>,
+): Promise<void> {
   const final = stateDir(runDir, st.phase);
   const tmp = `${final}.tmp`;
   await Deno.remove(tmp, { recursive: true }).catch(() => {});
   await Deno.mkdir(tmp, { recursive: true });
   const shapes = parameterShapes(graph.cfg);
   for (const which of ["weights", "m", "v"] as const) {
-    const data = await graph.download(which);
+    // The checkpoint just read the weights back: reuse them rather than reading them twice.
+    const data = which === "weights" && weights ? weights : await graph.download(which);
     await writeSafetensorsFile(
       `${tmp}/${which}.safetensors`,
       shapes.map(({ name, shape }) => ({ name, shape, data: data.get(name)! })),
@@ -169,7 +166,7 @@ async function writeState(graph: LlamaGraph, runDir: string, st: FullState): Pro
   await Deno.writeTextFile(`${tmp}/state.json`, JSON.stringify(st, null, 2) + "\n");
   // Swap: final → .old, tmp → final, drop .old. A crash in between leaves .old readable.
   await Deno.remove(`${final}.old`, { recursive: true }).catch(() => {});
-  if (await exists(final)) await Deno.rename(final, `${final}.old`);
+  if (await pathExists(final)) await Deno.rename(final, `${final}.old`);
   await Deno.rename(tmp, final);
   await Deno.remove(`${final}.old`, { recursive: true }).catch(() => {});
 }
@@ -191,7 +188,7 @@ async function loadState(graph: LlamaGraph, runDir: string, phase: string): Prom
 
 /** Keep metrics.jsonl lines of other phases and of this phase before `step` (resume). */
 async function truncateMetrics(path: string, phase: string, step: number): Promise<void> {
-  if (!(await exists(path))) return;
+  if (!(await pathExists(path))) return;
   const lines = (await Deno.readTextFile(path)).split("\n").filter((l) => l.trim());
   const keep = lines.filter((l) => {
     try {
@@ -334,7 +331,7 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
       }
     }
     st.elapsedS = (performance.now() - t0) / 1000;
-    await writeState(graph, o.runDir, st);
+    await writeState(graph, o.runDir, st, weights);
     await writeJsonAtomic(`${o.runDir}/checkpoints/${o.phase}/index.json`, st.checkpoints);
     o.events?.emit({
       type: "checkpoint",

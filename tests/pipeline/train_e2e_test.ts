@@ -1,6 +1,7 @@
 // End-to-end training through `main.ts train`: kill -9 and resume, NaN stop, phased strategy.
 import assert from "node:assert/strict";
 import { gpuTest } from "../helpers.ts";
+import { pathExists } from "../../pipeline/run_dir.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
@@ -64,10 +65,6 @@ async function metrics(runDir: string): Promise<Rec[]> {
   return text.trim().split("\n").map((l) => JSON.parse(l));
 }
 
-async function exists(p: string): Promise<boolean> {
-  return await Deno.stat(p).then(() => true, () => false);
-}
-
 gpuTest(
   "train: kill -9 mid-run, re-run resumes and the metrics equal an uninterrupted run",
   async () => {
@@ -82,7 +79,7 @@ gpuTest(
     // Killed run: wait for the first full state, then SIGKILL.
     const p = train(file, `${dir}/killed`);
     const t0 = Date.now();
-    while (!(await exists(`${dir}/killed/state/stacked/state.json`))) {
+    while (!(await pathExists(`${dir}/killed/state/stacked/state.json`))) {
       if (Date.now() - t0 > 120_000) throw new Error("no state written within 120 s");
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -126,7 +123,7 @@ gpuTest(
     for (
       const f of ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     ) {
-      assert.ok(await exists(`${last}/${f}`), `${f} in the final checkpoint`);
+      assert.ok(await pathExists(`${last}/${f}`), `${f} in the final checkpoint`);
     }
     await Deno.remove(dir, { recursive: true });
   },
@@ -153,7 +150,10 @@ gpuTest(
     assert.doesNotMatch(err, /^\s+at /m, "no stack trace for a training failure");
     const hint = err.match(/hint: last good checkpoint: (\S+)/);
     assert.ok(hint, err);
-    assert.ok(await exists(`${hint[1]}/model.safetensors`), "the last good checkpoint is on disk");
+    assert.ok(
+      await pathExists(`${hint[1]}/model.safetensors`),
+      "the last good checkpoint is on disk",
+    );
     const recs = await metrics(`${dir}/run`);
     assert.ok(recs.every((r) => Number.isFinite(r.loss)), "no non-finite record was written");
     await Deno.remove(dir, { recursive: true });
