@@ -266,9 +266,10 @@ def load_hf(model_dir, dtype_name, device):
     from transformers import AutoModelForCausalLM  # noqa: import only when used
 
     attn = "eager" if dtype_name == "fp32" else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, torch_dtype=torch.float32, attn_implementation=attn
-    )
+    try:  # transformers >= 4.56 names it `dtype`; older releases only know `torch_dtype`
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+    except TypeError:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation=attn)
     return model.to(device)
 
 

@@ -4,7 +4,6 @@ import {
   type Dispatch,
   type Gpu,
   GpuError,
-  type Kernel,
   packParams,
   type ParamArena,
 } from "./runtime.ts";
@@ -14,8 +13,18 @@ export type Tensor = GPUBuffer | BufferSlice;
 
 /** Which GEMM implementation runs, and its tile sizes (override constants). */
 export interface MatmulTuning {
-  /** "tiled": workgroup-memory tiles (GPUs); "wide": register-only blocks (CPU adapters). */
-  variant: "tiled" | "wide";
+  /**
+   * "gpu": per shape, matmul_big (128x128 tiles) for large grids, matmul_tiled (64x64) otherwise,
+   * split along K when the grid is too small to fill the device (GPU default); "tiled" / "big":
+   * always that kernel; "wide": register-only blocks (CPU adapters).
+   */
+  variant: "gpu" | "tiled" | "big" | "wide";
+  /** "tiled" / "big": split K into this many slices (1: no split); ignored by "gpu" and "wide". */
+  splitK: number;
+  /** "gpu": use matmul_big when its grid has at least this many workgroups. */
+  bigMinWorkgroups: number;
+  /** "gpu": split K while the grid has fewer workgroups than this (and K ≥ 1024). */
+  splitMinWorkgroups: number;
   /** matmul_wide: invocations per workgroup. */
   wideWg: number;
   /** matmul_wide: rows per workgroup (1..16). */
@@ -24,7 +33,11 @@ export interface MatmulTuning {
   wideCols: number;
 }
 
+// Grid thresholds: an H100 runs 132 SMs, 2 resident 128x128 workgroups each (register bound).
+const GPU_DEFAULT = { splitK: 1, bigMinWorkgroups: 256, splitMinWorkgroups: 256 };
 const WIDE_DEFAULT = { wideWg: 8, wideRows: 16, wideCols: 16 };
+/** Largest split-K scratch (partial products), well under the 2 GiB binding limit. */
+const SPLIT_SCRATCH_MAX_BYTES = 256 * 2 ** 20;
 const tunings = new WeakMap<Gpu, MatmulTuning>();
 
 /** True for CPU adapters (lavapipe / llvmpipe / SwiftShader), where matmul_wide is faster. */
@@ -37,7 +50,7 @@ export function isCpuAdapter(gpu: Gpu): boolean {
 export function matmulTuning(gpu: Gpu): MatmulTuning {
   let t = tunings.get(gpu);
   if (!t) {
-    t = { variant: isCpuAdapter(gpu) ? "wide" : "tiled", ...WIDE_DEFAULT };
+    t = { variant: isCpuAdapter(gpu) ? "wide" : "gpu", ...GPU_DEFAULT, ...WIDE_DEFAULT };
     tunings.set(gpu, t);
   }
   return t;
@@ -46,6 +59,12 @@ export function matmulTuning(gpu: Gpu): MatmulTuning {
 /** Override (part of) the tuning for `gpu`; applies to dispatches built afterwards. */
 export function setMatmulTuning(gpu: Gpu, t: Partial<MatmulTuning>): MatmulTuning {
   const next = { ...matmulTuning(gpu), ...t };
+  if (!["gpu", "tiled", "big", "wide"].includes(next.variant)) {
+    throw new GpuError(`variant must be gpu, tiled, big or wide, got ${next.variant}`, "matmul");
+  }
+  if (!Number.isInteger(next.splitK) || next.splitK < 1 || next.splitK > 64) {
+    throw new GpuError(`splitK must be 1..64, got ${next.splitK}`, "matmul");
+  }
   if (!Number.isInteger(next.wideRows) || next.wideRows < 1 || next.wideRows > 16) {
     throw new GpuError(`wideRows must be 1..16, got ${next.wideRows}`, "matmul");
   }
@@ -58,6 +77,50 @@ export function setMatmulTuning(gpu: Gpu, t: Partial<MatmulTuning>): MatmulTunin
   }
   tunings.set(gpu, next);
   return next;
+}
+
+/** How one GEMM runs on the GPU kernels: which one, its grid, and the K split. */
+export interface GemmPlan {
+  entry: "matmul_tiled" | "matmul_big";
+  tile: number;
+  slices: number;
+  kSlice: number;
+}
+
+/** The GPU kernel, tile and K split for an (M, N, K) product under tuning `t`. */
+export function planGemm(t: MatmulTuning, M: number, N: number, K: number): GemmPlan {
+  const grid = (tile: number) => Math.ceil(M / tile) * Math.ceil(N / tile);
+  let tile = t.variant === "big" ? 128 : 64;
+  if (t.variant === "gpu" && grid(128) >= t.bigMinWorkgroups) tile = 128;
+  let slices = t.variant === "gpu" ? 1 : t.splitK;
+  if (t.variant === "gpu" && grid(tile) < t.splitMinWorkgroups && K >= 1024) {
+    // at least 512 of K per slice, enough slices to reach the target grid
+    slices = Math.min(Math.floor(K / 512), Math.ceil(t.splitMinWorkgroups / grid(tile)));
+  }
+  slices = Math.max(1, Math.min(slices, Math.floor(SPLIT_SCRATCH_MAX_BYTES / (4 * M * N))));
+  let kSlice = K;
+  if (slices > 1) {
+    kSlice = Math.ceil(K / slices / 16) * 16; // whole staged slices
+    slices = Math.ceil(K / kSlice);
+  }
+  if (slices <= 1) kSlice = K;
+  return { entry: tile === 128 ? "matmul_big" : "matmul_tiled", tile, slices, kSlice };
+}
+
+const scratches = new WeakMap<Gpu, GPUBuffer>();
+
+/**
+ * The split-K scratch of `gpu`, at least `bytes` long. One buffer serves every split GEMM (the
+ * dispatches of a queue run in order); when a larger one is needed it replaces the old one, which
+ * the bind groups already built keep alive.
+ */
+function splitScratch(gpu: Gpu, bytes: number): GPUBuffer {
+  let s = scratches.get(gpu);
+  if (!s || s.size < bytes) {
+    s = gpu.buffer("matmul.splitk_scratch", Math.max(bytes, 1 << 20));
+    scratches.set(gpu, s);
+  }
+  return s;
 }
 
 const dummies = new WeakMap<Gpu, GPUBuffer>();
@@ -111,50 +174,102 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   checkDims("matmul", { M: g.M, N: g.N, K: g.K });
   if (g.ldc < g.N) throw new GpuError(`ldc ${g.ldc} < N ${g.N}`, "matmul");
   const flags = (g.accumulate ? 1 : 0) | (g.bias ? 2 : 0);
-  const params = arena.alloc(packParams([
-    g.M,
-    g.N,
-    g.K,
-    g.ldc,
-    g.sAi,
-    g.sAp,
-    g.sBp,
-    g.sBj,
-    g.offA ?? 0,
-    g.offB ?? 0,
-    g.offC ?? 0,
-    flags,
-    g.alpha ?? 1,
-    g.offBias ?? 0,
-    0,
-    0,
-  ], [12]));
   const t = matmulTuning(gpu);
-  let kernel: Kernel;
-  let workgroups: [number, number, number];
-  if (t.variant === "wide") {
-    kernel = gpu.kernel("matmul", "matmul_wide", {
+  const plan = t.variant === "wide" ? null : planGemm(t, g.M, g.N, g.K);
+  const slices = plan?.slices ?? 1;
+  const sliceStride = g.M * g.N;
+  const pack = (over: { flags: number; K: number }) =>
+    arena.alloc(packParams([
+      g.M,
+      g.N,
+      over.K,
+      g.ldc,
+      g.sAi,
+      g.sAp,
+      g.sBp,
+      g.sBj,
+      g.offA ?? 0,
+      g.offB ?? 0,
+      g.offC ?? 0,
+      over.flags,
+      g.alpha ?? 1,
+      g.offBias ?? 0,
+      plan && slices > 1 ? plan.kSlice : g.K,
+      sliceStride,
+    ], [12]));
+  const maxWg = gpu.limits.maxComputeWorkgroupsPerDimension;
+  if (!plan) {
+    const kernel = gpu.kernel("matmul", "matmul_wide", {
       WIDE_WG: t.wideWg,
       WIDE_TR: t.wideRows,
       WIDE_TC: t.wideCols,
     });
-    workgroups = [Math.ceil(g.N / (t.wideWg * t.wideCols)), Math.ceil(g.M / t.wideRows), 1];
-  } else {
-    kernel = gpu.kernel("matmul", "matmul_tiled");
-    workgroups = [Math.ceil(g.N / 64), Math.ceil(g.M / 64), 1];
+    const workgroups: [number, number, number] = [
+      Math.ceil(g.N / (t.wideWg * t.wideCols)),
+      Math.ceil(g.M / t.wideRows),
+      1,
+    ];
+    if (workgroups[0] > maxWg || workgroups[1] > maxWg) {
+      throw new GpuError(
+        `grid ${workgroups} exceeds ${maxWg} workgroups per dimension`,
+        kernel.name,
+      );
+    }
+    const bindGroup = gpu.bind(kernel, {
+      0: pack({ flags, K: g.K }),
+      1: g.c,
+      2: g.a,
+      3: g.b,
+      4: g.bias ?? dummyBuffer(gpu),
+    });
+    return [{ kernel, bindGroup, workgroups }];
   }
-  const maxWg = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const kernel = gpu.kernel("matmul", plan.entry);
+  const workgroups: [number, number, number] = [
+    Math.ceil(g.N / plan.tile),
+    Math.ceil(g.M / plan.tile),
+    slices,
+  ];
   if (workgroups[0] > maxWg || workgroups[1] > maxWg) {
     throw new GpuError(`grid ${workgroups} exceeds ${maxWg} workgroups per dimension`, kernel.name);
   }
-  const bindGroup = gpu.bind(kernel, {
-    0: params,
-    1: g.c,
-    2: g.a,
-    3: g.b,
-    4: g.bias ?? dummyBuffer(gpu),
-  });
-  return [{ kernel, bindGroup, workgroups }];
+  if (slices === 1) {
+    const bindGroup = gpu.bind(kernel, {
+      0: pack({ flags, K: g.K }),
+      1: g.c,
+      2: g.a,
+      3: g.b,
+      4: g.bias ?? dummyBuffer(gpu),
+    });
+    return [{ kernel, bindGroup, workgroups }];
+  }
+  // Split K: partial products into the scratch, then one pass sums them into C.
+  const scratch = splitScratch(gpu, 4 * slices * sliceStride);
+  const partial: Dispatch = {
+    kernel,
+    bindGroup: gpu.bind(kernel, {
+      0: pack({ flags: 0, K: g.K }),
+      1: scratch,
+      2: g.a,
+      3: g.b,
+      4: dummyBuffer(gpu),
+    }),
+    workgroups,
+  };
+  const kReduce = gpu.kernel("matmul", "matmul_splitk_reduce");
+  const groups = Math.ceil(sliceStride / 64);
+  const gx = Math.min(groups, maxWg);
+  const reduce: Dispatch = {
+    kernel: kReduce,
+    bindGroup: gpu.bind(kReduce, {
+      0: pack({ flags, K: slices }),
+      1: g.c,
+      2: scratch,
+      4: g.bias ?? dummyBuffer(gpu),
+    }),
+    workgroups: [gx, Math.ceil(groups / gx), 1],
+  };
+  return [partial, reduce];
 }
 
 /** Y (+)= X·Wᵀ (+ bias): X (M,K), W (N,K), Y (M, ldy ≥ N), bias (N). */

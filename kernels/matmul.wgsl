@@ -7,8 +7,9 @@
 // any shape works (edges not multiples of the tile, M, N or K = 1).
 //
 // Two implementations of the same contract:
-// - matmul_tiled: the classic GPU kernel. A 64x64 output tile per workgroup of 16x16 threads,
-//   K-tiles of 16 staged in workgroup memory, a 4x4 register block per thread.
+// - matmul_tiled / matmul_big: the classic GPU kernels. A 64x64 (128x128) output tile per
+//   workgroup of 16x16 threads, K-slices of 16 staged in workgroup memory, a 4x4 (8x8) register
+//   block per thread; optionally split along K (matmul_splitk_reduce sums the slices).
 // - matmul_wide: for CPU adapters (lavapipe / llvmpipe) where every storage or workgroup load runs
 //   as a per-lane scalar loop, so the cost is loads per multiply-add. No workgroup memory; each
 //   invocation owns a WIDE_TR x WIDE_TC register block (columns j0 + c*WIDE_WG, lanes adjacent)
@@ -31,8 +32,8 @@ struct GemmParams {
   flags: u32, // bit 0: accumulate into C, bit 1: add bias
   alpha: f32,
   offBias: u32,
-  _pad0: u32,
-  _pad1: u32,
+  kSlice: u32, // matmul_tiled / matmul_big: reduction length per z-slice (split-K), K when unsplit
+  sliceStride: u32, // split-K: elements between the partial products of consecutive z-slices
 }
 
 const FLAG_ACCUMULATE = 1u;
@@ -61,43 +62,59 @@ fn storeOne(i: u32, j: u32, acc: f32) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// matmul_tiled (GPU)
+// GPU kernels: matmul_tiled (64x64 output tiles, 4x4 per thread) for small grids and
+// matmul_big (128x128 tiles, 8x8 per thread) for large ones; both 256 threads, K staged in slices
+// of 16 through workgroup memory, with the next slice's global loads issued before the current
+// slice's arithmetic (register prefetch), so load latency hides behind the multiply-adds.
+// Split-K: workgroup z covers p in [z * kSlice, min(K, (z + 1) * kSlice)) and, when gridded over z
+// (> 1 slice), writes its partial product to C + z * sliceStride with flags 0 (the launcher
+// points C at a scratch buffer); matmul_splitk_reduce then sums the slices into the real C.
 
-const TILE = 64u; // output tile edge (rows and columns)
 const TILE_K = 16u; // reduction slice staged per step
 
-var<workgroup> tileA: array<f32, 1024>; // (TILE_K, TILE) = A[i0 + i, k0 + p] at [p * TILE + i]
-var<workgroup> tileB: array<f32, 1024>; // (TILE_K, TILE) = B[k0 + p, j0 + j] at [p * TILE + j]
-
-/// Stage one element of the A and B tiles (e < 1024), with reads ordered along the unit stride.
-fn stageTiles(e: u32, i0: u32, j0: u32, k0: u32) {
-  var ti: u32;
-  var tp: u32;
-  if (p.sAp == 1u) {
-    ti = e / TILE_K;
-    tp = e % TILE_K;
-  } else {
-    tp = e / TILE;
-    ti = e % TILE;
-  }
-  let gi = i0 + ti;
-  let gp = k0 + tp;
-  let av = a[p.offA + min(gi, p.M - 1u) * p.sAi + min(gp, p.K - 1u) * p.sAp];
-  tileA[tp * TILE + ti] = select(0.0, av, gi < p.M && gp < p.K);
-  var tj: u32;
-  var tq: u32;
-  if (p.sBj == 1u) {
-    tq = e / TILE;
-    tj = e % TILE;
-  } else {
-    tj = e / TILE_K;
-    tq = e % TILE_K;
-  }
-  let gj = j0 + tj;
-  let gq = k0 + tq;
-  let bv = b[p.offB + min(gq, p.K - 1u) * p.sBp + min(gj, p.N - 1u) * p.sBj];
-  tileB[tq * TILE + tj] = select(0.0, bv, gj < p.N && gq < p.K);
+/// A(i, p) with the indices clamped into range, zero outside [.., kEnd).
+fn loadA(i: u32, q: u32, kEnd: u32) -> f32 {
+  let v = a[p.offA + min(i, p.M - 1u) * p.sAi + min(q, p.K - 1u) * p.sAp];
+  return select(0.0, v, i < p.M && q < kEnd);
 }
+
+/// B(p, j) with the indices clamped into range, zero outside [.., kEnd).
+fn loadB(q: u32, j: u32, kEnd: u32) -> f32 {
+  let v = b[p.offB + min(q, p.K - 1u) * p.sBp + min(j, p.N - 1u) * p.sBj];
+  return select(0.0, v, j < p.N && q < kEnd);
+}
+
+/// Element e of a (TILE_K, edge) tile as (row along the tile edge, step along K): consecutive e
+/// walk the operand's unit stride, so neighbouring threads read neighbouring addresses.
+fn tileCoord(e: u32, edge: u32, kContiguous: bool) -> vec2<u32> {
+  if (kContiguous) {
+    return vec2<u32>(e / TILE_K, e % TILE_K);
+  }
+  return vec2<u32>(e % edge, e / edge);
+}
+
+/// Store four consecutive columns j..j+3 of row i.
+fn storeRow4(i: u32, j: u32, v: vec4<f32>) {
+  storeOne(i, j, v.x);
+  storeOne(i, j + 1u, v.y);
+  storeOne(i, j + 2u, v.z);
+  storeOne(i, j + 3u, v.w);
+}
+
+/// The z-slice's reduction range [kBeg, kEnd) and where its output goes (offC, or the slice's
+/// partial product when split).
+fn sliceRange(z: u32) -> vec2<u32> {
+  let kBeg = z * p.kSlice;
+  return vec2<u32>(kBeg, min(p.K, kBeg + p.kSlice));
+}
+
+// --- matmul_tiled: 64x64 tile, 16x16 threads, 4x4 block per thread ---------------------------
+
+const TILE = 64u; // output tile edge (rows and columns)
+const TILE_ROW4 = 17u; // vec4s per staged row: 16 + 1 of padding against bank conflicts
+
+var<workgroup> tileA: array<vec4<f32>, 272>; // (TILE_K, TILE_ROW4): A[i0 + i, k0 + q] at [q][i]
+var<workgroup> tileB: array<vec4<f32>, 272>; // (TILE_K, TILE_ROW4): B[k0 + q, j0 + j] at [q][j]
 
 @compute @workgroup_size(16, 16)
 fn matmul_tiled(
@@ -107,23 +124,60 @@ fn matmul_tiled(
 ) {
   let i0 = wid.y * TILE;
   let j0 = wid.x * TILE;
-  let ti = lid.y * 4u;
-  let tj = lid.x * 4u;
+  let kr = sliceRange(wid.z);
+  let aK = p.sAp == 1u;
+  let bK = p.sBj != 1u;
+  // this thread's 4 staged elements of each tile (e = li + 256 r)
+  let ea0 = tileCoord(li, TILE, aK);
+  let ea1 = tileCoord(li + 256u, TILE, aK);
+  let ea2 = tileCoord(li + 512u, TILE, aK);
+  let ea3 = tileCoord(li + 768u, TILE, aK);
+  let eb0 = tileCoord(li, TILE, bK);
+  let eb1 = tileCoord(li + 256u, TILE, bK);
+  let eb2 = tileCoord(li + 512u, TILE, bK);
+  let eb3 = tileCoord(li + 768u, TILE, bK);
+  var ra = vec4<f32>(
+    loadA(i0 + ea0.x, kr.x + ea0.y, kr.y),
+    loadA(i0 + ea1.x, kr.x + ea1.y, kr.y),
+    loadA(i0 + ea2.x, kr.x + ea2.y, kr.y),
+    loadA(i0 + ea3.x, kr.x + ea3.y, kr.y),
+  );
+  var rb = vec4<f32>(
+    loadB(kr.x + eb0.y, j0 + eb0.x, kr.y),
+    loadB(kr.x + eb1.y, j0 + eb1.x, kr.y),
+    loadB(kr.x + eb2.y, j0 + eb2.x, kr.y),
+    loadB(kr.x + eb3.y, j0 + eb3.x, kr.y),
+  );
   var c0 = vec4<f32>(0.0);
   var c1 = vec4<f32>(0.0);
   var c2 = vec4<f32>(0.0);
   var c3 = vec4<f32>(0.0);
-  for (var k0 = 0u; k0 < p.K; k0 += TILE_K) {
-    stageTiles(li, i0, j0, k0);
-    stageTiles(li + 256u, i0, j0, k0);
-    stageTiles(li + 512u, i0, j0, k0);
-    stageTiles(li + 768u, i0, j0, k0);
+  for (var k0 = kr.x; k0 < kr.y; k0 += TILE_K) {
+    tileA[ea0.y * TILE_ROW4 + ea0.x / 4u][ea0.x % 4u] = ra.x;
+    tileA[ea1.y * TILE_ROW4 + ea1.x / 4u][ea1.x % 4u] = ra.y;
+    tileA[ea2.y * TILE_ROW4 + ea2.x / 4u][ea2.x % 4u] = ra.z;
+    tileA[ea3.y * TILE_ROW4 + ea3.x / 4u][ea3.x % 4u] = ra.w;
+    tileB[eb0.y * TILE_ROW4 + eb0.x / 4u][eb0.x % 4u] = rb.x;
+    tileB[eb1.y * TILE_ROW4 + eb1.x / 4u][eb1.x % 4u] = rb.y;
+    tileB[eb2.y * TILE_ROW4 + eb2.x / 4u][eb2.x % 4u] = rb.z;
+    tileB[eb3.y * TILE_ROW4 + eb3.x / 4u][eb3.x % 4u] = rb.w;
     workgroupBarrier();
+    let kn = k0 + TILE_K; // prefetch the next slice (all zeros past the end)
+    ra = vec4<f32>(
+      loadA(i0 + ea0.x, kn + ea0.y, kr.y),
+      loadA(i0 + ea1.x, kn + ea1.y, kr.y),
+      loadA(i0 + ea2.x, kn + ea2.y, kr.y),
+      loadA(i0 + ea3.x, kn + ea3.y, kr.y),
+    );
+    rb = vec4<f32>(
+      loadB(kn + eb0.y, j0 + eb0.x, kr.y),
+      loadB(kn + eb1.y, j0 + eb1.x, kr.y),
+      loadB(kn + eb2.y, j0 + eb2.x, kr.y),
+      loadB(kn + eb3.y, j0 + eb3.x, kr.y),
+    );
     for (var kk = 0u; kk < TILE_K; kk++) {
-      let ra = kk * TILE + ti;
-      let rb = kk * TILE + tj;
-      let av = vec4<f32>(tileA[ra], tileA[ra + 1u], tileA[ra + 2u], tileA[ra + 3u]);
-      let bv = vec4<f32>(tileB[rb], tileB[rb + 1u], tileB[rb + 2u], tileB[rb + 3u]);
+      let av = tileA[kk * TILE_ROW4 + lid.y];
+      let bv = tileB[kk * TILE_ROW4 + lid.x];
       c0 += av.x * bv;
       c1 += av.y * bv;
       c2 += av.z * bv;
@@ -131,16 +185,182 @@ fn matmul_tiled(
     }
     workgroupBarrier();
   }
-  // Rows loop with a data-dependent trip count, so it is not unrolled (smaller code to compile).
-  let blk = array<vec4<f32>, 4>(c0, c1, c2, c3);
-  let rows = min(4u, p.M - min(i0 + ti, p.M));
-  for (var r = 0u; r < rows; r++) {
-    let v = blk[r];
-    storeOne(i0 + ti + r, j0 + tj, v.x);
-    storeOne(i0 + ti + r, j0 + tj + 1u, v.y);
-    storeOne(i0 + ti + r, j0 + tj + 2u, v.z);
-    storeOne(i0 + ti + r, j0 + tj + 3u, v.w);
+  splitStore4(i0 + lid.y * 4u, j0 + lid.x * 4u, wid.z, c0, c1, c2, c3);
+}
+
+/// Store a 4x4 block at rows i.., columns j..: into C, or into slice z's partial product.
+fn splitStore4(i: u32, j: u32, z: u32, c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>) {
+  if (p.kSlice < p.K) {
+    partialRow4(i, j, z, c0);
+    partialRow4(i + 1u, j, z, c1);
+    partialRow4(i + 2u, j, z, c2);
+    partialRow4(i + 3u, j, z, c3);
+    return;
   }
+  storeRow4(i, j, c0);
+  storeRow4(i + 1u, j, c1);
+  storeRow4(i + 2u, j, c2);
+  storeRow4(i + 3u, j, c3);
+}
+
+/// Split-K partial product of row i, columns j..j+3 (dense (M, N) per slice, no alpha).
+fn partialRow4(i: u32, j: u32, z: u32, v: vec4<f32>) {
+  if (i >= p.M) {
+    return;
+  }
+  let base = z * p.sliceStride + i * p.N;
+  if (j < p.N) { c[base + j] = v.x; }
+  if (j + 1u < p.N) { c[base + j + 1u] = v.y; }
+  if (j + 2u < p.N) { c[base + j + 2u] = v.z; }
+  if (j + 3u < p.N) { c[base + j + 3u] = v.w; }
+}
+
+// --- matmul_big: 128x128 tile, 16x16 threads, 8x8 block per thread ---------------------------
+// Thread (x, y) owns rows y*4..y*4+3 and 64+y*4..64+y*4+3, and the same split of columns, so
+// a warp's vec4 reads of the staged tiles hit consecutive addresses.
+
+const BIG = 128u;
+const BIG_ROW4 = 33u; // vec4s per staged row: 32 + 1 of padding
+
+var<workgroup> bigA: array<vec4<f32>, 528>; // (TILE_K, BIG_ROW4)
+var<workgroup> bigB: array<vec4<f32>, 528>; // (TILE_K, BIG_ROW4)
+
+fn putBigA(e: vec2<u32>, v: f32) {
+  bigA[e.y * BIG_ROW4 + e.x / 4u][e.x % 4u] = v;
+}
+
+fn putBigB(e: vec2<u32>, v: f32) {
+  bigB[e.y * BIG_ROW4 + e.x / 4u][e.x % 4u] = v;
+}
+
+/// Stage this thread's 8 elements (li + 256 r) of the A tile: v0 holds r = 0..3, v1 r = 4..7.
+fn stageBigA(li: u32, kc: bool, v0: vec4<f32>, v1: vec4<f32>) {
+  putBigA(tileCoord(li, BIG, kc), v0.x);
+  putBigA(tileCoord(li + 256u, BIG, kc), v0.y);
+  putBigA(tileCoord(li + 512u, BIG, kc), v0.z);
+  putBigA(tileCoord(li + 768u, BIG, kc), v0.w);
+  putBigA(tileCoord(li + 1024u, BIG, kc), v1.x);
+  putBigA(tileCoord(li + 1280u, BIG, kc), v1.y);
+  putBigA(tileCoord(li + 1536u, BIG, kc), v1.z);
+  putBigA(tileCoord(li + 1792u, BIG, kc), v1.w);
+}
+
+/// As stageBigA, for the B tile.
+fn stageBigB(li: u32, kc: bool, v0: vec4<f32>, v1: vec4<f32>) {
+  putBigB(tileCoord(li, BIG, kc), v0.x);
+  putBigB(tileCoord(li + 256u, BIG, kc), v0.y);
+  putBigB(tileCoord(li + 512u, BIG, kc), v0.z);
+  putBigB(tileCoord(li + 768u, BIG, kc), v0.w);
+  putBigB(tileCoord(li + 1024u, BIG, kc), v1.x);
+  putBigB(tileCoord(li + 1280u, BIG, kc), v1.y);
+  putBigB(tileCoord(li + 1536u, BIG, kc), v1.z);
+  putBigB(tileCoord(li + 1792u, BIG, kc), v1.w);
+}
+
+/// A at the tile (i0, k0): elements li + 256 (r + 4 h), r = 0..3, read from memory.
+fn fetchBigA(li: u32, h: u32, i0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
+  let e = li + 1024u * h;
+  let e0 = tileCoord(e, BIG, kc);
+  let e1 = tileCoord(e + 256u, BIG, kc);
+  let e2 = tileCoord(e + 512u, BIG, kc);
+  let e3 = tileCoord(e + 768u, BIG, kc);
+  return vec4<f32>(
+    loadA(i0 + e0.x, k0 + e0.y, kEnd),
+    loadA(i0 + e1.x, k0 + e1.y, kEnd),
+    loadA(i0 + e2.x, k0 + e2.y, kEnd),
+    loadA(i0 + e3.x, k0 + e3.y, kEnd),
+  );
+}
+
+/// As fetchBigA, for B at the tile (k0, j0).
+fn fetchBigB(li: u32, h: u32, j0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
+  let e = li + 1024u * h;
+  let e0 = tileCoord(e, BIG, kc);
+  let e1 = tileCoord(e + 256u, BIG, kc);
+  let e2 = tileCoord(e + 512u, BIG, kc);
+  let e3 = tileCoord(e + 768u, BIG, kc);
+  return vec4<f32>(
+    loadB(k0 + e0.y, j0 + e0.x, kEnd),
+    loadB(k0 + e1.y, j0 + e1.x, kEnd),
+    loadB(k0 + e2.y, j0 + e2.x, kEnd),
+    loadB(k0 + e3.y, j0 + e3.x, kEnd),
+  );
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_big(
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+  @builtin(workgroup_id) wid: vec3<u32>,
+) {
+  let i0 = wid.y * BIG;
+  let j0 = wid.x * BIG;
+  let kr = sliceRange(wid.z);
+  let aK = p.sAp == 1u;
+  let bK = p.sBj != 1u;
+  var ra0 = fetchBigA(li, 0u, i0, kr.x, kr.y, aK);
+  var ra1 = fetchBigA(li, 1u, i0, kr.x, kr.y, aK);
+  var rb0 = fetchBigB(li, 0u, j0, kr.x, kr.y, bK);
+  var rb1 = fetchBigB(li, 1u, j0, kr.x, kr.y, bK);
+  // c<row group><row><column half>: rows y*4+r (g = 0) and 64+y*4+r (g = 1)
+  var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
+  var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+  var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
+  var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+  var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0);
+  var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+  var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
+  var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+  for (var k0 = kr.x; k0 < kr.y; k0 += TILE_K) {
+    stageBigA(li, aK, ra0, ra1);
+    stageBigB(li, bK, rb0, rb1);
+    workgroupBarrier();
+    let kn = k0 + TILE_K; // prefetch the next slice (all zeros past the end)
+    ra0 = fetchBigA(li, 0u, i0, kn, kr.y, aK);
+    ra1 = fetchBigA(li, 1u, i0, kn, kr.y, aK);
+    rb0 = fetchBigB(li, 0u, j0, kn, kr.y, bK);
+    rb1 = fetchBigB(li, 1u, j0, kn, kr.y, bK);
+    for (var kk = 0u; kk < TILE_K; kk++) {
+      let a0 = bigA[kk * BIG_ROW4 + lid.y];
+      let a1 = bigA[kk * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[kk * BIG_ROW4 + lid.x];
+      let b1 = bigB[kk * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    workgroupBarrier();
+  }
+  let ia = i0 + lid.y * 4u;
+  let ib = i0 + 64u + lid.y * 4u;
+  let ja = j0 + lid.x * 4u;
+  let jb = j0 + 64u + lid.x * 4u;
+  splitStore4(ia, ja, wid.z, c00, c10, c20, c30);
+  splitStore4(ia, jb, wid.z, c01, c11, c21, c31);
+  splitStore4(ib, ja, wid.z, c40, c50, c60, c70);
+  splitStore4(ib, jb, wid.z, c41, c51, c61, c71);
+}
+
+// --- matmul_splitk_reduce: C[i, j] (+)= alpha * sum_z partial[z][i, j] (+ bias[j]) -------------
+// A (binding 2) holds the K (= slice count) partial products, sliceStride apart, each dense
+// (M, N). One invocation per output element; the slices are summed in order (deterministic).
+
+@compute @workgroup_size(64)
+fn matmul_splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+  let e = gid.x + gid.y * nw.x * 64u;
+  if (e >= p.M * p.N) {
+    return;
+  }
+  var s = 0.0;
+  for (var z = 0u; z < p.K; z++) {
+    s += a[z * p.sliceStride + e];
+  }
+  storeOne(e / p.N, e % p.N, s);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 // training-like shape, in the adapter's default variant (and the other variant for comparison).
 import {
   biasBackward,
+  isCpuAdapter,
   matmulBackwardInput,
   matmulBackwardWeight,
   matmulForward,
@@ -125,7 +126,9 @@ function matmulCase(
           for (let s = 0; s < 64; s++) {
             const idx = s === 63 ? outLen - 1 : Math.floor((s * outLen) / 63);
             const ref = refAt(op, idx, M, N, K, x, w, dy);
-            const floor = op === "bias_backward" ? Math.sqrt(M) * 1e-2 : Math.sqrt(K) * 1e-2;
+            // error floor ~ sqrt(reduction length): K (forward), N (dX), M tokens (dW, db)
+            const red = op === "forward" ? K : op === "backward_input" ? N : M;
+            const floor = Math.sqrt(red) * 1e-2;
             const e = Math.abs(got[idx] - ref) / Math.max(Math.abs(ref), floor);
             err = Number.isNaN(e) ? Infinity : Math.max(err, e);
           }
@@ -140,9 +143,29 @@ function matmulCase(
   };
 }
 
-/** Matmul cases: 1024³ and a training-like shape for forward, dX and dW, plus the bias grad. */
-export function cases(filter?: string): KernelCase[] {
+/**
+ * Matmul cases: 1024³ and a training-like shape for forward, dX and dW, plus the bias grad; on a
+ * GPU also 4096³ and the SmolLM2-135M / Llama-3.2-1B MLP shapes at 4,096 tokens.
+ */
+export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
   const list: KernelCase[] = [];
+  if (gpu && !isCpuAdapter(gpu)) {
+    for (const v of ["gpu", "tiled", "big"] as const) {
+      list.push(matmulCase("forward", 4096, 4096, 4096, v));
+    }
+    for (const op of ["forward", "backward_input", "backward_weight"] as const) {
+      list.push(matmulCase(op, 4096, 1536, 576)); // SmolLM2-135M gate/up projection
+      list.push(matmulCase(op, 4096, 576, 576)); // SmolLM2-135M q/o projection
+      list.push(matmulCase(op, 4096, 192, 576)); // SmolLM2-135M k/v projection
+      list.push(matmulCase(op, 4096, 8192, 2048)); // Llama-3.2-1B gate/up projection
+    }
+    // the per-shape choice against each fixed kernel, on the shapes where they differ
+    for (const v of ["tiled", "big"] as const) {
+      list.push(matmulCase("forward", 4096, 576, 576, v));
+      list.push(matmulCase("backward_weight", 4096, 192, 576, v));
+      list.push(matmulCase("backward_weight", 4096, 576, 576, v));
+    }
+  }
   for (const op of ["forward", "backward_input", "backward_weight"] as const) {
     list.push(matmulCase(op, 1024, 1024, 1024));
   }

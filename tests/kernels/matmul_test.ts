@@ -11,6 +11,7 @@ import {
   matmulForward,
   type MatmulTuning,
   matmulTuning,
+  planGemm,
   setMatmulTuning,
 } from "../../kernels/matmul.ts";
 import { type Dispatch, type Gpu, ParamArena } from "../../kernels/runtime.ts";
@@ -25,10 +26,17 @@ import {
 
 const TOL = 1e-4;
 
-/** Kernel variants under test: the adapter default, the GPU tiled kernel, a cut-down wide one. */
+/**
+ * Kernel variants under test: the adapter default, the GPU kernels (64- and 128-tiles, each also
+ * split along K), the per-shape GPU choice, and a cut-down wide one.
+ */
 const VARIANTS: { name: string; tuning: Partial<MatmulTuning> | null }[] = [
   { name: "default", tuning: null },
-  { name: "tiled", tuning: { variant: "tiled" } },
+  { name: "tiled", tuning: { variant: "tiled", splitK: 1 } },
+  { name: "tiled split 3", tuning: { variant: "tiled", splitK: 3 } },
+  { name: "big", tuning: { variant: "big", splitK: 1 } },
+  { name: "big split 2", tuning: { variant: "big", splitK: 2 } },
+  { name: "gpu", tuning: { variant: "gpu" } },
   { name: "wide 5x4 wg3", tuning: { variant: "wide", wideRows: 5, wideCols: 4, wideWg: 3 } },
 ];
 
@@ -41,6 +49,7 @@ const SHAPES: [number, number, number][] = [
   [3, 130, 2],
   [70, 5, 9],
   [2, 300, 1],
+  [40, 70, 100],
 ];
 
 function rms(a: ArrayLike<number>): number {
@@ -343,6 +352,99 @@ gpuTest("matmul: bad shapes and tunings are rejected", (gpu) => {
   );
   assert.throws(() => setMatmulTuning(gpu, { wideCols: 6 }));
   assert.throws(() => setMatmulTuning(gpu, { wideRows: 17 }));
+  assert.throws(() => setMatmulTuning(gpu, { splitK: 0 }));
   buf.destroy();
   arena.buffer.destroy();
+});
+
+Deno.test("matmul: the GPU plan picks 128-tiles for large grids and splits K for small ones", () => {
+  const t: MatmulTuning = {
+    variant: "gpu",
+    splitK: 1,
+    bigMinWorkgroups: 256,
+    splitMinWorkgroups: 256,
+    wideWg: 8,
+    wideRows: 16,
+    wideCols: 16,
+  };
+  // SmolLM2-135M at 4,096 tokens: the MLP forward fills the device with 128-tiles.
+  assert.deepEqual(planGemm(t, 4096, 1536, 576), {
+    entry: "matmul_big",
+    tile: 128,
+    slices: 1,
+    kSlice: 576,
+  });
+  // q projection: 160 big tiles are too few, 576 small ones are enough, K is short.
+  assert.deepEqual(planGemm(t, 4096, 576, 576), {
+    entry: "matmul_tiled",
+    tile: 64,
+    slices: 1,
+    kSlice: 576,
+  });
+  // k-projection weight grad: 27 tiles over K = 4,096 tokens → 8 slices of 512.
+  assert.deepEqual(planGemm(t, 192, 576, 4096), {
+    entry: "matmul_tiled",
+    tile: 64,
+    slices: 8,
+    kSlice: 512,
+  });
+  // forced split on a forced kernel, K not a multiple of the slice
+  assert.deepEqual(planGemm({ ...t, variant: "big", splitK: 3 }, 10, 10, 100), {
+    entry: "matmul_big",
+    tile: 128,
+    slices: 3,
+    kSlice: 48,
+  });
+});
+
+gpuTest("matmul[gpu]: split-K forward and dW (+=, bias) match f64 at K = 1,100", async (gpu) => {
+  const [M, N, K] = [20, 30, 1100];
+  const x = randomArray(M * K, 71), w = randomArray(N * K, 72), bias = randomArray(N, 73);
+  const y0 = randomArray(M * N, 74);
+  const got = await withVariant(gpu, { variant: "gpu" }, () => {
+    assert.equal(planGemm(matmulTuning(gpu), M, N, K).slices, 2);
+    return run(gpu, (arena, up) => {
+      const y = up("test.y", y0);
+      return {
+        out: y,
+        dispatches: matmulForward(gpu, arena, {
+          y,
+          x: up("test.x", x),
+          w: up("test.w", w),
+          bias: up("test.bias", bias),
+          M,
+          N,
+          K,
+          accumulate: true,
+        }),
+      };
+    });
+  });
+  const ref = matmulRef(x, w, M, N, K, bias);
+  for (let i = 0; i < ref.length; i++) ref[i] += y0[i];
+  const e = relErr(got, ref);
+  report("matmul split-K forward M=20 N=30 K=1100", e, TOL);
+  assert.ok(e < TOL, `max rel err ${e}`);
+  // dW = dYᵀ X with K = M tokens = 1,100 (the weight-gradient shape that splits in training)
+  const [T, O, I] = [1100, 24, 36];
+  const dy = randomArray(T * O, 75), xi = randomArray(T * I, 76);
+  const gotW = await withVariant(gpu, { variant: "gpu" }, () =>
+    run(gpu, (arena, up) => {
+      const dw = up("test.dw", new Float32Array(O * I));
+      return {
+        out: dw,
+        dispatches: matmulBackwardWeight(gpu, arena, {
+          dw,
+          dy: up("test.dy", dy),
+          x: up("test.x", xi),
+          M: T,
+          N: O,
+          K: I,
+        }),
+      };
+    }));
+  const refW = matmulBackwardWeightRef(dy, xi, T, O, I);
+  const eW = relErr(gotW, refW);
+  report("matmul split-K dW T=1100 O=24 I=36", eW, TOL);
+  assert.ok(eW < TOL, `max rel err ${eW}`);
 });
