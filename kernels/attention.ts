@@ -8,9 +8,35 @@ import {
   packParams,
   type ParamArena,
 } from "./runtime.ts";
+import { isCpuAdapter } from "./matmul.ts";
 
 /** Largest head dim (the kernels take any D in 1..128). */
 export const ATTENTION_MAX_HEAD_DIM = 128;
+
+/**
+ * Which implementation runs: "cpu" (attention.wgsl: 16-thread workgroups, accumulators in
+ * workgroup memory, shaped for lavapipe) or "gpu" (attention_gpu.wgsl: flash-attention tiles of
+ * up to 256 threads with accumulators in registers).
+ */
+export type AttentionVariant = "cpu" | "gpu";
+
+const variants = new WeakMap<Gpu, AttentionVariant>();
+
+/** The variant used for `gpu`: "cpu" on CPU adapters, "gpu" elsewhere, unless set explicitly. */
+export function attentionVariant(gpu: Gpu): AttentionVariant {
+  let v = variants.get(gpu);
+  if (!v) {
+    v = isCpuAdapter(gpu) ? "cpu" : "gpu";
+    variants.set(gpu, v);
+  }
+  return v;
+}
+
+/** Force the variant for `gpu` (null: back to the adapter's default); applies to later launches. */
+export function setAttentionVariant(gpu: Gpu, v: AttentionVariant | null): void {
+  if (v === null) variants.delete(gpu);
+  else variants.set(gpu, v);
+}
 
 /** Buffers and shape of the attention forward. */
 export interface AttentionForwardArgs {
@@ -26,6 +52,7 @@ export interface AttentionForwardArgs {
   Hkv: number;
   D: number;
   scale: number; // usually 1/sqrt(D)
+  variant?: AttentionVariant; // default: attentionVariant(gpu)
 }
 
 /** Buffers and shape of the attention backward (dq, dk, dv are written, not accumulated). */
@@ -47,6 +74,7 @@ export interface AttentionBackwardArgs {
   D: number;
   scale: number;
   workspace: BufferSlice; // attentionBackwardWorkspaceBytes(T, Hq) bytes
+  variant?: AttentionVariant; // default: attentionVariant(gpu)
 }
 
 /** Bytes of scratch the backward needs: delta = rowsum(dO∘O), (Hq, T) f32. */
@@ -98,6 +126,73 @@ function tileConfig(gpu: Gpu, entry: "forward" | "dq" | "dkv", D: number): TileC
   throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, entry);
 }
 
+/**
+ * Override constants of one attention_gpu entry point: TR × TC threads (own rows BR = 4·TR, tile
+ * rows BC = 4·TC), DM the head-dim capacity, NK dim quads per thread in the accumulators, and the
+ * vec4 counts of its workgroup arrays (attention_gpu.wgsl names them).
+ */
+interface GpuTileConfig extends Record<string, number> {
+  DM: number;
+  TR: number;
+  TC: number;
+  NK: number;
+  OWN_N: number;
+  OA_N: number;
+  OB_N: number;
+  TILE_N: number;
+}
+
+/** (TR, TC) candidates, most threads first; 4·TC > DM/8 keeps NK <= 8. */
+const GPU_SHAPES: [number, number][] = [
+  [16, 16],
+  [16, 8],
+  [8, 16],
+  [8, 8],
+  [16, 4],
+  [4, 16],
+  [8, 4],
+  [4, 8],
+  [4, 4],
+  [2, 4],
+  [1, 4],
+];
+
+/**
+ * The largest thread grid whose workgroup arrays fit the device (vec4s × 16 bytes):
+ * forward Q (DM·TR) + K/V tile (DM·TC) + P (4·TR·TC); dQ Q and dO (2·DM·TR) + K (DM·TC) + V / dS
+ * (max(DM·TC, 4·TR·TC)); dK/dV K and V (2·DM·TR) + Q and dO (2·DM·TC) + Pᵀ / dSᵀ (4·TR·TC).
+ * At D = 64 on a 48 KiB device: forward 16×16 (BR = BC = 64, 48 KiB), dQ 16×8 (BR = 64, BC = 32,
+ * 48 KiB), dK/dV 8×8 (BR = BC = 32, 36 KiB).
+ */
+export function gpuTileConfig(
+  gpu: Gpu,
+  entry: "forward" | "dq" | "dkv",
+  D: number,
+): GpuTileConfig {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const maxThreads = gpu.limits.maxComputeInvocationsPerWorkgroup;
+  const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
+  for (const [TR, TC] of GPU_SHAPES) {
+    if (TR * TC > maxThreads) continue;
+    const NK = Math.ceil(DM / (4 * TC));
+    if (NK > 8) continue;
+    const own = DM * TR, oth = DM * TC, tile = 4 * TR * TC;
+    const c: GpuTileConfig = { DM, TR, TC, NK, OWN_N: own, OA_N: oth, OB_N: oth, TILE_N: tile };
+    let vec4s: number;
+    if (entry === "forward") {
+      c.OA_N = Math.max(oth, TR * TC); // also holds the row-max / row-sum partials
+      vec4s = own + c.OA_N + tile;
+    } else if (entry === "dq") {
+      c.OB_N = Math.max(oth, tile); // V, then dS
+      vec4s = 2 * own + oth + c.OB_N;
+    } else {
+      vec4s = 2 * own + 2 * oth + tile;
+    }
+    if (vec4s * 16 <= limit) return c;
+  }
+  throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, entry);
+}
+
 /** Uniform parameters shared by the attention entry points (Params in attention.wgsl). */
 function params(
   arena: ParamArena,
@@ -119,8 +214,12 @@ export function attentionForward(
 ): Dispatch[] {
   checkShape("attention_forward", args);
   const { T, Hq, D } = args;
-  const c = tileConfig(gpu, "forward", D);
-  const kernel = gpu.kernel("attention", "attention_forward", c);
+  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu";
+  const c = gpuVariant ? gpuTileConfig(gpu, "forward", D) : tileConfig(gpu, "forward", D);
+  const rowsPerGroup = gpuVariant ? 4 * c.TR : 4 * c.RQ;
+  const kernel = gpuVariant
+    ? gpu.kernel("attention_gpu", "attention_gpu_forward", c)
+    : gpu.kernel("attention", "attention_forward", c);
   const bindGroup = gpu.bind(kernel, {
     0: params(arena, args),
     1: args.o,
@@ -130,7 +229,7 @@ export function attentionForward(
     5: args.v,
     6: args.seqStart,
   });
-  return [{ kernel, bindGroup, workgroups: [Math.ceil(T / (4 * c.RQ)), Hq, 1] }];
+  return [{ kernel, bindGroup, workgroups: [Math.ceil(T / rowsPerGroup), Hq, 1] }];
 }
 
 /**
@@ -162,8 +261,11 @@ export function attentionBackward(
     workgroups: [gx, Math.ceil(groups / gx), 1],
   };
 
-  const cDq = tileConfig(gpu, "dq", D);
-  const kDq = gpu.kernel("attention", "attention_backward_dq", cDq);
+  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu";
+  const cDq = gpuVariant ? gpuTileConfig(gpu, "dq", D) : tileConfig(gpu, "dq", D);
+  const kDq = gpuVariant
+    ? gpu.kernel("attention_gpu", "attention_gpu_backward_dq", cDq)
+    : gpu.kernel("attention", "attention_backward_dq", cDq);
   const dDq: Dispatch = {
     kernel: kDq,
     bindGroup: gpu.bind(kDq, {
@@ -177,11 +279,13 @@ export function attentionBackward(
       9: args.lse,
       10: delta,
     }),
-    workgroups: [Math.ceil(T / (4 * cDq.RQ)), Hq, 1],
+    workgroups: [Math.ceil(T / (4 * (gpuVariant ? cDq.TR : cDq.RQ))), Hq, 1],
   };
 
-  const cDkv = tileConfig(gpu, "dkv", D);
-  const kDkv = gpu.kernel("attention", "attention_backward_dkv", cDkv);
+  const cDkv = gpuVariant ? gpuTileConfig(gpu, "dkv", D) : tileConfig(gpu, "dkv", D);
+  const kDkv = gpuVariant
+    ? gpu.kernel("attention_gpu", "attention_gpu_backward_dkv", cDkv)
+    : gpu.kernel("attention", "attention_backward_dkv", cDkv);
   const dDkv: Dispatch = {
     kernel: kDkv,
     bindGroup: gpu.bind(kDkv, {
@@ -197,7 +301,7 @@ export function attentionBackward(
       9: args.lse,
       10: delta,
     }),
-    workgroups: [Math.ceil(T / (4 * cDkv.RQ)), Hkv, 1],
+    workgroups: [Math.ceil(T / (4 * (gpuVariant ? cDkv.TR : cDkv.RQ))), Hkv, 1],
   };
   return [dDelta, dDq, dDkv];
 }

@@ -21,6 +21,8 @@ export interface MatmulTuning {
   variant: "gpu" | "tiled" | "big" | "wide";
   /** "tiled" / "big": split K into this many slices (1: no split); ignored by "gpu" and "wide". */
   splitK: number;
+  /** matmul_big: use its 16-byte-load form (matmul_big_v4) when strides and offsets allow. */
+  vec4: boolean;
   /** "gpu": use matmul_big when its grid has at least this many workgroups. */
   bigMinWorkgroups: number;
   /** "gpu": split K while the grid has fewer workgroups than this (and K ≥ 1024). */
@@ -34,7 +36,7 @@ export interface MatmulTuning {
 }
 
 // Grid thresholds: an H100 runs 132 SMs, 2 resident 128x128 workgroups each (register bound).
-const GPU_DEFAULT = { splitK: 1, bigMinWorkgroups: 256, splitMinWorkgroups: 256 };
+const GPU_DEFAULT = { splitK: 1, vec4: true, bigMinWorkgroups: 256, splitMinWorkgroups: 256 };
 const WIDE_DEFAULT = { wideWg: 8, wideRows: 16, wideCols: 16 };
 /** Largest split-K scratch (partial products), well under the 2 GiB binding limit. */
 const SPLIT_SCRATCH_MAX_BYTES = 256 * 2 ** 20;
@@ -79,16 +81,34 @@ export function setMatmulTuning(gpu: Gpu, t: Partial<MatmulTuning>): MatmulTunin
   return next;
 }
 
+/**
+ * True when both operands can be read as vec4s: the unit-stride axis (K, or i / j) has a length,
+ * the other stride and the offset that are multiples of 4, as in every transformer shape.
+ */
+export function gemmVec4Ok(g: GemmArgs): boolean {
+  const m4 = (...xs: number[]) => xs.every((x) => x % 4 === 0);
+  const offA = g.offA ?? 0, offB = g.offB ?? 0;
+  const aOk = (g.sAp === 1 && m4(g.K, g.sAi, offA)) || (g.sAi === 1 && m4(g.M, g.sAp, offA));
+  const bOk = (g.sBp === 1 && m4(g.K, g.sBj, offB)) || (g.sBj === 1 && m4(g.N, g.sBp, offB));
+  return aOk && bOk;
+}
+
 /** How one GEMM runs on the GPU kernels: which one, its grid, and the K split. */
 export interface GemmPlan {
-  entry: "matmul_tiled" | "matmul_big";
+  entry: "matmul_tiled" | "matmul_big" | "matmul_big_v4";
   tile: number;
   slices: number;
   kSlice: number;
 }
 
 /** The GPU kernel, tile and K split for an (M, N, K) product under tuning `t`. */
-export function planGemm(t: MatmulTuning, M: number, N: number, K: number): GemmPlan {
+export function planGemm(
+  t: MatmulTuning,
+  M: number,
+  N: number,
+  K: number,
+  vec4Ok = false,
+): GemmPlan {
   const grid = (tile: number) => Math.ceil(M / tile) * Math.ceil(N / tile);
   let tile = t.variant === "big" ? 128 : 64;
   if (t.variant === "gpu" && grid(128) >= t.bigMinWorkgroups) tile = 128;
@@ -104,7 +124,8 @@ export function planGemm(t: MatmulTuning, M: number, N: number, K: number): Gemm
     slices = Math.ceil(K / kSlice);
   }
   if (slices <= 1) kSlice = K;
-  return { entry: tile === 128 ? "matmul_big" : "matmul_tiled", tile, slices, kSlice };
+  const entry = tile === 64 ? "matmul_tiled" : t.vec4 && vec4Ok ? "matmul_big_v4" : "matmul_big";
+  return { entry, tile, slices, kSlice };
 }
 
 const scratches = new WeakMap<Gpu, GPUBuffer>();
@@ -175,7 +196,7 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   if (g.ldc < g.N) throw new GpuError(`ldc ${g.ldc} < N ${g.N}`, "matmul");
   const flags = (g.accumulate ? 1 : 0) | (g.bias ? 2 : 0);
   const t = matmulTuning(gpu);
-  const plan = t.variant === "wide" ? null : planGemm(t, g.M, g.N, g.K);
+  const plan = t.variant === "wide" ? null : planGemm(t, g.M, g.N, g.K, gemmVec4Ok(g));
   const slices = plan?.slices ?? 1;
   const sliceStride = g.M * g.N;
   const pack = (over: { flags: number; K: number }) =>

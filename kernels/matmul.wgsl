@@ -346,6 +346,153 @@ fn matmul_big(
   splitStore4(ib, jb, wid.z, c41, c51, c61, c71);
 }
 
+// --- matmul_big_v4: matmul_big with 16-byte global loads and double-buffered tiles --------------
+// For operands whose unit-stride dimension, other stride and offset are multiples of 4 (every
+// transformer shape): each thread fetches 2 vec4s of A and 2 of B per K-slice through 16-byte
+// views of the same bindings, and the two tile buffers alternate, so one barrier per slice
+// suffices (the slice being filled is not the one being read).
+
+@group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>; // A, 16-byte view (v4 only)
+@group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>; // B, 16-byte view (v4 only)
+
+const BIG_BUF = 528u; // vec4s per staged tile (TILE_K x BIG_ROW4)
+var<workgroup> v4A: array<vec4<f32>, 1056>; // two (TILE_K, BIG_ROW4) tiles of A
+var<workgroup> v4B: array<vec4<f32>, 1056>; // two (TILE_K, BIG_ROW4) tiles of B
+
+/// vec4 number q (< 512) of the A tile at (i0, k0): 4 consecutive k at one i (K-contiguous A)
+/// or 4 consecutive i at one k (zeros outside the operand or past kEnd).
+fn fetchA4(q: u32, i0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
+  var i: u32;
+  var k: u32;
+  if (kc) {
+    i = i0 + q / 4u;
+    k = k0 + (q % 4u) * 4u;
+  } else {
+    i = i0 + (q % 32u) * 4u;
+    k = k0 + q / 32u;
+  }
+  // clamped into range: the vec4's first index stops 4 short of the end along its own axis
+  let ic = select(min(i, p.M - 4u), min(i, p.M - 1u), kc);
+  let kcl = select(min(k, p.K - 1u), min(k, p.K - 4u), kc);
+  let v = a4[(p.offA + ic * p.sAi + kcl * p.sAp) / 4u];
+  return select(vec4<f32>(0.0), v, i < p.M && k < kEnd);
+}
+
+/// vec4 number q (< 512) of the B tile at (k0, j0): 4 consecutive k at one j (K-contiguous B)
+/// or 4 consecutive j at one k.
+fn fetchB4(q: u32, j0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
+  var j: u32;
+  var k: u32;
+  if (kc) {
+    j = j0 + q / 4u;
+    k = k0 + (q % 4u) * 4u;
+  } else {
+    j = j0 + (q % 32u) * 4u;
+    k = k0 + q / 32u;
+  }
+  let jc = select(min(j, p.N - 4u), min(j, p.N - 1u), kc);
+  let kcl = select(min(k, p.K - 1u), min(k, p.K - 4u), kc);
+  let v = b4[(p.offB + kcl * p.sBp + jc * p.sBj) / 4u];
+  return select(vec4<f32>(0.0), v, j < p.N && k < kEnd);
+}
+
+/// Stage vec4 number q of the A tile into buffer half `base`.
+fn putA4(base: u32, q: u32, kc: bool, v: vec4<f32>) {
+  if (kc) {
+    let i = q / 4u;
+    let k = (q % 4u) * 4u;
+    let col = i / 4u;
+    let c = i % 4u;
+    v4A[base + k * BIG_ROW4 + col][c] = v.x;
+    v4A[base + (k + 1u) * BIG_ROW4 + col][c] = v.y;
+    v4A[base + (k + 2u) * BIG_ROW4 + col][c] = v.z;
+    v4A[base + (k + 3u) * BIG_ROW4 + col][c] = v.w;
+  } else {
+    v4A[base + (q / 32u) * BIG_ROW4 + q % 32u] = v;
+  }
+}
+
+/// Stage vec4 number q of the B tile into buffer half `base`.
+fn putB4(base: u32, q: u32, kc: bool, v: vec4<f32>) {
+  if (kc) {
+    let j = q / 4u;
+    let k = (q % 4u) * 4u;
+    let col = j / 4u;
+    let c = j % 4u;
+    v4B[base + k * BIG_ROW4 + col][c] = v.x;
+    v4B[base + (k + 1u) * BIG_ROW4 + col][c] = v.y;
+    v4B[base + (k + 2u) * BIG_ROW4 + col][c] = v.z;
+    v4B[base + (k + 3u) * BIG_ROW4 + col][c] = v.w;
+  } else {
+    v4B[base + (q / 32u) * BIG_ROW4 + q % 32u] = v;
+  }
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_big_v4(
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+  @builtin(workgroup_id) wid: vec3<u32>,
+) {
+  let i0 = wid.y * BIG;
+  let j0 = wid.x * BIG;
+  let kr = sliceRange(wid.z);
+  let aK = p.sAp == 1u;
+  let bK = p.sBj != 1u;
+  putA4(0u, li, aK, fetchA4(li, i0, kr.x, kr.y, aK));
+  putA4(0u, li + 256u, aK, fetchA4(li + 256u, i0, kr.x, kr.y, aK));
+  putB4(0u, li, bK, fetchB4(li, j0, kr.x, kr.y, bK));
+  putB4(0u, li + 256u, bK, fetchB4(li + 256u, j0, kr.x, kr.y, bK));
+  workgroupBarrier();
+  var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
+  var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+  var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
+  var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+  var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0);
+  var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+  var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
+  var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+  var cur = 0u;
+  for (var k0 = kr.x; k0 < kr.y; k0 += TILE_K) {
+    let kn = k0 + TILE_K; // the next slice's loads, issued before this slice's arithmetic
+    let na0 = fetchA4(li, i0, kn, kr.y, aK);
+    let na1 = fetchA4(li + 256u, i0, kn, kr.y, aK);
+    let nb0 = fetchB4(li, j0, kn, kr.y, bK);
+    let nb1 = fetchB4(li + 256u, j0, kn, kr.y, bK);
+    for (var kk = 0u; kk < TILE_K; kk++) {
+      let r = cur + kk * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    // fill the other half (last read before the previous barrier), then one barrier
+    let nxt = BIG_BUF - cur;
+    putA4(nxt, li, aK, na0);
+    putA4(nxt, li + 256u, aK, na1);
+    putB4(nxt, li, bK, nb0);
+    putB4(nxt, li + 256u, bK, nb1);
+    workgroupBarrier();
+    cur = nxt;
+  }
+  let ia = i0 + lid.y * 4u;
+  let ib = i0 + 64u + lid.y * 4u;
+  let ja = j0 + lid.x * 4u;
+  let jb = j0 + 64u + lid.x * 4u;
+  splitStore4(ia, ja, wid.z, c00, c10, c20, c30);
+  splitStore4(ia, jb, wid.z, c01, c11, c21, c31);
+  splitStore4(ib, ja, wid.z, c40, c50, c60, c70);
+  splitStore4(ib, jb, wid.z, c41, c51, c61, c71);
+}
+
 // --- matmul_splitk_reduce: C[i, j] (+)= alpha * sum_z partial[z][i, j] (+ bias[j]) -------------
 // A (binding 2) holds the K (= slice count) partial products, sliceStride apart, each dense
 // (M, N). One invocation per output element; the slices are summed in order (deterministic).

@@ -4,6 +4,7 @@ import {
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
+  type AttentionVariant,
 } from "../../kernels/attention.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
@@ -15,6 +16,8 @@ import {
 } from "../reference/attention.ts";
 
 const TOL = 1e-4;
+/** Both implementations run everywhere (the adapter's default is only a launch-time choice). */
+const VARIANTS: AttentionVariant[] = ["cpu", "gpu"];
 /** Relative-error floor: this fraction of the reference's largest magnitude (at least 1e-6). */
 const FLOOR_FRAC = 1e-2;
 
@@ -39,6 +42,7 @@ interface GpuResult {
 /** Upload, poison outputs with NaN, run forward then backward, read everything back. */
 async function runGpu(
   gpu: Gpu,
+  variant: AttentionVariant,
   sh: AttnShape,
   lengths: number[],
   q: Float32Array,
@@ -66,8 +70,8 @@ async function runGpu(
     workspace: up("attention_test.ws", nan(attentionBackwardWorkspaceBytes(T, Hq) / 4)),
   };
   const arena = new ParamArena(gpu, "attention_test.params", 4096);
-  const fwd = attentionForward(gpu, arena, { ...b, ...sh });
-  const bwd = attentionBackward(gpu, arena, { ...b, ...sh });
+  const fwd = attentionForward(gpu, arena, { ...b, ...sh, variant });
+  const bwd = attentionBackward(gpu, arena, { ...b, ...sh, variant });
   gpu.run([...fwd, ...bwd], "attention_test");
   const r = await gpu.read([b.o, b.lse, b.dq, b.dk, b.dv]);
   for (const x of Object.values(b)) x.buffer.destroy();
@@ -105,6 +109,16 @@ const CASES: Case[] = [
     D: 12,
   },
   { name: "T=1", lengths: [1], Hq: 2, Hkv: 1, D: 16 },
+  // several query/key blocks of the gpu variant at its main D (64-row blocks, T = 267)
+  {
+    name: "GQA Hq=4 Hkv=2 D=64, T=267 in 5 samples",
+    lengths: [1, 130, 66, 1, 69],
+    Hq: 4,
+    Hkv: 2,
+    D: 64,
+  },
+  // D = 128 (7B models) over several blocks, T not a multiple of any block
+  { name: "GQA Hq=2 Hkv=1 D=128, T=141 in 3 samples", lengths: [70, 1, 70], Hq: 2, Hkv: 1, D: 128 },
   {
     name: "Hq=2 Hkv=1 D=16 scale=1, inputs ±2 (large scores)",
     lengths: [17, 18],
@@ -116,93 +130,111 @@ const CASES: Case[] = [
   },
 ];
 
-for (const c of CASES) {
-  gpuTest(`attention: forward and backward vs f64 reference (${c.name})`, async (gpu) => {
-    const T = c.lengths.reduce((a, b) => a + b, 0);
-    const sh: AttnShape = { T, Hq: c.Hq, Hkv: c.Hkv, D: c.D, scale: c.scale ?? 1 / Math.sqrt(c.D) };
-    const s = c.inScale ?? 1;
-    const q = randomArray(T * c.Hq * c.D, 1, s);
-    const k = randomArray(T * c.Hkv * c.D, 2, s);
-    const v = randomArray(T * c.Hkv * c.D, 3);
-    const dout = randomArray(T * c.Hq * c.D, 4);
-    const g = await runGpu(gpu, sh, c.lengths, q, k, v, dout);
-    const { seqStart } = packSamples(c.lengths);
-    const ref = attentionRef(q, k, v, seqStart, sh);
-    const bref = attentionBackwardRef(q, k, v, dout, seqStart, sh);
-    const errs: [string, number][] = [
-      ["o", relErr(g.o, ref.o)],
-      ["lse", relErr(g.lse, ref.lse)],
-      ["dq", relErr(g.dq, bref.dq)],
-      ["dk", relErr(g.dk, bref.dk)],
-      ["dv", relErr(g.dv, bref.dv)],
-    ];
-    for (const [n, e] of errs) report(`${n} (floor ${FLOOR_FRAC}·max|ref|)`, e, TOL);
-    for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
-  });
+for (const variant of VARIANTS) {
+  for (const c of CASES) {
+    gpuTest(
+      `attention[${variant}]: forward and backward vs f64 reference (${c.name})`,
+      async (gpu) => {
+        const T = c.lengths.reduce((a, b) => a + b, 0);
+        const sh: AttnShape = {
+          T,
+          Hq: c.Hq,
+          Hkv: c.Hkv,
+          D: c.D,
+          scale: c.scale ?? 1 / Math.sqrt(c.D),
+        };
+        const s = c.inScale ?? 1;
+        const q = randomArray(T * c.Hq * c.D, 1, s);
+        const k = randomArray(T * c.Hkv * c.D, 2, s);
+        const v = randomArray(T * c.Hkv * c.D, 3);
+        const dout = randomArray(T * c.Hq * c.D, 4);
+        const g = await runGpu(gpu, variant, sh, c.lengths, q, k, v, dout);
+        const { seqStart } = packSamples(c.lengths);
+        const ref = attentionRef(q, k, v, seqStart, sh);
+        const bref = attentionBackwardRef(q, k, v, dout, seqStart, sh);
+        const errs: [string, number][] = [
+          ["o", relErr(g.o, ref.o)],
+          ["lse", relErr(g.lse, ref.lse)],
+          ["dq", relErr(g.dq, bref.dq)],
+          ["dk", relErr(g.dk, bref.dk)],
+          ["dv", relErr(g.dv, bref.dv)],
+        ];
+        for (const [n, e] of errs) report(`${n} (floor ${FLOOR_FRAC}·max|ref|)`, e, TOL);
+        for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
+      },
+    );
+  }
 }
 
-gpuTest("attention: backward matches central finite differences in f64", async (gpu) => {
-  const lengths = [2, 1, 6];
-  const T = 9, Hq = 4, Hkv = 2, D = 4;
-  const sh: AttnShape = { T, Hq, Hkv, D, scale: 0.7 };
-  const { seqStart } = packSamples(lengths);
-  const q = randomArray(T * Hq * D, 5), k = randomArray(T * Hkv * D, 6);
-  const v = randomArray(T * Hkv * D, 7), w = randomArray(T * Hq * D, 8);
-  // loss L = Σ o ∘ w, so dL/do = w
-  const loss = (qq: Float64Array, kk: Float64Array, vv: Float64Array) => {
-    const { o } = attentionRef(qq, kk, vv, seqStart, sh);
-    let s = 0;
-    for (let i = 0; i < o.length; i++) s += o[i] * w[i];
-    return s;
-  };
-  const base = [Float64Array.from(q), Float64Array.from(k), Float64Array.from(v)];
-  const fd = base.map((x) => {
-    const g = new Float64Array(x.length);
-    const eps = 1e-5;
-    for (let i = 0; i < x.length; i++) {
-      const keep = x[i];
-      x[i] = keep + eps;
-      const lp = loss(base[0], base[1], base[2]);
-      x[i] = keep - eps;
-      const lm = loss(base[0], base[1], base[2]);
-      x[i] = keep;
-      g[i] = (lp - lm) / (2 * eps);
-    }
-    return g;
-  });
-  const an = attentionBackwardRef(q, k, v, w, seqStart, sh);
-  const refErr = Math.max(
-    relErr(an.dq, fd[0]),
-    relErr(an.dk, fd[1]),
-    relErr(an.dv, fd[2]),
+for (const variant of VARIANTS) {
+  gpuTest(
+    `attention[${variant}]: backward matches central finite differences in f64`,
+    async (gpu) => {
+      const lengths = [2, 1, 6];
+      const T = 9, Hq = 4, Hkv = 2, D = 4;
+      const sh: AttnShape = { T, Hq, Hkv, D, scale: 0.7 };
+      const { seqStart } = packSamples(lengths);
+      const q = randomArray(T * Hq * D, 5), k = randomArray(T * Hkv * D, 6);
+      const v = randomArray(T * Hkv * D, 7), w = randomArray(T * Hq * D, 8);
+      // loss L = Σ o ∘ w, so dL/do = w
+      const loss = (qq: Float64Array, kk: Float64Array, vv: Float64Array) => {
+        const { o } = attentionRef(qq, kk, vv, seqStart, sh);
+        let s = 0;
+        for (let i = 0; i < o.length; i++) s += o[i] * w[i];
+        return s;
+      };
+      const base = [Float64Array.from(q), Float64Array.from(k), Float64Array.from(v)];
+      const fd = base.map((x) => {
+        const g = new Float64Array(x.length);
+        const eps = 1e-5;
+        for (let i = 0; i < x.length; i++) {
+          const keep = x[i];
+          x[i] = keep + eps;
+          const lp = loss(base[0], base[1], base[2]);
+          x[i] = keep - eps;
+          const lm = loss(base[0], base[1], base[2]);
+          x[i] = keep;
+          g[i] = (lp - lm) / (2 * eps);
+        }
+        return g;
+      });
+      const an = attentionBackwardRef(q, k, v, w, seqStart, sh);
+      const refErr = Math.max(
+        relErr(an.dq, fd[0]),
+        relErr(an.dk, fd[1]),
+        relErr(an.dv, fd[2]),
+      );
+      report("f64 analytic reference vs finite differences", refErr, 1e-7);
+      assert.ok(refErr <= 1e-7);
+      const g = await runGpu(gpu, variant, sh, lengths, q, k, v, w);
+      const errs: [string, number][] = [
+        ["dq", relErr(g.dq, fd[0])],
+        ["dk", relErr(g.dk, fd[1])],
+        ["dv", relErr(g.dv, fd[2])],
+      ];
+      for (const [n, e] of errs) {
+        report(`GPU ${n} vs finite differences (floor ${FLOOR_FRAC}·max|fd|)`, e, TOL);
+      }
+      for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
+    },
   );
-  report("f64 analytic reference vs finite differences", refErr, 1e-7);
-  assert.ok(refErr <= 1e-7);
-  const g = await runGpu(gpu, sh, lengths, q, k, v, w);
-  const errs: [string, number][] = [
-    ["dq", relErr(g.dq, fd[0])],
-    ["dk", relErr(g.dk, fd[1])],
-    ["dv", relErr(g.dv, fd[2])],
-  ];
-  for (const [n, e] of errs) {
-    report(`GPU ${n} vs finite differences (floor ${FLOOR_FRAC}·max|fd|)`, e, TOL);
-  }
-  for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
-});
+}
 
-gpuTest(
-  "attention: two runs are bit-identical (no atomics, fixed reduction order)",
-  async (gpu) => {
-    const lengths = [40, 1, 33];
-    const T = 74, Hq = 4, Hkv = 2, D = 16;
-    const sh: AttnShape = { T, Hq, Hkv, D, scale: 0.25 };
-    const inputs = [T * Hq * D, T * Hkv * D, T * Hkv * D, T * Hq * D].map((n, i) =>
-      randomArray(n, 20 + i)
-    );
-    const a = await runGpu(gpu, sh, lengths, inputs[0], inputs[1], inputs[2], inputs[3]);
-    const b = await runGpu(gpu, sh, lengths, inputs[0], inputs[1], inputs[2], inputs[3]);
-    for (const key of ["o", "lse", "dq", "dk", "dv"] as const) {
-      assert.deepEqual(new Uint32Array(a[key].buffer), new Uint32Array(b[key].buffer), key);
-    }
-  },
-);
+for (const variant of VARIANTS) {
+  gpuTest(
+    `attention[${variant}]: two runs are bit-identical (no atomics, fixed reduction order)`,
+    async (gpu) => {
+      const lengths = [40, 1, 33];
+      const T = 74, Hq = 4, Hkv = 2, D = 16;
+      const sh: AttnShape = { T, Hq, Hkv, D, scale: 0.25 };
+      const inputs = [T * Hq * D, T * Hkv * D, T * Hkv * D, T * Hq * D].map((n, i) =>
+        randomArray(n, 20 + i)
+      );
+      const a = await runGpu(gpu, variant, sh, lengths, inputs[0], inputs[1], inputs[2], inputs[3]);
+      const b = await runGpu(gpu, variant, sh, lengths, inputs[0], inputs[1], inputs[2], inputs[3]);
+      for (const key of ["o", "lse", "dq", "dk", "dv"] as const) {
+        assert.deepEqual(new Uint32Array(a[key].buffer), new Uint32Array(b[key].buffer), key);
+      }
+    },
+  );
+}

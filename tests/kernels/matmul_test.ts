@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import {
   biasBackward,
+  gemmVec4Ok,
   matmulBackwardInput,
   matmulBackwardWeight,
   matmulForward,
@@ -34,8 +35,10 @@ const VARIANTS: { name: string; tuning: Partial<MatmulTuning> | null }[] = [
   { name: "default", tuning: null },
   { name: "tiled", tuning: { variant: "tiled", splitK: 1 } },
   { name: "tiled split 3", tuning: { variant: "tiled", splitK: 3 } },
-  { name: "big", tuning: { variant: "big", splitK: 1 } },
-  { name: "big split 2", tuning: { variant: "big", splitK: 2 } },
+  { name: "big", tuning: { variant: "big", splitK: 1, vec4: false } },
+  { name: "big split 2", tuning: { variant: "big", splitK: 2, vec4: false } },
+  { name: "big v4", tuning: { variant: "big", splitK: 1, vec4: true } },
+  { name: "big v4 split 3", tuning: { variant: "big", splitK: 3, vec4: true } },
   { name: "gpu", tuning: { variant: "gpu" } },
   { name: "wide 5x4 wg3", tuning: { variant: "wide", wideRows: 5, wideCols: 4, wideWg: 3 } },
 ];
@@ -50,6 +53,8 @@ const SHAPES: [number, number, number][] = [
   [70, 5, 9],
   [2, 300, 1],
   [40, 70, 100],
+  [36, 132, 100], // multiples of 4: the vec4 kernels run
+  [4, 8, 4],
 ];
 
 function rms(a: ArrayLike<number>): number {
@@ -361,6 +366,7 @@ Deno.test("matmul: the GPU plan picks 128-tiles for large grids and splits K for
   const t: MatmulTuning = {
     variant: "gpu",
     splitK: 1,
+    vec4: false,
     bigMinWorkgroups: 256,
     splitMinWorkgroups: 256,
     wideWg: 8,
@@ -388,6 +394,46 @@ Deno.test("matmul: the GPU plan picks 128-tiles for large grids and splits K for
     slices: 8,
     kSlice: 512,
   });
+  // 16-byte loads when both operands allow them
+  const v4 = { ...t, vec4: true };
+  assert.equal(planGemm(v4, 4096, 1536, 576, true).entry, "matmul_big_v4");
+  assert.equal(planGemm(v4, 4096, 1536, 576, false).entry, "matmul_big");
+  assert.equal(planGemm(v4, 4096, 576, 576, true).entry, "matmul_tiled");
+  const dummy = {} as GPUBuffer;
+  const fwd = (K: number, offA = 0) => ({
+    c: dummy,
+    a: dummy,
+    b: dummy,
+    M: 8,
+    N: 12,
+    K,
+    sAi: K,
+    sAp: 1,
+    sBp: 1,
+    sBj: K,
+    ldc: 12,
+    offA,
+  });
+  assert.equal(gemmVec4Ok(fwd(576)), true);
+  assert.equal(gemmVec4Ok(fwd(577)), false);
+  assert.equal(gemmVec4Ok(fwd(576, 2)), false);
+  // dW: A = dYᵀ (i-contiguous, stride along p = N), B = X (j-contiguous)
+  assert.equal(
+    gemmVec4Ok({
+      c: dummy,
+      a: dummy,
+      b: dummy,
+      M: 8,
+      N: 12,
+      K: 5,
+      sAi: 1,
+      sAp: 8,
+      sBp: 12,
+      sBj: 1,
+      ldc: 12,
+    }),
+    true,
+  );
   // forced split on a forced kernel, K not a multiple of the slice
   assert.deepEqual(planGemm({ ...t, variant: "big", splitK: 3 }, 10, 10, 100), {
     entry: "matmul_big",

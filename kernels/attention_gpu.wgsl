@@ -1,0 +1,522 @@
+// GPU-shaped packed varlen causal attention (flash-attention tiling): forward with LSE, dQ, dK/dV.
+//
+// Same contracts, Params and bindings as attention.wgsl (the backward delta pass stays there):
+// Q (T, Hq, D), K and V (T, Hkv, D) row-major; q head h reads kv head h / (Hq / Hkv); token i
+// attends to key j when seqStart[i] <= j <= i.
+//
+// Work layout (no subgroups, no atomics). A workgroup of TR × TC threads owns BR = 4·TR "own"
+// rows (queries in the forward and dQ, keys in dK/dV) and walks the "other" side (keys, or
+// queries in dK/dV) in tiles of BC = 4·TC rows. Thread (tx, ty) owns the 4×4 score block of own
+// rows 4ty..4ty+3 × tile rows 4tx..4tx+3 in registers, and 4 own rows × the dim quads
+// tx, tx + TC, ... (NK of them) of every accumulator (O, dQ, dK, dV) in registers.
+// Everything the inner loops read sits in workgroup memory and is read as vec4:
+// - own rows staged once, transposed (d-major, vec4 over 4 rows): own[d · TR + row / 4];
+// - the other tile, transposed (d-major, vec4 over 4 tile rows) with an XOR swizzle of the quad
+//   index by the dim quad: oth[d · TC + (quad ^ (d / 4 % TC))]. The score loop (fixed d, quad =
+//   tx) and the accumulation loop (fixed quad, d = 4 · (tx + TC k) + j) both hit distinct banks,
+//   so one layout serves both products and nothing is staged twice;
+// - the probability / dS tile, row-major over the tile (vec4 over 4 tile rows), swizzled by the
+//   own quad: tile[row · TC + (quad ^ (row / 4 % TC))].
+// Score blocks are mat4x4 (column = tile row, component = own row); accumulators are
+// array<mat4x4, NKMAX> (one mat per dim quad: column = own row, component = dim). Override
+// constants (DM, TR, TC, NK and the array sizes) come from the launcher, which sizes them to the
+// device's workgroup memory; loops over d stay rolled (runtime D) so lavapipe compiles quickly,
+// while the loops over NK / 4 rows have constant trip counts the GPU compilers unroll.
+// Every tile of the loops below holds at least one visible pair, so none is skipped.
+
+const MASKED: f32 = -1.0e30; // running max before any real score
+const NKMAX: u32 = 8u; // capacity of the accumulator arrays (NK <= NKMAX)
+
+override DM: u32 = 64u; // head-dim capacity of the staged arrays (16, 32, 64 or 128, >= D)
+override TR: u32 = 16u; // threads along own rows (4 rows each): BR = 4·TR
+override TC: u32 = 16u; // threads along tile rows (4 each): BC = 4·TC
+override NK: u32 = 1u; // dim quads per thread in the accumulators: ceil(DM / (4·TC)) <= NKMAX
+override OWN_N: u32 = 1024u; // vec4s of own_a / own_b (DM·TR)
+override OA_N: u32 = 1024u; // vec4s of oth_a (>= DM·TC, >= TR·TC for the forward's reductions)
+override OB_N: u32 = 1024u; // vec4s of oth_b (>= DM·TC, >= 4·TR·TC where dQ puts dS there)
+override TILE_N: u32 = 1024u; // vec4s of tile (4·TR·TC)
+
+struct Params {
+  t: u32, // tokens in the packed row
+  hq: u32, // query heads
+  hkv: u32, // key/value heads
+  group: u32, // hq / hkv
+  scale: f32, // softmax scale
+  d: u32, // head dim D, <= DM
+  _pad0: u32,
+  _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+var<private> D: u32; // head dim, p.d (set first thing by every entry point)
+
+// Outputs (bindings 1, 2) of each entry point.
+@group(0) @binding(1) var<storage, read_write> out_o: array<f32>; // forward (T, Hq, D)
+@group(0) @binding(2) var<storage, read_write> out_lse: array<f32>; // forward (Hq, T)
+@group(0) @binding(1) var<storage, read_write> out_dq: array<f32>; // dq (T, Hq, D)
+@group(0) @binding(1) var<storage, read_write> out_dk: array<f32>; // dkv (T, Hkv, D)
+@group(0) @binding(2) var<storage, read_write> out_dv: array<f32>; // dkv (T, Hkv, D)
+
+// Inputs, at the same bindings as attention.wgsl.
+@group(0) @binding(3) var<storage, read> in_q: array<f32>; // (T, Hq, D)
+@group(0) @binding(4) var<storage, read> in_k: array<f32>; // (T, Hkv, D)
+@group(0) @binding(5) var<storage, read> in_v: array<f32>; // (T, Hkv, D)
+@group(0) @binding(6) var<storage, read> in_start: array<u32>; // (T) seqStart
+@group(0) @binding(7) var<storage, read> in_end: array<u32>; // (T) seqEnd
+@group(0) @binding(8) var<storage, read> in_dout: array<f32>; // (T, Hq, D)
+@group(0) @binding(9) var<storage, read> in_lse: array<f32>; // (Hq, T)
+@group(0) @binding(10) var<storage, read> in_delta: array<f32>; // (Hq, T)
+
+// forward: own_a Q; oth_a K, then row-max / row-sum partials, then V; tile P
+// dQ: own_a Q, own_b dO; oth_a K; oth_b V, then dS (row-major tile layout)
+// dK/dV: own_a K, own_b V; oth_a Q, oth_b dO; tile Pᵀ, then dSᵀ
+var<workgroup> own_a: array<vec4<f32>, OWN_N>; // (DM, BR/4)
+var<workgroup> own_b: array<vec4<f32>, OWN_N>; // (DM, BR/4)
+var<workgroup> oth_a: array<vec4<f32>, OA_N>; // (DM, BC/4) swizzled
+var<workgroup> oth_b: array<vec4<f32>, OB_N>; // (DM, BC/4) swizzled
+var<workgroup> tile: array<vec4<f32>, TILE_N>; // (BR, BC/4) swizzled
+
+// ---------------------------------------------------------------------------------------------
+// Indexing and loads.
+
+fn oth_at(d: u32, quad: u32) -> u32 {
+  return d * TC + (quad ^ ((d >> 2u) % TC));
+}
+
+fn tile_at(row: u32, quad: u32) -> u32 {
+  return row * TC + (quad ^ ((row >> 2u) % TC));
+}
+
+// Element offset of (row, head h, dim d) in a (T, heads, D) tensor, and whether it exists.
+fn elem(row: u32, heads: u32, h: u32, d: u32) -> u32 {
+  return select(0u, (row * heads + h) * D + d, row < p.t && d < D);
+}
+
+fn ok(row: u32, d: u32) -> bool {
+  return row < p.t && d < D;
+}
+
+fn val_q(row: u32, h: u32, d: u32) -> f32 {
+  return select(0.0, in_q[elem(row, p.hq, h, d)], ok(row, d));
+}
+
+fn val_dout(row: u32, h: u32, d: u32) -> f32 {
+  return select(0.0, in_dout[elem(row, p.hq, h, d)], ok(row, d));
+}
+
+fn val_k(row: u32, h: u32, d: u32) -> f32 {
+  return select(0.0, in_k[elem(row, p.hkv, h, d)], ok(row, d));
+}
+
+fn val_v(row: u32, h: u32, d: u32) -> f32 {
+  return select(0.0, in_v[elem(row, p.hkv, h, d)], ok(row, d));
+}
+
+// Four consecutive rows from r, clamped to T − 1 (for per-row lookups; masks handle the rest).
+fn quad_rows(r: u32) -> vec4<u32> {
+  return min(vec4<u32>(r) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.t - 1u));
+}
+
+fn quad_start(r: u32) -> vec4<u32> {
+  let c = quad_rows(r);
+  return vec4<u32>(in_start[c.x], in_start[c.y], in_start[c.z], in_start[c.w]);
+}
+
+fn quad_lse(h: u32, r: u32) -> vec4<f32> {
+  let c = quad_rows(r) + vec4<u32>(h * p.t);
+  return vec4<f32>(in_lse[c.x], in_lse[c.y], in_lse[c.z], in_lse[c.w]);
+}
+
+fn quad_delta(h: u32, r: u32) -> vec4<f32> {
+  let c = quad_rows(r) + vec4<u32>(h * p.t);
+  return vec4<f32>(in_delta[c.x], in_delta[c.y], in_delta[c.z], in_delta[c.w]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4×4 blocks.
+
+// s + x ⊗ y: x over 4 own rows (components), y over 4 tile rows (columns).
+fn outer(s: mat4x4<f32>, x: vec4<f32>, y: vec4<f32>) -> mat4x4<f32> {
+  return s + mat4x4<f32>(x * y.x, x * y.y, x * y.z, x * y.w);
+}
+
+// One tile quad of an accumulation: rows a..d of P (vec4 over the quad's 4 tile rows) against
+// 4 dims (vec4s over the same tile rows); column = own row, component = dim.
+fn dots(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>,
+        v2: vec4<f32>, v3: vec4<f32>) -> mat4x4<f32> {
+  return mat4x4<f32>(
+    vec4<f32>(dot(a, v0), dot(a, v1), dot(a, v2), dot(a, v3)),
+    vec4<f32>(dot(b, v0), dot(b, v1), dot(b, v2), dot(b, v3)),
+    vec4<f32>(dot(c, v0), dot(c, v1), dot(c, v2), dot(c, v3)),
+    vec4<f32>(dot(d, v0), dot(d, v1), dot(d, v2), dot(d, v3)),
+  );
+}
+
+// Masks of a score block: own query rows × tile keys from j (forward, dQ): seqStart <= key <= row.
+fn mask_keys(rows: vec4<u32>, start: vec4<u32>, j: u32) -> array<vec4<bool>, 4> {
+  let live = rows < vec4<u32>(p.t);
+  var m: array<vec4<bool>, 4>;
+  for (var c = 0u; c < 4u; c++) {
+    let key = vec4<u32>(j + c);
+    m[c] = live & (key >= start) & (key <= rows);
+  }
+  return m;
+}
+
+// Own keys × tile queries from i (dK/dV): key < T, query < T, seqStart[query] <= key <= query.
+fn mask_queries(keys: vec4<u32>, i: u32, st: vec4<u32>) -> array<vec4<bool>, 4> {
+  let live = keys < vec4<u32>(p.t);
+  var m: array<vec4<bool>, 4>;
+  for (var c = 0u; c < 4u; c++) {
+    let q = i + c;
+    m[c] = live & vec4<bool>(q < p.t) & (keys <= vec4<u32>(q)) & (keys >= vec4<u32>(st[c]));
+  }
+  return m;
+}
+
+// Writes the block (column = tile row, component = own row) into the tile layout at own rows
+// r0..r0+3, tile quad `quad`, of `tile` or `oth_b`.
+fn put_tile(s: mat4x4<f32>, r0: u32, quad: u32) {
+  let t = transpose(s);
+  for (var i = 0u; i < 4u; i++) {
+    tile[tile_at(r0 + i, quad)] = t[i];
+  }
+}
+
+fn put_oth_b(s: mat4x4<f32>, r0: u32, quad: u32) {
+  let t = transpose(s);
+  for (var i = 0u; i < 4u; i++) {
+    oth_b[tile_at(r0 + i, quad)] = t[i];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: workgroup (BR queries, q head h). Online softmax over the key tiles from seqStart of
+// the first query to the last query. Per tile: S in registers; row max of the tile across the TC
+// threads of a row through oth_a (the K tile is dead by then); P into tile; V into oth_a;
+// O += P·V. Row sums stay per thread (partial over its columns) and are reduced once at the end.
+
+@compute @workgroup_size(TC, TR)
+fn attention_gpu_forward(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  D = p.d;
+  let T = p.t;
+  let h = wid.y;
+  let kvh = h / p.group;
+  let tx = lid.x;
+  let ty = lid.y;
+  let nt = TR * TC;
+  let q0 = wid.x * 4u * TR;
+  let rows = vec4<u32>(q0 + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
+  let start = quad_start(q0 + 4u * ty);
+  let qHi = min(q0 + 4u * TR, T) - 1u;
+  let kLo = in_start[q0];
+
+  for (var e = li; e < 4u * TR * DM; e += nt) {
+    let r = e / DM;
+    let d = e % DM;
+    own_a[d * TR + r / 4u][r % 4u] = val_q(q0 + r, h, d);
+  }
+  var m = vec4<f32>(MASKED);
+  var l = vec4<f32>(); // partial over this thread's columns
+  var acc: array<mat4x4<f32>, NKMAX>;
+
+  for (var k0 = kLo; k0 <= qHi; k0 += 4u * TC) {
+    workgroupBarrier();
+    for (var e = li; e < 4u * TC * DM; e += nt) {
+      let r = e / DM;
+      let d = e % DM;
+      oth_a[oth_at(d, r / 4u)][r % 4u] = val_k(k0 + r, kvh, d);
+    }
+    workgroupBarrier();
+    var s = mat4x4<f32>();
+    for (var d = 0u; d < D; d++) {
+      s = outer(s, own_a[d * TR + ty], oth_a[oth_at(d, tx)]);
+    }
+    let keep = mask_keys(rows, start, k0 + 4u * tx);
+    let mv = vec4<f32>(MASKED);
+    s = mat4x4<f32>(
+      select(mv, s[0] * p.scale, keep[0]),
+      select(mv, s[1] * p.scale, keep[1]),
+      select(mv, s[2] * p.scale, keep[2]),
+      select(mv, s[3] * p.scale, keep[3]),
+    );
+    workgroupBarrier(); // K reads done: oth_a takes the row-max partials
+    oth_a[tx * TR + ty] = max(max(s[0], s[1]), max(s[2], s[3]));
+    workgroupBarrier();
+    var mNew = m;
+    for (var t = 0u; t < TC; t++) {
+      mNew = max(mNew, oth_a[t * TR + ty]);
+    }
+    let alpha = exp(m - mNew);
+    let z = vec4<f32>();
+    let pr = mat4x4<f32>(
+      select(z, exp(s[0] - mNew), keep[0]),
+      select(z, exp(s[1] - mNew), keep[1]),
+      select(z, exp(s[2] - mNew), keep[2]),
+      select(z, exp(s[3] - mNew), keep[3]),
+    );
+    l = l * alpha + ((pr[0] + pr[1]) + (pr[2] + pr[3]));
+    m = mNew;
+    for (var k = 0u; k < NK; k++) {
+      let a = acc[k];
+      acc[k] = mat4x4<f32>(a[0] * alpha.x, a[1] * alpha.y, a[2] * alpha.z, a[3] * alpha.w);
+    }
+    put_tile(pr, 4u * ty, tx);
+    workgroupBarrier(); // partials read: oth_a takes V
+    for (var e = li; e < 4u * TC * DM; e += nt) {
+      let r = e / DM;
+      let d = e % DM;
+      oth_a[oth_at(d, r / 4u)][r % 4u] = val_v(k0 + r, kvh, d);
+    }
+    workgroupBarrier();
+    for (var c = 0u; c < TC; c++) {
+      let p0 = tile[tile_at(4u * ty, c)];
+      let p1 = tile[tile_at(4u * ty + 1u, c)];
+      let p2 = tile[tile_at(4u * ty + 2u, c)];
+      let p3 = tile[tile_at(4u * ty + 3u, c)];
+      for (var k = 0u; k < NK; k++) {
+        let d0 = 4u * (tx + TC * k);
+        if (d0 < D) {
+          acc[k] += dots(p0, p1, p2, p3, oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)],
+                         oth_a[oth_at(d0 + 2u, c)], oth_a[oth_at(d0 + 3u, c)]);
+        }
+      }
+    }
+  }
+
+  workgroupBarrier(); // V reads done: oth_a takes the row-sum partials
+  oth_a[tx * TR + ty] = l;
+  workgroupBarrier();
+  var lt = vec4<f32>();
+  for (var t = 0u; t < TC; t++) {
+    lt += oth_a[t * TR + ty];
+  }
+  let inv = 1.0 / lt;
+  let lse = m + log(lt);
+  for (var i = 0u; i < 4u; i++) {
+    let row = rows[i];
+    if (row >= T) {
+      break;
+    }
+    if (tx == 0u) {
+      out_lse[h * T + row] = lse[i];
+    }
+    for (var k = 0u; k < NK; k++) {
+      let d0 = 4u * (tx + TC * k);
+      for (var j = 0u; j < 4u; j++) {
+        if (d0 + j < D) {
+          out_o[(row * p.hq + h) * D + d0 + j] = acc[k][i][j] * inv[i];
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dQ: workgroup (BR queries, q head h), key tiles as in the forward:
+// dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j, P_ij = exp(scale · q_i·k_j − lse_i),
+// dP_ij = dO_i · V_j. Per tile: S and dP in registers; dS into oth_b (V is dead by then);
+// dQ += dS·K from oth_a.
+
+@compute @workgroup_size(TC, TR)
+fn attention_gpu_backward_dq(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  D = p.d;
+  let T = p.t;
+  let h = wid.y;
+  let kvh = h / p.group;
+  let tx = lid.x;
+  let ty = lid.y;
+  let nt = TR * TC;
+  let q0 = wid.x * 4u * TR;
+  let rows = vec4<u32>(q0 + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
+  let start = quad_start(q0 + 4u * ty);
+  let lse = quad_lse(h, q0 + 4u * ty);
+  let delta = quad_delta(h, q0 + 4u * ty);
+  let qHi = min(q0 + 4u * TR, T) - 1u;
+  let kLo = in_start[q0];
+
+  for (var e = li; e < 4u * TR * DM; e += nt) {
+    let r = e / DM;
+    let d = e % DM;
+    own_a[d * TR + r / 4u][r % 4u] = val_q(q0 + r, h, d);
+    own_b[d * TR + r / 4u][r % 4u] = val_dout(q0 + r, h, d);
+  }
+  var acc: array<mat4x4<f32>, NKMAX>;
+
+  for (var k0 = kLo; k0 <= qHi; k0 += 4u * TC) {
+    workgroupBarrier();
+    for (var e = li; e < 4u * TC * DM; e += nt) {
+      let r = e / DM;
+      let d = e % DM;
+      let at = oth_at(d, r / 4u);
+      oth_a[at][r % 4u] = val_k(k0 + r, kvh, d);
+      oth_b[at][r % 4u] = val_v(k0 + r, kvh, d);
+    }
+    workgroupBarrier();
+    var s = mat4x4<f32>();
+    var dp = mat4x4<f32>();
+    for (var d = 0u; d < D; d++) {
+      let at = oth_at(d, tx);
+      s = outer(s, own_a[d * TR + ty], oth_a[at]);
+      dp = outer(dp, own_b[d * TR + ty], oth_b[at]);
+    }
+    let keep = mask_keys(rows, start, k0 + 4u * tx);
+    var ds: mat4x4<f32>;
+    for (var c = 0u; c < 4u; c++) {
+      ds[c] = select(vec4<f32>(), exp(s[c] * p.scale - lse) * (dp[c] - delta), keep[c]);
+    }
+    workgroupBarrier(); // V reads done: oth_b takes dS
+    put_oth_b(ds, 4u * ty, tx);
+    workgroupBarrier();
+    for (var c = 0u; c < TC; c++) {
+      let p0 = oth_b[tile_at(4u * ty, c)];
+      let p1 = oth_b[tile_at(4u * ty + 1u, c)];
+      let p2 = oth_b[tile_at(4u * ty + 2u, c)];
+      let p3 = oth_b[tile_at(4u * ty + 3u, c)];
+      for (var k = 0u; k < NK; k++) {
+        let d0 = 4u * (tx + TC * k);
+        if (d0 < D) {
+          acc[k] += dots(p0, p1, p2, p3, oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)],
+                         oth_a[oth_at(d0 + 2u, c)], oth_a[oth_at(d0 + 3u, c)]);
+        }
+      }
+    }
+  }
+
+  for (var i = 0u; i < 4u; i++) {
+    let row = rows[i];
+    if (row >= T) {
+      break;
+    }
+    for (var k = 0u; k < NK; k++) {
+      let d0 = 4u * (tx + TC * k);
+      for (var j = 0u; j < 4u; j++) {
+        if (d0 + j < D) {
+          out_dq[(row * p.hq + h) * D + d0 + j] = acc[k][i][j] * p.scale;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dK and dV: workgroup (BR keys, kv head); loops over the q heads of its group and the query
+// tiles from its first key to seqEnd of its last key. Scores are transposed here (component =
+// own key, column = tile query): dV_j = Σ_i P_ij dO_i, dK_j = scale · Σ_i P_ij (dP_ij − delta_i)
+// Q_i. Per tile: Sᵀ and dPᵀ in registers; Pᵀ into tile, dV += Pᵀ·dO; then dSᵀ into tile,
+// dK += dSᵀ·Q.
+
+@compute @workgroup_size(TC, TR)
+fn attention_gpu_backward_dkv(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  D = p.d;
+  let T = p.t;
+  let kvh = wid.y;
+  let tx = lid.x;
+  let ty = lid.y;
+  let nt = TR * TC;
+  let k0 = wid.x * 4u * TR;
+  let keys = vec4<u32>(k0 + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
+  let qEnd = in_end[min(k0 + 4u * TR, T) - 1u];
+
+  for (var e = li; e < 4u * TR * DM; e += nt) {
+    let r = e / DM;
+    let d = e % DM;
+    own_a[d * TR + r / 4u][r % 4u] = val_k(k0 + r, kvh, d);
+    own_b[d * TR + r / 4u][r % 4u] = val_v(k0 + r, kvh, d);
+  }
+  var dk: array<mat4x4<f32>, NKMAX>;
+  var dv: array<mat4x4<f32>, NKMAX>;
+
+  for (var gh = 0u; gh < p.group; gh++) {
+    let h = kvh * p.group + gh;
+    for (var i0 = k0; i0 < qEnd; i0 += 4u * TC) {
+      workgroupBarrier();
+      for (var e = li; e < 4u * TC * DM; e += nt) {
+        let r = e / DM;
+        let d = e % DM;
+        let at = oth_at(d, r / 4u);
+        oth_a[at][r % 4u] = val_q(i0 + r, h, d);
+        oth_b[at][r % 4u] = val_dout(i0 + r, h, d);
+      }
+      workgroupBarrier();
+      var s = mat4x4<f32>();
+      var dp = mat4x4<f32>();
+      for (var d = 0u; d < D; d++) {
+        let at = oth_at(d, tx);
+        s = outer(s, own_a[d * TR + ty], oth_a[at]);
+        dp = outer(dp, own_b[d * TR + ty], oth_b[at]);
+      }
+      let i = i0 + 4u * tx;
+      let keep = mask_queries(keys, i, quad_start(i));
+      let lse = quad_lse(h, i);
+      let delta = quad_delta(h, i);
+      var pr: mat4x4<f32>;
+      var ds: mat4x4<f32>;
+      for (var c = 0u; c < 4u; c++) {
+        pr[c] = select(vec4<f32>(), exp(s[c] * p.scale - vec4<f32>(lse[c])), keep[c]);
+        ds[c] = pr[c] * (dp[c] - vec4<f32>(delta[c]));
+      }
+      put_tile(pr, 4u * ty, tx);
+      workgroupBarrier();
+      for (var c = 0u; c < TC; c++) {
+        let p0 = tile[tile_at(4u * ty, c)];
+        let p1 = tile[tile_at(4u * ty + 1u, c)];
+        let p2 = tile[tile_at(4u * ty + 2u, c)];
+        let p3 = tile[tile_at(4u * ty + 3u, c)];
+        for (var k = 0u; k < NK; k++) {
+          let d0 = 4u * (tx + TC * k);
+          if (d0 < D) {
+            dv[k] += dots(p0, p1, p2, p3, oth_b[oth_at(d0, c)], oth_b[oth_at(d0 + 1u, c)],
+                          oth_b[oth_at(d0 + 2u, c)], oth_b[oth_at(d0 + 3u, c)]);
+          }
+        }
+      }
+      workgroupBarrier(); // Pᵀ reads done: tile takes dSᵀ
+      put_tile(ds, 4u * ty, tx);
+      workgroupBarrier();
+      for (var c = 0u; c < TC; c++) {
+        let p0 = tile[tile_at(4u * ty, c)];
+        let p1 = tile[tile_at(4u * ty + 1u, c)];
+        let p2 = tile[tile_at(4u * ty + 2u, c)];
+        let p3 = tile[tile_at(4u * ty + 3u, c)];
+        for (var k = 0u; k < NK; k++) {
+          let d0 = 4u * (tx + TC * k);
+          if (d0 < D) {
+            dk[k] += dots(p0, p1, p2, p3, oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)],
+                          oth_a[oth_at(d0 + 2u, c)], oth_a[oth_at(d0 + 3u, c)]);
+          }
+        }
+      }
+    }
+  }
+
+  for (var i = 0u; i < 4u; i++) {
+    let key = keys[i];
+    if (key >= T) {
+      break;
+    }
+    for (var k = 0u; k < NK; k++) {
+      let d0 = 4u * (tx + TC * k);
+      for (var j = 0u; j < 4u; j++) {
+        if (d0 + j < D) {
+          let o = (key * p.hkv + kvh) * D + d0 + j;
+          out_dk[o] = dk[k][i][j] * p.scale;
+          out_dv[o] = dv[k][i][j];
+        }
+      }
+    }
+  }
+}
