@@ -34,19 +34,19 @@ vs_torch=(--vs-torch --torch-device cuda --torch-dtype fp32,bf16 --python python
 for phase in "$@"; do
   case $phase in
   doctor) step doctor 60 deno task doctor ;;
-  tests) step tests 150 deno test -A --no-check=remote tests/kernels tests/model/llama_graph_test.ts \
+  tests) step tests 120 deno test -A --no-check=remote tests/kernels tests/model/llama_graph_test.ts \
     tests/model/decode_graph_test.ts ;;
   kernels) step kernels 120 deno task bench kernels ;;
-  matmul) step matmul 120 deno task bench kernels --filter matmul ;;
+  matmul) step matmul 90 deno task bench kernels --filter matmul ;;
   small) step train_260k 120 deno task bench train --model stories260k "${vs_torch[@]}"
     step train_15m 150 deno task bench train --model stories15m "${vs_torch[@]}" ;;
-  135m) step train_135m 240 deno task bench train --model smollm2-135m "${vs_torch[@]}"
+  135m) step train_135m 180 deno task bench train --model smollm2-135m "${vs_torch[@]}"
     # torch against torch: the plain-torch Llama beside transformers' on the same rows, to size
     # the fp32 loss drift two correct implementations show on this shape
-    step torch_plain_135m 120 python3 bench/torch_baseline.py --model bench/out/train/models/smollm2-135m \
+    step torch_plain_135m 90 python3 bench/torch_baseline.py --model bench/out/train/models/smollm2-135m \
       --rows bench/out/train/rows.i32 --batch 4 --seq 1024 --steps 7 --warmup 2 --weight-decay 0.01 \
       --dtype fp32 --device cuda --impl plain ;;
-  1b) step train_1b 400 deno task bench train --model llama-3.2-1b "${vs_torch[@]}" ;;
+  1b) step train_1b 300 deno task bench train --model llama-3.2-1b "${vs_torch[@]}" ;;
   *) echo "unknown phase $phase" ;;
   esac
   for f in bench/out/*.json; do [ -f "$f" ] && cp "$f" "$LOGS/${phase}_$(basename "$f")"; done

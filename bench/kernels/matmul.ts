@@ -60,7 +60,7 @@ function matmulCase(
   M: number,
   N: number,
   K: number,
-  variant?: MatmulTuning["variant"],
+  variant?: MatmulTuning["variant"] | "big-scalar",
 ): KernelCase {
   const flops = op === "bias_backward" ? M * N : 2 * M * N * K;
   const outLen = op === "forward" ? M * N : op === "backward_input" ? M * K : op ===
@@ -74,7 +74,8 @@ function matmulCase(
     bytes: op === "bias_backward" ? 4 * (M * N + N) : undefined,
     setup(gpu: Gpu): KernelSetup {
       const before = { ...matmulTuning(gpu) };
-      if (variant) setMatmulTuning(gpu, { variant });
+      if (variant === "big-scalar") setMatmulTuning(gpu, { variant: "big", vec4: false });
+      else if (variant) setMatmulTuning(gpu, { variant });
       const x = fill(M * K, 1), w = fill(N * K, 2), dy = fill(M * N, 3);
       const arena = new ParamArena(gpu, "bench.matmul", 4096);
       const bufs: GPUBuffer[] = [];
@@ -150,7 +151,7 @@ function matmulCase(
 export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
   const list: KernelCase[] = [];
   if (gpu && !isCpuAdapter(gpu)) {
-    for (const v of ["gpu", "tiled", "big"] as const) {
+    for (const v of ["gpu", "tiled", "big-scalar", "big"] as const) {
       list.push(matmulCase("forward", 4096, 4096, 4096, v));
     }
     for (const op of ["forward", "backward_input", "backward_weight"] as const) {
