@@ -1,5 +1,6 @@
 // `deno task bench train`: training tokens/s, per-kernel step breakdown, MFU and memory; optionally beside PyTorch.
 import { join } from "node:path";
+import { buildWithTunedMatmul, describeTune } from "../kernels/matmul_tune.ts";
 import { acquireGpu, type AdapterSummary, type Dispatch, type Gpu } from "../kernels/runtime.ts";
 import { type ModelConfig, parameterCount, parseModelConfig } from "../model/config.ts";
 import { loadHfModel, saveHfModel } from "../model/hf_dir.ts";
@@ -434,7 +435,11 @@ async function runOurs(
   const T = microRows * S;
   let graph: LlamaGraph | null = null;
   try {
-    graph = new LlamaGraph(gpu, cfg, { tokens: T });
+    const tuned = await buildWithTunedMatmul(gpu, () => new LlamaGraph(gpu, cfg, { tokens: T }), {
+      log,
+    });
+    graph = tuned.graph;
+    if (tuned.report.shapes > 0) log(describeTune(tuned.report));
     graph.upload(tensors);
     const total = opts.warmup + opts.steps;
     const steps: MicroBatch[][] = [];

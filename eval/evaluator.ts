@@ -1,4 +1,5 @@
 // The evaluator: a model on the GPU scored on held-out loss, multiple choice (log-likelihood) and exact match (generation).
+import { buildWithTunedMatmul } from "../kernels/matmul_tune.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { type ModelConfig, parameterShapes } from "../model/config.ts";
 import { DecodeGraph } from "../model/decode_graph.ts";
@@ -170,7 +171,10 @@ export class Evaluator {
     if (!(Number.isInteger(tokens) && tokens >= 2)) {
       throw new UserError(`scoring capacity must be an integer >= 2 tokens (got ${tokens})`);
     }
-    const graph = new LlamaGraph(gpu, cfg, { tokens, mode: "eval" });
+    const { graph } = await buildWithTunedMatmul(
+      gpu,
+      () => new LlamaGraph(gpu, cfg, { tokens, mode: "eval" }),
+    );
     const ev = new Evaluator(
       gpu,
       cfg,

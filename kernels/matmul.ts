@@ -21,12 +21,17 @@ export interface MatmulTuning {
   variant: "gpu" | "tiled" | "big" | "wide";
   /** "tiled" / "big": split K into this many slices (1: no split); ignored by "gpu" and "wide". */
   splitK: number;
-  /** matmul_big: use its 16-byte-load form (matmul_big_v4) when strides and offsets allow. */
+  /** Use the 16-byte-load kernels (matmul_*_v4) when strides and offsets allow. */
   vec4: boolean;
   /** "gpu": use matmul_big when its grid has at least this many workgroups. */
   bigMinWorkgroups: number;
   /** "gpu": split K while the grid has fewer workgroups than this (and K ≥ 1024). */
   splitMinWorkgroups: number;
+  /**
+   * "gpu": per-shape choices (tile, K slices) measured by kernels/matmul_tune.ts, keyed by
+   * gemmKey; shapes not in it fall back to the grid thresholds.
+   */
+  choices?: Map<string, GemmChoice>;
   /** matmul_wide: invocations per workgroup. */
   wideWg: number;
   /** matmul_wide: rows per workgroup (1..16). */
@@ -93,9 +98,24 @@ export function gemmVec4Ok(g: GemmArgs): boolean {
   return aOk && bOk;
 }
 
+/** A measured choice for one GEMM shape: output tile edge and number of K slices. */
+export interface GemmChoice {
+  tile: 64 | 128;
+  slices: number;
+}
+
+/**
+ * The autotune key of a GEMM: its sizes, which operand axes are contiguous, and whether the
+ * 16-byte kernels apply (offsets and leading strides do not change the choice).
+ */
+export function gemmKey(g: GemmArgs): string {
+  const a = g.sAp === 1 ? "k" : "i", b = g.sBj === 1 ? "j" : "k";
+  return `${g.M}x${g.N}x${g.K}:a${a}b${b}${gemmVec4Ok(g) ? ":v4" : ""}`;
+}
+
 /** How one GEMM runs on the GPU kernels: which one, its grid, and the K split. */
 export interface GemmPlan {
-  entry: "matmul_tiled" | "matmul_big" | "matmul_big_v4";
+  entry: "matmul_tiled" | "matmul_tiled_v4" | "matmul_big" | "matmul_big_v4";
   tile: number;
   slices: number;
   kSlice: number;
@@ -108,12 +128,15 @@ export function planGemm(
   N: number,
   K: number,
   vec4Ok = false,
+  key?: string,
 ): GemmPlan {
   const grid = (tile: number) => Math.ceil(M / tile) * Math.ceil(N / tile);
+  const chosen = t.variant === "gpu" && key ? t.choices?.get(key) : undefined;
   let tile = t.variant === "big" ? 128 : 64;
   if (t.variant === "gpu" && grid(128) >= t.bigMinWorkgroups) tile = 128;
-  let slices = t.variant === "gpu" ? 1 : t.splitK;
-  if (t.variant === "gpu" && grid(tile) < t.splitMinWorkgroups && K >= 1024) {
+  if (chosen) tile = chosen.tile;
+  let slices = t.variant === "gpu" ? (chosen?.slices ?? 1) : t.splitK;
+  if (!chosen && t.variant === "gpu" && grid(tile) < t.splitMinWorkgroups && K >= 1024) {
     // at least 512 of K per slice, enough slices to reach the target grid
     slices = Math.min(Math.floor(K / 512), Math.ceil(t.splitMinWorkgroups / grid(tile)));
   }
@@ -124,8 +147,31 @@ export function planGemm(
     slices = Math.ceil(K / kSlice);
   }
   if (slices <= 1) kSlice = K;
-  const entry = tile === 64 ? "matmul_tiled" : t.vec4 && vec4Ok ? "matmul_big_v4" : "matmul_big";
+  const v4 = t.vec4 && vec4Ok;
+  const entry = tile === 64
+    ? (v4 ? "matmul_tiled_v4" : "matmul_tiled")
+    : (v4 ? "matmul_big_v4" : "matmul_big");
   return { entry, tile, slices, kSlice };
+}
+
+/** A GEMM seen while recording: the arguments of its first call and the plan it got. */
+export interface RecordedGemm {
+  args: GemmArgs;
+  plan: GemmPlan;
+}
+
+const recorders = new WeakMap<Gpu, Map<string, RecordedGemm>>();
+
+/** Start recording the distinct GEMM shapes built on `gpu` (GPU kernels only). */
+export function startGemmRecording(gpu: Gpu): void {
+  recorders.set(gpu, new Map());
+}
+
+/** Stop recording and return the distinct GEMMs seen, by gemmKey. */
+export function stopGemmRecording(gpu: Gpu): Map<string, RecordedGemm> {
+  const rec = recorders.get(gpu) ?? new Map();
+  recorders.delete(gpu);
+  return rec;
 }
 
 const scratches = new WeakMap<Gpu, GPUBuffer>();
@@ -196,7 +242,10 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   if (g.ldc < g.N) throw new GpuError(`ldc ${g.ldc} < N ${g.N}`, "matmul");
   const flags = (g.accumulate ? 1 : 0) | (g.bias ? 2 : 0);
   const t = matmulTuning(gpu);
-  const plan = t.variant === "wide" ? null : planGemm(t, g.M, g.N, g.K, gemmVec4Ok(g));
+  const key = gemmKey(g);
+  const plan = t.variant === "wide" ? null : planGemm(t, g.M, g.N, g.K, gemmVec4Ok(g), key);
+  const rec = recorders.get(gpu);
+  if (rec && plan && !rec.has(key)) rec.set(key, { args: g, plan });
   const slices = plan?.slices ?? 1;
   const sliceStride = g.M * g.N;
   const pack = (over: { flags: number; K: number }) =>

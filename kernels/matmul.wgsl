@@ -493,6 +493,120 @@ fn matmul_big_v4(
   splitStore4(ib, jb, wid.z, c41, c51, c61, c71);
 }
 
+// --- matmul_tiled_v4: matmul_tiled with 16-byte global loads and double-buffered tiles --------
+// Same operand conditions as matmul_big_v4; one vec4 of A and one of B per thread per K-slice.
+
+const TILED_BUF = 272u; // vec4s per staged tile (TILE_K x TILE_ROW4)
+var<workgroup> t4A: array<vec4<f32>, 544>; // two (TILE_K, TILE_ROW4) tiles of A
+var<workgroup> t4B: array<vec4<f32>, 544>; // two (TILE_K, TILE_ROW4) tiles of B
+
+/// vec4 number q (< 256) of the 64-edge A tile at (i0, k0), as fetchA4 for the 128-edge one.
+fn fetchTA4(q: u32, i0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
+  var i: u32;
+  var k: u32;
+  if (kc) {
+    i = i0 + q / 4u;
+    k = k0 + (q % 4u) * 4u;
+  } else {
+    i = i0 + (q % 16u) * 4u;
+    k = k0 + q / 16u;
+  }
+  let ic = select(min(i, p.M - 4u), min(i, p.M - 1u), kc);
+  let kcl = select(min(k, p.K - 1u), min(k, p.K - 4u), kc);
+  let v = a4[(p.offA + ic * p.sAi + kcl * p.sAp) / 4u];
+  return select(vec4<f32>(0.0), v, i < p.M && k < kEnd);
+}
+
+/// vec4 number q (< 256) of the 64-edge B tile at (k0, j0).
+fn fetchTB4(q: u32, j0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
+  var j: u32;
+  var k: u32;
+  if (kc) {
+    j = j0 + q / 4u;
+    k = k0 + (q % 4u) * 4u;
+  } else {
+    j = j0 + (q % 16u) * 4u;
+    k = k0 + q / 16u;
+  }
+  let jc = select(min(j, p.N - 4u), min(j, p.N - 1u), kc);
+  let kcl = select(min(k, p.K - 1u), min(k, p.K - 4u), kc);
+  let v = b4[(p.offB + kcl * p.sBp + jc * p.sBj) / 4u];
+  return select(vec4<f32>(0.0), v, j < p.N && k < kEnd);
+}
+
+/// Stage vec4 number q of the 64-edge A tile into buffer half `base`.
+fn putTA4(base: u32, q: u32, kc: bool, v: vec4<f32>) {
+  if (kc) {
+    let i = q / 4u;
+    let k = (q % 4u) * 4u;
+    let col = i / 4u;
+    let c = i % 4u;
+    t4A[base + k * TILE_ROW4 + col][c] = v.x;
+    t4A[base + (k + 1u) * TILE_ROW4 + col][c] = v.y;
+    t4A[base + (k + 2u) * TILE_ROW4 + col][c] = v.z;
+    t4A[base + (k + 3u) * TILE_ROW4 + col][c] = v.w;
+  } else {
+    t4A[base + (q / 16u) * TILE_ROW4 + q % 16u] = v;
+  }
+}
+
+/// Stage vec4 number q of the 64-edge B tile into buffer half `base`.
+fn putTB4(base: u32, q: u32, kc: bool, v: vec4<f32>) {
+  if (kc) {
+    let j = q / 4u;
+    let k = (q % 4u) * 4u;
+    let col = j / 4u;
+    let c = j % 4u;
+    t4B[base + k * TILE_ROW4 + col][c] = v.x;
+    t4B[base + (k + 1u) * TILE_ROW4 + col][c] = v.y;
+    t4B[base + (k + 2u) * TILE_ROW4 + col][c] = v.z;
+    t4B[base + (k + 3u) * TILE_ROW4 + col][c] = v.w;
+  } else {
+    t4B[base + (q / 16u) * TILE_ROW4 + q % 16u] = v;
+  }
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled_v4(
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+  @builtin(workgroup_id) wid: vec3<u32>,
+) {
+  let i0 = wid.y * TILE;
+  let j0 = wid.x * TILE;
+  let kr = sliceRange(wid.z);
+  let aK = p.sAp == 1u;
+  let bK = p.sBj != 1u;
+  putTA4(0u, li, aK, fetchTA4(li, i0, kr.x, kr.y, aK));
+  putTB4(0u, li, bK, fetchTB4(li, j0, kr.x, kr.y, bK));
+  workgroupBarrier();
+  var c0 = vec4<f32>(0.0);
+  var c1 = vec4<f32>(0.0);
+  var c2 = vec4<f32>(0.0);
+  var c3 = vec4<f32>(0.0);
+  var cur = 0u;
+  for (var k0 = kr.x; k0 < kr.y; k0 += TILE_K) {
+    let kn = k0 + TILE_K; // the next slice's loads, issued before this slice's arithmetic
+    let na = fetchTA4(li, i0, kn, kr.y, aK);
+    let nb = fetchTB4(li, j0, kn, kr.y, bK);
+    for (var kk = 0u; kk < TILE_K; kk++) {
+      let r = cur + kk * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    let nxt = TILED_BUF - cur;
+    putTA4(nxt, li, aK, na);
+    putTB4(nxt, li, bK, nb);
+    workgroupBarrier();
+    cur = nxt;
+  }
+  splitStore4(i0 + lid.y * 4u, j0 + lid.x * 4u, wid.z, c0, c1, c2, c3);
+}
+
 // --- matmul_splitk_reduce: C[i, j] (+)= alpha * sum_z partial[z][i, j] (+ bias[j]) -------------
 // A (binding 2) holds the K (= slice count) partial products, sliceStride apart, each dense
 // (M, N). One invocation per output element; the slices are summed in order (deterministic).

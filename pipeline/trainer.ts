@@ -1,4 +1,5 @@
 // The training loop of one phase: schedule, gradient accumulation, metrics, checkpoints, resume.
+import { buildWithTunedMatmul, describeTune } from "../kernels/matmul_tune.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { type ModelConfig, parameterShapes } from "../model/config.ts";
 import { saveHfModel } from "../model/hf_dir.ts";
@@ -206,7 +207,11 @@ async function truncateMetrics(path: string, phase: string, step: number): Promi
  * metrics from there on equal those of an uninterrupted run.
  */
 export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainPhaseResult> {
-  const graph = new LlamaGraph(gpu, o.cfg, { tokens: o.tokens, recompute: o.recompute });
+  const { graph, report: tune } = await buildWithTunedMatmul(
+    gpu,
+    () => new LlamaGraph(gpu, o.cfg, { tokens: o.tokens, recompute: o.recompute }),
+  );
+  if (!o.quiet && tune.shapes > 0) console.log(`[${o.phase}] ${describeTune(tune)}`);
   const metricsPath = `${o.runDir}/metrics.jsonl`;
   let st: FullState = {
     version: 1,

@@ -33,8 +33,10 @@ const TOL = 1e-4;
  */
 const VARIANTS: { name: string; tuning: Partial<MatmulTuning> | null }[] = [
   { name: "default", tuning: null },
-  { name: "tiled", tuning: { variant: "tiled", splitK: 1 } },
-  { name: "tiled split 3", tuning: { variant: "tiled", splitK: 3 } },
+  { name: "tiled", tuning: { variant: "tiled", splitK: 1, vec4: false } },
+  { name: "tiled split 3", tuning: { variant: "tiled", splitK: 3, vec4: false } },
+  { name: "tiled v4", tuning: { variant: "tiled", splitK: 1, vec4: true } },
+  { name: "tiled v4 split 2", tuning: { variant: "tiled", splitK: 2, vec4: true } },
   { name: "big", tuning: { variant: "big", splitK: 1, vec4: false } },
   { name: "big split 2", tuning: { variant: "big", splitK: 2, vec4: false } },
   { name: "big v4", tuning: { variant: "big", splitK: 1, vec4: true } },
@@ -398,7 +400,8 @@ Deno.test("matmul: the GPU plan picks 128-tiles for large grids and splits K for
   const v4 = { ...t, vec4: true };
   assert.equal(planGemm(v4, 4096, 1536, 576, true).entry, "matmul_big_v4");
   assert.equal(planGemm(v4, 4096, 1536, 576, false).entry, "matmul_big");
-  assert.equal(planGemm(v4, 4096, 576, 576, true).entry, "matmul_tiled");
+  assert.equal(planGemm(v4, 4096, 576, 576, true).entry, "matmul_tiled_v4");
+  assert.equal(planGemm(v4, 4096, 576, 576, false).entry, "matmul_tiled");
   const dummy = {} as GPUBuffer;
   const fwd = (K: number, offA = 0) => ({
     c: dummy,

@@ -1,0 +1,86 @@
+// Matmul autotune: every recorded GEMM is timed once, cached per adapter, and the tuned graph is exact.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { buildWithTunedMatmul, gemmCandidates } from "../../kernels/matmul_tune.ts";
+import { matmulTuning, setMatmulTuning } from "../../kernels/matmul.ts";
+import { parseModelConfig } from "../../model/config.ts";
+import { LlamaGraph, packMicroBatch } from "../../model/llama_graph.ts";
+import { gpuTest, report } from "../helpers.ts";
+import { FAMILIES, randomWeights } from "../reference/tiny_models.ts";
+
+Deno.test("matmul tune: candidates cover both tiles and only K-splits of ≥ 256", () => {
+  assert.deepEqual(gemmCandidates(200), [{ tile: 64, slices: 1 }, { tile: 128, slices: 1 }]);
+  assert.equal(gemmCandidates(4096).length, 8);
+  assert.deepEqual(gemmCandidates(1024).map((c) => c.slices), [1, 2, 4, 1, 2, 4]);
+});
+
+gpuTest(
+  "matmul tune: a graph's GEMMs are timed, cached, reused, and the loss is unchanged",
+  async (gpu) => {
+    const before = { ...matmulTuning(gpu) };
+    const dir = await Deno.makeTempDir({ prefix: "matmul_tune_" });
+    const cacheFile = join(dir, "tune.json");
+    try {
+      const cfg = parseModelConfig(FAMILIES["llama-gqa"], "llama-gqa/config.json");
+      const weights = randomWeights(cfg, 7);
+      const ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5].map((x) => x % cfg.vocabSize);
+      const mb = packMicroBatch(
+        [
+          { ids: ids.slice(0, 6), labels: ids.slice(0, 6).map((x, i) => (i ? x : -100)) },
+          { ids: ids.slice(6), labels: ids.slice(6) },
+        ],
+        16,
+        0,
+      );
+      const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
+      const lossOf = async (g: LlamaGraph) => {
+        g.upload(weights);
+        g.queueStep(0, [mb], hyper);
+        const [m] = await g.readMetrics(0, 1);
+        return m[0];
+      };
+      // reference loss with the adapter's default kernels
+      const plain = new LlamaGraph(gpu, cfg, { tokens: 16 });
+      const ref = await lossOf(plain);
+      plain.destroy();
+
+      setMatmulTuning(gpu, { variant: "gpu", choices: new Map() });
+      let builds = 0;
+      const build = () => {
+        builds++;
+        return new LlamaGraph(gpu, cfg, { tokens: 16 });
+      };
+      const first = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      assert.ok(first.report.shapes >= 4, `shapes ${first.report.shapes}`);
+      assert.equal(first.report.measured, first.report.shapes);
+      assert.equal(builds, first.report.changed > 0 ? 2 : 1);
+      const cached = JSON.parse(await Deno.readTextFile(cacheFile));
+      const sig = Object.keys(cached.adapters)[0];
+      assert.equal(Object.keys(cached.adapters[sig].choices).length, first.report.shapes);
+      const tuned = await lossOf(first.graph);
+      first.graph.destroy();
+      const err = Math.abs(tuned - ref) / Math.abs(ref);
+      report(
+        `tuned graph loss ${tuned.toFixed(6)} vs default kernels ${ref.toFixed(6)}`,
+        err,
+        1e-5,
+      );
+      assert.ok(err < 1e-5);
+
+      // a fresh process's view: choices only from the cache, nothing timed, one build
+      setMatmulTuning(gpu, { choices: new Map() });
+      builds = 0;
+      const second = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      assert.equal(second.report.measured, 0);
+      assert.equal(builds, 1);
+      assert.deepEqual(
+        [...matmulTuning(gpu).choices!.keys()].sort(),
+        Object.keys(cached.adapters[sig].choices).sort(),
+      );
+      second.graph.destroy();
+    } finally {
+      setMatmulTuning(gpu, before);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
