@@ -102,6 +102,8 @@ export function gemmVec4Ok(g: GemmArgs): boolean {
 export interface GemmChoice {
   tile: 64 | 128;
   slices: number;
+  /** Use the 16-byte-load kernel when the shape allows it (absent: true). */
+  vec4?: boolean;
 }
 
 /**
@@ -147,7 +149,7 @@ export function planGemm(
     slices = Math.ceil(K / kSlice);
   }
   if (slices <= 1) kSlice = K;
-  const v4 = t.vec4 && vec4Ok;
+  const v4 = t.vec4 && vec4Ok && (chosen?.vec4 ?? true);
   const entry = tile === 64
     ? (v4 ? "matmul_tiled_v4" : "matmul_tiled")
     : (v4 ? "matmul_big_v4" : "matmul_big");

@@ -9,6 +9,7 @@
 import { join } from "node:path";
 import {
   type GemmChoice,
+  gemmVec4Ok,
   isCpuAdapter,
   matmulGemm,
   matmulTuning,
@@ -110,15 +111,25 @@ async function writeCache(path: string, c: CacheFile): Promise<void> {
   await Deno.rename(tmp, path);
 }
 
-/** The candidates for one GEMM: both tiles × 1, 2, 4, 8 K slices (≥ 256 of K per slice). */
-export function gemmCandidates(K: number): GemmChoice[] {
+/**
+ * The candidates for one GEMM: both tiles × 1, 2, 4, 8 K slices (≥ 256 of K per slice), each
+ * with 16-byte and 4-byte loads when the shape allows 16-byte ones.
+ */
+export function gemmCandidates(K: number, vec4Ok = false): GemmChoice[] {
   const out: GemmChoice[] = [];
   for (const tile of [64, 128] as const) {
     for (const slices of [1, 2, 4, 8]) {
-      if (slices === 1 || K / slices >= 256) out.push({ tile, slices });
+      if (slices > 1 && K / slices < 256) continue;
+      out.push({ tile, slices, vec4: vec4Ok });
+      if (vec4Ok) out.push({ tile, slices, vec4: false });
     }
   }
   return out;
+}
+
+/** "128-tile × 2 slices, 16-byte loads" */
+function describeChoice(c: GemmChoice): string {
+  return `${c.tile}-tile × ${c.slices} slice(s)${c.vec4 ? ", 16-byte loads" : ""}`;
 }
 
 function median(xs: number[]): number {
@@ -136,10 +147,11 @@ async function timeCandidates(
   const before = { ...matmulTuning(gpu) };
   const lists: { choice: GemmChoice; dispatches: Dispatch[] }[] = [];
   try {
-    for (const choice of gemmCandidates(rec.args.K)) {
+    for (const choice of gemmCandidates(rec.args.K, gemmVec4Ok(rec.args))) {
       setMatmulTuning(gpu, {
         variant: choice.tile === 64 ? "tiled" : "big",
         splitK: choice.slices,
+        vec4: choice.vec4 ?? true,
       });
       lists.push({ choice, dispatches: matmulGemm(gpu, arena, rec.args) });
     }
@@ -198,7 +210,7 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     : { kernels: hash, choices: {} };
   const choices = new Map(matmulTuning(gpu).choices ?? []);
   for (const [k, c] of Object.entries(entry.choices)) {
-    if (!choices.has(k)) choices.set(k, { tile: c.tile, slices: c.slices });
+    if (!choices.has(k)) choices.set(k, { tile: c.tile, slices: c.slices, vec4: c.vec4 });
   }
   setMatmulTuning(gpu, { choices });
 
@@ -217,8 +229,10 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     if (choices.has(key)) continue;
     const times = await timeCandidates(gpu, rec, opts.reps ?? 3);
     const best = times.reduce((a, b) => (b.ms < a.ms ? b : a));
+    const usedV4 = rec.plan.entry.endsWith("_v4");
     const used = times.find((t) =>
-      t.choice.tile === rec.plan.tile && t.choice.slices === rec.plan.slices
+      t.choice.tile === rec.plan.tile && t.choice.slices === rec.plan.slices &&
+      (t.choice.vec4 ?? false) === usedV4
     );
     choices.set(key, best.choice);
     entry.choices[key] = { ...best.choice, ms: Number(best.ms.toFixed(4)) };
@@ -229,8 +243,8 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
       if (used) report.savedMs += used.ms - best.ms;
     }
     opts.log?.(
-      `matmul tune ${key}: ${best.choice.tile}-tile × ${best.choice.slices} slice(s) ` +
-        `${best.ms.toFixed(3)} ms (heuristic ${rec.plan.tile} × ${rec.plan.slices}: ` +
+      `matmul tune ${key}: ${describeChoice(best.choice)} ${best.ms.toFixed(3)} ms ` +
+        `(heuristic ${rec.plan.entry} × ${rec.plan.slices}: ` +
         `${used ? used.ms.toFixed(3) + " ms" : "n/a"})`,
     );
   }

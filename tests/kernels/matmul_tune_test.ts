@@ -9,8 +9,12 @@ import { gpuTest, report } from "../helpers.ts";
 import { FAMILIES, randomWeights } from "../reference/tiny_models.ts";
 
 Deno.test("matmul tune: candidates cover both tiles and only K-splits of ≥ 256", () => {
-  assert.deepEqual(gemmCandidates(200), [{ tile: 64, slices: 1 }, { tile: 128, slices: 1 }]);
+  assert.deepEqual(gemmCandidates(200), [
+    { tile: 64, slices: 1, vec4: false },
+    { tile: 128, slices: 1, vec4: false },
+  ]);
   assert.equal(gemmCandidates(4096).length, 8);
+  assert.equal(gemmCandidates(4096, true).length, 16);
   assert.deepEqual(gemmCandidates(1024).map((c) => c.slices), [1, 2, 4, 1, 2, 4]);
 });
 
