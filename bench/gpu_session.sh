@@ -30,7 +30,7 @@ step() { # step NAME TIMEOUT_S CMD...: run with a limit, log to $OUT/NAME.log, p
   tail -n 25 "$LOGS/$name.log"
   echo "=== $name: rc $rc, $((SECONDS - t0)) s"
 }
-vs_torch=(--vs-torch --torch-device cuda --torch-dtype fp32,bf16 --python python3)
+vs_torch=(--vs-torch --torch-device cuda --torch-dtype fp32,bf16 --torch-impl hf,plain --python python3)
 for phase in "$@"; do
   case $phase in
   doctor) step doctor 60 deno task doctor ;;
@@ -40,12 +40,7 @@ for phase in "$@"; do
   matmul) step matmul 90 deno task bench kernels --filter matmul ;;
   small) step train_260k 120 deno task bench train --model stories260k "${vs_torch[@]}"
     step train_15m 150 deno task bench train --model stories15m "${vs_torch[@]}" ;;
-  135m) step train_135m 180 deno task bench train --model smollm2-135m "${vs_torch[@]}"
-    # torch against torch: the plain-torch Llama beside transformers' on the same rows, to size
-    # the fp32 loss drift two correct implementations show on this shape
-    step torch_plain_135m 90 python3 bench/torch_baseline.py --model bench/out/train/models/smollm2-135m \
-      --rows bench/out/train/rows.i32 --batch 4 --seq 1024 --steps 7 --warmup 2 --weight-decay 0.01 \
-      --dtype fp32 --device cuda --impl plain ;;
+  135m) step train_135m 180 deno task bench train --model smollm2-135m "${vs_torch[@]}" ;;
   1b) step train_1b 300 deno task bench train --model llama-3.2-1b "${vs_torch[@]}" ;;
   *) echo "unknown phase $phase" ;;
   esac

@@ -122,7 +122,8 @@ export interface TorchOptions {
   python?: string;
   device: string;
   dtypes: ("fp32" | "bf16")[];
-  impl: string;
+  /** auto, plain or hf; several (e.g. hf,plain) run each in turn. */
+  impls: string[];
   threads?: number;
 }
 
@@ -552,6 +553,7 @@ export async function findTorchPython(given?: string): Promise<string | null> {
 
 async function runTorch(
   t: TorchOptions,
+  impl: string,
   python: string,
   dtype: string,
   a: { dir: string; rowsFile: string; batch: number; seq: number; total: number; warmup: number },
@@ -559,7 +561,7 @@ async function runTorch(
   work: string,
   log: (l: string) => void,
 ): Promise<TorchResult> {
-  const out = join(work, `torch_${dtype}.json`);
+  const out = join(work, `torch_${impl}_${dtype}.json`);
   const env = Deno.env.toObject();
   // OpenBLAS tuning variables of the build machines skew the CPU baseline: run with defaults.
   delete env.OPENBLAS_CORETYPE;
@@ -572,10 +574,10 @@ async function runTorch(
     ...["--lr", `${hyper.lr}`, "--beta1", `${hyper.beta1}`, "--beta2", `${hyper.beta2}`],
     ...["--eps", `${hyper.eps}`, "--weight-decay", `${hyper.weightDecay}`],
     ...["--max-grad-norm", `${hyper.maxGradNorm}`],
-    ...["--dtype", dtype, "--device", t.device, "--impl", t.impl, "--out", out],
+    ...["--dtype", dtype, "--device", t.device, "--impl", impl, "--out", out],
     ...(t.threads ? ["--threads", `${t.threads}`] : []),
   ];
-  log(`torch (${dtype}): ${python} ${args.join(" ")}`);
+  log(`torch (${impl} ${dtype}): ${python} ${args.join(" ")}`);
   const r = await new Deno.Command(python, { args, env, clearEnv: true, stdout: "piped" })
     .output();
   if (!r.success) {
@@ -650,9 +652,13 @@ export async function benchTrain(opts: TrainBenchOptions): Promise<TrainBenchRes
         "CPU: apt-get install -y python3-torch libopenblas0-pthread; or pass --python PATH",
       );
     }
-    for (const dtype of opts.torch.dtypes) {
+    const runs = opts.torch.impls.flatMap((impl) =>
+      opts.torch!.dtypes.map((dtype) => ({ impl, dtype }))
+    );
+    for (const { impl, dtype } of runs) {
       const r = await runTorch(
         opts.torch,
+        impl,
         python,
         dtype,
         {
@@ -819,15 +825,18 @@ export function trainOptionsFromFlags(v: TrainFlags): TrainBenchOptions {
         throw new UserError(`--torch-dtype takes fp32, bf16 or fp32,bf16 (got ${dtypesRaw})`);
       }
     }
-    const impl = (v["torch-impl"] as string | undefined) ?? "auto";
-    if (!["auto", "plain", "hf"].includes(impl)) {
-      throw new UserError(`--torch-impl must be auto, plain or hf (got ${impl})`);
+    const implRaw = (v["torch-impl"] as string | undefined) ?? "auto";
+    const impls = implRaw.split(",").map((s) => s.trim());
+    if (!impls.every((i) => ["auto", "plain", "hf"].includes(i))) {
+      throw new UserError(
+        `--torch-impl takes auto, plain or hf, or a comma list such as hf,plain (got ${implRaw})`,
+      );
     }
     torch = {
       python: v.python as string | undefined,
       device,
       dtypes: dtypes as ("fp32" | "bf16")[],
-      impl,
+      impls,
       threads: intFlag(v["torch-threads"], "torch-threads", 1),
     };
   }

@@ -113,7 +113,7 @@ gpuTest(
         profile: false,
         workDir: work,
         gpu,
-        torch: { python, device: "cpu", dtypes: ["fp32"], impl: "plain" },
+        torch: { python, device: "cpu", dtypes: ["fp32"], impls: ["plain"] },
       });
       const t = withTorch.torch[0];
       report("bench losses vs PyTorch fp32", t.lossMaxRelDiff, LOSS_TOLERANCE);
