@@ -16,7 +16,8 @@ export const ATTENTION_MAX_HEAD_DIM = 128;
 /**
  * Which implementation runs: "cpu" (attention.wgsl: 16-thread workgroups, accumulators in
  * workgroup memory, shaped for lavapipe) or "gpu" (attention_gpu.wgsl: flash-attention tiles of
- * up to 256 threads with accumulators in registers).
+ * up to 256 threads with accumulators in registers; head dims that are not a multiple of 4 run
+ * the "cpu" kernels).
  */
 export type AttentionVariant = "cpu" | "gpu";
 
@@ -128,11 +129,13 @@ function tileConfig(gpu: Gpu, entry: "forward" | "dq" | "dkv", D: number): TileC
 
 /**
  * Override constants of one attention_gpu entry point: TR × TC threads (own rows BR = 4·TR, tile
- * rows BC = 4·TC), DM the head-dim capacity, NK dim quads per thread in the accumulators, and the
- * vec4 counts of its workgroup arrays (attention_gpu.wgsl names them).
+ * rows BC = 4·TC), DM the head-dim capacity, HD the head dim as a compile-time constant (0: read
+ * at run time), NK dim quads per thread in the accumulators, and the vec4 counts of its workgroup
+ * arrays (attention_gpu.wgsl names them).
  */
 interface GpuTileConfig extends Record<string, number> {
   DM: number;
+  HD: number;
   TR: number;
   TC: number;
   NK: number;
@@ -142,27 +145,30 @@ interface GpuTileConfig extends Record<string, number> {
   TILE_N: number;
 }
 
-/** (TR, TC) candidates, most threads first; 4·TC > DM/8 keeps NK <= 8. */
-const GPU_SHAPES: [number, number][] = [
-  [16, 16],
-  [16, 8],
-  [8, 16],
-  [8, 8],
-  [16, 4],
-  [4, 16],
-  [8, 4],
-  [4, 8],
-  [4, 4],
-  [2, 4],
-  [1, 4],
-];
+/**
+ * (TR, TC) candidates per attention_gpu entry point, preferred first (4·TC > DM/8 keeps NK <= 8).
+ * dK/dV puts TC = 16 first: its grid has only T·Hkv/(4·TR) workgroups, so the threads per tile
+ * row decide how full the GPU gets.
+ */
+export const ATTENTION_GPU_SHAPES: Record<"forward" | "dq" | "dkv", [number, number][]> = {
+  forward: [[16, 16], [16, 8], [8, 16], [8, 8], [16, 4], [4, 16], [8, 4], [4, 8], [4, 4], [2, 4]],
+  dq: [[16, 16], [8, 16], [16, 8], [8, 8], [16, 4], [4, 16], [8, 4], [4, 8], [4, 4], [2, 4]],
+  dkv: [[8, 16], [16, 8], [8, 8], [4, 16], [16, 4], [4, 8], [8, 4], [4, 4], [2, 4], [1, 4]],
+};
+
+/** Whether the "gpu" variant takes head dim D (it reads Q, K, V and dO as vec4s). */
+export function attentionGpuTakes(D: number): boolean {
+  return D % 4 === 0;
+}
 
 /**
- * The largest thread grid whose workgroup arrays fit the device (vec4s × 16 bytes):
- * forward Q (DM·TR) + K/V tile (DM·TC) + P (4·TR·TC); dQ Q and dO (2·DM·TR) + K (DM·TC) + V / dS
- * (max(DM·TC, 4·TR·TC)); dK/dV K and V (2·DM·TR) + Q and dO (2·DM·TC) + Pᵀ / dSᵀ (4·TR·TC).
- * At D = 64 on a 48 KiB device: forward 16×16 (BR = BC = 64, 48 KiB), dQ 16×8 (BR = 64, BC = 32,
- * 48 KiB), dK/dV 8×8 (BR = BC = 32, 36 KiB).
+ * The first thread grid of ATTENTION_GPU_SHAPES[entry] whose workgroup arrays fit the device
+ * (vec4s × 16 bytes): forward Q (DM·TR) + K/V tile (DM·TC) + P (4·TR·TC); dQ K and V tiles
+ * (2·DM·TC) + dS (4·TR·TC); dK/dV Q and dO tiles (2·DM·TC) + Pᵀ and dSᵀ (2 · 4·TR·TC). The
+ * backward reads its own rows from global memory. At D = 64 on 48 KiB: forward 16×16
+ * (BR = BC = 64, 48 KiB), dQ 16×16 (64×64, 48 KiB), dK/dV 8×16 (BR = 32, BC = 64, 48 KiB); at
+ * D = 128 8×8, 16×8 and 16×8. HD = D when D fills its bucket DM on a GPU (unrolled d loops),
+ * else 0 (one pipeline per bucket, rolled loops; CPU adapters always, so lavapipe compiles fast).
  */
 export function gpuTileConfig(
   gpu: Gpu,
@@ -172,21 +178,34 @@ export function gpuTileConfig(
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const maxThreads = gpu.limits.maxComputeInvocationsPerWorkgroup;
   const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
-  for (const [TR, TC] of GPU_SHAPES) {
+  const HD = D === DM && !isCpuAdapter(gpu) ? D : 0;
+  for (const [TR, TC] of ATTENTION_GPU_SHAPES[entry]) {
     if (TR * TC > maxThreads) continue;
     const NK = Math.ceil(DM / (4 * TC));
     if (NK > 8) continue;
-    const own = DM * TR, oth = DM * TC, tile = 4 * TR * TC;
-    const c: GpuTileConfig = { DM, TR, TC, NK, OWN_N: own, OA_N: oth, OB_N: oth, TILE_N: tile };
+    const oth = DM * TC, tile = 4 * TR * TC;
+    const c: GpuTileConfig = {
+      DM,
+      HD,
+      TR,
+      TC,
+      NK,
+      OWN_N: 1,
+      OA_N: oth,
+      OB_N: 1,
+      TILE_N: tile,
+    };
     let vec4s: number;
     if (entry === "forward") {
+      c.OWN_N = DM * TR;
       c.OA_N = Math.max(oth, TR * TC); // also holds the row-max / row-sum partials
-      vec4s = own + c.OA_N + tile;
+      vec4s = c.OWN_N + c.OA_N + tile;
     } else if (entry === "dq") {
-      c.OB_N = Math.max(oth, tile); // V, then dS
-      vec4s = 2 * own + oth + c.OB_N;
+      c.OB_N = oth;
+      vec4s = 2 * oth + tile;
     } else {
-      vec4s = 2 * own + 2 * oth + tile;
+      c.OB_N = oth;
+      vec4s = 2 * oth + 2 * tile;
     }
     if (vec4s * 16 <= limit) return c;
   }
@@ -214,7 +233,7 @@ export function attentionForward(
 ): Dispatch[] {
   checkShape("attention_forward", args);
   const { T, Hq, D } = args;
-  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu";
+  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" && attentionGpuTakes(D);
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = gpuVariant ? 4 * c.TR : 4 * c.RQ;
   const kernel = gpuVariant
@@ -261,7 +280,7 @@ export function attentionBackward(
     workgroups: [gx, Math.ceil(groups / gx), 1],
   };
 
-  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu";
+  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" && attentionGpuTakes(D);
   const cDq = gpuVariant ? gpuTileConfig(gpu, "dq", D) : tileConfig(gpu, "dq", D);
   const kDq = gpuVariant
     ? gpu.kernel("attention_gpu", "attention_gpu_backward_dq", cDq)

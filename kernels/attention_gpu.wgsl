@@ -1,40 +1,45 @@
 // GPU-shaped packed varlen causal attention (flash-attention tiling): forward with LSE, dQ, dK/dV.
 //
-// Same contracts, Params and bindings as attention.wgsl (the backward delta pass stays there):
-// Q (T, Hq, D), K and V (T, Hkv, D) row-major; q head h reads kv head h / (Hq / Hkv); token i
-// attends to key j when seqStart[i] <= j <= i.
+// Same contracts, Params and bindings as attention.wgsl (the backward delta pass stays there),
+// except that Q, K, V and dO are read as vec4s, so D must be a multiple of 4 (the launcher falls
+// back to attention.wgsl otherwise): Q (T, Hq, D), K and V (T, Hkv, D) row-major; q head h reads
+// kv head h / (Hq / Hkv); token i attends to key j when seqStart[i] <= j <= i.
 //
 // Work layout (no subgroups, no atomics). A workgroup of TR × TC threads owns BR = 4·TR "own"
 // rows (queries in the forward and dQ, keys in dK/dV) and walks the "other" side (keys, or
 // queries in dK/dV) in tiles of BC = 4·TC rows. Thread (tx, ty) owns the 4×4 score block of own
 // rows 4ty..4ty+3 × tile rows 4tx..4tx+3 in registers, and 4 own rows × the dim quads
 // tx, tx + TC, ... (NK of them) of every accumulator (O, dQ, dK, dV) in registers.
-// Everything the inner loops read sits in workgroup memory and is read as vec4:
-// - own rows staged once, transposed (d-major, vec4 over 4 rows): own[d · TR + row / 4];
-// - the other tile, transposed (d-major, vec4 over 4 tile rows) with an XOR swizzle of the quad
+// - Own rows: the forward stages Q once, transposed (d-major, vec4 over 4 rows):
+//   own[d · TR + row / 4]. The backward reads its own rows (Q and dO, or K and V) straight from
+//   global memory as vec4s over d in the score loop: they are the same few KiB for every tile, so
+//   they stay in L1, and the workgroup memory they would take goes to more threads.
+// - The other tile, transposed (d-major, vec4 over 4 tile rows) with an XOR swizzle of the quad
 //   index by the dim quad: oth[d · TC + (quad ^ (d / 4 % TC))]. The score loop (fixed d, quad =
 //   tx) and the accumulation loop (fixed quad, d = 4 · (tx + TC k) + j) both hit distinct banks,
-//   so one layout serves both products and nothing is staged twice;
-// - the probability / dS tile, row-major over the tile (vec4 over 4 tile rows), swizzled by the
-//   own quad: tile[row · TC + (quad ^ (row / 4 % TC))].
+//   so one layout serves both products and nothing is staged twice. Staging gives consecutive
+//   lanes consecutive rows (one vec4 of dims each), so its scalar stores hit distinct banks too.
+// - The probability / dS tiles, row-major over the tile (vec4 over 4 tile rows), swizzled by the
+//   own quad: tile_a / tile_b[row · TC + (quad ^ (row / 4 % TC))].
 // Score blocks are mat4x4 (column = tile row, component = own row); accumulators are
 // array<mat4x4, NKMAX> (one mat per dim quad: column = own row, component = dim). Override
-// constants (DM, TR, TC, NK and the array sizes) come from the launcher, which sizes them to the
-// device's workgroup memory; loops over d stay rolled (runtime D) so lavapipe compiles quickly,
-// while the loops over NK / 4 rows have constant trip counts the GPU compilers unroll.
-// Every tile of the loops below holds at least one visible pair, so none is skipped.
+// constants (DM, HD, TR, TC, NK and the array sizes) come from the launcher, which sizes them to
+// the device's workgroup memory. HD is the head dim as a compile-time constant on GPUs (the loops
+// over d unroll there); 0 reads p.d at run time (lavapipe, where rolled loops compile fast).
+// A 4×4 score block that the mask hides entirely skips its dot products.
 
 const MASKED: f32 = -1.0e30; // running max before any real score
 const NKMAX: u32 = 8u; // capacity of the accumulator arrays (NK <= NKMAX)
 
 override DM: u32 = 64u; // head-dim capacity of the staged arrays (16, 32, 64 or 128, >= D)
+override HD: u32 = 0u; // head dim as a constant (equal to p.d), or 0: p.d at run time
 override TR: u32 = 16u; // threads along own rows (4 rows each): BR = 4·TR
 override TC: u32 = 16u; // threads along tile rows (4 each): BC = 4·TC
 override NK: u32 = 1u; // dim quads per thread in the accumulators: ceil(DM / (4·TC)) <= NKMAX
-override OWN_N: u32 = 1024u; // vec4s of own_a / own_b (DM·TR)
+override OWN_N: u32 = 1024u; // vec4s of own (DM·TR, forward only)
 override OA_N: u32 = 1024u; // vec4s of oth_a (>= DM·TC, >= TR·TC for the forward's reductions)
-override OB_N: u32 = 1024u; // vec4s of oth_b (>= DM·TC, >= 4·TR·TC where dQ puts dS there)
-override TILE_N: u32 = 1024u; // vec4s of tile (4·TR·TC)
+override OB_N: u32 = 1024u; // vec4s of oth_b (DM·TC)
+override TILE_N: u32 = 1024u; // vec4s of tile_a and tile_b (4·TR·TC)
 
 struct Params {
   t: u32, // tokens in the packed row
@@ -42,14 +47,12 @@ struct Params {
   hkv: u32, // key/value heads
   group: u32, // hq / hkv
   scale: f32, // softmax scale
-  d: u32, // head dim D, <= DM
+  d: u32, // head dim D, <= DM, a multiple of 4
   _pad0: u32,
   _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-
-var<private> D: u32; // head dim, p.d (set first thing by every entry point)
 
 // Outputs (bindings 1, 2) of each entry point.
 @group(0) @binding(1) var<storage, read_write> out_o: array<f32>; // forward (T, Hq, D)
@@ -58,27 +61,35 @@ var<private> D: u32; // head dim, p.d (set first thing by every entry point)
 @group(0) @binding(1) var<storage, read_write> out_dk: array<f32>; // dkv (T, Hkv, D)
 @group(0) @binding(2) var<storage, read_write> out_dv: array<f32>; // dkv (T, Hkv, D)
 
-// Inputs, at the same bindings as attention.wgsl.
-@group(0) @binding(3) var<storage, read> in_q: array<f32>; // (T, Hq, D)
-@group(0) @binding(4) var<storage, read> in_k: array<f32>; // (T, Hkv, D)
-@group(0) @binding(5) var<storage, read> in_v: array<f32>; // (T, Hkv, D)
+// Inputs, at the same bindings as attention.wgsl (the (T, heads, D) ones as vec4 over d).
+@group(0) @binding(3) var<storage, read> in_q: array<vec4<f32>>; // (T, Hq, D/4)
+@group(0) @binding(4) var<storage, read> in_k: array<vec4<f32>>; // (T, Hkv, D/4)
+@group(0) @binding(5) var<storage, read> in_v: array<vec4<f32>>; // (T, Hkv, D/4)
 @group(0) @binding(6) var<storage, read> in_start: array<u32>; // (T) seqStart
 @group(0) @binding(7) var<storage, read> in_end: array<u32>; // (T) seqEnd
-@group(0) @binding(8) var<storage, read> in_dout: array<f32>; // (T, Hq, D)
+@group(0) @binding(8) var<storage, read> in_dout: array<vec4<f32>>; // (T, Hq, D/4)
 @group(0) @binding(9) var<storage, read> in_lse: array<f32>; // (Hq, T)
 @group(0) @binding(10) var<storage, read> in_delta: array<f32>; // (Hq, T)
 
-// forward: own_a Q; oth_a K, then row-max / row-sum partials, then V; tile P
-// dQ: own_a Q, own_b dO; oth_a K; oth_b V, then dS (row-major tile layout)
-// dK/dV: own_a K, own_b V; oth_a Q, oth_b dO; tile Pᵀ, then dSᵀ
-var<workgroup> own_a: array<vec4<f32>, OWN_N>; // (DM, BR/4)
-var<workgroup> own_b: array<vec4<f32>, OWN_N>; // (DM, BR/4)
+// forward: own Q; oth_a K, then row-max / row-sum partials, then V; tile_a P
+// dQ: oth_a K, oth_b V; tile_a dS
+// dK/dV: oth_a Q, oth_b dO; tile_a Pᵀ, tile_b dSᵀ
+var<workgroup> own: array<vec4<f32>, OWN_N>; // (DM, BR/4)
 var<workgroup> oth_a: array<vec4<f32>, OA_N>; // (DM, BC/4) swizzled
 var<workgroup> oth_b: array<vec4<f32>, OB_N>; // (DM, BC/4) swizzled
-var<workgroup> tile: array<vec4<f32>, TILE_N>; // (BR, BC/4) swizzled
+var<workgroup> tile_a: array<vec4<f32>, TILE_N>; // (BR, BC/4) swizzled
+var<workgroup> tile_b: array<vec4<f32>, TILE_N>; // (BR, BC/4) swizzled
 
 // ---------------------------------------------------------------------------------------------
 // Indexing and loads.
+
+// The head dim: HD when the launcher made it a constant, else p.d.
+fn hd() -> u32 {
+  if (HD != 0u) {
+    return HD;
+  }
+  return p.d;
+}
 
 fn oth_at(d: u32, quad: u32) -> u32 {
   return d * TC + (quad ^ ((d >> 2u) % TC));
@@ -88,29 +99,91 @@ fn tile_at(row: u32, quad: u32) -> u32 {
   return row * TC + (quad ^ ((row >> 2u) % TC));
 }
 
-// Element offset of (row, head h, dim d) in a (T, heads, D) tensor, and whether it exists.
-fn elem(row: u32, heads: u32, h: u32, d: u32) -> u32 {
-  return select(0u, (row * heads + h) * D + d, row < p.t && d < D);
+// Dims 4·d4..4·d4+3 of (row, head h) of Q, K, V or dO; zeros past T. (Separate functions, so an
+// entry point binds only the tensors it reads.)
+fn row_ok(row: u32) -> bool {
+  return row < p.t;
 }
 
-fn ok(row: u32, d: u32) -> bool {
-  return row < p.t && d < D;
+fn ld_q(row: u32, h: u32, d4: u32) -> vec4<f32> {
+  let r = select(0u, row, row_ok(row));
+  return select(vec4<f32>(), in_q[(r * p.hq + h) * (hd() / 4u) + d4], row_ok(row));
 }
 
-fn val_q(row: u32, h: u32, d: u32) -> f32 {
-  return select(0.0, in_q[elem(row, p.hq, h, d)], ok(row, d));
+fn ld_dout(row: u32, h: u32, d4: u32) -> vec4<f32> {
+  let r = select(0u, row, row_ok(row));
+  return select(vec4<f32>(), in_dout[(r * p.hq + h) * (hd() / 4u) + d4], row_ok(row));
 }
 
-fn val_dout(row: u32, h: u32, d: u32) -> f32 {
-  return select(0.0, in_dout[elem(row, p.hq, h, d)], ok(row, d));
+fn ld_k(row: u32, h: u32, d4: u32) -> vec4<f32> {
+  let r = select(0u, row, row_ok(row));
+  return select(vec4<f32>(), in_k[(r * p.hkv + h) * (hd() / 4u) + d4], row_ok(row));
 }
 
-fn val_k(row: u32, h: u32, d: u32) -> f32 {
-  return select(0.0, in_k[elem(row, p.hkv, h, d)], ok(row, d));
+fn ld_v(row: u32, h: u32, d4: u32) -> vec4<f32> {
+  let r = select(0u, row, row_ok(row));
+  return select(vec4<f32>(), in_v[(r * p.hkv + h) * (hd() / 4u) + d4], row_ok(row));
 }
 
-fn val_v(row: u32, h: u32, d: u32) -> f32 {
-  return select(0.0, in_v[elem(row, p.hkv, h, d)], ok(row, d));
+// Vec4 offsets of 4 own rows (clamped to T − 1) of head h in a tensor of `heads` heads.
+fn own_base(r: u32, heads: u32, h: u32) -> vec4<u32> {
+  return (quad_rows(r) * vec4<u32>(heads) + vec4<u32>(h)) * vec4<u32>(hd() / 4u);
+}
+
+// Tile row r, dims d..d+3, into oth_a / oth_b (transposed, swizzled).
+fn put_oth_a(x: vec4<f32>, r: u32, d: u32) {
+  for (var j = 0u; j < 4u; j++) {
+    oth_a[oth_at(d + j, r / 4u)][r % 4u] = x[j];
+  }
+}
+
+fn put_oth_b(x: vec4<f32>, r: u32, d: u32) {
+  for (var j = 0u; j < 4u; j++) {
+    oth_b[oth_at(d + j, r / 4u)][r % 4u] = x[j];
+  }
+}
+
+// Staging of tile rows r0..r0+4·TC−1, head h, by lane li of TR·TC. Element e is tile row
+// e % BC, dims 4·(e / BC)..+3: consecutive lanes take consecutive rows, so the scalar stores of
+// put_oth_* hit distinct banks.
+// K (v false) or V (v true) into oth_a (forward).
+fn stage_kv_a(v: bool, r0: u32, h: u32, li: u32) {
+  let bc = 4u * TC;
+  for (var e = li; e < bc * (hd() / 4u); e += TR * TC) {
+    let r = e % bc;
+    let d4 = e / bc;
+    if (v) {
+      put_oth_a(ld_v(r0 + r, h, d4), r, 4u * d4);
+    } else {
+      put_oth_a(ld_k(r0 + r, h, d4), r, 4u * d4);
+    }
+  }
+}
+
+// K into oth_a and V into oth_b (dQ).
+fn stage_kv_ab(r0: u32, h: u32, li: u32) {
+  let bc = 4u * TC;
+  for (var e = li; e < bc * (hd() / 4u); e += TR * TC) {
+    let r = e % bc;
+    let d4 = e / bc;
+    let k = ld_k(r0 + r, h, d4);
+    let v = ld_v(r0 + r, h, d4);
+    put_oth_a(k, r, 4u * d4);
+    put_oth_b(v, r, 4u * d4);
+  }
+}
+
+// Q into oth_a and dO into oth_b (dK/dV).
+fn stage_qo_ab(r0: u32, h: u32, li: u32) {
+  let bc = 4u * TC;
+  for (var e = li; e < bc * (hd() / 4u); e += TR * TC) {
+    let r = e % bc;
+    let d4 = e / bc;
+    let q = ld_q(r0 + r, h, d4);
+    let o = ld_dout(r0 + r, h, d4);
+    put_oth_a(q, r, 4u * d4);
+    put_oth_b(o, r, 4u * d4);
+  }
 }
 
 // Four consecutive rows from r, clamped to T − 1 (for per-row lookups; masks handle the rest).
@@ -153,6 +226,33 @@ fn dots(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, v0: vec4<f32>, v
   );
 }
 
+// The two score blocks of the backward over tile quad tx, with their own rows read from global
+// memory at vec4 offsets `base` (4 rows): Q·oth_a and dO·oth_b (keys false: dQ), or K·oth_a and
+// V·oth_b (keys true: dK/dV). Each is Σ_d own[d] ⊗ oth[d] (column = tile row, component = own row).
+fn scores2(keys: bool, b: vec4<u32>, tx: u32) -> array<mat4x4<f32>, 2> {
+  var s = mat4x4<f32>();
+  var t = mat4x4<f32>();
+  for (var d4 = 0u; d4 < hd() / 4u; d4++) {
+    var x: mat4x4<f32>; // rows of the own block: column = own row, component = dim
+    var y: mat4x4<f32>;
+    if (keys) {
+      x = mat4x4<f32>(in_k[b.x + d4], in_k[b.y + d4], in_k[b.z + d4], in_k[b.w + d4]);
+      y = mat4x4<f32>(in_v[b.x + d4], in_v[b.y + d4], in_v[b.z + d4], in_v[b.w + d4]);
+    } else {
+      x = mat4x4<f32>(in_q[b.x + d4], in_q[b.y + d4], in_q[b.z + d4], in_q[b.w + d4]);
+      y = mat4x4<f32>(in_dout[b.x + d4], in_dout[b.y + d4], in_dout[b.z + d4], in_dout[b.w + d4]);
+    }
+    let xt = transpose(x); // column = dim, component = own row
+    let yt = transpose(y);
+    for (var j = 0u; j < 4u; j++) {
+      let at = oth_at(4u * d4 + j, tx);
+      s = outer(s, xt[j], oth_a[at]);
+      t = outer(t, yt[j], oth_b[at]);
+    }
+  }
+  return array<mat4x4<f32>, 2>(s, t);
+}
+
 // Masks of a score block: own query rows × tile keys from j (forward, dQ): seqStart <= key <= row.
 fn mask_keys(rows: vec4<u32>, start: vec4<u32>, j: u32) -> array<vec4<bool>, 4> {
   let live = rows < vec4<u32>(p.t);
@@ -175,26 +275,31 @@ fn mask_queries(keys: vec4<u32>, i: u32, st: vec4<u32>) -> array<vec4<bool>, 4> 
   return m;
 }
 
+// Whether any pair of a block's mask is visible.
+fn any_kept(m: array<vec4<bool>, 4>) -> bool {
+  return any((m[0] | m[1]) | (m[2] | m[3]));
+}
+
 // Writes the block (column = tile row, component = own row) into the tile layout at own rows
-// r0..r0+3, tile quad `quad`, of `tile` or `oth_b`.
-fn put_tile(s: mat4x4<f32>, r0: u32, quad: u32) {
+// r0..r0+3, tile quad `quad`, of tile_a or tile_b.
+fn put_tile_a(s: mat4x4<f32>, r0: u32, quad: u32) {
   let t = transpose(s);
   for (var i = 0u; i < 4u; i++) {
-    tile[tile_at(r0 + i, quad)] = t[i];
+    tile_a[tile_at(r0 + i, quad)] = t[i];
   }
 }
 
-fn put_oth_b(s: mat4x4<f32>, r0: u32, quad: u32) {
+fn put_tile_b(s: mat4x4<f32>, r0: u32, quad: u32) {
   let t = transpose(s);
   for (var i = 0u; i < 4u; i++) {
-    oth_b[tile_at(r0 + i, quad)] = t[i];
+    tile_b[tile_at(r0 + i, quad)] = t[i];
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Forward: workgroup (BR queries, q head h). Online softmax over the key tiles from seqStart of
 // the first query to the last query. Per tile: S in registers; row max of the tile across the TC
-// threads of a row through oth_a (the K tile is dead by then); P into tile; V into oth_a;
+// threads of a row through oth_a (the K tile is dead by then); P into tile_a; V into oth_a;
 // O += P·V. Row sums stay per thread (partial over its columns) and are reduced once at the end.
 
 @compute @workgroup_size(TC, TR)
@@ -203,7 +308,7 @@ fn attention_gpu_forward(
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  D = p.d;
+  let D = hd();
   let T = p.t;
   let h = wid.y;
   let kvh = h / p.group;
@@ -216,10 +321,13 @@ fn attention_gpu_forward(
   let qHi = min(q0 + 4u * TR, T) - 1u;
   let kLo = in_start[q0];
 
-  for (var e = li; e < 4u * TR * DM; e += nt) {
-    let r = e / DM;
-    let d = e % DM;
-    own_a[d * TR + r / 4u][r % 4u] = val_q(q0 + r, h, d);
+  for (var e = li; e < 4u * TR * (D / 4u); e += nt) {
+    let r = e % (4u * TR);
+    let d = 4u * (e / (4u * TR));
+    let x = ld_q(q0 + r, h, d / 4u);
+    for (var j = 0u; j < 4u; j++) {
+      own[(d + j) * TR + r / 4u][r % 4u] = x[j];
+    }
   }
   var m = vec4<f32>(MASKED);
   var l = vec4<f32>(); // partial over this thread's columns
@@ -227,17 +335,15 @@ fn attention_gpu_forward(
 
   for (var k0 = kLo; k0 <= qHi; k0 += 4u * TC) {
     workgroupBarrier();
-    for (var e = li; e < 4u * TC * DM; e += nt) {
-      let r = e / DM;
-      let d = e % DM;
-      oth_a[oth_at(d, r / 4u)][r % 4u] = val_k(k0 + r, kvh, d);
-    }
+    stage_kv_a(false, k0, kvh, li);
     workgroupBarrier();
-    var s = mat4x4<f32>();
-    for (var d = 0u; d < D; d++) {
-      s = outer(s, own_a[d * TR + ty], oth_a[oth_at(d, tx)]);
-    }
     let keep = mask_keys(rows, start, k0 + 4u * tx);
+    var s = mat4x4<f32>();
+    if (any_kept(keep)) {
+      for (var d = 0u; d < D; d++) {
+        s = outer(s, own[d * TR + ty], oth_a[oth_at(d, tx)]);
+      }
+    }
     let mv = vec4<f32>(MASKED);
     s = mat4x4<f32>(
       select(mv, s[0] * p.scale, keep[0]),
@@ -266,19 +372,15 @@ fn attention_gpu_forward(
       let a = acc[k];
       acc[k] = mat4x4<f32>(a[0] * alpha.x, a[1] * alpha.y, a[2] * alpha.z, a[3] * alpha.w);
     }
-    put_tile(pr, 4u * ty, tx);
+    put_tile_a(pr, 4u * ty, tx);
     workgroupBarrier(); // partials read: oth_a takes V
-    for (var e = li; e < 4u * TC * DM; e += nt) {
-      let r = e / DM;
-      let d = e % DM;
-      oth_a[oth_at(d, r / 4u)][r % 4u] = val_v(k0 + r, kvh, d);
-    }
+    stage_kv_a(true, k0, kvh, li);
     workgroupBarrier();
     for (var c = 0u; c < TC; c++) {
-      let p0 = tile[tile_at(4u * ty, c)];
-      let p1 = tile[tile_at(4u * ty + 1u, c)];
-      let p2 = tile[tile_at(4u * ty + 2u, c)];
-      let p3 = tile[tile_at(4u * ty + 3u, c)];
+      let p0 = tile_a[tile_at(4u * ty, c)];
+      let p1 = tile_a[tile_at(4u * ty + 1u, c)];
+      let p2 = tile_a[tile_at(4u * ty + 2u, c)];
+      let p3 = tile_a[tile_at(4u * ty + 3u, c)];
       for (var k = 0u; k < NK; k++) {
         let d0 = 4u * (tx + TC * k);
         if (d0 < D) {
@@ -320,8 +422,8 @@ fn attention_gpu_forward(
 // ---------------------------------------------------------------------------------------------
 // dQ: workgroup (BR queries, q head h), key tiles as in the forward:
 // dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j, P_ij = exp(scale · q_i·k_j − lse_i),
-// dP_ij = dO_i · V_j. Per tile: S and dP in registers; dS into oth_b (V is dead by then);
-// dQ += dS·K from oth_a.
+// dP_ij = dO_i · V_j. Per tile: K and V staged; S and dP in registers (own Q and dO rows from
+// global memory); dS into tile_a; dQ += dS·K from oth_a. Three barriers per tile.
 
 @compute @workgroup_size(TC, TR)
 fn attention_gpu_backward_dq(
@@ -329,59 +431,42 @@ fn attention_gpu_backward_dq(
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  D = p.d;
+  let D = hd();
   let T = p.t;
   let h = wid.y;
   let kvh = h / p.group;
   let tx = lid.x;
   let ty = lid.y;
-  let nt = TR * TC;
   let q0 = wid.x * 4u * TR;
   let rows = vec4<u32>(q0 + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
   let start = quad_start(q0 + 4u * ty);
   let lse = quad_lse(h, q0 + 4u * ty);
   let delta = quad_delta(h, q0 + 4u * ty);
+  let base = own_base(q0 + 4u * ty, p.hq, h); // Q and dO share the layout
   let qHi = min(q0 + 4u * TR, T) - 1u;
   let kLo = in_start[q0];
-
-  for (var e = li; e < 4u * TR * DM; e += nt) {
-    let r = e / DM;
-    let d = e % DM;
-    own_a[d * TR + r / 4u][r % 4u] = val_q(q0 + r, h, d);
-    own_b[d * TR + r / 4u][r % 4u] = val_dout(q0 + r, h, d);
-  }
   var acc: array<mat4x4<f32>, NKMAX>;
 
   for (var k0 = kLo; k0 <= qHi; k0 += 4u * TC) {
+    workgroupBarrier(); // last tile's reads done
+    stage_kv_ab(k0, kvh, li);
     workgroupBarrier();
-    for (var e = li; e < 4u * TC * DM; e += nt) {
-      let r = e / DM;
-      let d = e % DM;
-      let at = oth_at(d, r / 4u);
-      oth_a[at][r % 4u] = val_k(k0 + r, kvh, d);
-      oth_b[at][r % 4u] = val_v(k0 + r, kvh, d);
-    }
-    workgroupBarrier();
-    var s = mat4x4<f32>();
-    var dp = mat4x4<f32>();
-    for (var d = 0u; d < D; d++) {
-      let at = oth_at(d, tx);
-      s = outer(s, own_a[d * TR + ty], oth_a[at]);
-      dp = outer(dp, own_b[d * TR + ty], oth_b[at]);
-    }
     let keep = mask_keys(rows, start, k0 + 4u * tx);
+    var sp = array<mat4x4<f32>, 2>(); // S, dP
+    if (any_kept(keep)) {
+      sp = scores2(false, base, tx);
+    }
     var ds: mat4x4<f32>;
     for (var c = 0u; c < 4u; c++) {
-      ds[c] = select(vec4<f32>(), exp(s[c] * p.scale - lse) * (dp[c] - delta), keep[c]);
+      ds[c] = select(vec4<f32>(), exp(sp[0][c] * p.scale - lse) * (sp[1][c] - delta), keep[c]);
     }
-    workgroupBarrier(); // V reads done: oth_b takes dS
-    put_oth_b(ds, 4u * ty, tx);
+    put_tile_a(ds, 4u * ty, tx);
     workgroupBarrier();
     for (var c = 0u; c < TC; c++) {
-      let p0 = oth_b[tile_at(4u * ty, c)];
-      let p1 = oth_b[tile_at(4u * ty + 1u, c)];
-      let p2 = oth_b[tile_at(4u * ty + 2u, c)];
-      let p3 = oth_b[tile_at(4u * ty + 3u, c)];
+      let p0 = tile_a[tile_at(4u * ty, c)];
+      let p1 = tile_a[tile_at(4u * ty + 1u, c)];
+      let p2 = tile_a[tile_at(4u * ty + 2u, c)];
+      let p3 = tile_a[tile_at(4u * ty + 3u, c)];
       for (var k = 0u; k < NK; k++) {
         let d0 = 4u * (tx + TC * k);
         if (d0 < D) {
@@ -412,8 +497,9 @@ fn attention_gpu_backward_dq(
 // dK and dV: workgroup (BR keys, kv head); loops over the q heads of its group and the query
 // tiles from its first key to seqEnd of its last key. Scores are transposed here (component =
 // own key, column = tile query): dV_j = Σ_i P_ij dO_i, dK_j = scale · Σ_i P_ij (dP_ij − delta_i)
-// Q_i. Per tile: Sᵀ and dPᵀ in registers; Pᵀ into tile, dV += Pᵀ·dO; then dSᵀ into tile,
-// dK += dSᵀ·Q.
+// Q_i. Per tile: Q and dO staged; Sᵀ and dPᵀ in registers (own K and V rows from global
+// memory); Pᵀ into tile_a and dSᵀ into tile_b; dV += Pᵀ·dO and dK += dSᵀ·Q in one pass.
+// Three barriers per tile.
 
 @compute @workgroup_size(TC, TR)
 fn attention_gpu_backward_dkv(
@@ -421,81 +507,56 @@ fn attention_gpu_backward_dkv(
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  D = p.d;
+  let D = hd();
   let T = p.t;
   let kvh = wid.y;
   let tx = lid.x;
   let ty = lid.y;
-  let nt = TR * TC;
   let k0 = wid.x * 4u * TR;
   let keys = vec4<u32>(k0 + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
+  let base = own_base(k0 + 4u * ty, p.hkv, kvh); // K and V share the layout
   let qEnd = in_end[min(k0 + 4u * TR, T) - 1u];
-
-  for (var e = li; e < 4u * TR * DM; e += nt) {
-    let r = e / DM;
-    let d = e % DM;
-    own_a[d * TR + r / 4u][r % 4u] = val_k(k0 + r, kvh, d);
-    own_b[d * TR + r / 4u][r % 4u] = val_v(k0 + r, kvh, d);
-  }
   var dk: array<mat4x4<f32>, NKMAX>;
   var dv: array<mat4x4<f32>, NKMAX>;
 
   for (var gh = 0u; gh < p.group; gh++) {
     let h = kvh * p.group + gh;
     for (var i0 = k0; i0 < qEnd; i0 += 4u * TC) {
+      workgroupBarrier(); // last tile's reads done
+      stage_qo_ab(i0, h, li);
       workgroupBarrier();
-      for (var e = li; e < 4u * TC * DM; e += nt) {
-        let r = e / DM;
-        let d = e % DM;
-        let at = oth_at(d, r / 4u);
-        oth_a[at][r % 4u] = val_q(i0 + r, h, d);
-        oth_b[at][r % 4u] = val_dout(i0 + r, h, d);
-      }
-      workgroupBarrier();
-      var s = mat4x4<f32>();
-      var dp = mat4x4<f32>();
-      for (var d = 0u; d < D; d++) {
-        let at = oth_at(d, tx);
-        s = outer(s, own_a[d * TR + ty], oth_a[at]);
-        dp = outer(dp, own_b[d * TR + ty], oth_b[at]);
-      }
       let i = i0 + 4u * tx;
       let keep = mask_queries(keys, i, quad_start(i));
+      var sp = array<mat4x4<f32>, 2>(); // Sᵀ, dPᵀ
+      if (any_kept(keep)) {
+        sp = scores2(true, base, tx);
+      }
       let lse = quad_lse(h, i);
       let delta = quad_delta(h, i);
       var pr: mat4x4<f32>;
       var ds: mat4x4<f32>;
       for (var c = 0u; c < 4u; c++) {
-        pr[c] = select(vec4<f32>(), exp(s[c] * p.scale - vec4<f32>(lse[c])), keep[c]);
-        ds[c] = pr[c] * (dp[c] - vec4<f32>(delta[c]));
+        pr[c] = select(vec4<f32>(), exp(sp[0][c] * p.scale - vec4<f32>(lse[c])), keep[c]);
+        ds[c] = pr[c] * (sp[1][c] - vec4<f32>(delta[c]));
       }
-      put_tile(pr, 4u * ty, tx);
+      put_tile_a(pr, 4u * ty, tx);
+      put_tile_b(ds, 4u * ty, tx);
       workgroupBarrier();
       for (var c = 0u; c < TC; c++) {
-        let p0 = tile[tile_at(4u * ty, c)];
-        let p1 = tile[tile_at(4u * ty + 1u, c)];
-        let p2 = tile[tile_at(4u * ty + 2u, c)];
-        let p3 = tile[tile_at(4u * ty + 3u, c)];
+        let p0 = tile_a[tile_at(4u * ty, c)];
+        let p1 = tile_a[tile_at(4u * ty + 1u, c)];
+        let p2 = tile_a[tile_at(4u * ty + 2u, c)];
+        let p3 = tile_a[tile_at(4u * ty + 3u, c)];
+        let g0 = tile_b[tile_at(4u * ty, c)];
+        let g1 = tile_b[tile_at(4u * ty + 1u, c)];
+        let g2 = tile_b[tile_at(4u * ty + 2u, c)];
+        let g3 = tile_b[tile_at(4u * ty + 3u, c)];
         for (var k = 0u; k < NK; k++) {
           let d0 = 4u * (tx + TC * k);
           if (d0 < D) {
             dv[k] += dots(p0, p1, p2, p3, oth_b[oth_at(d0, c)], oth_b[oth_at(d0 + 1u, c)],
                           oth_b[oth_at(d0 + 2u, c)], oth_b[oth_at(d0 + 3u, c)]);
-          }
-        }
-      }
-      workgroupBarrier(); // Pᵀ reads done: tile takes dSᵀ
-      put_tile(ds, 4u * ty, tx);
-      workgroupBarrier();
-      for (var c = 0u; c < TC; c++) {
-        let p0 = tile[tile_at(4u * ty, c)];
-        let p1 = tile[tile_at(4u * ty + 1u, c)];
-        let p2 = tile[tile_at(4u * ty + 2u, c)];
-        let p3 = tile[tile_at(4u * ty + 3u, c)];
-        for (var k = 0u; k < NK; k++) {
-          let d0 = 4u * (tx + TC * k);
-          if (d0 < D) {
-            dk[k] += dots(p0, p1, p2, p3, oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)],
+            dk[k] += dots(g0, g1, g2, g3, oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)],
                           oth_a[oth_at(d0 + 2u, c)], oth_a[oth_at(d0 + 3u, c)]);
           }
         }

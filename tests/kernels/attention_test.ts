@@ -88,6 +88,8 @@ function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
 }
 
 // Head dims share pipelines by bucket (16, 64, 128), so these few shapes compile few kernels.
+// On lavapipe (32 KiB of workgroup memory) the gpu variant's dQ / dK/dV grids are 16×16 / 8×16
+// at D <= 16, 16×8 at D = 64 and 16×4 at D = 128, so TC = 4, 8, 16 and NK = 1, 2, 8 all run.
 // T > 64 makes several query/key workgroups; lengths include 1s and samples crossing tiles.
 const CASES: Case[] = [
   { name: "GQA Hq=4 Hkv=2 D=16", lengths: [1, 7, 20, 1, 3, 5], Hq: 4, Hkv: 2, D: 16 },
@@ -109,6 +111,8 @@ const CASES: Case[] = [
     D: 12,
   },
   { name: "T=1", lengths: [1], Hq: 2, Hkv: 1, D: 16 },
+  // not a multiple of 4: the gpu variant falls back to the cpu kernels
+  { name: "Hq=2 Hkv=1 D=6, 2 samples", lengths: [9, 14], Hq: 2, Hkv: 1, D: 6 },
   // several query/key blocks of the gpu variant at its main D (64-row blocks, T = 267)
   {
     name: "GQA Hq=4 Hkv=2 D=64, T=267 in 5 samples",
