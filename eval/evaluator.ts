@@ -235,6 +235,7 @@ export class Evaluator {
     this.decoder ??= new DecodeGraph(this.gpu, this.cfg, {
       maxTokens: this.maxContext,
       weights: this.graph.params,
+      pieces: this.graph.pieces,
     });
     return this.decoder;
   }

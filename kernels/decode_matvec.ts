@@ -38,6 +38,8 @@ export function matvec(
     K: number;
     alpha?: number;
     accumulate?: boolean;
+    /** Write y[yOffset + n] (elements): a row shard of W fills its part of a longer y. */
+    yOffset?: number;
   },
 ): Dispatch[] {
   const { y, x, w, bias, N, K } = args;
@@ -50,7 +52,7 @@ export function matvec(
     ACCUMULATE: args.accumulate ? 1 : 0,
     LANES: lanes,
   });
-  const p = arena.alloc(packParams([N, K, args.alpha ?? 1, 0], [2]));
+  const p = arena.alloc(packParams([N, K, args.alpha ?? 1, args.yOffset ?? 0], [2]));
   const entries: Record<number, BufferSlice> = { 0: p, 1: y, 2: x, 3: w };
   if (bias) entries[4] = bias;
   return [{

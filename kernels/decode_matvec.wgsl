@@ -16,7 +16,7 @@ struct Params {
   n: u32, // rows of W (outputs)
   k: u32, // columns of W (inputs)
   alpha: f32,
-  _pad: u32,
+  y_off: u32, // matvec: first element of y written (row shards of W); 0 for matvecSwiglu
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -115,9 +115,9 @@ fn swiglu(g: f32, u: f32) -> f32 {
 
 fn store(n: u32, v: f32) {
   if (ACCUMULATE == 1u) {
-    y[n] = y[n] + p.alpha * v;
+    y[p.y_off + n] = y[p.y_off + n] + p.alpha * v;
   } else {
-    y[n] = p.alpha * v;
+    y[p.y_off + n] = p.alpha * v;
   }
 }
 

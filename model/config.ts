@@ -382,3 +382,24 @@ export function numel(shape: readonly number[]): number {
 export function parameterCount(cfg: ModelConfig): number {
   return parameterShapes(cfg).reduce((s, p) => s + numel(p.shape), 0);
 }
+
+/**
+ * Row shards of a parameter: the embedding and the LM head are split into runs of rows of at
+ * most `bindingBytes` each (a large vocabulary's table can exceed one storage binding, 2 GiB);
+ * every other tensor is one shard.
+ */
+export function rowShards(
+  name: string,
+  shape: number[],
+  bindingBytes: number,
+): { v0: number; rows: number; cols: number }[] {
+  const rowsAll = shape[0];
+  const cols = shape.length > 1 ? shape.slice(1).reduce((a, b) => a * b, 1) : 1;
+  const shardable = name === "model.embed_tokens.weight" || name === "lm_head.weight";
+  const per = shardable ? Math.max(1, Math.floor(bindingBytes / (cols * 4))) : rowsAll;
+  const out = [];
+  for (let v0 = 0; v0 < rowsAll; v0 += per) {
+    out.push({ v0, rows: Math.min(per, rowsAll - v0), cols });
+  }
+  return out;
+}

@@ -29,7 +29,7 @@ import {
   ParamArena,
 } from "../kernels/runtime.ts";
 import { swigluForward } from "../kernels/swiglu.ts";
-import { type ModelConfig, parameterShapes } from "./config.ts";
+import { type ModelConfig, parameterShapes, rowShards } from "./config.ts";
 import { openHfModel } from "./hf_dir.ts";
 import { TensorArena } from "./tensor_arena.ts";
 
@@ -42,6 +42,20 @@ export interface DecodeGraphOptions {
   maxTokens: number;
   /** Use these weights (e.g. a LlamaGraph's `params`) instead of allocating a copy. */
   weights?: Map<string, BufferSlice>;
+  /**
+   * With `weights`: the row shards of tensors too large for one binding (a LlamaGraph's
+   * `pieces`); such tensors are absent from `weights`.
+   */
+  pieces?: Map<string, { v0: number; rows: number; w: BufferSlice }[]>;
+  /** Cap on one storage binding when allocating weights (tests force row shards with it). */
+  maxBindingBytes?: number;
+}
+
+/** Rows [v0, v0 + rows) of a row-sharded embedding or LM head. */
+interface RowPiece {
+  v0: number;
+  rows: number;
+  w: BufferSlice;
 }
 
 /** Options of one generation. */
@@ -125,7 +139,10 @@ function uniformStream(seed: number): () => number {
 export class DecodeGraph {
   /** Cache rows (positions 0 .. Lmax − 1 can be fed; the token at Lmax is the last one made). */
   readonly Lmax: number;
+  /** Every weight held in one binding, by HF name (row-sharded ones are in `shards`). */
   readonly params = new Map<string, BufferSlice>();
+  /** The embedding and LM head as row shards (one shard unless larger than a binding). */
+  readonly shards = new Map<string, RowPiece[]>();
   private readonly own: TensorArena | null;
   private readonly arena: ParamArena;
   private readonly layers: LayerW[] = [];
@@ -153,20 +170,42 @@ export class DecodeGraph {
     }
     this.arena = new ParamArena(gpu, "decode.params", paramBytes(L));
 
-    // Weights: shared or owned.
+    // Weights: shared or owned; the embedding and head row-sharded when above one binding.
+    const sharded = (name: string) =>
+      name === "model.embed_tokens.weight" || name === "lm_head.weight";
     if (opts.weights) {
       this.own = null;
       for (const { name } of parameterShapes(cfg)) {
         const w = opts.weights.get(name);
-        if (!w) throw new GpuError(`shared weights lack ${name}`, "decode");
-        this.params.set(name, w);
+        const pcs = opts.pieces?.get(name);
+        if (w) this.params.set(name, w);
+        else if (!(sharded(name) && pcs?.length)) {
+          throw new GpuError(`shared weights lack ${name}`, "decode");
+        }
+        if (sharded(name)) {
+          this.shards.set(
+            name,
+            w ? [{ v0: 0, rows: V, w }] : pcs!.map((pc) => ({ v0: pc.v0, rows: pc.rows, w: pc.w })),
+          );
+        }
       }
     } else {
-      this.own = new TensorArena(gpu, "decode.weights");
+      const own = (this.own = new TensorArena(gpu, "decode.weights"));
+      const binding = Math.min(
+        opts.maxBindingBytes ?? Infinity,
+        gpu.limits.maxStorageBufferBindingSize,
+        gpu.limits.maxBufferSize,
+      );
       for (const { name, shape } of parameterShapes(cfg)) {
-        this.params.set(name, this.own.reserve(name, shape.reduce((a, b) => a * b, 1)));
+        const pcs = rowShards(name, shape, binding).map(({ v0, rows, cols }) => ({
+          v0,
+          rows,
+          w: own.reserve(rows === shape[0] ? name : `${name}[${v0}:${v0 + rows}]`, rows * cols),
+        }));
+        if (pcs.length === 1) this.params.set(name, pcs[0].w);
+        if (sharded(name)) this.shards.set(name, pcs);
       }
-      this.own.allocate();
+      own.allocate();
     }
     const P = (n: string) => this.params.get(n)!;
     for (let l = 0; l < L; l++) {
@@ -222,14 +261,7 @@ export class DecodeGraph {
     const B = (b: GPUBuffer) => ({ buffer: b });
     const st = this.step;
     st.push(
-      ...embeddingForward(g, ar, {
-        out: B(x),
-        table: P("model.embed_tokens.weight"),
-        ids: { buffer: this.ids, offset: 0, size: 4 },
-        T: 1,
-        C,
-        scale: cfg.embeddingMultiplier,
-      }),
+      ...this.embed(ar, B(x), { buffer: this.ids, offset: 0, size: 4 }, 1),
     );
     const shape = { Hq, Hkv, D, Lmax };
     this.layers.forEach((w, l) => {
@@ -299,7 +331,7 @@ export class DecodeGraph {
       );
     });
     // ---- tail: final norm, lm_head, next-token choice (shared by prefill and decode) ----
-    const head = this.params.get("lm_head.weight") ?? P("model.embed_tokens.weight");
+    const head = this.shards.get("lm_head.weight") ?? this.shards.get("model.embed_tokens.weight")!;
     this.tail.push(
       ...rmsnormForward(g, ar, {
         y: B(h),
@@ -310,7 +342,9 @@ export class DecodeGraph {
         C,
         eps: cfg.rmsNormEps,
       }),
-      ...matvec(g, ar, { y: B(logits), x: B(h), w: head, N: V, K: C }),
+      ...head.flatMap((pc) =>
+        matvec(g, ar, { y: B(logits), yOffset: pc.v0, x: B(h), w: pc.w, N: pc.rows, K: C })
+      ),
       ...sampleToken(g, ar, {
         ids: { buffer: this.ids, offset: 0, size: 4 },
         ring: B(this.ring),
@@ -321,6 +355,42 @@ export class DecodeGraph {
         logitScale: 1 / cfg.logitsScaling,
       }),
     );
+  }
+
+  /** Embedding lookup of T ids into out (T, C), one dispatch per row shard of the table. */
+  private embed(ar: ParamArena, out: BufferSlice, ids: BufferSlice, T: number): Dispatch[] {
+    const pcs = this.shards.get("model.embed_tokens.weight")!;
+    const V = this.cfg.vocabSize;
+    return pcs.flatMap((pc) =>
+      embeddingForward(this.gpu, ar, {
+        out,
+        table: pc.w,
+        ids,
+        T,
+        C: this.cfg.hiddenSize,
+        scale: this.cfg.embeddingMultiplier,
+        shard: pcs.length > 1 ? { v0: pc.v0, rows: pc.rows, vocab: V } : undefined,
+      })
+    );
+  }
+
+  /** Write one owned tensor by HF name: whole, or row shard by row shard. */
+  private writeTensor(name: string, src: Float32Array): void {
+    const pcs = this.shards.get(name);
+    if (pcs && pcs.length > 1) {
+      const cols = src.length / this.cfg.vocabSize;
+      for (const pc of pcs) {
+        this.gpu.write(
+          pc.w.buffer,
+          src.subarray(pc.v0 * cols, (pc.v0 + pc.rows) * cols),
+          pc.w.offset ?? 0,
+        );
+      }
+      return;
+    }
+    const t = this.params.get(name);
+    if (!t) throw new Error(`tensor ${name} does not belong to this model`);
+    this.gpu.write(t.buffer, src, t.offset ?? 0);
   }
 
   /** Upload weights by HF name (owned weights only; shared ones belong to their graph). */
@@ -335,8 +405,7 @@ export class DecodeGraph {
       if (src.length !== numel) {
         throw new Error(`${name}: ${src.length} elements, expected ${numel}`);
       }
-      const t = this.params.get(name)!;
-      this.gpu.write(t.buffer, src, t.offset ?? 0);
+      this.writeTensor(name, src);
     }
   }
 
@@ -352,9 +421,10 @@ export class DecodeGraph {
         throw new GpuError(`${dir}: parameter shapes differ from this graph's model`, "decode");
       }
       for (const name of r.names) {
-        const t = this.params.get(name);
-        if (!t) throw new Error(`${dir}: tensor ${name} does not belong to this model`);
-        this.gpu.write(t.buffer, await r.read(name), t.offset ?? 0);
+        if (!this.params.has(name) && !this.shards.has(name)) {
+          throw new Error(`${dir}: tensor ${name} does not belong to this model`);
+        }
+        this.writeTensor(name, await r.read(name));
       }
     } finally {
       r.close();
@@ -413,14 +483,7 @@ export class DecodeGraph {
     });
     const d: Dispatch[] = [];
     d.push(
-      ...embeddingForward(g, ar, {
-        out: B(x, Tp * C),
-        table: this.params.get("model.embed_tokens.weight")!,
-        ids: B(ids, Tp),
-        T: Tp,
-        C,
-        scale: cfg.embeddingMultiplier,
-      }),
+      ...this.embed(ar, B(x, Tp * C), B(ids, Tp), Tp),
     );
     const branch = (
       y: GPUBuffer,

@@ -33,7 +33,7 @@ import { rmsnormBackward, rmsnormForward, rmsnormWorkspaceBytes } from "../kerne
 import { ropeBackward, ropeForward, ropeTable } from "../kernels/rope.ts";
 import { type BufferSlice, type Dispatch, type Gpu, ParamArena } from "../kernels/runtime.ts";
 import { swigluBackward, swigluForward } from "../kernels/swiglu.ts";
-import { type ModelConfig, parameterShapes } from "./config.ts";
+import { type ModelConfig, parameterShapes, rowShards } from "./config.ts";
 import { type ArenaTensor, TensorArena } from "./tensor_arena.ts";
 
 /** One micro-batch: T token slots (samples packed, the tail padded with ignored tokens). */
@@ -222,15 +222,10 @@ export class LlamaGraph {
       gpu.limits.maxBufferSize,
     );
     for (const { name, shape } of parameterShapes(cfg)) {
-      const cols = shape.length > 1 ? shape.slice(1).reduce((a, b) => a * b, 1) : 1;
-      const rowsAll = shape.length > 1 ? shape[0] : shape[0];
-      const shardable = name === "model.embed_tokens.weight" || name === "lm_head.weight";
-      const per = shardable ? Math.max(1, Math.floor(binding / (cols * 4))) : rowsAll;
       const pieces: ParamPiece[] = [];
-      for (let v0 = 0; v0 < rowsAll; v0 += per) {
-        const rows = Math.min(per, rowsAll - v0);
-        const label = rows === rowsAll ? name : `${name}[${v0}:${v0 + rows}]`;
-        const numel = shape.length > 1 ? rows * cols : rows;
+      for (const { v0, rows, cols } of rowShards(name, shape, binding)) {
+        const label = rows === shape[0] ? name : `${name}[${v0}:${v0 + rows}]`;
+        const numel = rows * cols;
         const piece: ParamPiece = { v0, rows, cols, w: this.weights.reserve(label, numel) };
         if (train) {
           piece.g = this.gradArena!.reserve(label, numel);

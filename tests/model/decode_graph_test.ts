@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { type ModelConfig, parseModelConfig } from "../../model/config.ts";
 import { DecodeGraph } from "../../model/decode_graph.ts";
+import { LlamaGraph } from "../../model/llama_graph.ts";
 import { loadHfModel } from "../../model/hf_dir.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 import { gpuTest, maxRelErr, randomArray, report, sharedPath } from "../helpers.ts";
@@ -153,4 +154,43 @@ if (storiesDir) {
     assert.deepEqual(full.tokens, r.tokens.slice(0, 30));
     g.destroy();
   });
+}
+
+for (const family of ["llama-gqa", "llama-tied"]) {
+  gpuTest(
+    `decode: ${family} with the embedding and head row-sharded (owned, and shared from a training graph) matches the reference`,
+    async (gpu) => {
+      const cfg = parseModelConfig(FAMILIES[family], `${family}/config.json`);
+      const V = cfg.vocabSize, C = cfg.hiddenSize;
+      const w = randomWeights(cfg, 4);
+      const ids = promptOf(V, 7, 6);
+      const ref = refLogits(cfg, w, ids);
+      // Bindings of 5 rows: the vocabulary splits into ceil(V / 5) shards, the last one short.
+      const maxBindingBytes = 5 * C * 4;
+      const owned = new DecodeGraph(gpu, cfg, { maxTokens: 16, maxBindingBytes });
+      const nShards = owned.shards.get("model.embed_tokens.weight")!.length;
+      assert.equal(nShards, Math.ceil(V / 5));
+      owned.upload(w);
+      const train = new LlamaGraph(gpu, cfg, { tokens: 16, maxBindingBytes, mode: "eval" });
+      train.upload(w);
+      assert.equal(train.params.has("model.embed_tokens.weight"), false);
+      const shared = new DecodeGraph(gpu, cfg, {
+        maxTokens: 16,
+        weights: train.params,
+        pieces: train.pieces,
+      });
+      const want = greedyGenerate(cfg, w, ids, 6);
+      for (const [name, g] of [["owned", owned], ["shared", shared]] as const) {
+        const got = await g.prefillLogits(ids);
+        const e = rowErr(got, ref.subarray((ids.length - 1) * V, ids.length * V));
+        report(`${family} ${name}, ${nShards} row shards: last prefill logits`, e, TOL);
+        assert.ok(e < TOL, `${name}: ${e}`);
+        const gen = await g.generate(ids, { maxNewTokens: 6, stopIds: [], chunk: 3 });
+        assert.deepEqual(gen.tokens, want, `${family} ${name}: greedy vs reference`);
+      }
+      owned.destroy();
+      shared.destroy();
+      train.destroy();
+    },
+  );
 }
