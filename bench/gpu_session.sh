@@ -4,7 +4,8 @@
 # stories260K model and GSM8K into .gpu/shared/):
 #   source .gpu/enter.sh && bash bench/gpu_session.sh doctor PHASE [PHASE ...]
 # Phases: doctor, tests (kernel + graph tests on the GPU), kernels (bench kernels), small (stories260k and
-# stories15m vs torch), 135m, 1b (the two recipe shapes vs torch fp32 and bf16).
+# stories15m vs torch), 135m, 1b (the two recipe shapes vs torch fp32 and bf16), quickstart
+# (`deno task train`: every stage of the pipeline on the GPU).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 LOGS=/tmp/gpu_session
@@ -41,6 +42,7 @@ for phase in "$@"; do
   small) step train_260k 120 deno task bench train --model stories260k "${vs_torch[@]}"
     step train_15m 150 deno task bench train --model stories15m "${vs_torch[@]}" ;;
   135m) step train_135m 180 deno task bench train --model smollm2-135m "${vs_torch[@]}" ;;
+  quickstart) step quickstart 240 deno task train ;; # the whole pipeline, end to end
   1b) step train_1b 300 deno task bench train --model llama-3.2-1b "${vs_torch[@]}" ;;
   *) echo "unknown phase $phase" ;;
   esac
