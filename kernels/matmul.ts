@@ -16,9 +16,10 @@ export interface MatmulTuning {
   /**
    * "gpu": per shape, matmul_big (128x128 tiles) for large grids, matmul_tiled (64x64) otherwise,
    * split along K when the grid is too small to fill the device (GPU default); "tiled" / "big":
-   * always that kernel; "wide": register-only blocks (CPU adapters).
+   * always that kernel; "cpu": matmul_wide with per-shape block sizes from `wideChoices` (CPU
+   * default); "wide": matmul_wide with exactly wideWg / wideRows / wideCols.
    */
-  variant: "gpu" | "tiled" | "big" | "wide";
+  variant: "gpu" | "tiled" | "big" | "cpu" | "wide";
   /** "tiled" / "big": split K into this many slices (1: no split); ignored by "gpu" and "wide". */
   splitK: number;
   /** Use the 16-byte-load kernels (matmul_*_v4) when strides and offsets allow. */
@@ -32,6 +33,8 @@ export interface MatmulTuning {
    * gemmKey; shapes not in it fall back to the grid thresholds.
    */
   choices?: Map<string, GemmChoice>;
+  /** "cpu": per-shape matmul_wide block sizes measured by kernels/matmul_tune.ts, by gemmKey. */
+  wideChoices?: Map<string, WideConfig>;
   /** matmul_wide: invocations per workgroup. */
   wideWg: number;
   /** matmul_wide: rows per workgroup (1..16). */
@@ -57,7 +60,7 @@ export function isCpuAdapter(gpu: Gpu): boolean {
 export function matmulTuning(gpu: Gpu): MatmulTuning {
   let t = tunings.get(gpu);
   if (!t) {
-    t = { variant: isCpuAdapter(gpu) ? "wide" : "gpu", ...GPU_DEFAULT, ...WIDE_DEFAULT };
+    t = { variant: isCpuAdapter(gpu) ? "cpu" : "gpu", ...GPU_DEFAULT, ...WIDE_DEFAULT };
     tunings.set(gpu, t);
   }
   return t;
@@ -66,8 +69,11 @@ export function matmulTuning(gpu: Gpu): MatmulTuning {
 /** Override (part of) the tuning for `gpu`; applies to dispatches built afterwards. */
 export function setMatmulTuning(gpu: Gpu, t: Partial<MatmulTuning>): MatmulTuning {
   const next = { ...matmulTuning(gpu), ...t };
-  if (!["gpu", "tiled", "big", "wide"].includes(next.variant)) {
-    throw new GpuError(`variant must be gpu, tiled, big or wide, got ${next.variant}`, "matmul");
+  if (!["gpu", "tiled", "big", "cpu", "wide"].includes(next.variant)) {
+    throw new GpuError(
+      `variant must be gpu, tiled, big, cpu or wide, got ${next.variant}`,
+      "matmul",
+    );
   }
   if (!Number.isInteger(next.splitK) || next.splitK < 1 || next.splitK > 64) {
     throw new GpuError(`splitK must be 1..64, got ${next.splitK}`, "matmul");
@@ -96,6 +102,13 @@ export function gemmVec4Ok(g: GemmArgs): boolean {
   const aOk = (g.sAp === 1 && m4(g.K, g.sAi, offA)) || (g.sAi === 1 && m4(g.M, g.sAp, offA));
   const bOk = (g.sBp === 1 && m4(g.K, g.sBj, offB)) || (g.sBj === 1 && m4(g.N, g.sBp, offB));
   return aOk && bOk;
+}
+
+/** matmul_wide block sizes: invocations per workgroup, rows per workgroup, columns per invocation. */
+export interface WideConfig {
+  wg: number;
+  rows: number;
+  cols: number;
 }
 
 /** A measured choice for one GEMM shape: output tile edge and number of K slices. */
@@ -159,7 +172,10 @@ export function planGemm(
 /** A GEMM seen while recording: the arguments of its first call and the plan it got. */
 export interface RecordedGemm {
   args: GemmArgs;
-  plan: GemmPlan;
+  /** GPU kernels: the plan used; null on matmul_wide. */
+  plan: GemmPlan | null;
+  /** matmul_wide: the block sizes used. */
+  wide?: WideConfig;
 }
 
 const recorders = new WeakMap<Gpu, Map<string, RecordedGemm>>();
@@ -245,9 +261,12 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   const flags = (g.accumulate ? 1 : 0) | (g.bias ? 2 : 0);
   const t = matmulTuning(gpu);
   const key = gemmKey(g);
-  const plan = t.variant === "wide" ? null : planGemm(t, g.M, g.N, g.K, gemmVec4Ok(g), key);
+  const onWide = t.variant === "wide" || t.variant === "cpu";
+  const plan = onWide ? null : planGemm(t, g.M, g.N, g.K, gemmVec4Ok(g), key);
+  const wide: WideConfig = (t.variant === "cpu" ? t.wideChoices?.get(key) : undefined) ??
+    { wg: t.wideWg, rows: t.wideRows, cols: t.wideCols };
   const rec = recorders.get(gpu);
-  if (rec && plan && !rec.has(key)) rec.set(key, { args: g, plan });
+  if (rec && !rec.has(key)) rec.set(key, { args: g, plan, wide: onWide ? wide : undefined });
   const slices = plan?.slices ?? 1;
   const sliceStride = g.M * g.N;
   const pack = (over: { flags: number; K: number }) =>
@@ -272,13 +291,13 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   const maxWg = gpu.limits.maxComputeWorkgroupsPerDimension;
   if (!plan) {
     const kernel = gpu.kernel("matmul", "matmul_wide", {
-      WIDE_WG: t.wideWg,
-      WIDE_TR: t.wideRows,
-      WIDE_TC: t.wideCols,
+      WIDE_WG: wide.wg,
+      WIDE_TR: wide.rows,
+      WIDE_TC: wide.cols,
     });
     const workgroups: [number, number, number] = [
-      Math.ceil(g.N / (t.wideWg * t.wideCols)),
-      Math.ceil(g.M / t.wideRows),
+      Math.ceil(g.N / (wide.wg * wide.cols)),
+      Math.ceil(g.M / wide.rows),
       1,
     ];
     if (workgroups[0] > maxWg || workgroups[1] > maxWg) {

@@ -1,7 +1,9 @@
 // Matmul autotune: time each GEMM shape of a graph with every tile / split-K choice, cache per adapter.
 //
-// On GPU adapters the "gpu" matmul variant picks, per GEMM, a 64- or 128-edge output tile and a
-// number of K slices. Grid thresholds give a fair first guess; this module measures instead: it
+// On GPU adapters the "gpu" matmul variant picks, per GEMM, a 64- or 128-edge output tile, a
+// number of K slices and the load width; on CPU adapters the "cpu" variant picks matmul_wide's
+// block sizes (all of which give bit-identical results). Fixed rules give a fair first guess; this
+// module measures instead: it
 // records the distinct GEMMs a graph builds, times every candidate on the graph's own buffers
 // with GPU timestamps (before any weight is uploaded, so nothing of value is overwritten), keeps
 // the fastest, and rebuilds the graph when a choice changed. Results are cached in a JSON file per
@@ -10,13 +12,13 @@ import { join } from "node:path";
 import {
   type GemmChoice,
   gemmVec4Ok,
-  isCpuAdapter,
   matmulGemm,
   matmulTuning,
   type RecordedGemm,
   setMatmulTuning,
   startGemmRecording,
   stopGemmRecording,
+  type WideConfig,
 } from "./matmul.ts";
 import { type Dispatch, type Gpu, ParamArena } from "./runtime.ts";
 
@@ -42,7 +44,7 @@ export interface MatmulTuneReport {
 export interface MatmulTuneOptions {
   /** Cache file (default $FINETUNE_CACHE_DIR or $XDG_CACHE_HOME/finetune or ~/.cache/finetune). */
   cacheFile?: string | null;
-  /** Tune on a CPU adapter too (tests: lavapipe runs the GPU kernels, slowly). */
+  /** Tune even with FINETUNE_AUTOTUNE=0 (tests). */
   force?: boolean;
   /** Timed repetitions per candidate (the median counts). */
   reps?: number;
@@ -52,10 +54,13 @@ export interface MatmulTuneOptions {
 interface CacheFile {
   version: 1;
   /** adapter signature → kernel source hash → gemmKey → choice */
-  adapters: Record<
-    string,
-    { kernels: string; choices: Record<string, GemmChoice & { ms: number }> }
-  >;
+  adapters: Record<string, { kernels: string; choices: Record<string, CachedChoice> }>;
+}
+
+/** One cached decision: GPU kernel choice or matmul_wide block sizes, and its time. */
+interface CachedChoice extends Partial<GemmChoice> {
+  wide?: WideConfig;
+  ms: number;
 }
 
 /** Default cache path, or null when no home directory is known. */
@@ -127,9 +132,39 @@ export function gemmCandidates(K: number, vec4Ok = false): GemmChoice[] {
   return out;
 }
 
-/** "128-tile × 2 slices, 16-byte loads" */
-function describeChoice(c: GemmChoice): string {
-  return `${c.tile}-tile × ${c.slices} slice(s)${c.vec4 ? ", 16-byte loads" : ""}`;
+/** matmul_wide block sizes tried on CPU adapters (invocations, rows, columns per invocation). */
+export const WIDE_CANDIDATES: readonly WideConfig[] = [
+  { wg: 8, rows: 16, cols: 16 },
+  { wg: 8, rows: 16, cols: 12 },
+  { wg: 8, rows: 16, cols: 8 },
+  { wg: 8, rows: 8, cols: 8 },
+  { wg: 4, rows: 16, cols: 16 },
+];
+
+/** One candidate: a GPU kernel choice or matmul_wide block sizes. */
+type Candidate = { gpu: GemmChoice; wide?: undefined } | { wide: WideConfig; gpu?: undefined };
+
+/** "128-tile × 2 slices, 16-byte loads" or "matmul_wide 8/16/12" */
+function describe(c: Candidate): string {
+  if (c.wide) return `matmul_wide ${c.wide.wg}/${c.wide.rows}/${c.wide.cols}`;
+  const g = c.gpu!;
+  return `${g.tile}-tile × ${g.slices} slice(s)${g.vec4 ? ", 16-byte loads" : ""}`;
+}
+
+/** What the recorded build used, as a candidate. */
+function usedCandidate(rec: RecordedGemm): Candidate {
+  if (rec.wide) return { wide: rec.wide };
+  const p = rec.plan!;
+  return { gpu: { tile: p.tile as 64 | 128, slices: p.slices, vec4: p.entry.endsWith("_v4") } };
+}
+
+function sameCandidate(a: Candidate, b: Candidate): boolean {
+  if (a.wide || b.wide) {
+    return !!a.wide && !!b.wide && a.wide.wg === b.wide.wg && a.wide.rows === b.wide.rows &&
+      a.wide.cols === b.wide.cols;
+  }
+  return a.gpu!.tile === b.gpu!.tile && a.gpu!.slices === b.gpu!.slices &&
+    (a.gpu!.vec4 ?? false) === (b.gpu!.vec4 ?? false);
 }
 
 function median(xs: number[]): number {
@@ -142,17 +177,25 @@ async function timeCandidates(
   gpu: Gpu,
   rec: RecordedGemm,
   reps: number,
-): Promise<{ choice: GemmChoice; ms: number }[]> {
+): Promise<{ choice: Candidate; ms: number }[]> {
   const arena = new ParamArena(gpu, "matmul_tune", 64 * 1024);
   const before = { ...matmulTuning(gpu) };
-  const lists: { choice: GemmChoice; dispatches: Dispatch[] }[] = [];
+  const lists: { choice: Candidate; dispatches: Dispatch[] }[] = [];
+  const cands: Candidate[] = rec.wide
+    ? WIDE_CANDIDATES.map((wide) => ({ wide }))
+    : gemmCandidates(rec.args.K, gemmVec4Ok(rec.args)).map((g) => ({ gpu: g }));
   try {
-    for (const choice of gemmCandidates(rec.args.K, gemmVec4Ok(rec.args))) {
-      setMatmulTuning(gpu, {
-        variant: choice.tile === 64 ? "tiled" : "big",
-        splitK: choice.slices,
-        vec4: choice.vec4 ?? true,
-      });
+    for (const choice of cands) {
+      if (choice.wide) {
+        const w = choice.wide;
+        setMatmulTuning(gpu, { variant: "wide", wideWg: w.wg, wideRows: w.rows, wideCols: w.cols });
+      } else {
+        setMatmulTuning(gpu, {
+          variant: choice.gpu.tile === 64 ? "tiled" : "big",
+          splitK: choice.gpu.slices,
+          vec4: choice.gpu.vec4 ?? true,
+        });
+      }
       lists.push({ choice, dispatches: matmulGemm(gpu, arena, rec.args) });
     }
   } finally {
@@ -163,7 +206,7 @@ async function timeCandidates(
   for (const l of lists) for (let r = 0; r <= reps; r++) all.push(...l.dispatches);
   const ms = await gpu.profile(all);
   arena.buffer.destroy();
-  const out: { choice: GemmChoice; ms: number }[] = [];
+  const out: { choice: Candidate; ms: number }[] = [];
   let i = 0;
   for (const l of lists) {
     const n = l.dispatches.length;
@@ -182,7 +225,7 @@ async function timeCandidates(
  * Build a graph with matmul choices measured on this adapter: `build` runs once with the cached
  * (or heuristic) choices while its GEMMs are recorded; shapes not in the cache are timed on the
  * graph's buffers; if any choice changed, the graph is destroyed and built again. No-op (one
- * build) on CPU adapters, without timestamp queries, or with FINETUNE_AUTOTUNE=0.
+ * build) without timestamp queries, with FINETUNE_AUTOTUNE=0, or with a forced matmul variant.
  */
 export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   gpu: Gpu,
@@ -191,14 +234,13 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
 ): Promise<{ graph: G; report: MatmulTuneReport }> {
   const cacheFile = opts.cacheFile === undefined ? defaultTuneCacheFile() : opts.cacheFile;
   const base = { shapes: 0, measured: 0, changed: 0, ms: 0, savedMs: 0, cacheFile };
-  const skip = isCpuAdapter(gpu) && !opts.force
-    ? "CPU adapter (matmul_wide has no per-shape choices)"
-    : !gpu.hasTimestamps
+  const variant = matmulTuning(gpu).variant;
+  const skip = !gpu.hasTimestamps
     ? "the adapter offers no timestamp queries"
-    : Deno.env.get("FINETUNE_AUTOTUNE") === "0"
+    : Deno.env.get("FINETUNE_AUTOTUNE") === "0" && !opts.force
     ? "FINETUNE_AUTOTUNE=0"
-    : matmulTuning(gpu).variant !== "gpu"
-    ? `matmul variant forced to ${matmulTuning(gpu).variant}`
+    : variant !== "gpu" && variant !== "cpu"
+    ? `matmul variant forced to ${variant}`
     : null;
   if (skip) return { graph: build(), report: { ...base, cacheFile: null, skipped: skip } };
 
@@ -209,10 +251,15 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     ? cache.adapters[sig]
     : { kernels: hash, choices: {} };
   const choices = new Map(matmulTuning(gpu).choices ?? []);
+  const wideChoices = new Map(matmulTuning(gpu).wideChoices ?? []);
   for (const [k, c] of Object.entries(entry.choices)) {
-    if (!choices.has(k)) choices.set(k, { tile: c.tile, slices: c.slices, vec4: c.vec4 });
+    if (c.wide && !wideChoices.has(k)) wideChoices.set(k, c.wide);
+    if (c.tile && c.slices && !choices.has(k)) {
+      choices.set(k, { tile: c.tile, slices: c.slices, vec4: c.vec4 });
+    }
   }
-  setMatmulTuning(gpu, { choices });
+  const known = (k: string) => (variant === "cpu" ? wideChoices : choices).has(k);
+  setMatmulTuning(gpu, { choices, wideChoices });
 
   startGemmRecording(gpu);
   let graph: G;
@@ -226,30 +273,33 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   const t0 = performance.now();
   let rebuild = false;
   for (const [key, rec] of recorded) {
-    if (choices.has(key)) continue;
+    if (known(key)) continue;
     const times = await timeCandidates(gpu, rec, opts.reps ?? 3);
     const best = times.reduce((a, b) => (b.ms < a.ms ? b : a));
-    const usedV4 = rec.plan.entry.endsWith("_v4");
-    const used = times.find((t) =>
-      t.choice.tile === rec.plan.tile && t.choice.slices === rec.plan.slices &&
-      (t.choice.vec4 ?? false) === usedV4
-    );
-    choices.set(key, best.choice);
-    entry.choices[key] = { ...best.choice, ms: Number(best.ms.toFixed(4)) };
+    if (!(best.ms > 0 && Number.isFinite(best.ms))) continue; // no usable clock: keep the rule
+    const usedC = usedCandidate(rec);
+    const used = times.find((t) => sameCandidate(t.choice, usedC));
+    const ms = Number(best.ms.toFixed(4));
+    if (best.choice.wide) {
+      wideChoices.set(key, best.choice.wide);
+      entry.choices[key] = { wide: best.choice.wide, ms };
+    } else {
+      choices.set(key, best.choice.gpu);
+      entry.choices[key] = { ...best.choice.gpu, ms };
+    }
     report.measured++;
-    if (!used || used.choice !== best.choice) {
+    if (!used || used !== best) {
       report.changed++;
       rebuild = true;
       if (used) report.savedMs += used.ms - best.ms;
     }
     opts.log?.(
-      `matmul tune ${key}: ${describeChoice(best.choice)} ${best.ms.toFixed(3)} ms ` +
-        `(heuristic ${rec.plan.entry} × ${rec.plan.slices}: ` +
-        `${used ? used.ms.toFixed(3) + " ms" : "n/a"})`,
+      `matmul tune ${key}: ${describe(best.choice)} ${best.ms.toFixed(3)} ms ` +
+        `(rule: ${describe(usedC)}, ${used ? used.ms.toFixed(3) + " ms" : "n/a"})`,
     );
   }
   report.ms = performance.now() - t0;
-  setMatmulTuning(gpu, { choices });
+  setMatmulTuning(gpu, { choices, wideChoices });
   if (report.measured > 0 && cacheFile) {
     cache.adapters[sig] = entry;
     try {
@@ -270,7 +320,7 @@ export function describeTune(r: MatmulTuneReport): string {
   if (r.skipped) return `matmul autotune: skipped (${r.skipped})`;
   const timed = r.measured > 0
     ? `${r.measured} timed in ${(r.ms / 1000).toFixed(1)} s, ${r.changed} differ from the ` +
-      `grid heuristic (${r.savedMs.toFixed(2)} ms saved per pass over them)`
+      `fixed rules (${r.savedMs.toFixed(2)} ms saved per pass over them)`
     : "all from the cache";
   return `matmul autotune: ${r.shapes} GEMM shapes, ${timed}; cache ${r.cacheFile ?? "off"}`;
 }

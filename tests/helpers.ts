@@ -2,6 +2,9 @@
 import { type Gpu, sharedGpu } from "../kernels/runtime.ts";
 
 const inCI = Deno.env.get("CI") === "true";
+// Graphs built by tests (and the CLIs they spawn) keep the fixed matmul rules: no timing-dependent
+// choices, and nothing written to the user's autotune cache. matmul_tune_test opts back in.
+if (Deno.env.get("FINETUNE_AUTOTUNE") === undefined) Deno.env.set("FINETUNE_AUTOTUNE", "0");
 
 async function tryGpu(): Promise<Gpu | null> {
   try {

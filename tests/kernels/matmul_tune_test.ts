@@ -1,7 +1,11 @@
 // Matmul autotune: every recorded GEMM is timed once, cached per adapter, and the tuned graph is exact.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { buildWithTunedMatmul, gemmCandidates } from "../../kernels/matmul_tune.ts";
+import {
+  buildWithTunedMatmul,
+  gemmCandidates,
+  WIDE_CANDIDATES,
+} from "../../kernels/matmul_tune.ts";
 import { matmulTuning, setMatmulTuning } from "../../kernels/matmul.ts";
 import { parseModelConfig } from "../../model/config.ts";
 import { LlamaGraph, packMicroBatch } from "../../model/llama_graph.ts";
@@ -88,3 +92,74 @@ gpuTest(
     }
   },
 );
+
+gpuTest(
+  "matmul tune: on matmul_wide the block sizes are timed per shape and change no bit",
+  async (gpu) => {
+    const before = { ...matmulTuning(gpu) };
+    const dir = await Deno.makeTempDir({ prefix: "matmul_tune_cpu_" });
+    const cacheFile = join(dir, "tune.json");
+    try {
+      const cfg = parseModelConfig(FAMILIES["llama-gqa"], "llama-gqa/config.json");
+      const weights = randomWeights(cfg, 9);
+      const ids = [2, 7, 1, 8, 2, 8, 1, 8, 2, 8].map((x) => x % cfg.vocabSize);
+      const mb = packMicroBatch([{ ids, labels: ids.map((x, i) => (i ? x : -100)) }], 16, 0);
+      const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
+      const lossOf = async (g: LlamaGraph) => {
+        g.upload(weights);
+        g.queueStep(0, [mb], hyper);
+        const [m] = await g.readMetrics(0, 1);
+        return m[0];
+      };
+      // the fixed default block sizes
+      setMatmulTuning(gpu, { variant: "wide", wideWg: 8, wideRows: 16, wideCols: 16 });
+      const plain = new LlamaGraph(gpu, cfg, { tokens: 16 });
+      const ref = await lossOf(plain);
+      plain.destroy();
+      setMatmulTuning(gpu, { variant: "cpu", wideChoices: new Map() });
+      const build = () => new LlamaGraph(gpu, cfg, { tokens: 16 });
+      const first = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      assert.ok(first.report.shapes >= 4);
+      assert.equal(first.report.measured, first.report.shapes);
+      assert.equal(matmulTuning(gpu).wideChoices!.size, first.report.shapes);
+      for (const w of matmulTuning(gpu).wideChoices!.values()) {
+        assert.ok(
+          WIDE_CANDIDATES.some((c) => c.wg === w.wg && c.rows === w.rows && c.cols === w.cols),
+        );
+      }
+      const tuned = await lossOf(first.graph);
+      first.graph.destroy();
+      report(`wide-tuned loss ${tuned} vs fixed blocks ${ref}`, Math.abs(tuned - ref), 0);
+      assert.equal(tuned, ref); // every block size sums each output in the same order
+      setMatmulTuning(gpu, { wideChoices: new Map() });
+      const second = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      assert.equal(second.report.measured, 0);
+      assert.equal(matmulTuning(gpu).wideChoices!.size, first.report.shapes);
+      second.graph.destroy();
+    } finally {
+      setMatmulTuning(gpu, before);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test("matmul tune: FINETUNE_AUTOTUNE=0 builds once and times nothing", async () => {
+  const prev = Deno.env.get("FINETUNE_AUTOTUNE");
+  Deno.env.set("FINETUNE_AUTOTUNE", "0");
+  try {
+    let builds = 0;
+    const fake = { summary: {}, hasTimestamps: true } as unknown as Parameters<
+      typeof buildWithTunedMatmul
+    >[0];
+    const r = await buildWithTunedMatmul(fake, () => {
+      builds++;
+      return { destroy() {} };
+    });
+    assert.equal(builds, 1);
+    assert.equal(r.report.skipped, "FINETUNE_AUTOTUNE=0");
+    assert.equal(r.report.measured, 0);
+  } finally {
+    if (prev === undefined) Deno.env.delete("FINETUNE_AUTOTUNE");
+    else Deno.env.set("FINETUNE_AUTOTUNE", prev);
+  }
+});
