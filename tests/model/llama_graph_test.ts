@@ -2,6 +2,9 @@
 import assert from "node:assert/strict";
 import { parseModelConfig } from "../../model/config.ts";
 import { LlamaGraph, type MicroBatch, packMicroBatch } from "../../model/llama_graph.ts";
+import { type AttentionVariant, setAttentionVariant } from "../../kernels/attention.ts";
+import { type MatmulTuning, matmulTuning, setMatmulTuning } from "../../kernels/matmul.ts";
+import type { Gpu } from "../../kernels/runtime.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import { referenceForwardBackward } from "../reference/llama.ts";
 import { FAMILIES, randomWeights } from "../reference/tiny_models.ts";
@@ -21,8 +24,41 @@ export function testBatch(V: number, seed: number, T = 16): MicroBatch {
   return packMicroBatch(testSamples(V, seed), T, 0);
 }
 
+/**
+ * Kernel sets: the adapter's defaults, and the GPU-shaped kernels forced (128-tile matmuls split
+ * along K, flash-attention tiles), so CI on a CPU adapter also checks the graph a GPU runs.
+ */
+const KERNEL_SETS: {
+  name: string;
+  matmul: Partial<MatmulTuning> | null;
+  attention: AttentionVariant | null;
+}[] = [
+  { name: "default kernels", matmul: null, attention: null },
+  { name: "GPU kernels", matmul: { variant: "big", splitK: 2 }, attention: "gpu" },
+];
+
 for (const [family, json] of Object.entries(FAMILIES)) {
-  gpuTest(`graph: ${family} loss and every gradient match the reference`, async (gpu) => {
+  for (const ks of KERNEL_SETS) {
+    gpuTest(
+      `graph: ${family} loss and every gradient match the reference (${ks.name})`,
+      async (gpu) => {
+        const before = { ...matmulTuning(gpu) };
+        if (ks.matmul) setMatmulTuning(gpu, ks.matmul);
+        if (ks.attention) setAttentionVariant(gpu, ks.attention);
+        try {
+          await checkFamily(gpu, family, json);
+        } finally {
+          setMatmulTuning(gpu, before);
+          setAttentionVariant(gpu, null);
+        }
+      },
+    );
+  }
+}
+
+/** One step of `family` on the GPU against the f64 reference: loss, every gradient, grad norm. */
+async function checkFamily(gpu: Gpu, family: string, json: Record<string, unknown>) {
+  {
     const cfg = parseModelConfig(json, `${family}/config.json`);
     const weights = randomWeights(cfg, 7);
     const mb = testBatch(cfg.vocabSize, 3);
@@ -71,7 +107,7 @@ for (const [family, json] of Object.entries(FAMILIES)) {
     const gnErr = Math.abs(metrics[1] - Math.sqrt(sq)) / Math.sqrt(sq);
     assert.ok(gnErr < 1e-4, `gradnorm ${metrics[1]} vs ${Math.sqrt(sq)}`);
     graph.destroy();
-  });
+  }
 }
 
 gpuTest(
