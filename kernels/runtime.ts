@@ -428,11 +428,29 @@ export interface AcquireOptions {
 }
 
 /**
+ * On Linux, ask Deno's wgpu for the Vulkan backend alone unless DENO_WEBGPU_BACKEND is set. With
+ * every backend enabled wgpu also loads Mesa's EGL for its GL backend (never used for compute
+ * here), and EGL's teardown at process exit races with exiting threads: a heap-corruption abort
+ * after all work is done, seen in about one run in five of the test suite on lavapipe.
+ */
+function preferVulkanOnLinux(): void {
+  if (Deno.build.os !== "linux") return;
+  try {
+    if (Deno.env.get("DENO_WEBGPU_BACKEND") === undefined) {
+      Deno.env.set("DENO_WEBGPU_BACKEND", "vulkan");
+    }
+  } catch {
+    // no env permission: keep wgpu's default backends
+  }
+}
+
+/**
  * Find an adapter and open a device with the adapter's real limits (not the defaults) and the
  * optional features it offers. Throws NoAdapterError when none exists.
  */
 export async function acquireGpu(opts: AcquireOptions = {}): Promise<Gpu> {
   if (!("gpu" in navigator) || !navigator.gpu) throw new NoAdapterError();
+  preferVulkanOnLinux();
   const adapter = await navigator.gpu.requestAdapter({
     powerPreference: opts.powerPreference ?? "high-performance",
   });
