@@ -4,6 +4,7 @@ import {
   type BufferSlice,
   type Dispatch,
   type Gpu,
+  GpuError,
   packParams,
   type ParamArena,
 } from "./runtime.ts";
@@ -104,15 +105,24 @@ export function adamwUpdate(
     hp: BufferSlice;
     N: number;
     zeroGrad?: boolean;
+    /** Four elements per invocation (default: when N % 4 = 0 and the offsets are 16-byte aligned). */
+    vec4?: boolean;
   },
 ): Dispatch[] {
   const { param, grad, m, v, stats, hp, N } = args;
   if (N === 0) return [];
-  const kernel = gpu.kernel("adamw", "adamw_update", { ZERO_GRAD: args.zeroGrad ? 1 : 0 });
-  const p = arena.alloc(packParams([N, 0, 0, 0]));
+  const aligned = [param, grad, m, v].every((s) => (s.offset ?? 0) % 16 === 0);
+  const vec4 = args.vec4 ?? (N % 4 === 0 && aligned);
+  if (vec4 && !(N % 4 === 0 && aligned)) {
+    throw new GpuError(`vec4 needs N % 4 = 0 and 16-byte offsets (N = ${N})`, "adamw_update4");
+  }
+  const entry = vec4 ? "adamw_update4" : "adamw_update";
+  const kernel = gpu.kernel("adamw", entry, { ZERO_GRAD: args.zeroGrad ? 1 : 0 });
+  const n = vec4 ? N / 4 : N;
+  const p = arena.alloc(packParams([n, 0, 0, 0]));
   return [{
     kernel,
     bindGroup: gpu.bind(kernel, { 0: p, 1: param, 2: m, 3: v, 4: grad, 5: stats, 6: hp }),
-    workgroups: grid2d(gpu, Math.ceil(N / ELEMENTWISE_WG)),
+    workgroups: grid2d(gpu, Math.ceil(n / ELEMENTWISE_WG)),
   }];
 }

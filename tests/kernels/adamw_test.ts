@@ -120,6 +120,7 @@ async function adamwRun(
   maxNorm: number,
   steps: number,
   seed: number,
+  vec4?: boolean,
 ) {
   const params = sizes.map((n, k) => randomArray(n, seed + k));
   const state: AdamwRefState[] = params.map((p) => ({
@@ -146,6 +147,7 @@ async function adamwRun(
         hp: { buffer: hp },
         N: n,
         zeroGrad: k % 2 === 0,
+        vec4,
       })
     ),
   ];
@@ -173,7 +175,7 @@ async function adamwRun(
     else assert.ok(g.some((x) => x !== 0), "without zeroGrad the gradient stays");
   }
   for (const b of [...pb, ...mb, ...vb, ...plan.bufs, hp, plan.stats, plan.partials]) b.destroy();
-  return { err, clips };
+  return { err, clips, got };
 }
 
 const SETTINGS: AdamwSettings = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
@@ -190,7 +192,8 @@ gpuTest("adamw: several steps match torch.optim.AdamW, clipping engaged and not"
     }, 2],
   ];
   for (const [name, s, maxNorm] of cases) {
-    const { err, clips } = await adamwRun(gpu, arena, [1, 333, 4099], s, maxNorm, 5, 7);
+    // 1024 takes the four-per-invocation kernel, the others the scalar one
+    const { err, clips } = await adamwRun(gpu, arena, [1, 333, 4099, 1024], s, maxNorm, 5, 7);
     if (maxNorm > 0) {
       assert.ok(clips.some((c) => c < 1) && clips.some((c) => c === 1), `clips ${clips}`);
     }
@@ -253,4 +256,28 @@ gpuTest("adamw: a non-finite gradient norm skips the step", async (gpu) => {
     assert.ok(g.every((x) => x === 0), "gradient still zeroed");
     for (const b of [pb, mb, vb, hp, plan.stats, plan.partials, ...plan.bufs]) b.destroy();
   }
+});
+
+gpuTest("adamw: the four-per-invocation update gives the scalar update's bits", async (gpu) => {
+  const arena = new ParamArena(gpu, "test.adamw.vec4");
+  const sizes = [4, 1024, 4100];
+  const a = await adamwRun(gpu, arena, sizes, SETTINGS, 1, 3, 11, true);
+  const b = await adamwRun(gpu, arena, sizes, SETTINGS, 1, 3, 11, false);
+  report("adamw vec4 param vs f64", a.err.param, TOL_PARAM);
+  assert.ok(a.err.param <= TOL_PARAM && a.err.m <= TOL_MOMENT && a.err.v <= TOL_MOMENT);
+  a.got.forEach((x, k) => {
+    assert.deepEqual(new Uint32Array(x.buffer), new Uint32Array(b.got[k].buffer), `tensor ${k}`);
+  });
+  assert.throws(() =>
+    adamwUpdate(gpu, arena, {
+      param: { buffer: gpu.buffer("t.p", 16) },
+      grad: { buffer: gpu.buffer("t.g", 16) },
+      m: { buffer: gpu.buffer("t.m", 16) },
+      v: { buffer: gpu.buffer("t.v", 16) },
+      stats: { buffer: gpu.buffer("t.s", 16) },
+      hp: { buffer: gpu.buffer("t.h", 32) },
+      N: 3,
+      vec4: true,
+    })
+  );
 });
