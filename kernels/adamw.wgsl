@@ -114,6 +114,23 @@ fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
   }
 }
 
+/// One AdamW step on four elements (the scalar kernel passes one element in every lane).
+struct AdamState {
+  param: vec4<f32>,
+  m: vec4<f32>,
+  v: vec4<f32>,
+}
+
+fn adamStep(g: vec4<f32>, s: AdamState) -> AdamState {
+  let w = s.param * (1.0 - hp.lr * hp.weight_decay);
+  // torch.lerp(m, g, wt): m + wt·(g − m) when wt < 0.5, else g − (g − m)·(1 − wt)
+  let wt = 1.0 - hp.beta1;
+  let m1 = select(g - (g - s.m) * (1.0 - wt), s.m + wt * (g - s.m), wt < 0.5);
+  let v1 = s.v * hp.beta2 + (1.0 - hp.beta2) * (g * g);
+  let denom = sqrt(v1) / sqrt(hp.bc2) + hp.eps;
+  return AdamState(w - (hp.lr / hp.bc1) * (m1 / denom), m1, v1);
+}
+
 @compute @workgroup_size(WG)
 fn adamw_update(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -131,20 +148,14 @@ fn adamw_update(
   if (stats[2] == 0.0) {
     return; // non-finite gradient norm: leave param, m and v untouched
   }
-  let w = param[i] * (1.0 - hp.lr * hp.weight_decay);
-  // torch.lerp(m, g, wt): m + wt·(g − m) when wt < 0.5, else g − (g − m)·(1 − wt)
-  let wt = 1.0 - hp.beta1;
-  let m0 = m[i];
-  let m1 = select(g - (g - m0) * (1.0 - wt), m0 + wt * (g - m0), wt < 0.5);
-  let v1 = v[i] * hp.beta2 + (1.0 - hp.beta2) * (g * g);
-  let denom = sqrt(v1) / sqrt(hp.bc2) + hp.eps;
-  m[i] = m1;
-  v[i] = v1;
-  param[i] = w - (hp.lr / hp.bc1) * (m1 / denom);
+  let s = adamStep(vec4<f32>(g), AdamState(vec4<f32>(param[i]), vec4<f32>(m[i]), vec4<f32>(v[i])));
+  m[i] = s.m.x;
+  v[i] = s.v.x;
+  param[i] = s.param.x;
 }
 
-/// adamw_update on four elements per invocation (p.n counts vec4s): the same operations
-/// component-wise, a quarter of the invocations and 16-byte memory accesses.
+/// adamw_update on four elements per invocation (p.n counts vec4s): a quarter of the invocations
+/// and 16-byte memory accesses, the same arithmetic.
 @compute @workgroup_size(WG)
 fn adamw_update4(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -162,13 +173,8 @@ fn adamw_update4(
   if (stats[2] == 0.0) {
     return;
   }
-  let w = param4[i] * (1.0 - hp.lr * hp.weight_decay);
-  let wt = 1.0 - hp.beta1;
-  let m0 = m4[i];
-  let m1 = select(g - (g - m0) * (1.0 - wt), m0 + wt * (g - m0), wt < 0.5);
-  let v1 = v4[i] * hp.beta2 + (1.0 - hp.beta2) * (g * g);
-  let denom = sqrt(v1) / sqrt(hp.bc2) + hp.eps;
-  m4[i] = m1;
-  v4[i] = v1;
-  param4[i] = w - (hp.lr / hp.bc1) * (m1 / denom);
+  let s = adamStep(g, AdamState(param4[i], m4[i], v4[i]));
+  m4[i] = s.m;
+  v4[i] = s.v;
+  param4[i] = s.param;
 }

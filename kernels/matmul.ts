@@ -123,9 +123,9 @@ export interface GemmChoice {
  * The autotune key of a GEMM: its sizes, which operand axes are contiguous, and whether the
  * 16-byte kernels apply (offsets and leading strides do not change the choice).
  */
-export function gemmKey(g: GemmArgs): string {
+export function gemmKey(g: GemmArgs, vec4Ok = gemmVec4Ok(g)): string {
   const a = g.sAp === 1 ? "k" : "i", b = g.sBj === 1 ? "j" : "k";
-  return `${g.M}x${g.N}x${g.K}:a${a}b${b}${gemmVec4Ok(g) ? ":v4" : ""}`;
+  return `${g.M}x${g.N}x${g.K}:a${a}b${b}${vec4Ok ? ":v4" : ""}`;
 }
 
 /** How one GEMM runs on the GPU kernels: which one, its grid, and the K split. */
@@ -260,9 +260,10 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   if (g.ldc < g.N) throw new GpuError(`ldc ${g.ldc} < N ${g.N}`, "matmul");
   const flags = (g.accumulate ? 1 : 0) | (g.bias ? 2 : 0);
   const t = matmulTuning(gpu);
-  const key = gemmKey(g);
+  const v4ok = gemmVec4Ok(g);
+  const key = gemmKey(g, v4ok);
   const onWide = t.variant === "wide" || t.variant === "cpu";
-  const plan = onWide ? null : planGemm(t, g.M, g.N, g.K, gemmVec4Ok(g), key);
+  const plan = onWide ? null : planGemm(t, g.M, g.N, g.K, v4ok, key);
   const wide: WideConfig = (t.variant === "cpu" ? t.wideChoices?.get(key) : undefined) ??
     { wg: t.wideWg, rows: t.wideRows, cols: t.wideCols };
   const rec = recorders.get(gpu);
@@ -289,38 +290,14 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
       sliceStride,
     ], [12]));
   const maxWg = gpu.limits.maxComputeWorkgroupsPerDimension;
-  if (!plan) {
-    const kernel = gpu.kernel("matmul", "matmul_wide", {
-      WIDE_WG: wide.wg,
-      WIDE_TR: wide.rows,
-      WIDE_TC: wide.cols,
-    });
-    const workgroups: [number, number, number] = [
-      Math.ceil(g.N / (wide.wg * wide.cols)),
-      Math.ceil(g.M / wide.rows),
-      1,
-    ];
-    if (workgroups[0] > maxWg || workgroups[1] > maxWg) {
-      throw new GpuError(
-        `grid ${workgroups} exceeds ${maxWg} workgroups per dimension`,
-        kernel.name,
-      );
-    }
-    const bindGroup = gpu.bind(kernel, {
-      0: pack({ flags, K: g.K }),
-      1: g.c,
-      2: g.a,
-      3: g.b,
-      4: g.bias ?? dummyBuffer(gpu),
-    });
-    return [{ kernel, bindGroup, workgroups }];
-  }
-  const kernel = gpu.kernel("matmul", plan.entry);
-  const workgroups: [number, number, number] = [
-    Math.ceil(g.N / plan.tile),
-    Math.ceil(g.M / plan.tile),
-    slices,
-  ];
+  const kernel = plan ? gpu.kernel("matmul", plan.entry) : gpu.kernel("matmul", "matmul_wide", {
+    WIDE_WG: wide.wg,
+    WIDE_TR: wide.rows,
+    WIDE_TC: wide.cols,
+  });
+  const workgroups: [number, number, number] = plan
+    ? [Math.ceil(g.N / plan.tile), Math.ceil(g.M / plan.tile), slices]
+    : [Math.ceil(g.N / (wide.wg * wide.cols)), Math.ceil(g.M / wide.rows), 1];
   if (workgroups[0] > maxWg || workgroups[1] > maxWg) {
     throw new GpuError(`grid ${workgroups} exceeds ${maxWg} workgroups per dimension`, kernel.name);
   }

@@ -359,18 +359,29 @@ const BIG_BUF = 528u; // vec4s per staged tile (TILE_K x BIG_ROW4)
 var<workgroup> v4A: array<vec4<f32>, 1056>; // two (TILE_K, BIG_ROW4) tiles of A
 var<workgroup> v4B: array<vec4<f32>, 1056>; // two (TILE_K, BIG_ROW4) tiles of B
 
-/// vec4 number q (< 512) of the A tile at (i0, k0): 4 consecutive k at one i (K-contiguous A)
-/// or 4 consecutive i at one k (zeros outside the operand or past kEnd).
-fn fetchA4(q: u32, i0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
-  var i: u32;
-  var k: u32;
+/// Where vec4 number q of a (TILE_K, 4·edge4) tile comes from, as (offset along the tile edge,
+/// offset along K): 4 consecutive k at one row when the operand is K-contiguous (kc), else 4
+/// consecutive rows at one k.
+fn coord4(q: u32, kc: bool, edge4: u32) -> vec2<u32> {
   if (kc) {
-    i = i0 + q / 4u;
-    k = k0 + (q % 4u) * 4u;
-  } else {
-    i = i0 + (q % 32u) * 4u;
-    k = k0 + q / 32u;
+    return vec2<u32>(q / 4u, (q % 4u) * 4u);
   }
+  return vec2<u32>((q % edge4) * 4u, q / edge4);
+}
+
+/// Where vec4 number q lands in a staged tile of `row4` vec4s per k: K-contiguous operands
+/// scatter it over 4 k rows at (x + r·row4)[y], the others store it whole at x.
+fn slot4(q: u32, kc: bool, edge4: u32, row4: u32) -> vec2<u32> {
+  let e = coord4(q, kc, edge4);
+  return vec2<u32>(e.y * row4 + e.x / 4u, e.x % 4u);
+}
+
+/// vec4 number q of the A tile at (i0, k0) of a 4·edge4-row tile (zeros outside the operand or
+/// past kEnd).
+fn fetchA4(q: u32, i0: u32, k0: u32, kEnd: u32, kc: bool, edge4: u32) -> vec4<f32> {
+  let e = coord4(q, kc, edge4);
+  let i = i0 + e.x;
+  let k = k0 + e.y;
   // clamped into range: the vec4's first index stops 4 short of the end along its own axis
   let ic = select(min(i, p.M - 4u), min(i, p.M - 1u), kc);
   let kcl = select(min(k, p.K - 1u), min(k, p.K - 4u), kc);
@@ -378,53 +389,40 @@ fn fetchA4(q: u32, i0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
   return select(vec4<f32>(0.0), v, i < p.M && k < kEnd);
 }
 
-/// vec4 number q (< 512) of the B tile at (k0, j0): 4 consecutive k at one j (K-contiguous B)
-/// or 4 consecutive j at one k.
-fn fetchB4(q: u32, j0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
-  var j: u32;
-  var k: u32;
-  if (kc) {
-    j = j0 + q / 4u;
-    k = k0 + (q % 4u) * 4u;
-  } else {
-    j = j0 + (q % 32u) * 4u;
-    k = k0 + q / 32u;
-  }
+/// vec4 number q of the B tile at (k0, j0) of a 4·edge4-column tile.
+fn fetchB4(q: u32, j0: u32, k0: u32, kEnd: u32, kc: bool, edge4: u32) -> vec4<f32> {
+  let e = coord4(q, kc, edge4);
+  let j = j0 + e.x;
+  let k = k0 + e.y;
   let jc = select(min(j, p.N - 4u), min(j, p.N - 1u), kc);
   let kcl = select(min(k, p.K - 1u), min(k, p.K - 4u), kc);
   let v = b4[(p.offB + kcl * p.sBp + jc * p.sBj) / 4u];
   return select(vec4<f32>(0.0), v, j < p.N && k < kEnd);
 }
 
-/// Stage vec4 number q of the A tile into buffer half `base`.
+/// Stage vec4 number q of the 128-edge A tile into buffer half `base`.
 fn putA4(base: u32, q: u32, kc: bool, v: vec4<f32>) {
+  let s = slot4(q, kc, 32u, BIG_ROW4);
   if (kc) {
-    let i = q / 4u;
-    let k = (q % 4u) * 4u;
-    let col = i / 4u;
-    let c = i % 4u;
-    v4A[base + k * BIG_ROW4 + col][c] = v.x;
-    v4A[base + (k + 1u) * BIG_ROW4 + col][c] = v.y;
-    v4A[base + (k + 2u) * BIG_ROW4 + col][c] = v.z;
-    v4A[base + (k + 3u) * BIG_ROW4 + col][c] = v.w;
+    v4A[base + s.x][s.y] = v.x;
+    v4A[base + s.x + BIG_ROW4][s.y] = v.y;
+    v4A[base + s.x + 2u * BIG_ROW4][s.y] = v.z;
+    v4A[base + s.x + 3u * BIG_ROW4][s.y] = v.w;
   } else {
-    v4A[base + (q / 32u) * BIG_ROW4 + q % 32u] = v;
+    v4A[base + s.x] = v;
   }
 }
 
-/// Stage vec4 number q of the B tile into buffer half `base`.
+/// Stage vec4 number q of the 128-edge B tile into buffer half `base`.
 fn putB4(base: u32, q: u32, kc: bool, v: vec4<f32>) {
+  let s = slot4(q, kc, 32u, BIG_ROW4);
   if (kc) {
-    let j = q / 4u;
-    let k = (q % 4u) * 4u;
-    let col = j / 4u;
-    let c = j % 4u;
-    v4B[base + k * BIG_ROW4 + col][c] = v.x;
-    v4B[base + (k + 1u) * BIG_ROW4 + col][c] = v.y;
-    v4B[base + (k + 2u) * BIG_ROW4 + col][c] = v.z;
-    v4B[base + (k + 3u) * BIG_ROW4 + col][c] = v.w;
+    v4B[base + s.x][s.y] = v.x;
+    v4B[base + s.x + BIG_ROW4][s.y] = v.y;
+    v4B[base + s.x + 2u * BIG_ROW4][s.y] = v.z;
+    v4B[base + s.x + 3u * BIG_ROW4][s.y] = v.w;
   } else {
-    v4B[base + (q / 32u) * BIG_ROW4 + q % 32u] = v;
+    v4B[base + s.x] = v;
   }
 }
 
@@ -439,10 +437,10 @@ fn matmul_big_v4(
   let kr = sliceRange(wid.z);
   let aK = p.sAp == 1u;
   let bK = p.sBj != 1u;
-  putA4(0u, li, aK, fetchA4(li, i0, kr.x, kr.y, aK));
-  putA4(0u, li + 256u, aK, fetchA4(li + 256u, i0, kr.x, kr.y, aK));
-  putB4(0u, li, bK, fetchB4(li, j0, kr.x, kr.y, bK));
-  putB4(0u, li + 256u, bK, fetchB4(li + 256u, j0, kr.x, kr.y, bK));
+  putA4(0u, li, aK, fetchA4(li, i0, kr.x, kr.y, aK, 32u));
+  putA4(0u, li + 256u, aK, fetchA4(li + 256u, i0, kr.x, kr.y, aK, 32u));
+  putB4(0u, li, bK, fetchB4(li, j0, kr.x, kr.y, bK, 32u));
+  putB4(0u, li + 256u, bK, fetchB4(li + 256u, j0, kr.x, kr.y, bK, 32u));
   workgroupBarrier();
   var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
   var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
@@ -455,10 +453,10 @@ fn matmul_big_v4(
   var cur = 0u;
   for (var k0 = kr.x; k0 < kr.y; k0 += TILE_K) {
     let kn = k0 + TILE_K; // the next slice's loads, issued before this slice's arithmetic
-    let na0 = fetchA4(li, i0, kn, kr.y, aK);
-    let na1 = fetchA4(li + 256u, i0, kn, kr.y, aK);
-    let nb0 = fetchB4(li, j0, kn, kr.y, bK);
-    let nb1 = fetchB4(li + 256u, j0, kn, kr.y, bK);
+    let na0 = fetchA4(li, i0, kn, kr.y, aK, 32u);
+    let na1 = fetchA4(li + 256u, i0, kn, kr.y, aK, 32u);
+    let nb0 = fetchB4(li, j0, kn, kr.y, bK, 32u);
+    let nb1 = fetchB4(li + 256u, j0, kn, kr.y, bK, 32u);
     for (var kk = 0u; kk < TILE_K; kk++) {
       let r = cur + kk * BIG_ROW4;
       let a0 = v4A[r + lid.y];
@@ -500,69 +498,29 @@ const TILED_BUF = 272u; // vec4s per staged tile (TILE_K x TILE_ROW4)
 var<workgroup> t4A: array<vec4<f32>, 544>; // two (TILE_K, TILE_ROW4) tiles of A
 var<workgroup> t4B: array<vec4<f32>, 544>; // two (TILE_K, TILE_ROW4) tiles of B
 
-/// vec4 number q (< 256) of the 64-edge A tile at (i0, k0), as fetchA4 for the 128-edge one.
-fn fetchTA4(q: u32, i0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
-  var i: u32;
-  var k: u32;
-  if (kc) {
-    i = i0 + q / 4u;
-    k = k0 + (q % 4u) * 4u;
-  } else {
-    i = i0 + (q % 16u) * 4u;
-    k = k0 + q / 16u;
-  }
-  let ic = select(min(i, p.M - 4u), min(i, p.M - 1u), kc);
-  let kcl = select(min(k, p.K - 1u), min(k, p.K - 4u), kc);
-  let v = a4[(p.offA + ic * p.sAi + kcl * p.sAp) / 4u];
-  return select(vec4<f32>(0.0), v, i < p.M && k < kEnd);
-}
-
-/// vec4 number q (< 256) of the 64-edge B tile at (k0, j0).
-fn fetchTB4(q: u32, j0: u32, k0: u32, kEnd: u32, kc: bool) -> vec4<f32> {
-  var j: u32;
-  var k: u32;
-  if (kc) {
-    j = j0 + q / 4u;
-    k = k0 + (q % 4u) * 4u;
-  } else {
-    j = j0 + (q % 16u) * 4u;
-    k = k0 + q / 16u;
-  }
-  let jc = select(min(j, p.N - 4u), min(j, p.N - 1u), kc);
-  let kcl = select(min(k, p.K - 1u), min(k, p.K - 4u), kc);
-  let v = b4[(p.offB + kcl * p.sBp + jc * p.sBj) / 4u];
-  return select(vec4<f32>(0.0), v, j < p.N && k < kEnd);
-}
-
 /// Stage vec4 number q of the 64-edge A tile into buffer half `base`.
 fn putTA4(base: u32, q: u32, kc: bool, v: vec4<f32>) {
+  let s = slot4(q, kc, 16u, TILE_ROW4);
   if (kc) {
-    let i = q / 4u;
-    let k = (q % 4u) * 4u;
-    let col = i / 4u;
-    let c = i % 4u;
-    t4A[base + k * TILE_ROW4 + col][c] = v.x;
-    t4A[base + (k + 1u) * TILE_ROW4 + col][c] = v.y;
-    t4A[base + (k + 2u) * TILE_ROW4 + col][c] = v.z;
-    t4A[base + (k + 3u) * TILE_ROW4 + col][c] = v.w;
+    t4A[base + s.x][s.y] = v.x;
+    t4A[base + s.x + TILE_ROW4][s.y] = v.y;
+    t4A[base + s.x + 2u * TILE_ROW4][s.y] = v.z;
+    t4A[base + s.x + 3u * TILE_ROW4][s.y] = v.w;
   } else {
-    t4A[base + (q / 16u) * TILE_ROW4 + q % 16u] = v;
+    t4A[base + s.x] = v;
   }
 }
 
 /// Stage vec4 number q of the 64-edge B tile into buffer half `base`.
 fn putTB4(base: u32, q: u32, kc: bool, v: vec4<f32>) {
+  let s = slot4(q, kc, 16u, TILE_ROW4);
   if (kc) {
-    let j = q / 4u;
-    let k = (q % 4u) * 4u;
-    let col = j / 4u;
-    let c = j % 4u;
-    t4B[base + k * TILE_ROW4 + col][c] = v.x;
-    t4B[base + (k + 1u) * TILE_ROW4 + col][c] = v.y;
-    t4B[base + (k + 2u) * TILE_ROW4 + col][c] = v.z;
-    t4B[base + (k + 3u) * TILE_ROW4 + col][c] = v.w;
+    t4B[base + s.x][s.y] = v.x;
+    t4B[base + s.x + TILE_ROW4][s.y] = v.y;
+    t4B[base + s.x + 2u * TILE_ROW4][s.y] = v.z;
+    t4B[base + s.x + 3u * TILE_ROW4][s.y] = v.w;
   } else {
-    t4B[base + (q / 16u) * TILE_ROW4 + q % 16u] = v;
+    t4B[base + s.x] = v;
   }
 }
 
@@ -577,8 +535,8 @@ fn matmul_tiled_v4(
   let kr = sliceRange(wid.z);
   let aK = p.sAp == 1u;
   let bK = p.sBj != 1u;
-  putTA4(0u, li, aK, fetchTA4(li, i0, kr.x, kr.y, aK));
-  putTB4(0u, li, bK, fetchTB4(li, j0, kr.x, kr.y, bK));
+  putTA4(0u, li, aK, fetchA4(li, i0, kr.x, kr.y, aK, 16u));
+  putTB4(0u, li, bK, fetchB4(li, j0, kr.x, kr.y, bK, 16u));
   workgroupBarrier();
   var c0 = vec4<f32>(0.0);
   var c1 = vec4<f32>(0.0);
@@ -587,8 +545,8 @@ fn matmul_tiled_v4(
   var cur = 0u;
   for (var k0 = kr.x; k0 < kr.y; k0 += TILE_K) {
     let kn = k0 + TILE_K; // the next slice's loads, issued before this slice's arithmetic
-    let na = fetchTA4(li, i0, kn, kr.y, aK);
-    let nb = fetchTB4(li, j0, kn, kr.y, bK);
+    let na = fetchA4(li, i0, kn, kr.y, aK, 16u);
+    let nb = fetchB4(li, j0, kn, kr.y, bK, 16u);
     for (var kk = 0u; kk < TILE_K; kk++) {
       let r = cur + kk * TILE_ROW4;
       let av = t4A[r + lid.y];
