@@ -40,6 +40,7 @@ export const TRAIN_FLAGS = {
   "torch-dtype": { type: "string" },
   "torch-impl": { type: "string" },
   "torch-threads": { type: "string" },
+  rounds: { type: "string" },
 } as const;
 
 /** Flag values as parseArgs returns them (every flag optional). */
@@ -110,6 +111,11 @@ export interface TrainBenchOptions {
   peakTflops?: number;
   profile: boolean;
   torch?: TorchOptions;
+  /**
+   * Alternate ours and PyTorch this many times and report medians (default 1): on a shared or
+   * throttled machine one run of each can differ by 20 % from the next.
+   */
+  rounds?: number;
   /** Where models and rows are written (default bench/out/train). */
   workDir?: string;
   /** Use this device (and leave it open) instead of opening one. */
@@ -156,6 +162,8 @@ export interface OursResult {
     /** Peak resident memory of the process (on a CPU adapter the device memory is host memory). */
     peakRssBytes: number | null;
   };
+  /** tokens/s of every round, in order (tokensPerS and stepMs are their medians). */
+  roundsTokensPerS: number[];
   /** null when the adapter offers no timestamp queries or --no-profile. */
   breakdown: {
     kernels: KernelTime[];
@@ -187,7 +195,17 @@ export interface TrainBenchResult {
   };
   hyper: StepHyper;
   ours: OursResult;
-  torch: (TorchResult & { ratio: number; lossMaxRelDiff: number; lossOk: boolean | null })[];
+  torch: (TorchResult & {
+    ratio: number;
+    /** Smallest and largest ours / torch over the rounds (each round's pair run back to back). */
+    ratioRange: [number, number];
+    /** tokens/s of every round (tokens_per_s and timed_step_ms are their medians). */
+    roundsTokensPerS: number[];
+    lossMaxRelDiff: number;
+    lossOk: boolean | null;
+  })[];
+  /** Rounds of ours-then-PyTorch run. */
+  rounds: number;
 }
 
 /** What bench/torch_baseline.py prints. */
@@ -504,6 +522,7 @@ async function runOurs(
       adapter: `${gpu.summary.description} (${gpu.summary.backend})`,
       adapterSummary: gpu.summary,
       tokensPerS: (B * S) / (stepMs / 1000),
+      roundsTokensPerS: [(B * S) / (stepMs / 1000)],
       stepMs,
       losses,
       gradNorms,
@@ -635,57 +654,84 @@ export async function benchTrain(opts: TrainBenchOptions): Promise<TrainBenchRes
   );
   log(`data: ${source}`);
 
-  let ours: OursResult;
-  try {
-    ours = await runOurs(opts, cfg, tensors, rows, { batch: B, seq: S, microRows }, gpu, log);
-  } finally {
-    if (!opts.gpu) gpu.destroy(); // before PyTorch starts: give the memory back
+  const rounds = opts.rounds ?? 1;
+  const oursRuns: OursResult[] = [];
+  const torchRuns: TorchResult[][] = []; // [round][impl × dtype]
+  const torchPython = opts.torch ? await findTorchPython(opts.torch.python) : null;
+  if (opts.torch && !torchPython) {
+    throw new UserError(
+      "--vs-torch: no python with torch and numpy found",
+      "CPU: apt-get install -y python3-torch libopenblas0-pthread; or pass --python PATH",
+    );
+  }
+  const torchRunsWanted = opts.torch
+    ? opts.torch.impls.flatMap((impl) => opts.torch!.dtypes.map((dtype) => ({ impl, dtype })))
+    : [];
+  for (let round = 0; round < rounds; round++) {
+    if (rounds > 1) log(`round ${round + 1} of ${rounds}`);
+    const dev = round === 0 ? gpu : (opts.gpu ?? await acquireGpu());
+    try {
+      // the kernel breakdown once: it is the same every round
+      const o = { ...opts, profile: opts.profile && round === 0 };
+      oursRuns.push(
+        await runOurs(o, cfg, tensors, rows, { batch: B, seq: S, microRows }, dev, log),
+      );
+    } finally {
+      if (!opts.gpu) dev.destroy(); // before PyTorch starts: give the memory back
+    }
+    const tr: TorchResult[] = [];
+    for (const { impl, dtype } of torchRunsWanted) {
+      tr.push(
+        await runTorch(
+          opts.torch!,
+          impl,
+          torchPython!,
+          dtype,
+          { dir, rowsFile, batch: B, seq: S, total, warmup: opts.warmup },
+          opts.hyper,
+          work,
+          log,
+        ),
+      );
+    }
+    torchRuns.push(tr);
   }
   tensors.clear();
 
-  const torch: TrainBenchResult["torch"] = [];
-  if (opts.torch) {
-    const python = await findTorchPython(opts.torch.python);
-    if (!python) {
-      throw new UserError(
-        "--vs-torch: no python with torch and numpy found",
-        "CPU: apt-get install -y python3-torch libopenblas0-pthread; or pass --python PATH",
-      );
+  // Medians over the rounds; losses, breakdown and memory from the first round.
+  const oursTps = oursRuns.map((o) => o.tokensPerS);
+  const first = oursRuns[0];
+  const stepMs = median(oursRuns.map((o) => o.stepMs));
+  const ours: OursResult = {
+    ...first,
+    tokensPerS: (B * S) / (stepMs / 1000),
+    stepMs,
+    roundsTokensPerS: oursTps,
+    achievedGflops: first.flopsPerStep / (stepMs * 1e6),
+    mfu: first.peak ? first.flopsPerStep / (stepMs * 1e6) / first.peak.gflops : null,
+  };
+  const torch: TrainBenchResult["torch"] = torchRunsWanted.map((_, i) => {
+    const per = torchRuns.map((tr) => tr[i]);
+    const r = per[0];
+    const ms = median(per.map((t) => t.timed_step_ms));
+    const ratios = per.map((t, k) => oursTps[k] / t.tokens_per_s);
+    const tps = (B * S) / (ms / 1000);
+    const n = Math.min(COMPARED_STEPS, r.losses.length, ours.losses.length);
+    let maxRel = 0;
+    for (let j = 0; j < n; j++) {
+      maxRel = Math.max(maxRel, Math.abs(ours.losses[j] - r.losses[j]) / Math.abs(r.losses[j]));
     }
-    const runs = opts.torch.impls.flatMap((impl) =>
-      opts.torch!.dtypes.map((dtype) => ({ impl, dtype }))
-    );
-    for (const { impl, dtype } of runs) {
-      const r = await runTorch(
-        opts.torch,
-        impl,
-        python,
-        dtype,
-        {
-          dir,
-          rowsFile,
-          batch: B,
-          seq: S,
-          total,
-          warmup: opts.warmup,
-        },
-        opts.hyper,
-        work,
-        log,
-      );
-      const n = Math.min(COMPARED_STEPS, r.losses.length, ours.losses.length);
-      let maxRel = 0;
-      for (let i = 0; i < n; i++) {
-        maxRel = Math.max(maxRel, Math.abs(ours.losses[i] - r.losses[i]) / Math.abs(r.losses[i]));
-      }
-      torch.push({
-        ...r,
-        ratio: ours.tokensPerS / r.tokens_per_s,
-        lossMaxRelDiff: maxRel,
-        lossOk: dtype === "fp32" ? maxRel <= LOSS_TOLERANCE : null,
-      });
-    }
-  }
+    return {
+      ...r,
+      timed_step_ms: ms,
+      tokens_per_s: tps,
+      roundsTokensPerS: per.map((t) => t.tokens_per_s),
+      ratio: ours.tokensPerS / tps,
+      ratioRange: [Math.min(...ratios), Math.max(...ratios)],
+      lossMaxRelDiff: maxRel,
+      lossOk: r.dtype === "fp32" ? maxRel <= LOSS_TOLERANCE : null,
+    };
+  });
   return {
     model: {
       name,
@@ -709,7 +755,15 @@ export async function benchTrain(opts: TrainBenchOptions): Promise<TrainBenchRes
     hyper: opts.hyper,
     ours,
     torch,
+    rounds,
   };
+}
+
+/** The middle value (the mean of the two middle ones for an even count). */
+function median(xs: number[]): number {
+  const a = [...xs].sort((x, y) => x - y);
+  const m = a.length >> 1;
+  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
 }
 
 /** Print the result as tables. */
@@ -719,7 +773,19 @@ export function printTrainResult(r: TrainBenchResult, out: (l: string) => void =
   out("");
   out(`adapter      ${o.adapter}`);
   out(`tokens/s     ${f1(o.tokensPerS)}   (${r.data.tokensPerStep} tokens per step)`);
-  out(`step         ${f1(o.stepMs)} ms   (mean over ${r.data.steps} timed steps, one wait)`);
+  const over = `mean over ${r.data.steps} timed steps, one wait`;
+  out(
+    `step         ${f1(o.stepMs)} ms   (${
+      r.rounds > 1 ? `median of ${r.rounds} rounds, each the ${over}` : over
+    })`,
+  );
+  if (r.rounds > 1) {
+    out(
+      `rounds       ${r.rounds} (${
+        r.torch.length ? "ours then PyTorch each round; " : ""
+      }figures are medians): ours ${o.roundsTokensPerS.map(f1).join(", ")} tokens/s`,
+    );
+  }
   out(`dispatches   ${o.dispatchesPerStep} per step in ${o.submitsPerStep} submits`);
   out(
     `FLOPs        ${(o.flopsPerStep / 1e9).toFixed(3)} GFLOP per step → ${
@@ -787,6 +853,12 @@ export function printTrainResult(r: TrainBenchResult, out: (l: string) => void =
         f1(t.tokens_per_s)
       } tokens/s, ${f1(t.timed_step_ms)} ms/step, peak ${fmtBytes(t.peak_memory_bytes)}`,
     );
+    if (r.rounds > 1) {
+      out(
+        `  rounds: ${t.roundsTokensPerS.map(f1).join(", ")} tokens/s; ours / torch per round ` +
+          `${t.ratioRange[0].toFixed(3)}–${t.ratioRange[1].toFixed(3)}×`,
+      );
+    }
     out(`  ours / torch = ${t.ratio.toFixed(3)}×; first ${COMPARED_STEPS} losses: ${chk}`);
   }
 }
@@ -860,6 +932,7 @@ export function trainOptionsFromFlags(v: TrainFlags): TrainBenchOptions {
     peakTflops: numFlag(v["peak-tflops"], "peak-tflops"),
     profile: v["no-profile"] !== true,
     torch,
+    rounds: intFlag(v.rounds, "rounds", 1) ?? 1,
   };
 }
 

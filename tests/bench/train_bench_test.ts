@@ -54,6 +54,9 @@ Deno.test("trainOptionsFromFlags: defaults, and one clear error per bad flag", (
   assert.throws(() => trainOptionsFromFlags({ batch: "0" }), UserError);
   assert.throws(() => trainOptionsFromFlags({ data: "web" }), UserError);
   assert.throws(() => trainOptionsFromFlags({ "vs-torch": true, "torch-dtype": "fp8" }), UserError);
+  assert.equal(o.rounds, 1);
+  assert.equal(trainOptionsFromFlags({ rounds: "3" }).rounds, 3);
+  assert.throws(() => trainOptionsFromFlags({ rounds: "0" }), UserError);
 });
 
 gpuTest(
@@ -114,10 +117,21 @@ gpuTest(
         workDir: work,
         gpu,
         torch: { python, device: "cpu", dtypes: ["fp32"], impls: ["plain"] },
+        rounds: 2,
       });
       const t = withTorch.torch[0];
       report("bench losses vs PyTorch fp32", t.lossMaxRelDiff, LOSS_TOLERANCE);
       assert.equal(t.lossOk, true, `${withTorch.ours.losses} vs ${t.losses}`);
+      // Two rounds: the reported figures are the medians (here the means) of both runs.
+      const [a, b] = withTorch.ours.roundsTokensPerS;
+      assert.equal(withTorch.rounds, 2);
+      assert.equal(t.roundsTokensPerS.length, 2);
+      const [ta, tb] = t.roundsTokensPerS;
+      const atMeanStep = 2 / (1 / a + 1 / b); // tokens/s at the mean of the two step times
+      assert.ok(Math.abs(withTorch.ours.tokensPerS - atMeanStep) <= 1e-9 * atMeanStep);
+      const lo = Math.min(a / ta, b / tb), hi = Math.max(a / ta, b / tb);
+      assert.ok(Math.abs(t.ratioRange[0] - lo) < 1e-12 && Math.abs(t.ratioRange[1] - hi) < 1e-12);
+      assert.ok(t.ratio > 0 && Number.isFinite(t.ratio));
     } finally {
       await Deno.remove(work, { recursive: true });
     }

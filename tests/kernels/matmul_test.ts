@@ -56,6 +56,7 @@ const SHAPES: [number, number, number][] = [
   [2, 300, 1],
   [40, 70, 100],
   [36, 132, 100], // multiples of 4: the vec4 kernels run
+  [33, 36, 44], // vec4 with a ragged M; its dW reads A row-contiguous over a ragged K
   [4, 8, 4],
 ];
 
