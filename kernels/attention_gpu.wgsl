@@ -214,16 +214,37 @@ fn outer(s: mat4x4<f32>, x: vec4<f32>, y: vec4<f32>) -> mat4x4<f32> {
   return s + mat4x4<f32>(x * y.x, x * y.y, x * y.z, x * y.w);
 }
 
-// One tile quad of an accumulation: rows a..d of P (vec4 over the quad's 4 tile rows) against
-// 4 dims (vec4s over the same tile rows); column = own row, component = dim.
-fn dots(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, v0: vec4<f32>, v1: vec4<f32>,
-        v2: vec4<f32>, v3: vec4<f32>) -> mat4x4<f32> {
+// One tile quad of an accumulation: own rows of P (pr[r]: vec4 over the quad's 4 tile rows)
+// against 4 dims (v[j]: vec4s over the same tile rows); column = own row, component = dim.
+fn dots(pr: mat4x4<f32>, v: mat4x4<f32>) -> mat4x4<f32> {
   return mat4x4<f32>(
-    vec4<f32>(dot(a, v0), dot(a, v1), dot(a, v2), dot(a, v3)),
-    vec4<f32>(dot(b, v0), dot(b, v1), dot(b, v2), dot(b, v3)),
-    vec4<f32>(dot(c, v0), dot(c, v1), dot(c, v2), dot(c, v3)),
-    vec4<f32>(dot(d, v0), dot(d, v1), dot(d, v2), dot(d, v3)),
+    vec4<f32>(dot(pr[0], v[0]), dot(pr[0], v[1]), dot(pr[0], v[2]), dot(pr[0], v[3])),
+    vec4<f32>(dot(pr[1], v[0]), dot(pr[1], v[1]), dot(pr[1], v[2]), dot(pr[1], v[3])),
+    vec4<f32>(dot(pr[2], v[0]), dot(pr[2], v[1]), dot(pr[2], v[2]), dot(pr[2], v[3])),
+    vec4<f32>(dot(pr[3], v[0]), dot(pr[3], v[1]), dot(pr[3], v[2]), dot(pr[3], v[3])),
   );
+}
+
+// Own rows 4ty..4ty+3 of tile_a / tile_b at tile quad c (column = own row).
+fn tile_rows_a(ty: u32, c: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(tile_a[tile_at(4u * ty, c)], tile_a[tile_at(4u * ty + 1u, c)],
+                     tile_a[tile_at(4u * ty + 2u, c)], tile_a[tile_at(4u * ty + 3u, c)]);
+}
+
+fn tile_rows_b(ty: u32, c: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(tile_b[tile_at(4u * ty, c)], tile_b[tile_at(4u * ty + 1u, c)],
+                     tile_b[tile_at(4u * ty + 2u, c)], tile_b[tile_at(4u * ty + 3u, c)]);
+}
+
+// Dims d0..d0+3 of the staged oth_a / oth_b at tile quad c (column = dim).
+fn oth_dims_a(d0: u32, c: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)], oth_a[oth_at(d0 + 2u, c)],
+                     oth_a[oth_at(d0 + 3u, c)]);
+}
+
+fn oth_dims_b(d0: u32, c: u32) -> mat4x4<f32> {
+  return mat4x4<f32>(oth_b[oth_at(d0, c)], oth_b[oth_at(d0 + 1u, c)], oth_b[oth_at(d0 + 2u, c)],
+                     oth_b[oth_at(d0 + 3u, c)]);
 }
 
 // The two score blocks of the backward over tile quad tx, with their own rows read from global
@@ -377,15 +398,11 @@ fn attention_gpu_forward(
     stage_kv_a(true, k0, kvh, li);
     workgroupBarrier();
     for (var c = 0u; c < TC; c++) {
-      let p0 = tile_a[tile_at(4u * ty, c)];
-      let p1 = tile_a[tile_at(4u * ty + 1u, c)];
-      let p2 = tile_a[tile_at(4u * ty + 2u, c)];
-      let p3 = tile_a[tile_at(4u * ty + 3u, c)];
+      let pr = tile_rows_a(ty, c);
       for (var k = 0u; k < NK; k++) {
         let d0 = 4u * (tx + TC * k);
         if (d0 < D) {
-          acc[k] += dots(p0, p1, p2, p3, oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)],
-                         oth_a[oth_at(d0 + 2u, c)], oth_a[oth_at(d0 + 3u, c)]);
+          acc[k] += dots(pr, oth_dims_a(d0, c));
         }
       }
     }
@@ -463,15 +480,11 @@ fn attention_gpu_backward_dq(
     put_tile_a(ds, 4u * ty, tx);
     workgroupBarrier();
     for (var c = 0u; c < TC; c++) {
-      let p0 = tile_a[tile_at(4u * ty, c)];
-      let p1 = tile_a[tile_at(4u * ty + 1u, c)];
-      let p2 = tile_a[tile_at(4u * ty + 2u, c)];
-      let p3 = tile_a[tile_at(4u * ty + 3u, c)];
+      let pr = tile_rows_a(ty, c);
       for (var k = 0u; k < NK; k++) {
         let d0 = 4u * (tx + TC * k);
         if (d0 < D) {
-          acc[k] += dots(p0, p1, p2, p3, oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)],
-                         oth_a[oth_at(d0 + 2u, c)], oth_a[oth_at(d0 + 3u, c)]);
+          acc[k] += dots(pr, oth_dims_a(d0, c));
         }
       }
     }
@@ -543,21 +556,13 @@ fn attention_gpu_backward_dkv(
       put_tile_b(ds, 4u * ty, tx);
       workgroupBarrier();
       for (var c = 0u; c < TC; c++) {
-        let p0 = tile_a[tile_at(4u * ty, c)];
-        let p1 = tile_a[tile_at(4u * ty + 1u, c)];
-        let p2 = tile_a[tile_at(4u * ty + 2u, c)];
-        let p3 = tile_a[tile_at(4u * ty + 3u, c)];
-        let g0 = tile_b[tile_at(4u * ty, c)];
-        let g1 = tile_b[tile_at(4u * ty + 1u, c)];
-        let g2 = tile_b[tile_at(4u * ty + 2u, c)];
-        let g3 = tile_b[tile_at(4u * ty + 3u, c)];
+        let pr = tile_rows_a(ty, c);
+        let gr = tile_rows_b(ty, c);
         for (var k = 0u; k < NK; k++) {
           let d0 = 4u * (tx + TC * k);
           if (d0 < D) {
-            dv[k] += dots(p0, p1, p2, p3, oth_b[oth_at(d0, c)], oth_b[oth_at(d0 + 1u, c)],
-                          oth_b[oth_at(d0 + 2u, c)], oth_b[oth_at(d0 + 3u, c)]);
-            dk[k] += dots(g0, g1, g2, g3, oth_a[oth_at(d0, c)], oth_a[oth_at(d0 + 1u, c)],
-                          oth_a[oth_at(d0 + 2u, c)], oth_a[oth_at(d0 + 3u, c)]);
+            dv[k] += dots(pr, oth_dims_b(d0, c));
+            dk[k] += dots(gr, oth_dims_a(d0, c));
           }
         }
       }
