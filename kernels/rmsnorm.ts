@@ -1,5 +1,6 @@
 // Launchers for RMSNorm: forward (saves rstd) and backward (dx, deterministic accumulated dw).
 import { grid2d } from "./elementwise.ts";
+import { isCpuAdapter } from "./matmul.ts";
 import {
   type BufferSlice,
   type Dispatch,
@@ -17,6 +18,41 @@ function rowWg(C: number): number {
   return w;
 }
 const ROWS = 64; // ROWS in rmsnorm.wgsl: rows per dw partial
+const ROW_LANES = 8; // ROW_LANES in rmsnorm.wgsl: rows per workgroup of the "rows" kernels
+
+/**
+ * How forward and backward-dx run: "tree" (one workgroup per row, a barrier tree over its
+ * channels: GPUs) or "rows" (one invocation per row, no barriers: CPU adapters, where barriers
+ * cost more than a short row's arithmetic; 3–7× faster on lavapipe, bench/RESULTS.md).
+ */
+export type RmsnormVariant = "tree" | "rows";
+
+const variants = new WeakMap<Gpu, RmsnormVariant>();
+
+/** The variant used for `gpu`: "rows" on CPU adapters, "tree" elsewhere, unless set. */
+export function rmsnormVariant(gpu: Gpu): RmsnormVariant {
+  return variants.get(gpu) ?? (isCpuAdapter(gpu) ? "rows" : "tree");
+}
+
+/** Force the variant for `gpu` (null: back to the adapter's default); applies to later launches. */
+export function setRmsnormVariant(gpu: Gpu, v: RmsnormVariant | null): void {
+  if (v === null) variants.delete(gpu);
+  else variants.set(gpu, v);
+}
+
+/** The forward or backward-dx pipeline and its grid for T rows of C channels. */
+function rowKernel(gpu: Gpu, entry: string, T: number, C: number, consts = {}) {
+  if (rmsnormVariant(gpu) === "rows") {
+    return {
+      kernel: gpu.kernel("rmsnorm", `${entry}_rows`, consts),
+      workgroups: grid2d(gpu, Math.ceil(T / ROW_LANES)),
+    };
+  }
+  return {
+    kernel: gpu.kernel("rmsnorm", entry, { ...consts, ROW_WG: rowWg(C) }),
+    workgroups: grid2d(gpu, T),
+  };
+}
 
 /** Bytes of the dw workspace of rmsnormBackward: one partial row (C) per block of 64 rows. */
 export function rmsnormWorkspaceBytes(T: number, C: number): number {
@@ -39,12 +75,12 @@ export function rmsnormForward(
 ): Dispatch[] {
   const { y, rstd, x, w, T, C, eps } = args;
   if (T * C === 0) return [];
-  const kernel = gpu.kernel("rmsnorm", "rmsnorm_forward", { ROW_WG: rowWg(C) });
+  const { kernel, workgroups } = rowKernel(gpu, "rmsnorm_forward", T, C);
   const p = arena.alloc(packParams([T, C, eps, 0], [2]));
   return [{
     kernel,
     bindGroup: gpu.bind(kernel, { 0: p, 1: y, 2: rstd, 3: x, 4: w }),
-    workgroups: grid2d(gpu, T),
+    workgroups,
   }];
 }
 
@@ -71,18 +107,17 @@ export function rmsnormBackward(
   const { dx, dw, dy, x, w, rstd, T, C, workspace } = args;
   if (T * C === 0) return [];
   const blocks = Math.ceil(T / ROWS);
-  const kdx = gpu.kernel("rmsnorm", "rmsnorm_backward_dx", {
+  const kdx = rowKernel(gpu, "rmsnorm_backward_dx", T, C, {
     ACCUMULATE: args.accumulateDx ? 1 : 0,
-    ROW_WG: rowWg(C),
   });
   const kpart = gpu.kernel("rmsnorm", "rmsnorm_backward_dw_partial");
   const kred = gpu.kernel("rmsnorm", "rmsnorm_backward_dw_reduce");
   const p = arena.alloc(packParams([T, C, 0, blocks]));
   return [
     {
-      kernel: kdx,
-      bindGroup: gpu.bind(kdx, { 0: p, 1: dx, 2: dy, 3: x, 4: w, 5: rstd }),
-      workgroups: grid2d(gpu, T),
+      kernel: kdx.kernel,
+      bindGroup: gpu.bind(kdx.kernel, { 0: p, 1: dx, 2: dy, 3: x, 4: w, 5: rstd }),
+      workgroups: kdx.workgroups,
     },
     {
       kernel: kpart,

@@ -1,7 +1,8 @@
 // RMSNorm y = x · rstd · w (rstd = 1/sqrt(mean(x²) + eps) saved per row) and its backward.
 //
 // Forward and backward-dx: one workgroup per row (2-D grid of workgroups, x fastest), each
-// invocation strides over the channels, row sums by a fixed tree (any C, up to 8192 and beyond).
+// invocation strides over the channels, row sums by a fixed tree (any C, up to 8192 and beyond);
+// on CPU adapters the *_rows forms instead give each invocation a whole row (see below).
 // Backward-dw: partial sums over blocks of ROWS rows into a workspace (ROWS_BLOCKS, C), then a
 // fixed-order reduce over the blocks that adds into dw: deterministic, no atomics.
 
@@ -108,6 +109,61 @@ fn rmsnorm_backward_dx(
   let r = rstd_b[t];
   let k = r * r * total / f32(p.C);
   for (var c = lid; c < p.C; c += ROW_WG) {
+    let g = r * (dy_b[row + c] * w_b[c] - x_b[row + c] * k);
+    if (ACCUMULATE) {
+      dx[row + c] = dx[row + c] + g;
+    } else {
+      dx[row + c] = g;
+    }
+  }
+}
+
+// CPU adapters (lavapipe): one invocation per row, no workgroup memory and no barriers, which
+// cost more there than the arithmetic of a short row. ROW_LANES rows per workgroup (one SIMD row).
+// The row sums run in channel order, so results differ from the tree forms by rounding only.
+const ROW_LANES: u32 = 8u;
+
+@compute @workgroup_size(ROW_LANES)
+fn rmsnorm_forward_rows(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let t = (wid.x + wid.y * nwg.x) * ROW_LANES + lid;
+  if (t >= p.T) {
+    return;
+  }
+  let row = t * p.C;
+  var ss = 0.0;
+  for (var c = 0u; c < p.C; c++) {
+    let v = x_f[row + c];
+    ss = ss + v * v;
+  }
+  let r = inverseSqrt(ss / f32(p.C) + p.eps);
+  for (var c = 0u; c < p.C; c++) {
+    y[row + c] = (x_f[row + c] * r) * w_f[c];
+  }
+  rstd_out[t] = r;
+}
+
+@compute @workgroup_size(ROW_LANES)
+fn rmsnorm_backward_dx_rows(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let t = (wid.x + wid.y * nwg.x) * ROW_LANES + lid;
+  if (t >= p.T) {
+    return;
+  }
+  let row = t * p.C;
+  var dot = 0.0;
+  for (var c = 0u; c < p.C; c++) {
+    dot = dot + dy_b[row + c] * w_b[c] * x_b[row + c];
+  }
+  let r = rstd_b[t];
+  let k = r * r * dot / f32(p.C);
+  for (var c = 0u; c < p.C; c++) {
     let g = r * (dy_b[row + c] * w_b[c] - x_b[row + c] * k);
     if (ACCUMULATE) {
       dx[row + c] = dx[row + c] + g;

@@ -1,7 +1,13 @@
 // RMSNorm forward/backward against the f64 reference (itself checked by central differences).
 import assert from "node:assert/strict";
 import { setGridMaxForTesting } from "../../kernels/elementwise.ts";
-import { rmsnormBackward, rmsnormForward, rmsnormWorkspaceBytes } from "../../kernels/rmsnorm.ts";
+import {
+  rmsnormBackward,
+  rmsnormForward,
+  type RmsnormVariant,
+  rmsnormWorkspaceBytes,
+  setRmsnormVariant,
+} from "../../kernels/rmsnorm.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import { rmsnormBackwardRef, rmsnormForwardRef } from "../reference/rmsnorm.ts";
@@ -121,29 +127,54 @@ async function runCase(
 
 const SHAPES: [number, number][] = [[1, 1], [3, 7], [5, 333], [70, 300], [130, 33], [2, 8192]];
 
-gpuTest("rmsnorm: forward and backward match the reference at odd shapes", async (gpu) => {
-  const arena = new ParamArena(gpu, "test.rmsnorm");
-  for (const [k, [T, C]] of SHAPES.entries()) {
-    for (const acc of [false, true]) {
-      const e = await runCase(gpu, arena, T, C, k % 2 ? 1e-6 : 1e-5, acc, 17 * k + (acc ? 1 : 0));
-      for (const [name, v] of Object.entries(e)) {
-        report(`rmsnorm ${name} T=${T} C=${C}${acc ? " (dx +=)" : ""}`, v, TOL);
-        assert.ok(v <= TOL, `${name} T=${T} C=${C}: ${v}`);
-      }
-    }
-  }
-});
+/** Both forms run everywhere (the adapter's default is only a launch-time choice). */
+const VARIANTS: RmsnormVariant[] = ["tree", "rows"];
 
-gpuTest("rmsnorm: a 2-D grid of workgroups covers every row and block", async (gpu) => {
-  const arena = new ParamArena(gpu, "test.rmsnorm.grid");
-  setGridMaxForTesting(16);
+/** Run `fn` with the rmsnorm variant forced, restoring the default afterwards. */
+async function withVariant(gpu: Gpu, v: RmsnormVariant, fn: () => Promise<void>) {
+  setRmsnormVariant(gpu, v);
   try {
-    const e = await runCase(gpu, arena, 140, 600, 1e-5, true, 5); // 140 rows on a 16 × 9 grid
-    for (const [name, v] of Object.entries(e)) {
-      report(`rmsnorm ${name} on a 16-wide grid`, v, TOL);
-      assert.ok(v <= TOL, `${name}: ${v}`);
-    }
+    await fn();
   } finally {
-    setGridMaxForTesting(null);
+    setRmsnormVariant(gpu, null);
   }
-});
+}
+
+for (const v of VARIANTS) {
+  gpuTest(
+    `rmsnorm[${v}]: forward and backward match the reference at odd shapes`,
+    (gpu) =>
+      withVariant(gpu, v, async () => {
+        const arena = new ParamArena(gpu, "test.rmsnorm");
+        for (const [k, [T, C]] of SHAPES.entries()) {
+          for (const acc of [false, true]) {
+            const eps = k % 2 ? 1e-6 : 1e-5;
+            const e = await runCase(gpu, arena, T, C, eps, acc, 17 * k + (acc ? 1 : 0));
+            for (const [name, err] of Object.entries(e)) {
+              report(`rmsnorm[${v}] ${name} T=${T} C=${C}${acc ? " (dx +=)" : ""}`, err, TOL);
+              assert.ok(err <= TOL, `${name} T=${T} C=${C}: ${err}`);
+            }
+          }
+        }
+      }),
+  );
+
+  gpuTest(
+    `rmsnorm[${v}]: a 2-D grid of workgroups covers every row and block`,
+    (gpu) =>
+      withVariant(gpu, v, async () => {
+        const arena = new ParamArena(gpu, "test.rmsnorm.grid");
+        setGridMaxForTesting(16);
+        try {
+          // 140 rows on a 16 × 9 grid (tree) or 18 row groups on a 16 × 2 grid (rows)
+          const e = await runCase(gpu, arena, 140, 600, 1e-5, true, 5);
+          for (const [name, err] of Object.entries(e)) {
+            report(`rmsnorm[${v}] ${name} on a 16-wide grid`, err, TOL);
+            assert.ok(err <= TOL, `${name}: ${err}`);
+          }
+        } finally {
+          setGridMaxForTesting(null);
+        }
+      }),
+  );
+}
