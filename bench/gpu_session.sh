@@ -3,9 +3,10 @@
 # Usage (device tool, carry [".gpu"], after ../shared/tools/gpu-carry.sh and copying the
 # stories260K model and GSM8K into .gpu/shared/):
 #   source .gpu/enter.sh && bash bench/gpu_session.sh doctor PHASE [PHASE ...]
-# Phases: doctor, tests (kernel + graph tests on the GPU), kernels (bench kernels), small (stories260k and
-# stories15m vs torch), 135m, 1b (the two recipe shapes vs torch fp32 and bf16), quickstart
-# (`deno task train`: every stage of the pipeline on the GPU).
+# Phases: doctor, tests (kernel + graph tests on the GPU), kernels (bench kernels), matmul, attention
+# (every attention_gpu thread grid at the 135M and 1B shapes), small (stories260k and stories15m vs
+# torch), 135m, 1b (the two recipe shapes vs torch fp32 and bf16), quickstart (`deno task train`:
+# every stage of the pipeline on the GPU).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 LOGS=/tmp/gpu_session
@@ -28,7 +29,7 @@ step() { # step NAME TIMEOUT_S CMD...: run with a limit, log to $OUT/NAME.log, p
   local t0=$SECONDS
   timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1
   local rc=$?
-  tail -n 25 "$LOGS/$name.log"
+  tail -n "${TAIL:-25}" "$LOGS/$name.log"
   echo "=== $name: rc $rc, $((SECONDS - t0)) s"
 }
 vs_torch=(--vs-torch --torch-device cuda --torch-dtype fp32,bf16 --torch-impl hf,plain --python python3)
@@ -39,6 +40,7 @@ for phase in "$@"; do
     tests/model/decode_graph_test.ts ;;
   kernels) step kernels 120 deno task bench kernels ;;
   matmul) step matmul 90 deno task bench kernels --filter matmul ;;
+  attention) TAIL=62 step attention 150 deno task bench kernels --filter attention_sweep ;;
   small) step train_260k 120 deno task bench train --model stories260k "${vs_torch[@]}"
     step train_15m 150 deno task bench train --model stories15m "${vs_torch[@]}" ;;
   135m) step train_135m 180 deno task bench train --model smollm2-135m "${vs_torch[@]}" ;;

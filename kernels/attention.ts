@@ -150,7 +150,7 @@ interface GpuTileConfig extends Record<string, number> {
  * dK/dV puts TC = 16 first: its grid has only T·Hkv/(4·TR) workgroups, so the threads per tile
  * row decide how full the GPU gets.
  */
-export const ATTENTION_GPU_SHAPES: Record<"forward" | "dq" | "dkv", [number, number][]> = {
+export const ATTENTION_GPU_SHAPES: Record<AttentionGpuEntry, [number, number][]> = {
   forward: [[16, 16], [16, 8], [8, 16], [8, 8], [16, 4], [4, 16], [8, 4], [4, 8], [4, 4], [2, 4]],
   dq: [[16, 16], [8, 16], [16, 8], [8, 8], [16, 4], [4, 16], [8, 4], [4, 8], [4, 4], [2, 4]],
   dkv: [[8, 16], [16, 8], [8, 8], [4, 16], [16, 4], [4, 8], [8, 4], [4, 4], [2, 4], [1, 4]],
@@ -161,54 +161,92 @@ export function attentionGpuTakes(D: number): boolean {
   return D % 4 === 0;
 }
 
+/** An attention_gpu entry point. */
+export type AttentionGpuEntry = "forward" | "dq" | "dkv";
+
+const forcedShapes = new WeakMap<Gpu, Partial<Record<AttentionGpuEntry, [number, number]>>>();
+
 /**
- * The first thread grid of ATTENTION_GPU_SHAPES[entry] whose workgroup arrays fit the device
- * (vec4s × 16 bytes): forward Q (DM·TR) + K/V tile (DM·TC) + P (4·TR·TC); dQ K and V tiles
- * (2·DM·TC) + dS (4·TR·TC); dK/dV Q and dO tiles (2·DM·TC) + Pᵀ and dSᵀ (2 · 4·TR·TC). The
- * backward reads its own rows from global memory. At D = 64 on 48 KiB: forward 16×16
- * (BR = BC = 64, 48 KiB), dQ 16×16 (64×64, 48 KiB), dK/dV 8×16 (BR = 32, BC = 64, 48 KiB); at
- * D = 128 8×8, 16×8 and 16×8. HD = D when D fills its bucket DM on a GPU (unrolled d loops),
- * else 0 (one pipeline per bucket, rolled loops; CPU adapters always, so lavapipe compiles fast).
+ * Force the (TR, TC) thread grid of attention_gpu entry points on `gpu` (null: back to the first
+ * fitting grid of ATTENTION_GPU_SHAPES); applies to later launches. For sweeps and tests: a grid
+ * that does not fit the device makes the launch throw.
  */
-export function gpuTileConfig(
+export function setAttentionGpuShapes(
   gpu: Gpu,
-  entry: "forward" | "dq" | "dkv",
+  shapes: Partial<Record<AttentionGpuEntry, [number, number]>> | null,
+): void {
+  if (shapes === null) forcedShapes.delete(gpu);
+  else forcedShapes.set(gpu, shapes);
+}
+
+/**
+ * The tile configuration of thread grid (TR, TC) for `entry` at head dim D, or null when it does
+ * not fit the device (vec4s × 16 bytes of workgroup memory): forward Q (DM·TR) + K/V tile (DM·TC)
+ * + P (4·TR·TC); dQ K and V tiles (2·DM·TC) + dS (4·TR·TC); dK/dV Q and dO tiles (2·DM·TC) + Pᵀ
+ * and dSᵀ (2 · 4·TR·TC). The backward reads its own rows from global memory. HD = D when D fills
+ * its bucket DM on a GPU (unrolled d loops), else 0 (one pipeline per bucket, rolled loops; CPU
+ * adapters always, so lavapipe compiles fast).
+ */
+function gpuTileFor(
+  gpu: Gpu,
+  entry: AttentionGpuEntry,
   D: number,
-): GpuTileConfig {
+  TR: number,
+  TC: number,
+): GpuTileConfig | null {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const maxThreads = gpu.limits.maxComputeInvocationsPerWorkgroup;
   const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
   const HD = D === DM && !isCpuAdapter(gpu) ? D : 0;
-  for (const [TR, TC] of ATTENTION_GPU_SHAPES[entry]) {
-    if (TR * TC > maxThreads) continue;
-    const NK = Math.ceil(DM / (4 * TC));
-    if (NK > 8) continue;
-    const oth = DM * TC, tile = 4 * TR * TC;
-    const c: GpuTileConfig = {
-      DM,
-      HD,
-      TR,
-      TC,
-      NK,
-      OWN_N: 1,
-      OA_N: oth,
-      OB_N: 1,
-      TILE_N: tile,
-    };
-    let vec4s: number;
-    if (entry === "forward") {
-      c.OWN_N = DM * TR;
-      c.OA_N = Math.max(oth, TR * TC); // also holds the row-max / row-sum partials
-      vec4s = c.OWN_N + c.OA_N + tile;
-    } else if (entry === "dq") {
-      c.OB_N = oth;
-      vec4s = 2 * oth + tile;
-    } else {
-      c.OB_N = oth;
-      vec4s = 2 * oth + 2 * tile;
-    }
-    if (vec4s * 16 <= limit) return c;
+  if (TR * TC > maxThreads) return null;
+  const NK = Math.ceil(DM / (4 * TC));
+  if (NK > 8) return null;
+  const oth = DM * TC, tile = 4 * TR * TC;
+  const c: GpuTileConfig = { DM, HD, TR, TC, NK, OWN_N: 1, OA_N: oth, OB_N: 1, TILE_N: tile };
+  let vec4s: number;
+  if (entry === "forward") {
+    c.OWN_N = DM * TR;
+    c.OA_N = Math.max(oth, TR * TC); // also holds the row-max / row-sum partials
+    vec4s = c.OWN_N + c.OA_N + tile;
+  } else if (entry === "dq") {
+    c.OB_N = oth;
+    vec4s = 2 * oth + tile;
+  } else {
+    c.OB_N = oth;
+    vec4s = 2 * oth + 2 * tile;
   }
+  return vec4s * 16 <= limit ? c : null;
+}
+
+/** The thread grids of ATTENTION_GPU_SHAPES[entry] that fit the device at head dim D, in order. */
+export function attentionGpuShapeCandidates(
+  gpu: Gpu,
+  entry: AttentionGpuEntry,
+  D: number,
+): [number, number][] {
+  return ATTENTION_GPU_SHAPES[entry].filter(([tr, tc]) => gpuTileFor(gpu, entry, D, tr, tc));
+}
+
+/**
+ * The tile configuration of `entry`: the grid forced with setAttentionGpuShapes, else the first
+ * grid of ATTENTION_GPU_SHAPES that fits. At D = 64 on 48 KiB: forward 16×16 (BR = BC = 64,
+ * 48 KiB), dQ 16×16 (64×64, 48 KiB), dK/dV 8×16 (BR = 32, BC = 64, 48 KiB); at D = 128 8×8, 16×8
+ * and 16×8.
+ */
+export function gpuTileConfig(gpu: Gpu, entry: AttentionGpuEntry, D: number): GpuTileConfig {
+  const forced = forcedShapes.get(gpu)?.[entry];
+  if (forced) {
+    const c = gpuTileFor(gpu, entry, D, forced[0], forced[1]);
+    if (!c) {
+      throw new GpuError(`thread grid ${forced.join("×")} does not fit at head dim ${D}`, entry);
+    }
+    return c;
+  }
+  for (const [TR, TC] of ATTENTION_GPU_SHAPES[entry]) {
+    const c = gpuTileFor(gpu, entry, D, TR, TC);
+    if (c) return c;
+  }
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, entry);
 }
 

@@ -4,7 +4,12 @@ import {
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
+  type AttentionGpuEntry,
+  attentionGpuShapeCandidates,
+  attentionGpuTakes,
+  setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
+import { isCpuAdapter } from "../../kernels/matmul.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
 import { maxRelErr, randomArray } from "../../tests/helpers.ts";
 import {
@@ -44,7 +49,21 @@ function relErr(got: Float32Array, ref: Float64Array): number {
   return maxRelErr(got, ref, Math.max(1e-2 * m, 1e-6));
 }
 
-function setup(gpu: Gpu, s: Shape, which: "forward" | "backward"): KernelSetup {
+/**
+ * Sweep shapes (`--filter attention_sweep`): the SmolLM2-135M and Llama-3.2-1B attention at 4
+ * micro-batch rows of 1,024 tokens, as `deno task bench train` runs them on a GPU.
+ */
+const SWEEP_SHAPES: Shape[] = [
+  { lengths: [1024, 1024, 1024, 1024], Hq: 9, Hkv: 3, D: 64 },
+  { lengths: [1024, 1024, 1024, 1024], Hq: 32, Hkv: 8, D: 64 },
+];
+
+function setup(
+  gpu: Gpu,
+  s: Shape,
+  which: "forward" | "backward",
+  grid?: { entry: AttentionGpuEntry; tr: number; tc: number },
+): KernelSetup {
   const T = s.lengths.reduce((a, b) => a + b, 0);
   const sh: AttnShape = { T, Hq: s.Hq, Hkv: s.Hkv, D: s.D, scale: 1 / Math.sqrt(s.D) };
   const { seqStart, seqEnd } = packSamples(s.lengths);
@@ -70,12 +89,19 @@ function setup(gpu: Gpu, s: Shape, which: "forward" | "backward"): KernelSetup {
     workspace: mk("ws", attentionBackwardWorkspaceBytes(T, s.Hq)),
   };
   const arena = new ParamArena(gpu, "bench.attention.params", 4096);
-  const fwd = attentionForward(gpu, arena, { ...b, ...sh });
-  const bwd = attentionBackward(gpu, arena, { ...b, ...sh });
+  if (grid) setAttentionGpuShapes(gpu, { [grid.entry]: [grid.tr, grid.tc] });
+  let fwd, bwd;
+  try {
+    fwd = attentionForward(gpu, arena, { ...b, ...sh, variant: grid ? "gpu" : undefined });
+    bwd = attentionBackward(gpu, arena, { ...b, ...sh, variant: grid ? "gpu" : undefined });
+  } finally {
+    if (grid) setAttentionGpuShapes(gpu, null);
+  }
   if (which === "backward") gpu.run(fwd, "bench.attention.forward"); // o and lse for the backward
   return {
     dispatches: which === "forward" ? fwd : bwd,
-    check: async () => {
+    // sweep shapes: the f64 reference would take minutes; the tests check every grid
+    check: grid ? undefined : async () => {
       if (which === "forward") {
         const [o, lse] = (await gpu.read([b.o, b.lse])).map((a) => new Float32Array(a));
         const ref = attentionRef(q, k, v, seqStart, sh);
@@ -95,9 +121,10 @@ function setup(gpu: Gpu, s: Shape, which: "forward" | "backward"): KernelSetup {
 
 /**
  * Attention forward and backward cases. FLOPs count only unmasked (query, key) pairs:
- * forward 4·D per pair and head (QKᵀ, PV), backward 10·D (QKᵀ recomputed, dP, dV, dK, dQ).
+ * forward 4·D per pair and head (QKᵀ, PV), backward 10·D (QKᵀ recomputed, dP, dV, dK, dQ). With
+ * a filter containing "sweep", every attention_gpu thread grid at the sweep shapes as well.
  */
-export function cases(filter?: string): KernelCase[] {
+export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
   const out: KernelCase[] = [];
   for (const s of SHAPES) {
     const pairs = unmaskedPairs(s.lengths) * s.Hq;
@@ -114,5 +141,36 @@ export function cases(filter?: string): KernelCase[] {
       setup: (gpu) => setup(gpu, s, "backward"),
     });
   }
+  if (filter?.includes("sweep")) out.push(...sweepCases(gpu));
   return out.filter((c) => !filter || c.kernel.includes(filter));
+}
+
+/**
+ * One case per attention_gpu thread grid that fits the device, per entry point and sweep shape
+ * (the other entry points at their defaults): the figures for choosing ATTENTION_GPU_SHAPES' order.
+ * dQ and dK/dV grids are timed through the whole backward (delta, dQ, dK/dV).
+ */
+function sweepCases(gpu?: Gpu): KernelCase[] {
+  if (!gpu) return [];
+  const out: KernelCase[] = [];
+  // on CPU adapters (where the gpu kernels are not the default) 2 rows of 64 tokens: a smoke run
+  const shapes = isCpuAdapter(gpu)
+    ? SWEEP_SHAPES.map((s) => ({ ...s, lengths: [64, 64] }))
+    : SWEEP_SHAPES;
+  for (const s of shapes) {
+    if (!attentionGpuTakes(s.D)) continue;
+    const pairs = unmaskedPairs(s.lengths) * s.Hq;
+    for (const entry of ["forward", "dq", "dkv"] as AttentionGpuEntry[]) {
+      for (const [tr, tc] of attentionGpuShapeCandidates(gpu, entry, s.D)) {
+        const which = entry === "forward" ? "forward" : "backward";
+        out.push({
+          kernel: `attention_sweep_${entry} ${tr}×${tc}`,
+          shape: label(s),
+          flops: (which === "forward" ? 4 : 10) * s.D * pairs,
+          setup: (g) => setup(g, s, which, { entry, tr, tc }),
+        });
+      }
+    }
+  }
+  return out;
 }

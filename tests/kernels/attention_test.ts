@@ -4,7 +4,11 @@ import {
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
+  type AttentionGpuEntry,
+  attentionGpuShapeCandidates,
   type AttentionVariant,
+  gpuTileConfig,
+  setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
@@ -168,6 +172,55 @@ for (const variant of VARIANTS) {
       },
     );
   }
+}
+
+// Every thread grid a sweep or tuner may pick, per gpu entry point (the others at their default),
+// on one case spanning several blocks of the smallest grids: D = 16 keeps the pipelines small.
+const GRID_CASE: Case = {
+  name: "GQA Hq=4 Hkv=2 D=16",
+  lengths: [1, 40, 9, 30],
+  Hq: 4,
+  Hkv: 2,
+  D: 16,
+};
+for (const entry of ["forward", "dq", "dkv"] as AttentionGpuEntry[]) {
+  gpuTest(`attention[gpu]: every fitting ${entry} thread grid matches f64`, async (gpu) => {
+    const c = GRID_CASE;
+    const T = c.lengths.reduce((a, b) => a + b, 0);
+    const sh: AttnShape = { T, Hq: c.Hq, Hkv: c.Hkv, D: c.D, scale: 1 / Math.sqrt(c.D) };
+    const q = randomArray(T * c.Hq * c.D, 5), k = randomArray(T * c.Hkv * c.D, 6);
+    const v = randomArray(T * c.Hkv * c.D, 7), dout = randomArray(T * c.Hq * c.D, 8);
+    const { seqStart } = packSamples(c.lengths);
+    const ref = attentionRef(q, k, v, seqStart, sh);
+    const bref = attentionBackwardRef(q, k, v, dout, seqStart, sh);
+    const grids = attentionGpuShapeCandidates(gpu, entry, c.D);
+    assert.ok(grids.length >= 3, `${grids.length} grids fit`);
+    let worst = 0;
+    for (const grid of grids) {
+      setAttentionGpuShapes(gpu, { [entry]: grid });
+      try {
+        const g = await runGpu(gpu, "gpu", sh, c.lengths, q, k, v, dout);
+        const errs: [string, number][] = entry === "forward"
+          ? [["o", relErr(g.o, ref.o)], ["lse", relErr(g.lse, ref.lse)]]
+          : entry === "dq"
+          ? [["dq", relErr(g.dq, bref.dq)]]
+          : [["dk", relErr(g.dk, bref.dk)], ["dv", relErr(g.dv, bref.dv)]];
+        for (const [n, e] of errs) {
+          assert.ok(e <= TOL, `${entry} grid ${grid.join("×")}: ${n} ${e}`);
+          worst = Math.max(worst, e);
+        }
+      } finally {
+        setAttentionGpuShapes(gpu, null);
+      }
+    }
+    report(`${entry}: ${grids.length} thread grids (${grids.map((g) => g.join("×"))})`, worst, TOL);
+    setAttentionGpuShapes(gpu, { [entry]: [64, 64] }); // 4,096 threads: never fits
+    try {
+      assert.throws(() => gpuTileConfig(gpu, entry, c.D), /does not fit/);
+    } finally {
+      setAttentionGpuShapes(gpu, null);
+    }
+  });
 }
 
 for (const variant of VARIANTS) {
