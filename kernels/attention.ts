@@ -179,6 +179,62 @@ export function setAttentionGpuShapes(
   else forcedShapes.set(gpu, shapes);
 }
 
+const tunedShapes = new WeakMap<Gpu, Map<string, [number, number]>>();
+
+/** Thread grids measured by the autotune (kernels/matmul_tune.ts), by attentionKey. */
+export function setAttentionTunedShapes(gpu: Gpu, shapes: Map<string, [number, number]>): void {
+  tunedShapes.set(gpu, shapes);
+}
+
+/** The measured thread grids in use on `gpu` (empty until an autotuned build). */
+export function attentionTunedShapes(gpu: Gpu): Map<string, [number, number]> {
+  return tunedShapes.get(gpu) ?? new Map();
+}
+
+/** The autotune key of one attention_gpu launch: entry point and shape. */
+export function attentionKey(
+  entry: AttentionGpuEntry,
+  a: { T: number; Hq: number; Hkv: number; D: number },
+): string {
+  return `${entry} T${a.T} H${a.Hq}/${a.Hkv} D${a.D}`;
+}
+
+/** An attention_gpu launch seen while recording: rebuilds its entry's dispatch on demand. */
+export interface RecordedAttention {
+  entry: AttentionGpuEntry;
+  D: number;
+  /** The grid it got. */
+  grid: [number, number];
+  /** The entry's dispatch with the grids in force now, on the recorded buffers. */
+  rebuild(arena: ParamArena): Dispatch;
+}
+
+const attnRecorders = new WeakMap<Gpu, Map<string, RecordedAttention>>();
+
+/** Start recording the attention_gpu launches built on `gpu`. */
+export function startAttentionRecording(gpu: Gpu): void {
+  attnRecorders.set(gpu, new Map());
+}
+
+/** Stop recording; the distinct launches seen, by attentionKey. */
+export function stopAttentionRecording(gpu: Gpu): Map<string, RecordedAttention> {
+  const rec = attnRecorders.get(gpu) ?? new Map();
+  attnRecorders.delete(gpu);
+  return rec;
+}
+
+function record(
+  gpu: Gpu,
+  key: string,
+  entry: AttentionGpuEntry,
+  D: number,
+  grid: [number, number],
+  rebuild: (arena: ParamArena) => Dispatch,
+) {
+  const rec = attnRecorders.get(gpu);
+  if (rec && !rec.has(key)) rec.set(key, { entry, D, grid, rebuild });
+}
+
 /**
  * The tile configuration of thread grid (TR, TC) for `entry` at head dim D, or null when it does
  * not fit the device (vec4s × 16 bytes of workgroup memory): forward Q (DM·TR) + K/V tile (DM·TC)
@@ -228,12 +284,18 @@ export function attentionGpuShapeCandidates(
 }
 
 /**
- * The tile configuration of `entry`: the grid forced with setAttentionGpuShapes, else the first
- * grid of ATTENTION_GPU_SHAPES that fits. At D = 64 on 48 KiB: forward 16×16 (BR = BC = 64,
+ * The tile configuration of `entry`: the grid forced with setAttentionGpuShapes, else the one the
+ * autotune measured for `key` (attentionKey), else the first grid of ATTENTION_GPU_SHAPES that
+ * fits. At D = 64 on 48 KiB: forward 16×16 (BR = BC = 64,
  * 48 KiB), dQ 16×16 (64×64, 48 KiB), dK/dV 8×16 (BR = 32, BC = 64, 48 KiB); at D = 128 8×8, 16×8
  * and 16×8.
  */
-export function gpuTileConfig(gpu: Gpu, entry: AttentionGpuEntry, D: number): GpuTileConfig {
+export function gpuTileConfig(
+  gpu: Gpu,
+  entry: AttentionGpuEntry,
+  D: number,
+  key?: string,
+): GpuTileConfig {
   const forced = forcedShapes.get(gpu)?.[entry];
   if (forced) {
     const c = gpuTileFor(gpu, entry, D, forced[0], forced[1]);
@@ -242,6 +304,9 @@ export function gpuTileConfig(gpu: Gpu, entry: AttentionGpuEntry, D: number): Gp
     }
     return c;
   }
+  const tuned = key ? tunedShapes.get(gpu)?.get(key) : undefined;
+  const t = tuned && gpuTileFor(gpu, entry, D, tuned[0], tuned[1]);
+  if (t) return t;
   for (const [TR, TC] of ATTENTION_GPU_SHAPES[entry]) {
     const c = gpuTileFor(gpu, entry, D, TR, TC);
     if (c) return c;
@@ -272,7 +337,8 @@ export function attentionForward(
   checkShape("attention_forward", args);
   const { T, Hq, D } = args;
   const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" && attentionGpuTakes(D);
-  const c = gpuVariant ? gpuTileConfig(gpu, "forward", D) : tileConfig(gpu, "forward", D);
+  const key = attentionKey("forward", args);
+  const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = gpuVariant ? 4 * c.TR : 4 * c.RQ;
   const kernel = gpuVariant
     ? gpu.kernel("attention_gpu", "attention_gpu_forward", c)
@@ -286,6 +352,16 @@ export function attentionForward(
     5: args.v,
     6: args.seqStart,
   });
+  if (gpuVariant) {
+    record(
+      gpu,
+      key,
+      "forward",
+      D,
+      [c.TR, c.TC],
+      (a) => attentionForward(gpu, a, { ...args, variant: "gpu" })[0],
+    );
+  }
   return [{ kernel, bindGroup, workgroups: [Math.ceil(T / rowsPerGroup), Hq, 1] }];
 }
 
@@ -319,7 +395,8 @@ export function attentionBackward(
   };
 
   const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" && attentionGpuTakes(D);
-  const cDq = gpuVariant ? gpuTileConfig(gpu, "dq", D) : tileConfig(gpu, "dq", D);
+  const keyDq = attentionKey("dq", args), keyDkv = attentionKey("dkv", args);
+  const cDq = gpuVariant ? gpuTileConfig(gpu, "dq", D, keyDq) : tileConfig(gpu, "dq", D);
   const kDq = gpuVariant
     ? gpu.kernel("attention_gpu", "attention_gpu_backward_dq", cDq)
     : gpu.kernel("attention", "attention_backward_dq", cDq);
@@ -339,7 +416,7 @@ export function attentionBackward(
     workgroups: [Math.ceil(T / (4 * (gpuVariant ? cDq.TR : cDq.RQ))), Hq, 1],
   };
 
-  const cDkv = gpuVariant ? gpuTileConfig(gpu, "dkv", D) : tileConfig(gpu, "dkv", D);
+  const cDkv = gpuVariant ? gpuTileConfig(gpu, "dkv", D, keyDkv) : tileConfig(gpu, "dkv", D);
   const kDkv = gpuVariant
     ? gpu.kernel("attention_gpu", "attention_gpu_backward_dkv", cDkv)
     : gpu.kernel("attention", "attention_backward_dkv", cDkv);
@@ -360,5 +437,10 @@ export function attentionBackward(
     }),
     workgroups: [Math.ceil(T / (4 * (gpuVariant ? cDkv.TR : cDkv.RQ))), Hkv, 1],
   };
+  if (gpuVariant) {
+    const again = (a: ParamArena) => attentionBackward(gpu, a, { ...args, variant: "gpu" });
+    record(gpu, keyDq, "dq", D, [cDq.TR, cDq.TC], (a) => again(a)[1]);
+    record(gpu, keyDkv, "dkv", D, [cDkv.TR, cDkv.TC], (a) => again(a)[2]);
+  }
   return [dDelta, dDq, dDkv];
 }

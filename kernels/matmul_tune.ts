@@ -8,6 +8,8 @@
 // with GPU timestamps (before any weight is uploaded, so nothing of value is overwritten), keeps
 // the fastest, and rebuilds the graph when a choice changed. Results are cached in a JSON file per
 // adapter and kernel source, so later runs start with the measured choices and time nothing.
+// The same build also records the graph's attention_gpu launches (GPU adapters, or the gpu variant
+// forced) and times every thread grid that fits per entry point and shape, cached alike.
 import { join } from "node:path";
 import {
   type GemmChoice,
@@ -20,6 +22,15 @@ import {
   stopGemmRecording,
   type WideConfig,
 } from "./matmul.ts";
+import {
+  attentionGpuShapeCandidates,
+  attentionTunedShapes,
+  type RecordedAttention,
+  setAttentionGpuShapes,
+  setAttentionTunedShapes,
+  startAttentionRecording,
+  stopAttentionRecording,
+} from "./attention.ts";
 import { type Dispatch, type Gpu, ParamArena } from "./runtime.ts";
 
 /** What tuneMatmul did. */
@@ -38,6 +49,8 @@ export interface MatmulTuneReport {
   cacheFile: string | null;
   /** Why nothing was tuned, when nothing was. */
   skipped?: string;
+  /** attention_gpu launches (entry point × shape): distinct, timed now, changed from the default. */
+  attention?: { shapes: number; measured: number; changed: number };
 }
 
 /** Options of tuneMatmul. */
@@ -53,8 +66,15 @@ export interface MatmulTuneOptions {
 
 interface CacheFile {
   version: 1;
-  /** adapter signature → kernel source hash → gemmKey → choice */
-  adapters: Record<string, { kernels: string; choices: Record<string, CachedChoice> }>;
+  /** adapter signature → kernel source hash → gemmKey → choice; attention grids alike */
+  adapters: Record<string, {
+    kernels: string;
+    choices: Record<string, CachedChoice>;
+    attention?: {
+      kernels: string;
+      choices: Record<string, { tr: number; tc: number; ms: number }>;
+    };
+  }>;
 }
 
 /** One cached decision: GPU kernel choice or matmul_wide block sizes, and its time. */
@@ -78,13 +98,25 @@ function adapterSignature(gpu: Gpu): string {
   return `${s.description}|${s.vendor}|${s.device}|${s.backend}`;
 }
 
-let kernelHash: Promise<string> | null = null;
+const sourceHashes = new Map<string, Promise<string>>();
 
 /** SHA-256 (hex, 16 chars) of matmul.wgsl + matmul.ts: a kernel change invalidates the cache. */
 function matmulSourceHash(): Promise<string> {
-  kernelHash ??= (async () => {
+  return sourceHash(["./matmul.wgsl", "./matmul.ts"]);
+}
+
+/** The same for attention_gpu.wgsl + attention.ts (the attention grids' cache). */
+function attentionSourceHash(): Promise<string> {
+  return sourceHash(["./attention_gpu.wgsl", "./attention.ts"]);
+}
+
+function sourceHash(files: string[]): Promise<string> {
+  const k = files.join("+");
+  let h = sourceHashes.get(k);
+  if (h) return h;
+  h = (async () => {
     const parts = await Promise.all(
-      ["./matmul.wgsl", "./matmul.ts"].map((f) => Deno.readFile(new URL(f, import.meta.url))),
+      files.map((f) => Deno.readFile(new URL(f, import.meta.url))),
     );
     const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
     let o = 0;
@@ -95,7 +127,8 @@ function matmulSourceHash(): Promise<string> {
     const d = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
     return Array.from(d.slice(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
   })();
-  return kernelHash;
+  sourceHashes.set(k, h);
+  return h;
 }
 
 async function readCache(path: string | null): Promise<CacheFile> {
@@ -221,6 +254,32 @@ async function timeCandidates(
   return out;
 }
 
+/** Time every fitting thread grid of one recorded attention_gpu launch; ms per call by grid. */
+async function timeAttentionGrids(
+  gpu: Gpu,
+  rec: RecordedAttention,
+  reps: number,
+): Promise<{ grid: [number, number]; ms: number }[]> {
+  const arena = new ParamArena(gpu, "attention_tune", 64 * 1024);
+  const lists: { grid: [number, number]; d: Dispatch }[] = [];
+  try {
+    for (const grid of attentionGpuShapeCandidates(gpu, rec.entry, rec.D)) {
+      setAttentionGpuShapes(gpu, { [rec.entry]: grid });
+      lists.push({ grid, d: rec.rebuild(arena) });
+    }
+  } finally {
+    setAttentionGpuShapes(gpu, null);
+  }
+  const all: Dispatch[] = [];
+  for (const l of lists) for (let r = 0; r <= reps; r++) all.push(l.d);
+  const ms = await gpu.profile(all);
+  arena.buffer.destroy();
+  return lists.map((l, i) => ({
+    grid: l.grid,
+    ms: median(ms.slice(i * (reps + 1) + 1, (i + 1) * (reps + 1))),
+  }));
+}
+
 /**
  * Build a graph with matmul choices measured on this adapter: `build` runs once with the cached
  * (or heuristic) choices while its GEMMs are recorded; shapes not in the cache are timed on the
@@ -261,13 +320,26 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   const known = (k: string) => (variant === "cpu" ? wideChoices : choices).has(k);
   setMatmulTuning(gpu, { choices, wideChoices });
 
+  const attnHash = await attentionSourceHash();
+  const attnEntry = entry.attention?.kernels === attnHash
+    ? entry.attention
+    : { kernels: attnHash, choices: {} };
+  const grids = new Map(attentionTunedShapes(gpu));
+  for (const [k, c] of Object.entries(attnEntry.choices)) {
+    if (!grids.has(k)) grids.set(k, [c.tr, c.tc]);
+  }
+  setAttentionTunedShapes(gpu, grids);
+
   startGemmRecording(gpu);
+  startAttentionRecording(gpu);
   let graph: G;
   let recorded = new Map<string, RecordedGemm>();
+  let attnRecorded = new Map<string, RecordedAttention>();
   try {
     graph = build();
   } finally {
     recorded = stopGemmRecording(gpu);
+    attnRecorded = stopAttentionRecording(gpu);
   }
   const report: MatmulTuneReport = { ...base, shapes: recorded.size };
   const t0 = performance.now();
@@ -298,9 +370,32 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
         `(rule: ${describe(usedC)}, ${used ? used.ms.toFixed(3) + " ms" : "n/a"})`,
     );
   }
+  const attn = { shapes: attnRecorded.size, measured: 0, changed: 0 };
+  for (const [key, rec] of attnRecorded) {
+    if (grids.has(key)) continue;
+    const times = await timeAttentionGrids(gpu, rec, opts.reps ?? 3);
+    if (times.length < 2) continue;
+    const best = times.reduce((a, b) => (b.ms < a.ms ? b : a));
+    if (!(best.ms > 0 && Number.isFinite(best.ms))) continue;
+    const used = times.find((t) => t.grid[0] === rec.grid[0] && t.grid[1] === rec.grid[1]);
+    grids.set(key, best.grid);
+    attnEntry.choices[key] = { tr: best.grid[0], tc: best.grid[1], ms: Number(best.ms.toFixed(4)) };
+    attn.measured++;
+    if (used !== best) {
+      attn.changed++;
+      rebuild = true;
+    }
+    opts.log?.(
+      `attention tune ${key}: ${best.grid.join("×")} ${best.ms.toFixed(3)} ms ` +
+        `(default ${rec.grid.join("×")}, ${used ? used.ms.toFixed(3) + " ms" : "n/a"})`,
+    );
+  }
+  setAttentionTunedShapes(gpu, grids);
+  if (attn.shapes > 0) report.attention = attn;
   report.ms = performance.now() - t0;
   setMatmulTuning(gpu, { choices, wideChoices });
-  if (report.measured > 0 && cacheFile) {
+  if (attn.measured > 0) entry.attention = attnEntry;
+  if ((report.measured > 0 || attn.measured > 0) && cacheFile) {
     cache.adapters[sig] = entry;
     try {
       await writeCache(cacheFile, cache);
@@ -322,5 +417,13 @@ export function describeTune(r: MatmulTuneReport): string {
     ? `${r.measured} timed in ${(r.ms / 1000).toFixed(1)} s, ${r.changed} differ from the ` +
       `fixed rules (${r.savedMs.toFixed(2)} ms saved per pass over them)`
     : "all from the cache";
-  return `matmul autotune: ${r.shapes} GEMM shapes, ${timed}; cache ${r.cacheFile ?? "off"}`;
+  const a = r.attention;
+  const attn = a
+    ? `; attention: ${a.shapes} launches, ${
+      a.measured > 0
+        ? `${a.measured} timed, ${a.changed} off the default grid`
+        : "all from the cache"
+    }`
+    : "";
+  return `matmul autotune: ${r.shapes} GEMM shapes, ${timed}${attn}; cache ${r.cacheFile ?? "off"}`;
 }

@@ -7,6 +7,12 @@ import {
   WIDE_CANDIDATES,
 } from "../../kernels/matmul_tune.ts";
 import { matmulTuning, setMatmulTuning } from "../../kernels/matmul.ts";
+import {
+  ATTENTION_GPU_SHAPES,
+  attentionTunedShapes,
+  setAttentionTunedShapes,
+  setAttentionVariant,
+} from "../../kernels/attention.ts";
 import { parseModelConfig } from "../../model/config.ts";
 import { LlamaGraph, packMicroBatch } from "../../model/llama_graph.ts";
 import { gpuTest, report } from "../helpers.ts";
@@ -137,6 +143,66 @@ gpuTest(
       assert.equal(matmulTuning(gpu).wideChoices!.size, first.report.shapes);
       second.graph.destroy();
     } finally {
+      setMatmulTuning(gpu, before);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+gpuTest(
+  "matmul tune: attention_gpu thread grids are timed per launch, cached, and the loss holds",
+  async (gpu) => {
+    const before = { ...matmulTuning(gpu) };
+    const dir = await Deno.makeTempDir({ prefix: "attention_tune_" });
+    const cacheFile = join(dir, "tune.json");
+    setAttentionVariant(gpu, "gpu"); // the GPU kernels, whatever the adapter
+    setAttentionTunedShapes(gpu, new Map());
+    try {
+      const cfg = parseModelConfig(FAMILIES["llama-gqa"], "llama-gqa/config.json");
+      const weights = randomWeights(cfg, 11);
+      const ids = [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9].map((x) => x % cfg.vocabSize);
+      const mb = packMicroBatch([{ ids, labels: ids.map((x, i) => (i ? x : -100)) }], 16, 0);
+      const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
+      const lossOf = async (g: LlamaGraph) => {
+        g.upload(weights);
+        g.queueStep(0, [mb], hyper);
+        const [m] = await g.readMetrics(0, 1);
+        return m[0];
+      };
+      const plain = new LlamaGraph(gpu, cfg, { tokens: 16 }); // first-fit grids
+      const ref = await lossOf(plain);
+      plain.destroy();
+      const build = () => new LlamaGraph(gpu, cfg, { tokens: 16 });
+      const first = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      // one shape, three entry points (forward, dQ, dK/dV), shared by both layers
+      assert.deepEqual(first.report.attention, {
+        shapes: 3,
+        measured: 3,
+        changed: first.report.attention!.changed,
+      });
+      const grids = attentionTunedShapes(gpu);
+      assert.equal(grids.size, 3);
+      for (const [key, [tr, tc]] of grids) {
+        const entry = key.split(" ")[0] as keyof typeof ATTENTION_GPU_SHAPES;
+        assert.ok(ATTENTION_GPU_SHAPES[entry].some(([a, b]) => a === tr && b === tc), key);
+      }
+      const cached = JSON.parse(await Deno.readTextFile(cacheFile));
+      const sig = Object.keys(cached.adapters)[0];
+      assert.equal(Object.keys(cached.adapters[sig].attention.choices).length, 3);
+      const tuned = await lossOf(first.graph);
+      first.graph.destroy();
+      const err = Math.abs(tuned - ref) / Math.abs(ref);
+      report(`attention-tuned loss ${tuned} vs first-fit grids ${ref}`, err, 1e-5);
+      assert.ok(err < 1e-5);
+      // from the cache: nothing timed
+      setAttentionTunedShapes(gpu, new Map());
+      const second = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      assert.equal(second.report.attention?.measured, 0);
+      assert.deepEqual([...attentionTunedShapes(gpu)].sort(), [...grids].sort());
+      second.graph.destroy();
+    } finally {
+      setAttentionVariant(gpu, null);
+      setAttentionTunedShapes(gpu, new Map());
       setMatmulTuning(gpu, before);
       await Deno.remove(dir, { recursive: true });
     }
