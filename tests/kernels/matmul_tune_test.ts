@@ -18,6 +18,29 @@ import { LlamaGraph, packMicroBatch } from "../../model/llama_graph.ts";
 import { gpuTest, report } from "../helpers.ts";
 import { FAMILIES, randomWeights } from "../reference/tiny_models.ts";
 
+/**
+ * The tiny GQA Llama with seeded weights, and the loss of one lr-0 step on a graph: `ids` as one
+ * sample whose first label is ignored, or packed as two samples split at `split` (the second one
+ * with every label).
+ */
+function tinyCase(seed: number, ids: number[], split = ids.length) {
+  const cfg = parseModelConfig(FAMILIES["llama-gqa"], "llama-gqa/config.json");
+  const weights = randomWeights(cfg, seed);
+  const row = ids.map((x) => x % cfg.vocabSize);
+  const a = row.slice(0, split), b = row.slice(split);
+  const samples = [{ ids: a, labels: a.map((x, i) => (i ? x : -100)) }];
+  if (b.length) samples.push({ ids: b, labels: b });
+  const mb = packMicroBatch(samples, 16, 0);
+  const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
+  const lossOf = async (g: LlamaGraph) => {
+    g.upload(weights);
+    g.queueStep(0, [mb], hyper);
+    const [m] = await g.readMetrics(0, 1);
+    return m[0];
+  };
+  return { cfg, lossOf };
+}
+
 Deno.test("matmul tune: candidates cover both tiles and only K-splits of ≥ 256", () => {
   assert.deepEqual(gemmCandidates(200), [
     { tile: 64, slices: 1, vec4: false },
@@ -35,24 +58,7 @@ gpuTest(
     const dir = await Deno.makeTempDir({ prefix: "matmul_tune_" });
     const cacheFile = join(dir, "tune.json");
     try {
-      const cfg = parseModelConfig(FAMILIES["llama-gqa"], "llama-gqa/config.json");
-      const weights = randomWeights(cfg, 7);
-      const ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5].map((x) => x % cfg.vocabSize);
-      const mb = packMicroBatch(
-        [
-          { ids: ids.slice(0, 6), labels: ids.slice(0, 6).map((x, i) => (i ? x : -100)) },
-          { ids: ids.slice(6), labels: ids.slice(6) },
-        ],
-        16,
-        0,
-      );
-      const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
-      const lossOf = async (g: LlamaGraph) => {
-        g.upload(weights);
-        g.queueStep(0, [mb], hyper);
-        const [m] = await g.readMetrics(0, 1);
-        return m[0];
-      };
+      const { cfg, lossOf } = tinyCase(7, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], 6);
       // reference loss with the adapter's default kernels
       const plain = new LlamaGraph(gpu, cfg, { tokens: 16 });
       const ref = await lossOf(plain);
@@ -106,17 +112,7 @@ gpuTest(
     const dir = await Deno.makeTempDir({ prefix: "matmul_tune_cpu_" });
     const cacheFile = join(dir, "tune.json");
     try {
-      const cfg = parseModelConfig(FAMILIES["llama-gqa"], "llama-gqa/config.json");
-      const weights = randomWeights(cfg, 9);
-      const ids = [2, 7, 1, 8, 2, 8, 1, 8, 2, 8].map((x) => x % cfg.vocabSize);
-      const mb = packMicroBatch([{ ids, labels: ids.map((x, i) => (i ? x : -100)) }], 16, 0);
-      const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
-      const lossOf = async (g: LlamaGraph) => {
-        g.upload(weights);
-        g.queueStep(0, [mb], hyper);
-        const [m] = await g.readMetrics(0, 1);
-        return m[0];
-      };
+      const { cfg, lossOf } = tinyCase(9, [2, 7, 1, 8, 2, 8, 1, 8, 2, 8]);
       // the fixed default block sizes
       setMatmulTuning(gpu, { variant: "wide", wideWg: 8, wideRows: 16, wideCols: 16 });
       const plain = new LlamaGraph(gpu, cfg, { tokens: 16 });
@@ -158,17 +154,7 @@ gpuTest(
     setAttentionVariant(gpu, "gpu"); // the GPU kernels, whatever the adapter
     setAttentionTunedShapes(gpu, new Map());
     try {
-      const cfg = parseModelConfig(FAMILIES["llama-gqa"], "llama-gqa/config.json");
-      const weights = randomWeights(cfg, 11);
-      const ids = [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9].map((x) => x % cfg.vocabSize);
-      const mb = packMicroBatch([{ ids, labels: ids.map((x, i) => (i ? x : -100)) }], 16, 0);
-      const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
-      const lossOf = async (g: LlamaGraph) => {
-        g.upload(weights);
-        g.queueStep(0, [mb], hyper);
-        const [m] = await g.readMetrics(0, 1);
-        return m[0];
-      };
+      const { cfg, lossOf } = tinyCase(11, [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9]);
       const plain = new LlamaGraph(gpu, cfg, { tokens: 16 }); // first-fit grids
       const ref = await lossOf(plain);
       plain.destroy();
