@@ -1,6 +1,10 @@
 // `deno task bench train`: training tokens/s, per-kernel step breakdown, MFU and memory; optionally beside PyTorch.
 import { join } from "node:path";
-import { buildWithTunedMatmul, describeTune } from "../kernels/matmul_tune.ts";
+import {
+  buildWithTunedMatmul,
+  describeTune,
+  type MatmulTuneReport,
+} from "../kernels/matmul_tune.ts";
 import { acquireGpu, type AdapterSummary, type Dispatch, type Gpu } from "../kernels/runtime.ts";
 import { type ModelConfig, parameterCount, parseModelConfig } from "../model/config.ts";
 import { loadHfModel, saveHfModel } from "../model/hf_dir.ts";
@@ -164,6 +168,8 @@ export interface OursResult {
   };
   /** tokens/s of every round, in order (tokensPerS and stepMs are their medians). */
   roundsTokensPerS: number[];
+  /** What the matmul and attention autotune did for this graph (first round). */
+  tune: MatmulTuneReport;
   /** null when the adapter offers no timestamp queries or --no-profile. */
   breakdown: {
     kernels: KernelTime[];
@@ -523,6 +529,7 @@ async function runOurs(
       adapterSummary: gpu.summary,
       tokensPerS: (B * S) / (stepMs / 1000),
       roundsTokensPerS: [(B * S) / (stepMs / 1000)],
+      tune: tuned.report,
       stepMs,
       losses,
       gradNorms,

@@ -49,8 +49,16 @@ export interface MatmulTuneReport {
   cacheFile: string | null;
   /** Why nothing was tuned, when nothing was. */
   skipped?: string;
-  /** attention_gpu launches (entry point × shape): distinct, timed now, changed from the default. */
-  attention?: { shapes: number; measured: number; changed: number };
+  /**
+   * attention_gpu launches (entry point × shape): distinct, timed now, changed from the default,
+   * and the thread grid each one runs with, by attentionKey.
+   */
+  attention?: {
+    shapes: number;
+    measured: number;
+    changed: number;
+    grids: Record<string, [number, number]>;
+  };
 }
 
 /** Options of tuneMatmul. */
@@ -371,6 +379,7 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     );
   }
   const attn = { shapes: attnRecorded.size, measured: 0, changed: 0 };
+  const used: Record<string, [number, number]> = {};
   for (const [key, rec] of attnRecorded) {
     if (grids.has(key)) continue;
     const times = await timeAttentionGrids(gpu, rec, opts.reps ?? 3);
@@ -391,7 +400,8 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     );
   }
   setAttentionTunedShapes(gpu, grids);
-  if (attn.shapes > 0) report.attention = attn;
+  for (const [key, rec] of attnRecorded) used[key] = grids.get(key) ?? rec.grid;
+  if (attn.shapes > 0) report.attention = { ...attn, grids: used };
   report.ms = performance.now() - t0;
   setMatmulTuning(gpu, { choices, wideChoices });
   if (attn.measured > 0) entry.attention = attnEntry;
