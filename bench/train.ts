@@ -4,6 +4,7 @@ import {
   buildWithTunedMatmul,
   describeTune,
   type MatmulTuneReport,
+  median,
 } from "../kernels/matmul_tune.ts";
 import { acquireGpu, type AdapterSummary, type Dispatch, type Gpu } from "../kernels/runtime.ts";
 import { type ModelConfig, parameterCount, parseModelConfig } from "../model/config.ts";
@@ -764,13 +765,6 @@ export async function benchTrain(opts: TrainBenchOptions): Promise<TrainBenchRes
     torch,
     rounds,
   };
-}
-
-/** The middle value (the mean of the two middle ones for an even count). */
-function median(xs: number[]): number {
-  const a = [...xs].sort((x, y) => x - y);
-  const m = a.length >> 1;
-  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
 }
 
 /** Print the result as tables. */

@@ -352,7 +352,7 @@ export function attentionForward(
     5: args.v,
     6: args.seqStart,
   });
-  if (gpuVariant) {
+  if (gpuVariant && attnRecorders.has(gpu)) {
     record(
       gpu,
       key,
@@ -437,7 +437,7 @@ export function attentionBackward(
     }),
     workgroups: [Math.ceil(T / (4 * (gpuVariant ? cDkv.TR : cDkv.RQ))), Hkv, 1],
   };
-  if (gpuVariant) {
+  if (gpuVariant && attnRecorders.has(gpu)) {
     const again = (a: ParamArena) => attentionBackward(gpu, a, { ...args, variant: "gpu" });
     record(gpu, keyDq, "dq", D, [cDq.TR, cDq.TC], (a) => again(a)[1]);
     record(gpu, keyDkv, "dkv", D, [cDkv.TR, cDkv.TC], (a) => again(a)[2]);

@@ -208,9 +208,11 @@ function sameCandidate(a: Candidate, b: Candidate): boolean {
     (a.gpu!.vec4 ?? false) === (b.gpu!.vec4 ?? false);
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
+/** The middle value (the mean of the two middle ones for an even count). */
+export function median(xs: number[]): number {
+  const a = [...xs].sort((x, y) => x - y);
+  const m = a.length >> 1;
+  return a.length % 2 ? a[m] : (a[m - 1] + a[m]) / 2;
 }
 
 /** Time every candidate of one recorded GEMM; returns ms per call by candidate. */
