@@ -5,8 +5,9 @@
 #   source .gpu/enter.sh && bash bench/gpu_session.sh doctor PHASE [PHASE ...]
 # Phases: doctor, tests (kernel + graph tests on the GPU), kernels (bench kernels), matmul, attention
 # (every attention_gpu thread grid at the 135M and 1B shapes), small (stories260k and stories15m vs
-# torch), 135m, 1b (the two recipe shapes vs torch fp32 and bf16), quickstart (`deno task train`:
-# every stage of the pipeline on the GPU).
+# torch), 135m, 1b (the two recipe shapes vs torch fp32 and bf16), f16 (both shapes again with our
+# GEMMs in f16, and the f16 matmul kernels alone), quickstart (`deno task train`: every stage of
+# the pipeline on the GPU).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 LOGS=/tmp/gpu_session
@@ -46,6 +47,11 @@ for phase in "$@"; do
   135m) step train_135m 180 deno task bench train --model smollm2-135m "${vs_torch[@]}" ;;
   quickstart) step quickstart 240 deno task train ;; # the whole pipeline, end to end
   1b) step train_1b 300 deno task bench train --model llama-3.2-1b "${vs_torch[@]}" ;;
+  f16) step matmul_f16 90 deno task bench kernels --filter f16
+    step train_135m_f16 180 deno task bench train --model smollm2-135m --matmul-precision f16 \
+      "${vs_torch[@]}"
+    step train_1b_f16 300 deno task bench train --model llama-3.2-1b --matmul-precision f16 \
+      "${vs_torch[@]}" ;;
   *) echo "unknown phase $phase" ;;
   esac
   for f in bench/out/*.json; do [ -f "$f" ] && cp "$f" "$LOGS/${phase}_$(basename "$f")"; done

@@ -11,8 +11,30 @@ import {
 
 /** f32 slots of the per-step hyper-parameter buffer `hp` of adamwUpdate. */
 export const ADAMW_HP_FLOATS = 8;
-/** f32 slots of the stats buffer: [‖g‖, clip scale, finite flag, unused]. */
+/** f32 slots of the stats buffer: [‖g‖, AdamW's gradient multiplier, finite flag, loss scale]. */
 export const GRAD_STATS_FLOATS = 4;
+/** f32 slots of a loss-scale state buffer: [scale S, finite steps in a row, growth interval, 0]. */
+export const LOSS_SCALE_FLOATS = 4;
+
+/** Initial contents of a loss-scale state: scale `init`, doubled every `growthInterval` steps. */
+export function lossScaleState(init: number, growthInterval: number): Float32Array {
+  if (!(init > 0) || Math.log2(init) % 1 !== 0) {
+    throw new GpuError(`loss scale must be a power of two, got ${init}`, "grad_norm_finalize");
+  }
+  return new Float32Array([init, 0, growthInterval, 0]);
+}
+
+const fixedScales = new WeakMap<Gpu, GPUBuffer>();
+
+/** A loss-scale state fixed at 1 (unscaled training), shared per device and never written. */
+export function fixedLossScale(gpu: Gpu): GPUBuffer {
+  let b = fixedScales.get(gpu);
+  if (!b) {
+    b = gpu.bufferFrom("adamw.fixedLossScale", lossScaleState(1, 0));
+    fixedScales.set(gpu, b);
+  }
+  return b;
+}
 /** Gradient elements summed into one partial by gradNormSquares (NORM_CHUNK in adamw.wgsl). */
 export const GRAD_NORM_CHUNK = 256 * 64;
 
@@ -69,21 +91,35 @@ export function gradNormSquares(
 }
 
 /**
- * Reduce `count` partials in a fixed order (Kahan per invocation, then a pairwise tree) and write
- * stats[0] = ‖g‖ (before clipping), stats[1] = min(1, maxNorm / (‖g‖ + 1e-6)) (1 when
- * maxNorm ≤ 0 or the norm is not finite), stats[2] = 1 if ‖g‖ is finite else 0.
+ * Reduce `count` partials in a fixed order (Kahan per invocation, then a pairwise tree) of
+ * gradients scaled by the loss scale S = lossScale[0] (default: fixed at 1) and write
+ * stats[0] = ‖g‖ / S (before clipping), stats[1] = clip / S with clip = min(1, maxNorm /
+ * (‖g‖ / S + 1e-6)) (1 when maxNorm ≤ 0 or the norm is not finite), stats[2] = 1 if ‖g‖ is finite
+ * else 0, stats[3] = S. With `dynamic`, S is then halved after a non-finite norm and doubled after
+ * lossScale[2] finite steps in a row (lossScale[1] counts them).
  */
 export function gradNormFinalize(
   gpu: Gpu,
   arena: ParamArena,
-  args: { stats: BufferSlice; partials: BufferSlice; count: number; maxNorm: number },
+  args: {
+    stats: BufferSlice;
+    partials: BufferSlice;
+    count: number;
+    maxNorm: number;
+    lossScale?: GPUBuffer | BufferSlice;
+    dynamic?: boolean;
+  },
 ): Dispatch[] {
   const { stats, partials, count, maxNorm } = args;
+  if (args.dynamic && !args.lossScale) {
+    throw new GpuError("a dynamic loss scale needs its state buffer", "grad_norm_finalize");
+  }
   const kernel = gpu.kernel("adamw", "grad_norm_finalize");
-  const p = arena.alloc(packParams([count, 0, maxNorm, 0], [2]));
+  const p = arena.alloc(packParams([count, args.dynamic ? 1 : 0, maxNorm, 0], [2]));
+  const scale = args.lossScale ?? fixedLossScale(gpu);
   return [{
     kernel,
-    bindGroup: gpu.bind(kernel, { 0: p, 1: stats, 2: partials }),
+    bindGroup: gpu.bind(kernel, { 0: p, 1: stats, 2: partials, 3: scale }),
     workgroups: [1, 1, 1],
   }];
 }

@@ -1,5 +1,11 @@
 // AdamW with global gradient-norm clipping: sums of squares per workgroup, a fixed-order
-// finalize (norm, clip scale, finite flag), and the fp32 update of params and moments.
+// finalize (norm, clip scale, finite flag, loss scale), and the fp32 update of params and moments.
+//
+// Loss scaling (f16 matmuls): the gradients arrive multiplied by the loss scale S (the loss
+// gradient is, in cross_entropy_grad); the finalize divides the norm by S and folds 1/S into the
+// multiplier AdamW applies, and, when dynamic, updates S as torch's GradScaler does: halved (and
+// the step skipped) on a non-finite gradient, doubled after `growth interval` finite steps in a
+// row. With S = 1 every result is bit-identical to unscaled training (S is a power of two).
 //
 // grad_norm_squares writes one partial per workgroup of NORM_CHUNK elements; several tensors
 // write disjoint ranges of one partials buffer and grad_norm_finalize reduces them all. The
@@ -14,7 +20,7 @@ override ZERO_GRAD: bool = false; // adamw_update: zero the gradient after readi
 
 struct Params {
   n: u32, // elements (finalize: number of partials)
-  offset: u32, // grad_norm_squares: first partial slot of this tensor
+  offset: u32, // grad_norm_squares: first partial slot of this tensor; finalize: 1 = dynamic S
   max_norm: f32, // finalize: clipping threshold, ≤ 0 = no clipping
   zero: u32, // always 0: an opaque value that keeps the compiler from folding Kahan away
 }
@@ -38,8 +44,9 @@ struct Hyper {
 @group(0) @binding(2) var<storage, read> grad_in: array<f32>; // (n)
 
 // grad_norm_finalize
-@group(0) @binding(1) var<storage, read_write> stats_out: array<f32>; // (3): norm, clip, finite
+@group(0) @binding(1) var<storage, read_write> stats_out: array<f32>; // (4): norm, mult, finite, S
 @group(0) @binding(2) var<storage, read> partials_in: array<f32>; // (n)
+@group(0) @binding(3) var<storage, read_write> loss_scale: array<f32>; // (4): S, finite run, growth
 
 // adamw_update
 @group(0) @binding(1) var<storage, read_write> param: array<f32>; // (n)
@@ -102,15 +109,28 @@ fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
   }
   let total = workgroup_sum(lid, s);
   if (lid == 0u) {
-    let norm = sqrt(total);
+    let s = loss_scale[0];
+    let norm = sqrt(total) / s;
     let finite = is_finite(total);
     var clip = 1.0;
     if (p.max_norm > 0.0 && finite) {
       clip = min(1.0, p.max_norm / (norm + 1e-6));
     }
     stats_out[0] = norm;
-    stats_out[1] = clip;
+    stats_out[1] = clip / s;
     stats_out[2] = select(0.0, 1.0, finite);
+    stats_out[3] = s;
+    if (p.offset == 1u) {
+      if (!finite) {
+        loss_scale[0] = s * 0.5;
+        loss_scale[1] = 0.0;
+      } else if (loss_scale[1] + 1.0 >= loss_scale[2]) {
+        loss_scale[0] = s * 2.0;
+        loss_scale[1] = 0.0;
+      } else {
+        loss_scale[1] = loss_scale[1] + 1.0;
+      }
+    }
   }
 }
 

@@ -1,4 +1,5 @@
 // Launchers for the fused, vocabulary-chunked cross-entropy (the full T × V logits never exist).
+import { fixedLossScale } from "./adamw.ts";
 import { dummyBuffer, matmulGemm, type Tensor } from "./matmul.ts";
 import {
   type BufferSlice,
@@ -199,7 +200,8 @@ export function crossEntropyForward(
 
 /**
  * Loss and gradients: pass 1 as crossEntropyForward; pass 2 recomputes each logits chunk, turns
- * it into dlogits = logitScale · invTokens · (softmax − onehot) in place (0 on ignored rows), then
+ * it into dlogits = logitScale · invTokens · lossScale · (softmax − onehot) in place (0 on ignored
+ * rows), then
  * dh (= on the first chunk, += after) and dw[chunk rows] += dlogitsᵀ·h.
  */
 export function crossEntropyForwardBackward(
@@ -209,6 +211,8 @@ export function crossEntropyForwardBackward(
     dh: Tensor; // (T, C) written
     dw: Tensor; // (V, C) accumulated
     invTokens: Tensor; // (1) f32: 1 / loss tokens of the optimizer step, rewritten every step
+    /** Loss-scale state (kernels/adamw.ts), [0] multiplies dlogits; default: fixed at 1. */
+    lossScale?: Tensor;
   },
 ): Dispatch[] {
   const { T, C, V } = args;
@@ -227,6 +231,7 @@ export function crossEntropyForwardBackward(
         2: ws.stats,
         3: args.labels,
         4: args.invTokens,
+        5: args.lossScale ?? fixedLossScale(gpu),
       }),
       workgroups: [Math.ceil(n / 64), gy, gz],
     });

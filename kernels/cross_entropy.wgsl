@@ -43,6 +43,7 @@ const QNAN = 0x7fc00000u;
 @group(0) @binding(2) var<storage, read> stats_g: array<f32>; // (T, 4)
 @group(0) @binding(3) var<storage, read> labels_g: array<i32>; // (T)
 @group(0) @binding(4) var<storage, read> inv_tokens: array<f32>; // (1) 1/loss tokens of the step
+@group(0) @binding(5) var<storage, read> loss_scale: array<f32>; // (4) [0]: the step's loss scale
 
 const WG = 64u;
 var<workgroup> red_max: array<f32, WG>;
@@ -144,7 +145,8 @@ fn cross_entropy_finalize(@builtin(local_invocation_id) lid: vec3<u32>) {
   }
 }
 
-/// dlogits = scale · invTokens · (softmax(z) − onehot(label)) in place; 0 on ignored rows.
+/// dlogits = scale · invTokens · lossScale · (softmax(z) − onehot(label)) in place; 0 on ignored
+/// rows.
 /// Grid: x over columns (64 per workgroup), y·z over tokens.
 @compute @workgroup_size(WG)
 fn cross_entropy_grad(
@@ -170,5 +172,5 @@ fn cross_entropy_grad(
   if (lab < 0 || u32(lab) >= p.V) {
     d = bitcast<f32>(QNAN);
   }
-  z_g[idx] = p.scale * inv_tokens[0] * d;
+  z_g[idx] = p.scale * inv_tokens[0] * loss_scale[0] * d;
 }

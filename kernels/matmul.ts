@@ -24,6 +24,13 @@ export interface MatmulTuning {
   splitK: number;
   /** Use the 16-byte-load kernels (matmul_*_v4) when strides and offsets allow. */
   vec4: boolean;
+  /**
+   * Arithmetic of the GPU kernels: "f32" (default), or "f16" where the adapter offers
+   * `shader-f16`: operands rounded to f16 in the staged tiles, f16 multiply-adds summed in f32 every
+   * 16 products (matmul_f16.wgsl), for the shapes the 16-byte kernels take. Storage stays f32.
+   * CPU adapters' matmul_wide ignores it.
+   */
+  precision: "f32" | "f16";
   /** "gpu": use matmul_big when its grid has at least this many workgroups. */
   bigMinWorkgroups: number;
   /** "gpu": split K while the grid has fewer workgroups than this (and K ≥ 1024). */
@@ -44,7 +51,13 @@ export interface MatmulTuning {
 }
 
 // Grid thresholds: an H100 runs 132 SMs, 2 resident 128x128 workgroups each (register bound).
-const GPU_DEFAULT = { splitK: 1, vec4: true, bigMinWorkgroups: 256, splitMinWorkgroups: 256 };
+const GPU_DEFAULT = {
+  splitK: 1,
+  vec4: true,
+  precision: "f32" as const,
+  bigMinWorkgroups: 256,
+  splitMinWorkgroups: 256,
+};
 const WIDE_DEFAULT = { wideWg: 8, wideRows: 16, wideCols: 16 };
 /** Largest split-K scratch (partial products), well under the 2 GiB binding limit. */
 const SPLIT_SCRATCH_MAX_BYTES = 256 * 2 ** 20;
@@ -72,6 +85,15 @@ export function setMatmulTuning(gpu: Gpu, t: Partial<MatmulTuning>): MatmulTunin
   if (!["gpu", "tiled", "big", "cpu", "wide"].includes(next.variant)) {
     throw new GpuError(
       `variant must be gpu, tiled, big, cpu or wide, got ${next.variant}`,
+      "matmul",
+    );
+  }
+  if (next.precision !== "f32" && next.precision !== "f16") {
+    throw new GpuError(`precision must be f32 or f16, got ${next.precision}`, "matmul");
+  }
+  if (next.precision === "f16" && !gpu.hasF16) {
+    throw new GpuError(
+      "matmul precision f16 needs the adapter feature shader-f16, which this adapter lacks",
       "matmul",
     );
   }
@@ -117,20 +139,29 @@ export interface GemmChoice {
   slices: number;
   /** Use the 16-byte-load kernel when the shape allows it (absent: true). */
   vec4?: boolean;
+  /** Use the f16-arithmetic kernel (precision "f16" and 16-byte loads only; absent: false). */
+  f16?: boolean;
 }
 
 /**
- * The autotune key of a GEMM: its sizes, which operand axes are contiguous, and whether the
- * 16-byte kernels apply (offsets and leading strides do not change the choice).
+ * The autotune key of a GEMM: its sizes, which operand axes are contiguous, whether the 16-byte
+ * kernels apply and, if so, whether f16 arithmetic is allowed (offsets and leading strides do not
+ * change the choice).
  */
-export function gemmKey(g: GemmArgs, vec4Ok = gemmVec4Ok(g)): string {
+export function gemmKey(g: GemmArgs, vec4Ok = gemmVec4Ok(g), f16 = false): string {
   const a = g.sAp === 1 ? "k" : "i", b = g.sBj === 1 ? "j" : "k";
-  return `${g.M}x${g.N}x${g.K}:a${a}b${b}${vec4Ok ? ":v4" : ""}`;
+  return `${g.M}x${g.N}x${g.K}:a${a}b${b}${vec4Ok ? (f16 ? ":v4:h" : ":v4") : ""}`;
 }
 
 /** How one GEMM runs on the GPU kernels: which one, its grid, and the K split. */
 export interface GemmPlan {
-  entry: "matmul_tiled" | "matmul_tiled_v4" | "matmul_big" | "matmul_big_v4";
+  entry:
+    | "matmul_tiled"
+    | "matmul_tiled_v4"
+    | "matmul_tiled_h"
+    | "matmul_big"
+    | "matmul_big_v4"
+    | "matmul_big_h";
   tile: number;
   slices: number;
   kSlice: number;
@@ -163,9 +194,11 @@ export function planGemm(
   }
   if (slices <= 1) kSlice = K;
   const v4 = t.vec4 && vec4Ok && (chosen?.vec4 ?? true);
+  // f16 where allowed, unless the autotune measured f32 faster for this shape
+  const h = v4 && t.precision === "f16" && (chosen ? chosen.f16 ?? false : true);
   const entry = tile === 64
-    ? (v4 ? "matmul_tiled_v4" : "matmul_tiled")
-    : (v4 ? "matmul_big_v4" : "matmul_big");
+    ? (h ? "matmul_tiled_h" : v4 ? "matmul_tiled_v4" : "matmul_tiled")
+    : (h ? "matmul_big_h" : v4 ? "matmul_big_v4" : "matmul_big");
   return { entry, tile, slices, kSlice };
 }
 
@@ -261,8 +294,8 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   const flags = (g.accumulate ? 1 : 0) | (g.bias ? 2 : 0);
   const t = matmulTuning(gpu);
   const v4ok = gemmVec4Ok(g);
-  const key = gemmKey(g, v4ok);
   const onWide = t.variant === "wide" || t.variant === "cpu";
+  const key = gemmKey(g, v4ok, !onWide && t.precision === "f16");
   const plan = onWide ? null : planGemm(t, g.M, g.N, g.K, v4ok, key);
   const wide: WideConfig = (t.variant === "cpu" ? t.wideChoices?.get(key) : undefined) ??
     { wg: t.wideWg, rows: t.wideRows, cols: t.wideCols };
@@ -290,7 +323,8 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
       sliceStride,
     ], [12]));
   const maxWg = gpu.limits.maxComputeWorkgroupsPerDimension;
-  const kernel = plan ? gpu.kernel("matmul", plan.entry) : gpu.kernel("matmul", "matmul_wide", {
+  const file = plan?.entry.endsWith("_h") ? "matmul_f16" : "matmul";
+  const kernel = plan ? gpu.kernel(file, plan.entry) : gpu.kernel("matmul", "matmul_wide", {
     WIDE_WG: wide.wg,
     WIDE_TR: wide.rows,
     WIDE_TC: wide.cols,

@@ -108,9 +108,12 @@ function adapterSignature(gpu: Gpu): string {
 
 const sourceHashes = new Map<string, Promise<string>>();
 
-/** SHA-256 (hex, 16 chars) of matmul.wgsl + matmul.ts: a kernel change invalidates the cache. */
+/**
+ * SHA-256 (hex, 16 chars) of matmul.wgsl + matmul_f16.wgsl + matmul.ts: a kernel change
+ * invalidates the cache.
+ */
 function matmulSourceHash(): Promise<string> {
-  return sourceHash(["./matmul.wgsl", "./matmul.ts"]);
+  return sourceHash(["./matmul.wgsl", "./matmul_f16.wgsl", "./matmul.ts"]);
 }
 
 /** The same for attention_gpu.wgsl + attention.ts (the attention grids' cache). */
@@ -159,13 +162,15 @@ async function writeCache(path: string, c: CacheFile): Promise<void> {
 
 /**
  * The candidates for one GEMM: both tiles × 1, 2, 4, 8 K slices (≥ 256 of K per slice), each
- * with 16-byte and 4-byte loads when the shape allows 16-byte ones.
+ * with 16-byte and 4-byte loads when the shape allows 16-byte ones, and also with f16 arithmetic
+ * when that is allowed (precision "f16") and the shape takes 16-byte loads.
  */
-export function gemmCandidates(K: number, vec4Ok = false): GemmChoice[] {
+export function gemmCandidates(K: number, vec4Ok = false, f16Ok = false): GemmChoice[] {
   const out: GemmChoice[] = [];
   for (const tile of [64, 128] as const) {
     for (const slices of [1, 2, 4, 8]) {
       if (slices > 1 && K / slices < 256) continue;
+      if (vec4Ok && f16Ok) out.push({ tile, slices, vec4: true, f16: true });
       out.push({ tile, slices, vec4: vec4Ok });
       if (vec4Ok) out.push({ tile, slices, vec4: false });
     }
@@ -189,14 +194,19 @@ type Candidate = { gpu: GemmChoice; wide?: undefined } | { wide: WideConfig; gpu
 function describe(c: Candidate): string {
   if (c.wide) return `matmul_wide ${c.wide.wg}/${c.wide.rows}/${c.wide.cols}`;
   const g = c.gpu!;
-  return `${g.tile}-tile × ${g.slices} slice(s)${g.vec4 ? ", 16-byte loads" : ""}`;
+  return `${g.tile}-tile × ${g.slices} slice(s)${g.vec4 ? ", 16-byte loads" : ""}${
+    g.f16 ? ", f16" : ""
+  }`;
 }
 
 /** What the recorded build used, as a candidate. */
 function usedCandidate(rec: RecordedGemm): Candidate {
   if (rec.wide) return { wide: rec.wide };
   const p = rec.plan!;
-  return { gpu: { tile: p.tile as 64 | 128, slices: p.slices, vec4: p.entry.endsWith("_v4") } };
+  const h = p.entry.endsWith("_h");
+  return {
+    gpu: { tile: p.tile as 64 | 128, slices: p.slices, vec4: h || p.entry.endsWith("_v4"), f16: h },
+  };
 }
 
 function sameCandidate(a: Candidate, b: Candidate): boolean {
@@ -205,7 +215,8 @@ function sameCandidate(a: Candidate, b: Candidate): boolean {
       a.wide.cols === b.wide.cols;
   }
   return a.gpu!.tile === b.gpu!.tile && a.gpu!.slices === b.gpu!.slices &&
-    (a.gpu!.vec4 ?? false) === (b.gpu!.vec4 ?? false);
+    (a.gpu!.vec4 ?? false) === (b.gpu!.vec4 ?? false) &&
+    (a.gpu!.f16 ?? false) === (b.gpu!.f16 ?? false);
 }
 
 /** The middle value (the mean of the two middle ones for an even count). */
@@ -226,7 +237,8 @@ async function timeCandidates(
   const lists: { choice: Candidate; dispatches: Dispatch[] }[] = [];
   const cands: Candidate[] = rec.wide
     ? WIDE_CANDIDATES.map((wide) => ({ wide }))
-    : gemmCandidates(rec.args.K, gemmVec4Ok(rec.args)).map((g) => ({ gpu: g }));
+    : gemmCandidates(rec.args.K, gemmVec4Ok(rec.args), before.precision === "f16")
+      .map((g) => ({ gpu: g }));
   try {
     for (const choice of cands) {
       if (choice.wide) {
@@ -237,6 +249,7 @@ async function timeCandidates(
           variant: choice.gpu.tile === 64 ? "tiled" : "big",
           splitK: choice.gpu.slices,
           vec4: choice.gpu.vec4 ?? true,
+          precision: choice.gpu.f16 ? "f16" : "f32",
         });
       }
       lists.push({ choice, dispatches: matmulGemm(gpu, arena, rec.args) });
@@ -324,7 +337,7 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   for (const [k, c] of Object.entries(entry.choices)) {
     if (c.wide && !wideChoices.has(k)) wideChoices.set(k, c.wide);
     if (c.tile && c.slices && !choices.has(k)) {
-      choices.set(k, { tile: c.tile, slices: c.slices, vec4: c.vec4 });
+      choices.set(k, { tile: c.tile, slices: c.slices, vec4: c.vec4, f16: c.f16 });
     }
   }
   const known = (k: string) => (variant === "cpu" ? wideChoices : choices).has(k);

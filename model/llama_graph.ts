@@ -4,6 +4,7 @@ import {
   gradNormFinalize,
   gradNormPartialCount,
   gradNormSquares,
+  lossScaleState,
 } from "../kernels/adamw.ts";
 import {
   attentionBackward,
@@ -28,6 +29,7 @@ import {
   matmulBackwardInput,
   matmulBackwardWeight,
   matmulForward,
+  matmulTuning,
 } from "../kernels/matmul.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormWorkspaceBytes } from "../kernels/rmsnorm.ts";
 import { ropeBackward, ropeForward, ropeTable } from "../kernels/rope.ts";
@@ -151,7 +153,19 @@ export interface GraphOptions {
   mode?: "train" | "eval";
   /** Largest tensor per buffer (default: the adapter's storage binding limit); tests lower it. */
   maxBindingBytes?: number;
+  /**
+   * Dynamic loss scaling of the gradients (train mode): start at `init` (a power of two), halve
+   * and skip the step on a non-finite gradient, double after `growthInterval` finite steps in a
+   * row. Default: DYNAMIC_LOSS_SCALE when the matmul precision is f16, else none (null).
+   */
+  lossScale?: { init: number; growthInterval: number } | null;
 }
+
+/**
+ * torch.amp.GradScaler's defaults: 2^16 lifts loss gradients (~1/tokens per logit) far above f16's
+ * subnormals; growth every 2,000 finite steps.
+ */
+export const DYNAMIC_LOSS_SCALE = { init: 65536, growthInterval: 2000 };
 
 /** Rows [v0, v0 + rows) of a parameter, held in one binding (with its gradient in train mode). */
 export interface ParamPiece {
@@ -162,8 +176,11 @@ export interface ParamPiece {
   g?: ArenaTensor;
 }
 
-/** Slots of the metrics ring: loss sum, grad norm, clip scale, finite flag per step. */
-export const METRIC_FIELDS = 4;
+/**
+ * Slots of the metrics ring per step: loss sum, grad norm, AdamW's gradient multiplier (clip / loss
+ * scale), finite flag, loss scale used.
+ */
+export const METRIC_FIELDS = 5;
 const RING = 1024;
 
 /** The model on the GPU with every buffer, bind group and dispatch list built once. */
@@ -192,6 +209,8 @@ export class LlamaGraph {
   readonly ring: GPUBuffer;
   readonly hp: GPUBuffer;
   readonly invTokens: GPUBuffer;
+  /** Dynamic loss-scale state (kernels/adamw.ts LOSS_SCALE_FLOATS), null when unscaled. */
+  readonly lossScale: GPUBuffer | null;
   private readonly inputs: Record<
     "ids" | "labels" | "pos" | "seqStart" | "seqEnd" | "embIndex",
     GPUBuffer
@@ -276,6 +295,14 @@ export class LlamaGraph {
     this.ring = gpu.buffer("graph.metricsRing", RING * METRIC_FIELDS * 4);
     this.hp = gpu.buffer("graph.adamHyper", 32);
     this.invTokens = gpu.buffer("graph.invTokens", 16);
+    const scaling = train
+      ? (opts.lossScale === undefined
+        ? (matmulTuning(gpu).precision === "f16" ? DYNAMIC_LOSS_SCALE : null)
+        : opts.lossScale)
+      : null;
+    this.lossScale = scaling
+      ? gpu.bufferFrom("graph.lossScale", lossScaleState(scaling.init, scaling.growthInterval))
+      : null;
     const ropeTab = gpu.bufferFrom(
       "graph.ropeTable",
       ropeTable(D, cfg.ropeTheta, cfg.ropeScaling as never, Math.max(T, 1)),
@@ -503,6 +530,7 @@ export class LlamaGraph {
         dw: gHead,
         lossAcc: { buffer: this.lossAcc },
         invTokens: { buffer: this.invTokens },
+        lossScale: this.lossScale ?? undefined,
         T,
         C,
         V,
@@ -725,6 +753,8 @@ export class LlamaGraph {
         partials: { buffer: partials },
         count: parts,
         maxNorm: 0,
+        lossScale: this.lossScale ?? undefined,
+        dynamic: !!this.lossScale,
       }),
     );
     this.gradNormFinalizeIndex = this.optimizer.length - 1;
@@ -759,6 +789,8 @@ export class LlamaGraph {
       partials: { buffer: this.partials! },
       count: this.partialCount,
       maxNorm,
+      lossScale: this.lossScale ?? undefined,
+      dynamic: !!this.lossScale,
     });
     this.optimizer.splice(this.gradNormFinalizeIndex, d.length, ...d);
     this.maxNormBuilt = maxNorm;
@@ -837,6 +869,18 @@ export class LlamaGraph {
     return { ...w, buffer: arena.chunks[ci].buffer! };
   }
 
+  /** The loss-scale state [S, finite steps in a row, growth interval, 0], or null when unscaled. */
+  async readLossScale(): Promise<Float32Array | null> {
+    if (!this.lossScale) return null;
+    return new Float32Array((await this.gpu.read([{ buffer: this.lossScale }]))[0]);
+  }
+
+  /** Restore a loss-scale state read by readLossScale (resume). */
+  writeLossScale(state: ArrayLike<number>): void {
+    if (!this.lossScale) throw new Error("this graph trains without loss scaling");
+    this.gpu.write(this.lossScale, Float32Array.from(state));
+  }
+
   /** Write one micro-batch's inputs (queued before the next submit). */
   setBatch(mb: MicroBatch): void {
     const g = this.gpu, i = this.inputs;
@@ -893,11 +937,14 @@ export class LlamaGraph {
     pass.end();
     const slot = (step % RING) * METRIC_FIELDS * 4;
     enc.copyBufferToBuffer(this.lossAcc, 0, this.ring, slot, 4);
-    enc.copyBufferToBuffer(this.stats, 0, this.ring, slot + 4, 12);
+    enc.copyBufferToBuffer(this.stats, 0, this.ring, slot + 4, 16);
     g.device.queue.submit([enc.finish()]);
   }
 
-  /** Read metrics of steps [from, to) from the ring: loss sum, grad norm, clip scale, finite. */
+  /**
+   * Read metrics of steps [from, to) from the ring: loss sum, grad norm, AdamW's gradient
+   * multiplier, finite flag, loss scale (see METRIC_FIELDS).
+   */
   async readMetrics(from: number, to: number): Promise<Float32Array[]> {
     if (to - from > RING) throw new Error("metrics window larger than the ring");
     const all = new Float32Array((await this.gpu.read([{ buffer: this.ring }]))[0]);
@@ -927,7 +974,17 @@ export class LlamaGraph {
       a?.destroy();
     }
     for (const b of Object.values(this.inputs)) b.destroy();
-    for (const b of [this.lossAcc, this.stats, this.ring, this.hp, this.invTokens, this.partials]) {
+    for (
+      const b of [
+        this.lossAcc,
+        this.stats,
+        this.ring,
+        this.hp,
+        this.invTokens,
+        this.partials,
+        this.lossScale,
+      ]
+    ) {
       b?.destroy();
     }
     this.arena.buffer.destroy();

@@ -106,6 +106,8 @@ export interface TrainConfig {
   keep_last: number | null;
   metrics_every: number;
   recompute: boolean;
+  matmul_precision: "f32" | "f16";
+  loss_scale: number;
   save_dtype: "f32" | "bf16";
   padding_aware: boolean;
   nan_check: boolean;
@@ -352,6 +354,11 @@ const SCHEMA: Spec = obj({
     metrics_every: int(10, 1),
     // Recompute activations in backward (less memory, ~1/3 more compute).
     recompute: bool(false),
+    // f16: GEMM multiply-adds in f16 where the adapter offers shader-f16 (f32 weights, optimizer,
+    // attention), with dynamic loss scaling; f32 keeps exact parity with PyTorch fp32.
+    matmul_precision: oneOf(["f32", "f16"], "f32"),
+    // f16 only: the dynamic loss scale's start, a power of two (torch GradScaler's 2^16).
+    loss_scale: num(65536, { gt: 0 }),
     save_dtype: oneOf(["f32", "bf16"], "f32"),
     // Count padding against micro_batch_tokens (needed for padded, non-packed attention).
     padding_aware: bool(false),
@@ -964,6 +971,9 @@ export async function loadPipelineConfig(
 
   // 5. Cross-field checks.
   const warnings: string[] = [];
+  if (!c.failed(["train", "loss_scale"]) && Math.log2(train.loss_scale) % 1 !== 0) {
+    c.error(["train", "loss_scale"], `must be a power of two, got ${train.loss_scale}`);
+  }
   const fromPreset = (p: Seg[]) => {
     const note = c.origin(p).note;
     return note ? `, ${note}` : "";

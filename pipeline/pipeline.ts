@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
 import { type ModelConfig as HfConfig } from "../model/config.ts";
 import { readModelConfig } from "../model/hf_dir.ts";
+import { DYNAMIC_LOSS_SCALE } from "../model/llama_graph.ts";
 import { initModel } from "../model/init_model.ts";
 import { formatPlan, planMemory } from "../model/memory_plan.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
@@ -320,6 +321,8 @@ export function pipelineStages(cfg: PipelineConfig): Stage<PipelineContext>[] {
           plan: plan!,
           tokens: t.micro_batch_tokens,
           recompute: t.recompute,
+          matmulPrecision: t.matmul_precision,
+          lossScale: { init: t.loss_scale, growthInterval: DYNAMIC_LOSS_SCALE.growthInterval },
           padId: tok.padId ?? tok.eosId ?? 0,
           optimizer: {
             lr: t.lr,

@@ -371,7 +371,7 @@ export async function writeRunReport(runDir: string, o: RunReportOptions = {}): 
         fmt(rs[0].loss),
         fmt(last.loss),
         fmt(Math.min(...rs.map((r) => r.loss))),
-        fmt(mean(rs.map((r) => r.gradnorm))),
+        fmt(mean(rs.filter((r) => !r.skipped).map((r) => r.gradnorm))), // no overflowed steps
         fmt(last.lr),
         fmtInt(mean(rs.map((r) => r.tokens_per_s))),
         fmt(last.elapsed_s, 3),

@@ -1,9 +1,11 @@
 // The training loop of one phase: schedule, gradient accumulation, metrics, checkpoints, resume.
+import { isCpuAdapter, matmulTuning, setMatmulTuning } from "../kernels/matmul.ts";
 import { buildWithTunedMatmul, describeTune } from "../kernels/matmul_tune.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { type ModelConfig, parameterShapes } from "../model/config.ts";
 import { saveHfModel } from "../model/hf_dir.ts";
 import {
+  DYNAMIC_LOSS_SCALE,
   LlamaGraph,
   type MicroBatch,
   packMicroBatch,
@@ -44,6 +46,10 @@ export interface MetricsRecord {
   micro_batches: number;
   tokens_per_s: number;
   elapsed_s: number;
+  /** Loss scale the step ran with (matmul precision f16 only). */
+  loss_scale?: number;
+  /** The gradient overflowed at this loss scale: no update, the scale was halved (f16 only). */
+  skipped?: boolean;
 }
 
 /** A checkpoint written by the trainer. */
@@ -73,6 +79,10 @@ export interface TrainPhaseOptions {
   plan: PlannedStep[];
   tokens: number;
   recompute: boolean;
+  /** GEMM arithmetic (kernels/matmul.ts MatmulTuning.precision); f16 adds dynamic loss scaling. */
+  matmulPrecision?: "f32" | "f16";
+  /** The dynamic loss scale of f16 (default DYNAMIC_LOSS_SCALE); ignored with f32. */
+  lossScale?: { init: number; growthInterval: number };
   padId: number;
   optimizer: OptimizerConfig;
   /** Checkpoint every this many samples (null: only at the end). */
@@ -112,7 +122,12 @@ interface FullState {
   checkpoints: CheckpointInfo[];
   firstLoss: number | null;
   lastLoss: number | null;
+  /** Loss-scale state of the graph (matmul precision f16), restored on resume. */
+  lossScale?: number[];
 }
+
+/** A step whose gradient overflows at a loss scale below this stops training. */
+const MIN_LOSS_SCALE = 1;
 
 const stateDir = (runDir: string, phase: string) => `${runDir}/state/${phase}`;
 
@@ -164,6 +179,8 @@ async function writeState(
       "f32",
     );
   }
+  const scale = await graph.readLossScale();
+  if (scale) st.lossScale = Array.from(scale);
   await Deno.writeTextFile(`${tmp}/state.json`, JSON.stringify(st, null, 2) + "\n");
   // Swap: final → .old, tmp → final, drop .old. A crash in between leaves .old readable.
   await Deno.remove(`${final}.old`, { recursive: true }).catch(() => {});
@@ -172,8 +189,9 @@ async function writeState(
   await Deno.remove(`${final}.old`, { recursive: true }).catch(() => {});
 }
 
-async function loadState(graph: LlamaGraph, runDir: string, phase: string): Promise<void> {
-  const dir = await stateFilesDir(runDir, phase);
+async function loadState(graph: LlamaGraph, runDir: string, st: FullState): Promise<void> {
+  const dir = await stateFilesDir(runDir, st.phase);
+  if (st.lossScale && graph.lossScale) graph.writeLossScale(st.lossScale);
   for (const which of ["weights", "m", "v"] as const) {
     const r = await SafetensorsReader.open(`${dir}/${which}.safetensors`);
     try {
@@ -207,11 +225,38 @@ async function truncateMetrics(path: string, phase: string, step: number): Promi
  * metrics from there on equal those of an uninterrupted run.
  */
 export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainPhaseResult> {
-  const { graph, report: tune } = await buildWithTunedMatmul(
-    gpu,
-    () => new LlamaGraph(gpu, o.cfg, { tokens: o.tokens, recompute: o.recompute }),
-  );
+  const precision = o.matmulPrecision ?? "f32";
+  if (precision === "f16" && !gpu.hasF16) {
+    throw new UserError(
+      `train.matmul_precision: f16 needs the adapter feature shader-f16, which ` +
+        `${gpu.summary.description || "this adapter"} lacks`,
+      "set train.matmul_precision: f32",
+    );
+  }
+  const precisionBefore = matmulTuning(gpu).precision;
+  setMatmulTuning(gpu, { precision });
+  let built;
+  try {
+    built = await buildWithTunedMatmul(
+      gpu,
+      () =>
+        new LlamaGraph(gpu, o.cfg, {
+          tokens: o.tokens,
+          recompute: o.recompute,
+          lossScale: precision === "f16" ? (o.lossScale ?? DYNAMIC_LOSS_SCALE) : null,
+        }),
+    );
+  } finally {
+    setMatmulTuning(gpu, { precision: precisionBefore }); // evaluation keeps f32
+  }
+  const { graph, report: tune } = built;
   if (!o.quiet && tune.shapes > 0) console.log(`[${o.phase}] ${describeTune(tune)}`);
+  if (!o.quiet && precision === "f16") {
+    console.log(
+      `[${o.phase}] matmul precision f16 with dynamic loss scaling` +
+        (isCpuAdapter(gpu) ? " (this CPU adapter's matmul_wide GEMMs stay f32)" : ""),
+    );
+  }
   const metricsPath = `${o.runDir}/metrics.jsonl`;
   let st: FullState = {
     version: 1,
@@ -229,7 +274,7 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
   if (prev) {
     st = prev;
     resumedFrom = prev.step;
-    await loadState(graph, o.runDir, o.phase);
+    await loadState(graph, o.runDir, prev);
     await truncateMetrics(metricsPath, o.phase, prev.step);
     if (!o.quiet) {
       console.log(`[${o.phase}] resuming at step ${prev.step} (${prev.samplesSeen} samples seen)`);
@@ -268,17 +313,27 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
     windowStart = now;
     windowTokens = 0;
     let out = "";
+    let lastRec: MetricsRecord | null = null;
     for (let i = 0; i < pending.length; i++) {
       const p = pending[i], m = ms[i];
       const loss = p.lossTokens > 0 ? m[0] / p.lossTokens : 0;
-      if (
-        !Number.isFinite(m[0]) || !Number.isFinite(m[1]) || m[3] !== 1
-      ) {
+      const scaled = graph.lossScale !== null;
+      const bad = !Number.isFinite(m[0]) || !Number.isFinite(m[1]) || m[3] !== 1;
+      // With loss scaling, an overflowing gradient (finite loss) only halves the scale.
+      const skipped = bad && scaled && Number.isFinite(m[0]) && m[4] >= MIN_LOSS_SCALE;
+      if (bad && !skipped) {
         const last = st.checkpoints.at(-1);
+        const why = scaled && Number.isFinite(m[0])
+          ? ` (loss scale ${m[4]}: the gradients overflow f16 even unscaled)`
+          : "";
         throw new UserError(
           `non-finite ${Number.isFinite(m[0]) ? "gradient" : "loss"} at step ${p.step} of phase ` +
-            `'${o.phase}'; training stopped, the update was skipped`,
-          last ? `last good checkpoint: ${last.dir}` : "lower train.lr or check the data",
+            `'${o.phase}'${why}; training stopped, the update was skipped`,
+          last
+            ? `last good checkpoint: ${last.dir}`
+            : scaled
+            ? "set train.matmul_precision: f32, or lower train.lr"
+            : "lower train.lr or check the data",
         );
       }
       st.samplesSeen += p.samples;
@@ -300,17 +355,21 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
         tokens_per_s: tps,
         elapsed_s: (now - t0) / 1000,
       };
+      if (scaled) rec.loss_scale = m[4];
+      if (skipped) rec.skipped = true;
+      lastRec = rec;
       out += JSON.stringify(rec) + "\n";
       o.events?.emit({ type: "metrics", ...rec, total_steps: total });
     }
     await metricsFile.write(enc.encode(out));
     pending = [];
-    const last = JSON.parse(out.trim().split("\n").at(-1)!) as MetricsRecord;
+    const last = lastRec!;
     if (!o.quiet) {
+      const scale = last.loss_scale === undefined ? "" : ` scale ${last.loss_scale}`;
       const line = `[${o.phase}] step ${last.step + 1}/${total} samples ${last.samples_seen} ` +
-        `loss ${last.loss.toFixed(4)} gradnorm ${last.gradnorm.toFixed(3)} lr ${
-          last.lr.toExponential(2)
-        } ` +
+        `loss ${last.loss.toFixed(4)} gradnorm ${
+          last.skipped ? "overflow (skipped)" : last.gradnorm.toFixed(3)
+        } lr ${last.lr.toExponential(2)}${scale} ` +
         `${tps.toFixed(0)} tok/s`;
       if (isTty) Deno.stdout.writeSync(enc.encode(`\r${line}\x1b[K`));
       else console.log(line);

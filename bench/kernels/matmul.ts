@@ -1,5 +1,6 @@
 // Benchmark cases for the matmul launchers: GFLOP/s and sampled max rel error at 1024³ and a
-// training-like shape, in the adapter's default variant (and the other variant for comparison).
+// training-like shape, in the adapter's default variant (and the other variant for comparison),
+// and the f16-arithmetic kernels ("-f16" variants) where the adapter offers shader-f16.
 import {
   biasBackward,
   isCpuAdapter,
@@ -28,7 +29,10 @@ function fill(n: number, seed: number): Float32Array {
 
 type Op = "forward" | "backward_input" | "backward_weight" | "bias_backward";
 
-/** Reference value of output element `idx` in f64 (the op's definition, from the host arrays). */
+/**
+ * Reference value of output element `idx` in f64 (the op's definition, from the host arrays); with
+ * `abs`, the sum of the absolute products instead (the scale of f16 rounding errors).
+ */
 function refAt(
   op: Op,
   idx: number,
@@ -38,30 +42,38 @@ function refAt(
   x: Float32Array,
   w: Float32Array,
   dy: Float32Array,
+  abs = false,
 ): number {
   let s = 0;
+  const f = abs ? Math.abs : (v: number) => v;
   if (op === "forward") {
     const m = Math.floor(idx / N), n = idx % N;
-    for (let k = 0; k < K; k++) s += x[m * K + k] * w[n * K + k];
+    for (let k = 0; k < K; k++) s += f(x[m * K + k] * w[n * K + k]);
   } else if (op === "backward_input") {
     const m = Math.floor(idx / K), k = idx % K;
-    for (let n = 0; n < N; n++) s += dy[m * N + n] * w[n * K + k];
+    for (let n = 0; n < N; n++) s += f(dy[m * N + n] * w[n * K + k]);
   } else if (op === "backward_weight") {
     const n = Math.floor(idx / K), k = idx % K;
-    for (let m = 0; m < M; m++) s += dy[m * N + n] * x[m * K + k];
+    for (let m = 0; m < M; m++) s += f(dy[m * N + n] * x[m * K + k]);
   } else {
-    for (let m = 0; m < M; m++) s += dy[m * N + idx];
+    for (let m = 0; m < M; m++) s += f(dy[m * N + idx]);
   }
   return s;
 }
+
+/** Error bound of the f16 kernels relative to Σ|products| (see tests/kernels/matmul_f16_test.ts). */
+const F16_TOL = 18 * 2 ** -11;
+
+type Variant = MatmulTuning["variant"] | "big-scalar" | "gpu-f16" | "big-f16" | "tiled-f16";
 
 function matmulCase(
   op: Op,
   M: number,
   N: number,
   K: number,
-  variant?: MatmulTuning["variant"] | "big-scalar",
+  variant?: Variant,
 ): KernelCase {
+  const f16 = variant?.endsWith("-f16") ?? false;
   const flops = op === "bias_backward" ? M * N : 2 * M * N * K;
   const outLen = op === "forward" ? M * N : op === "backward_input" ? M * K : op ===
       "backward_weight"
@@ -75,7 +87,10 @@ function matmulCase(
     setup(gpu: Gpu): KernelSetup {
       const before = { ...matmulTuning(gpu) };
       if (variant === "big-scalar") setMatmulTuning(gpu, { variant: "big", vec4: false });
-      else if (variant) setMatmulTuning(gpu, { variant });
+      else if (f16) {
+        const v = variant!.slice(0, -4) as MatmulTuning["variant"];
+        setMatmulTuning(gpu, { variant: v, vec4: true, precision: "f16" });
+      } else if (variant) setMatmulTuning(gpu, { variant: variant as MatmulTuning["variant"] });
       const x = fill(M * K, 1), w = fill(N * K, 2), dy = fill(M * N, 3);
       const arena = new ParamArena(gpu, "bench.matmul", 4096);
       const bufs: GPUBuffer[] = [];
@@ -127,13 +142,16 @@ function matmulCase(
           for (let s = 0; s < 64; s++) {
             const idx = s === 63 ? outLen - 1 : Math.floor((s * outLen) / 63);
             const ref = refAt(op, idx, M, N, K, x, w, dy);
-            // error floor ~ sqrt(reduction length): K (forward), N (dX), M tokens (dW, db)
+            // error floor ~ sqrt(reduction length): K (forward), N (dX), M tokens (dW, db);
+            // f16: relative to the sum of absolute products
             const red = op === "forward" ? K : op === "backward_input" ? N : M;
-            const floor = Math.sqrt(red) * 1e-2;
-            const e = Math.abs(got[idx] - ref) / Math.max(Math.abs(ref), floor);
+            const scale = f16
+              ? refAt(op, idx, M, N, K, x, w, dy, true)
+              : Math.max(Math.abs(ref), Math.sqrt(red) * 1e-2);
+            const e = Math.abs(got[idx] - ref) / scale;
             err = Number.isNaN(e) ? Infinity : Math.max(err, e);
           }
-          return { maxRelErr: err, tolerance: 1e-4 };
+          return { maxRelErr: err, tolerance: f16 ? F16_TOL : 1e-4 };
         },
         cleanup: () => {
           for (const b of bufs) b.destroy();
@@ -160,6 +178,17 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
       list.push(matmulCase(op, 4096, 192, 576)); // SmolLM2-135M k/v projection
       list.push(matmulCase(op, 4096, 8192, 2048)); // Llama-3.2-1B gate/up projection
     }
+    if (gpu.hasF16) {
+      // f16 arithmetic: the per-shape choice among the f16 kernels, and each one fixed
+      for (const v of ["gpu-f16", "tiled-f16", "big-f16"] as const) {
+        list.push(matmulCase("forward", 4096, 4096, 4096, v));
+      }
+      for (const op of ["forward", "backward_input", "backward_weight"] as const) {
+        list.push(matmulCase(op, 4096, 1536, 576, "gpu-f16"));
+        list.push(matmulCase(op, 4096, 192, 576, "gpu-f16"));
+        list.push(matmulCase(op, 4096, 8192, 2048, "gpu-f16"));
+      }
+    }
     // the per-shape choice against each fixed kernel, on the shapes where they differ
     for (const v of ["tiled", "big"] as const) {
       list.push(matmulCase("forward", 4096, 576, 576, v));
@@ -177,5 +206,6 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
   // The other variant at 1024³ for comparison (the default one is picked per adapter).
   list.push(matmulCase("forward", 1024, 1024, 1024, "tiled"));
   list.push(matmulCase("forward", 1024, 1024, 1024, "wide"));
+  if (gpu?.hasF16) list.push(matmulCase("forward", 1024, 1024, 1024, "tiled-f16"));
   return list.filter((c) => !filter || c.kernel.includes(filter));
 }

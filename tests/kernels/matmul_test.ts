@@ -368,6 +368,7 @@ gpuTest("matmul: bad shapes and tunings are rejected", (gpu) => {
 Deno.test("matmul: the GPU plan picks 128-tiles for large grids and splits K for small ones", () => {
   const t: MatmulTuning = {
     variant: "gpu",
+    precision: "f32",
     splitK: 1,
     vec4: false,
     bigMinWorkgroups: 256,

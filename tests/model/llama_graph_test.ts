@@ -25,16 +25,38 @@ export function testBatch(V: number, seed: number, T = 16): MicroBatch {
 }
 
 /**
- * Kernel sets: the adapter's defaults, and the GPU-shaped kernels forced (128-tile matmuls split
- * along K, flash-attention tiles), so CI on a CPU adapter also checks the graph a GPU runs.
+ * Tolerances of one kernel set: relative loss error, gradient error (per element, relative to
+ * max(|ref|, floor · the tensor's largest |ref|)) and grad-norm error.
+ */
+interface Tolerances {
+  loss: number;
+  grads: number;
+  floor: number;
+  gradNorm: number;
+}
+
+const F32_TOL: Tolerances = { loss: 1e-5, grads: 1e-3, floor: 1e-2, gradNorm: 1e-4 };
+
+/**
+ * Kernel sets: the adapter's defaults, the GPU-shaped kernels forced (128-tile matmuls split
+ * along K, flash-attention tiles), so CI on a CPU adapter also checks the graph a GPU runs, and
+ * those with f16 GEMM arithmetic (which also turns on dynamic loss scaling, starting at 2^16).
+ * f16 tolerances: inputs rounded to f16 (2^-11 relative) through a few layers of GEMMs.
  */
 const KERNEL_SETS: {
   name: string;
   matmul: Partial<MatmulTuning> | null;
   attention: AttentionVariant | null;
+  tol: Tolerances;
 }[] = [
-  { name: "default kernels", matmul: null, attention: null },
-  { name: "GPU kernels", matmul: { variant: "big", splitK: 2 }, attention: "gpu" },
+  { name: "default kernels", matmul: null, attention: null, tol: F32_TOL },
+  { name: "GPU kernels", matmul: { variant: "big", splitK: 2 }, attention: "gpu", tol: F32_TOL },
+  {
+    name: "GPU kernels, f16 matmuls",
+    matmul: { variant: "big", splitK: 2, precision: "f16" },
+    attention: "gpu",
+    tol: { loss: 1e-3, grads: 3e-2, floor: 1, gradNorm: 1e-2 },
+  },
 ];
 
 for (const [family, json] of Object.entries(FAMILIES)) {
@@ -42,11 +64,15 @@ for (const [family, json] of Object.entries(FAMILIES)) {
     gpuTest(
       `graph: ${family} loss and every gradient match the reference (${ks.name})`,
       async (gpu) => {
+        if (ks.matmul?.precision === "f16" && !gpu.hasF16) {
+          console.log("  adapter lacks shader-f16: f16 kernel set not run");
+          return;
+        }
         const before = { ...matmulTuning(gpu) };
         if (ks.matmul) setMatmulTuning(gpu, ks.matmul);
         if (ks.attention) setAttentionVariant(gpu, ks.attention);
         try {
-          await checkFamily(gpu, family, json);
+          await checkFamily(gpu, family, json, ks.tol);
         } finally {
           setMatmulTuning(gpu, before);
           setAttentionVariant(gpu, null);
@@ -57,7 +83,12 @@ for (const [family, json] of Object.entries(FAMILIES)) {
 }
 
 /** One step of `family` on the GPU against the f64 reference: loss, every gradient, grad norm. */
-async function checkFamily(gpu: Gpu, family: string, json: Record<string, unknown>) {
+async function checkFamily(
+  gpu: Gpu,
+  family: string,
+  json: Record<string, unknown>,
+  tol: Tolerances,
+) {
   {
     const cfg = parseModelConfig(json, `${family}/config.json`);
     const weights = randomWeights(cfg, 7);
@@ -86,26 +117,31 @@ async function checkFamily(gpu: Gpu, family: string, json: Record<string, unknow
     report(
       `${family} loss sum ${metrics[0].toFixed(5)} vs ${ref.lossSum.toFixed(5)}`,
       lossErr,
-      1e-5,
+      tol.loss,
     );
-    assert.ok(lossErr < 1e-5, `loss ${metrics[0]} vs ${ref.lossSum}`);
+    assert.ok(lossErr < tol.loss, `loss ${metrics[0]} vs ${ref.lossSum}`);
     const m = await graph.download("m");
     let worst = 0, worstName = "";
     for (const [name, g] of ref.grads) {
       const got = m.get(name)!.map((x) => x / 0.5 * mb.lossTokens);
-      // Floor: 1 % of the tensor's largest gradient (tiny entries carry f32 cancellation noise).
+      // Floor: a share of the tensor's largest gradient (tiny entries carry cancellation noise).
       let gmax = 0;
       for (const x of g) gmax = Math.max(gmax, Math.abs(x));
-      const err = maxRelErr(got, g, Math.max(1e-2 * gmax, 1e-6));
+      const err = maxRelErr(got, g, Math.max(tol.floor * gmax, 1e-6));
       if (err > worst) [worst, worstName] = [err, name];
     }
-    report(`${family} gradients (worst ${worstName}, floor 1% of max)`, worst, 1e-3);
-    assert.ok(worst < 1e-3, `${worstName}: ${worst}`);
+    report(
+      `${family} gradients (worst ${worstName}, floor ${tol.floor * 100}% of max)`,
+      worst,
+      tol.grads,
+    );
+    assert.ok(worst < tol.grads, `${worstName}: ${worst}`);
     // gradnorm reported before clipping equals the reference norm of the mean-loss gradient.
     let sq = 0;
     for (const g of ref.grads.values()) for (const x of g) sq += (x / mb.lossTokens) ** 2;
     const gnErr = Math.abs(metrics[1] - Math.sqrt(sq)) / Math.sqrt(sq);
-    assert.ok(gnErr < 1e-4, `gradnorm ${metrics[1]} vs ${Math.sqrt(sq)}`);
+    assert.ok(gnErr < tol.gradNorm, `gradnorm ${metrics[1]} vs ${Math.sqrt(sq)}`);
+    if (graph.lossScale) assert.equal(metrics[4], 65536, "the step ran at the initial loss scale");
     graph.destroy();
   }
 }
@@ -141,6 +177,61 @@ gpuTest(
     g2.destroy();
   },
 );
+
+gpuTest("graph: loss scaling by powers of two changes no bit of training", async (gpu) => {
+  const cfg = parseModelConfig(FAMILIES["llama-gqa"], "scale/config.json");
+  const weights = randomWeights(cfg, 17);
+  const hyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, maxGradNorm: 1 };
+  const run = async (lossScale: { init: number; growthInterval: number } | null) => {
+    const g = new LlamaGraph(gpu, cfg, { tokens: 16, lossScale });
+    g.upload(weights);
+    for (let s = 0; s < 3; s++) g.queueStep(s, [testBatch(cfg.vocabSize, 20 + s)], hyper);
+    const out = { metrics: await g.readMetrics(0, 3), weights: await g.download("weights") };
+    g.destroy();
+    return out;
+  };
+  const plain = await run(null);
+  // growth every step: the three steps run at S = 4, 8, 16
+  const scaled = await run({ init: 4, growthInterval: 1 });
+  assert.deepEqual(scaled.metrics.map((m) => m[4]), [4, 8, 16]);
+  assert.deepEqual(plain.metrics.map((m) => m[4]), [1, 1, 1]);
+  for (let s = 0; s < 3; s++) {
+    assert.equal(scaled.metrics[s][0], plain.metrics[s][0], `loss of step ${s}`);
+    assert.equal(scaled.metrics[s][1], plain.metrics[s][1], `grad norm of step ${s}`);
+  }
+  for (const [name, w] of plain.weights) assert.deepEqual(scaled.weights.get(name), w, name);
+});
+
+gpuTest("graph: an overflowing gradient skips the step and halves the loss scale", async (gpu) => {
+  const cfg = parseModelConfig(FAMILIES["llama-gqa"], "overflow/config.json");
+  const weights = randomWeights(cfg, 19);
+  const hyper = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 };
+  // 2^100 · gradients: their squares overflow f32 in the norm
+  const g = new LlamaGraph(gpu, cfg, {
+    tokens: 16,
+    lossScale: { init: 2 ** 100, growthInterval: 2 },
+  });
+  g.upload(weights);
+  g.queueStep(0, [testBatch(cfg.vocabSize, 1)], hyper);
+  g.queueStep(1, [testBatch(cfg.vocabSize, 2)], hyper);
+  const skipped = await g.readMetrics(0, 2);
+  assert.deepEqual(skipped.map((m) => [m[3], m[4]]), [[0, 2 ** 100], [0, 2 ** 99]]);
+  assert.ok(skipped.every((m) => Number.isFinite(m[0])), "the loss itself stays finite");
+  const after = await g.download("weights");
+  for (const [name, w] of weights) assert.deepEqual(after.get(name), w, `${name} moved`);
+  for (const [name, m] of await g.download("m")) {
+    assert.ok(m.every((x) => x === 0), `Adam m of ${name} moved`);
+  }
+  assert.deepEqual(Array.from((await g.readLossScale())!), [2 ** 98, 0, 2, 0]);
+  // restored to S = 1 (as a resume would): two finite steps, then the scale doubles
+  g.writeLossScale([1, 0, 2, 0]);
+  for (let s = 2; s < 5; s++) g.queueStep(s, [testBatch(cfg.vocabSize, s)], hyper);
+  const ok = await g.readMetrics(2, 5);
+  assert.deepEqual(ok.map((m) => [m[3], m[4]]), [[1, 1], [1, 1], [1, 2]]);
+  const moved = await g.download("weights");
+  assert.notDeepEqual(moved.get("model.norm.weight"), weights.get("model.norm.weight"));
+  g.destroy();
+});
 
 gpuTest("graph: activation recomputation gives the same loss and gradients", async (gpu) => {
   const cfg = parseModelConfig(FAMILIES["qwen2"], "recompute/config.json");

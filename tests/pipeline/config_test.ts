@@ -174,6 +174,27 @@ Deno.test("a single problem is the whole message; syntax errors have positions",
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("train.matmul_precision and a loss scale that is not a power of two", async () => {
+  const dir = await fixture();
+  const ok16 = await write(dir, "f16.yaml", MINIMAL + "train:\n  matmul_precision: f16\n");
+  const cfg = await loadPipelineConfig(ok16, []);
+  equal(cfg.train.matmul_precision, "f16");
+  equal(cfg.train.loss_scale, 65536);
+  const bad = await write(
+    dir,
+    "scale.yaml",
+    MINIMAL + "train:\n  matmul_precision: f16\n  loss_scale: 1000\n",
+  );
+  await rejects(loadPipelineConfig(bad, []), {
+    message: `${bad}:9:15: train.loss_scale: must be a power of two, got 1000`,
+  });
+  await rejects(
+    loadPipelineConfig(ok16, ["train.matmul_precision=bf16"]),
+    /expected one of f32, f16/,
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test(`at most ${MAX_ERRORS} problems, then a count of the rest`, async () => {
   const dir = await fixture();
   const keys = Array.from({ length: 30 }, (_, i) => `  bogus${i}: 1`).join("\n");

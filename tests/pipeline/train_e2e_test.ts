@@ -161,6 +161,52 @@ gpuTest(
 );
 
 gpuTest(
+  "train: f16 matmuls' loss scale skips overflowing steps, halves, and survives a pause",
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "ft-f16-" });
+    const file = await writePipeline(dir);
+    // 2^66 · gradients overflow the norm's squares: the first steps are skipped until S fits
+    const sets = ["train.matmul_precision=f16", `train.loss_scale=${2 ** 66}`];
+    const out = await train(file, `${dir}/ref`, [...sets, "train.metrics_every=1"]).output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.match(stdout, /matmul precision f16 with dynamic loss scaling/);
+    const recs = (await metrics(`${dir}/ref`)) as (Rec & {
+      loss_scale: number;
+      skipped?: boolean;
+    })[];
+    const skipped = recs.filter((r) => r.skipped);
+    assert.ok(skipped.length >= 1 && recs[0].skipped, "the first step overflowed");
+    assert.equal(recs[0].loss_scale, 2 ** 66);
+    for (let i = 1; i < recs.length; i++) {
+      const want = recs[i - 1].skipped ? recs[i - 1].loss_scale / 2 : recs[i - 1].loss_scale;
+      assert.equal(recs[i].loss_scale, want, `scale of step ${i}`);
+    }
+    const good = recs.filter((r) => !r.skipped);
+    assert.ok(good.length >= 4, `${good.length} finite steps`);
+    assert.ok(good.every((r) => Number.isFinite(r.gradnorm) && Number.isFinite(r.loss)));
+    assert.ok(good.at(-1)!.loss < recs[0].loss, "training went on and learned");
+    // paused mid-run and continued: the loss scale state comes back with the rest
+    const paused = await train(file, `${dir}/paused`, [...sets, "train.stop_at_samples=40"])
+      .output();
+    assert.equal(paused.code, 0, new TextDecoder().decode(paused.stderr));
+    const cont = await train(file, `${dir}/paused`, sets).output();
+    assert.equal(cont.code, 0, new TextDecoder().decode(cont.stderr));
+    const full = (await metrics(`${dir}/paused`)) as typeof recs;
+    assert.deepEqual(
+      full.map((r) => [r.loss, r.gradnorm, r.loss_scale, r.skipped ?? false]),
+      recs.map((r) => [r.loss, r.gradnorm, r.loss_scale, r.skipped ?? false]),
+    );
+    console.log(
+      `  ${skipped.length} of ${recs.length} steps skipped (scale 2^66 → 2^${
+        Math.log2(good[0].loss_scale)
+      }); the paused and continued run matches`,
+    );
+    await Deno.remove(dir, { recursive: true });
+  },
+);
+
+gpuTest(
   "train: a real run serves /progress, /events, /metrics, /metrics.jsonl and /healthz",
   async () => {
     const dir = await Deno.makeTempDir({ prefix: "ft-serve-" });
