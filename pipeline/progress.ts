@@ -367,6 +367,10 @@ export interface ProgressSnapshot {
   loss: number | null;
   gradnorm: number | null;
   lr: number | null;
+  /** Loss scale of the latest step (train.matmul_precision f16), else null. */
+  loss_scale: number | null;
+  /** Steps skipped because their gradient overflowed at the loss scale (f16), all phases. */
+  skipped_steps: number;
   tokens_per_s: number | null;
   steps_per_s: number | null;
   elapsed_s: number | null;
@@ -393,6 +397,8 @@ const RATE_WINDOW = 20;
 export class ProgressState {
   #s: ProgressSnapshot;
   #window: { step: number; elapsed: number }[] = [];
+  /** phase:step of every skipped step seen (a resumed phase replays some steps). */
+  #skipped = new Set<string>();
 
   /** `runId` is the fallback run id until a run event names one. */
   constructor(runId: string | null = null) {
@@ -417,6 +423,8 @@ export class ProgressState {
       loss: null,
       gradnorm: null,
       lr: null,
+      loss_scale: null,
+      skipped_steps: 0,
       tokens_per_s: null,
       steps_per_s: null,
       elapsed_s: null,
@@ -547,6 +555,11 @@ export class ProgressState {
     s.loss = num(ev.loss);
     s.gradnorm = num(ev.gradnorm);
     s.lr = num(ev.lr);
+    s.loss_scale = num(ev.loss_scale);
+    if (ev.skipped === true) {
+      this.#skipped.add(`${phase}:${step}`);
+      s.skipped_steps = this.#skipped.size;
+    }
     s.tokens_per_s = num(ev.tokens_per_s);
     s.elapsed_s = elapsed;
     if (step !== null && elapsed !== null) {

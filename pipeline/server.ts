@@ -144,6 +144,10 @@ function buildMetrics(
       (s) => s.gradnorm,
     ],
     [gauge("finetune_learning_rate", "Learning rate of the latest step."), (s) => s.lr],
+    [
+      gauge("finetune_loss_scale", "Loss scale of the latest step (f16 matmuls only)."),
+      (s) => s.loss_scale,
+    ],
     [gauge("finetune_tokens_per_second", "Training throughput, tokens/s."), (s) => s.tokens_per_s],
     [gauge("finetune_steps_per_second", "Optimizer steps per second."), (s) => s.steps_per_s],
     [gauge("finetune_step", "Optimizer steps done in the current phase."), (s) => s.steps_done],
@@ -167,6 +171,10 @@ function buildMetrics(
       (s) => s.tokens_seen,
     ],
     [counter("finetune_checkpoints_total", "Checkpoints written."), (s) => s.checkpoints.length],
+    [
+      counter("finetune_skipped_steps_total", "Steps skipped on a gradient overflow (f16)."),
+      (s) => s.skipped_steps,
+    ],
   ];
   const events = counter("finetune_events_total", "Run events by type.", ["run", "type"]);
   const evalScore = gauge(

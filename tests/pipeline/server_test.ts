@@ -230,6 +230,33 @@ Deno.test("progress: ProgressState folds a run into the snapshot (ETA, checkpoin
   assert.equal(s.eta_s, null);
 });
 
+Deno.test("progress: f16 runs report the loss scale and count skipped steps once", () => {
+  const st = new ProgressState();
+  const t0 = Date.parse("2026-01-01T00:00:00Z");
+  let id = 0;
+  const rec = (step: number, scale: number, skipped: boolean): RunEvent => ({
+    type: "metrics",
+    id: id++,
+    time: new Date(t0 + step * 1000).toISOString(),
+    step,
+    phase: "p1",
+    loss: 2,
+    gradnorm: skipped ? null : 1,
+    loss_scale: scale,
+    ...(skipped ? { skipped: true } : {}),
+    total_steps: 10,
+  });
+  st.apply(rec(0, 65536, true));
+  st.apply(rec(1, 32768, true));
+  st.apply(rec(2, 16384, false));
+  // a resumed phase replays step 1: still two skipped steps
+  st.apply(rec(1, 32768, true));
+  const s = st.snapshot();
+  assert.equal(s.skipped_steps, 2);
+  assert.equal(s.loss_scale, 32768);
+  assert.equal(new ProgressState().snapshot().loss_scale, null);
+});
+
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
