@@ -1,5 +1,5 @@
 // Test helpers: the shared GPU (a failure in CI when missing), ../shared lookup, tolerances.
-import { type Gpu, sharedGpu } from "../kernels/runtime.ts";
+import { type Dispatch, type Gpu, ParamArena, sharedGpu } from "../kernels/runtime.ts";
 
 const inCI = Deno.env.get("CI") === "true";
 // Graphs built by tests (and the CLIs they spawn) keep the fixed matmul rules: no timing-dependent
@@ -89,3 +89,30 @@ export function report(name: string, err: number, tol: number): void {
 // Release the device before the runtime tears down (avoids a rare heap-corruption abort at exit
 // in wgpu's Vulkan teardown on lavapipe).
 globalThis.addEventListener("unload", () => testGpu?.destroy());
+
+/**
+ * Build dispatches with a fresh params arena and an uploader, run them, read `out` back and free
+ * every buffer made; returns the output and the kernel names that ran.
+ */
+export async function runAndRead(
+  gpu: Gpu,
+  label: string,
+  build: (arena: ParamArena, up: (label: string, d: Float32Array) => GPUBuffer) => {
+    dispatches: Dispatch[];
+    out: GPUBuffer;
+  },
+): Promise<{ got: Float32Array; kernels: string[] }> {
+  const arena = new ParamArena(gpu, label, 8192);
+  const bufs: GPUBuffer[] = [arena.buffer];
+  const up = (l: string, d: Float32Array) => {
+    const b = gpu.bufferFrom(l, d);
+    bufs.push(b);
+    return b;
+  };
+  const { dispatches, out } = build(arena, up);
+  gpu.run(dispatches, label);
+  const got = await gpu.readF32(out);
+  gpu.check(label);
+  for (const b of bufs) b.destroy();
+  return { got, kernels: dispatches.map((d) => d.kernel.name) };
+}

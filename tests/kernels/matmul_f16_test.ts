@@ -15,8 +15,8 @@ import {
   planGemm,
   setMatmulTuning,
 } from "../../kernels/matmul.ts";
-import { type Dispatch, type Gpu, ParamArena } from "../../kernels/runtime.ts";
-import { gpuTest, randomArray, report } from "../helpers.ts";
+import type { Gpu } from "../../kernels/runtime.ts";
+import { gpuTest, randomArray, report, runAndRead } from "../helpers.ts";
 import { matmulBackwardInputRef, matmulBackwardWeightRef, matmulRef } from "../reference/matmul.ts";
 
 const TOL = 18 * 2 ** -11;
@@ -61,27 +61,8 @@ async function withTuning<T>(gpu: Gpu, t: Partial<MatmulTuning>, fn: () => Promi
   }
 }
 
-async function run(
-  gpu: Gpu,
-  build: (arena: ParamArena, up: (label: string, d: Float32Array) => GPUBuffer) => {
-    dispatches: Dispatch[];
-    out: GPUBuffer;
-  },
-): Promise<{ got: Float32Array; entries: string[] }> {
-  const arena = new ParamArena(gpu, "test.matmul_f16", 8192);
-  const bufs: GPUBuffer[] = [arena.buffer];
-  const up = (label: string, d: Float32Array) => {
-    const b = gpu.bufferFrom(label, d);
-    bufs.push(b);
-    return b;
-  };
-  const { dispatches, out } = build(arena, up);
-  gpu.run(dispatches, "test.matmul_f16");
-  const got = await gpu.readF32(out);
-  gpu.check("test.matmul_f16");
-  for (const b of bufs) b.destroy();
-  return { got, entries: dispatches.map((d) => d.kernel.name) };
-}
+const run = (gpu: Gpu, build: Parameters<typeof runAndRead>[2]) =>
+  runAndRead(gpu, "test.matmul_f16", build);
 
 gpuTest("matmul f16: the plan takes the f16 kernels only where allowed", (gpu) => {
   const t = { ...matmulTuning(gpu), variant: "big" as const, vec4: true };
@@ -152,7 +133,7 @@ for (const v of VARIANTS) {
           return { out, dispatches: d };
         });
         for (const r of [y, dx, dw]) {
-          assert.ok(r.entries.some((e) => e.endsWith("_h")), `no f16 kernel in ${r.entries}`);
+          assert.ok(r.kernels.some((e) => e.endsWith("_h")), `no f16 kernel in ${r.kernels}`);
         }
         const yRef = matmulRef(x, w, M, N, K, bias);
         const dxRef = matmulBackwardInputRef(dy, w, M, N, K).map((g, i) => g + init[i]);

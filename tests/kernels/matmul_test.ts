@@ -15,8 +15,8 @@ import {
   planGemm,
   setMatmulTuning,
 } from "../../kernels/matmul.ts";
-import { type Dispatch, type Gpu, ParamArena } from "../../kernels/runtime.ts";
-import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
+import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
+import { gpuTest, maxRelErr, randomArray, report, runAndRead } from "../helpers.ts";
 import {
   biasBackwardRef,
   linearProbeLoss,
@@ -88,24 +88,9 @@ async function withVariant<T>(
 /** Upload, run the dispatches, read `out` back, free the buffers. */
 async function run(
   gpu: Gpu,
-  build: (arena: ParamArena, up: (label: string, d: Float32Array) => GPUBuffer) => {
-    dispatches: Dispatch[];
-    out: GPUBuffer;
-  },
+  build: Parameters<typeof runAndRead>[2],
 ): Promise<Float32Array> {
-  const arena = new ParamArena(gpu, "test.matmul", 8192);
-  const bufs: GPUBuffer[] = [arena.buffer];
-  const up = (label: string, d: Float32Array) => {
-    const b = gpu.bufferFrom(label, d);
-    bufs.push(b);
-    return b;
-  };
-  const { dispatches, out } = build(arena, up);
-  gpu.run(dispatches, "test.matmul");
-  const got = await gpu.readF32(out);
-  gpu.check("test.matmul");
-  for (const b of bufs) b.destroy();
-  return got;
+  return (await runAndRead(gpu, "test.matmul", build)).got;
 }
 
 for (const v of VARIANTS) {
