@@ -164,31 +164,78 @@ export function attentionGpuTakes(D: number): boolean {
 /** An attention_gpu entry point. */
 export type AttentionGpuEntry = "forward" | "dq" | "dkv";
 
-const forcedShapes = new WeakMap<Gpu, Partial<Record<AttentionGpuEntry, [number, number]>>>();
+/**
+ * A thread grid (TR, TC) and, for dK/dV only, the number of parts its group of q heads is split
+ * into (absent: 1). A split runs group / parts q heads per workgroup, so the grid has `parts` times
+ * as many workgroups, and adds a pass that sums the partial dK and dV.
+ */
+export type AttentionGrid = [number, number] | [number, number, number];
+
+const forcedShapes = new WeakMap<Gpu, Partial<Record<AttentionGpuEntry, AttentionGrid>>>();
 
 /**
- * Force the (TR, TC) thread grid of attention_gpu entry points on `gpu` (null: back to the first
- * fitting grid of ATTENTION_GPU_SHAPES); applies to later launches. For sweeps and tests: a grid
- * that does not fit the device makes the launch throw.
+ * Force the thread grid of attention_gpu entry points on `gpu` (null: back to the first fitting
+ * grid of ATTENTION_GPU_SHAPES, unsplit); applies to later launches. For sweeps and tests: a grid
+ * that does not fit the device, or a dK/dV split that does not divide the group, makes the launch
+ * throw.
  */
 export function setAttentionGpuShapes(
   gpu: Gpu,
-  shapes: Partial<Record<AttentionGpuEntry, [number, number]>> | null,
+  shapes: Partial<Record<AttentionGpuEntry, AttentionGrid>> | null,
 ): void {
   if (shapes === null) forcedShapes.delete(gpu);
   else forcedShapes.set(gpu, shapes);
 }
 
-const tunedShapes = new WeakMap<Gpu, Map<string, [number, number]>>();
+const tunedShapes = new WeakMap<Gpu, Map<string, AttentionGrid>>();
 
 /** Thread grids measured by the autotune (kernels/matmul_tune.ts), by attentionKey. */
-export function setAttentionTunedShapes(gpu: Gpu, shapes: Map<string, [number, number]>): void {
+export function setAttentionTunedShapes(gpu: Gpu, shapes: Map<string, AttentionGrid>): void {
   tunedShapes.set(gpu, shapes);
 }
 
 /** The measured thread grids in use on `gpu` (empty until an autotuned build). */
-export function attentionTunedShapes(gpu: Gpu): Map<string, [number, number]> {
+export function attentionTunedShapes(gpu: Gpu): Map<string, AttentionGrid> {
   return tunedShapes.get(gpu) ?? new Map();
+}
+
+/** The dK/dV split of a GQA group of `group` q heads worth trying: every divisor above 1. */
+export function dkvSplits(group: number): number[] {
+  const out: number[] = [];
+  for (let d = 2; d <= group; d++) if (group % d === 0) out.push(d);
+  return out;
+}
+
+/**
+ * How many parts the dK/dV launch `key` splits its q-head group into: the forced grid's, else the
+ * tuned one's (when it still divides the group), else 1.
+ */
+function dkvPartsFor(gpu: Gpu, key: string, group: number): number {
+  const forced = forcedShapes.get(gpu)?.dkv;
+  if (forced) {
+    const parts = forced[2] ?? 1;
+    if (!(Number.isInteger(parts) && parts >= 1 && group % parts === 0)) {
+      throw new GpuError(`dK/dV split ${parts} does not divide the group of ${group}`, "dkv");
+    }
+    return parts;
+  }
+  const tuned = tunedShapes.get(gpu)?.get(key)?.[2] ?? 1;
+  return group % tuned === 0 ? tuned : 1;
+}
+
+const scratches = new WeakMap<Gpu, GPUBuffer>();
+
+/**
+ * The split dK/dV scratch of `gpu`, at least `bytes` long (one serves every launch: dispatches run
+ * in order; a larger one replaces it, and the bind groups already built keep the old one alive).
+ */
+function dkvScratch(gpu: Gpu, bytes: number): GPUBuffer {
+  let s = scratches.get(gpu);
+  if (!s || s.size < bytes) {
+    s = gpu.buffer("attention_gpu.dkv_scratch", Math.max(bytes, 1 << 16));
+    scratches.set(gpu, s);
+  }
+  return s;
 }
 
 /** The autotune key of one attention_gpu launch: entry point and shape. */
@@ -199,14 +246,16 @@ export function attentionKey(
   return `${entry} T${a.T} H${a.Hq}/${a.Hkv} D${a.D}`;
 }
 
-/** An attention_gpu launch seen while recording: rebuilds its entry's dispatch on demand. */
+/** An attention_gpu launch seen while recording: rebuilds its entry's dispatches on demand. */
 export interface RecordedAttention {
   entry: AttentionGpuEntry;
   D: number;
+  /** q heads per kv head (the dK/dV splits divide it). */
+  group: number;
   /** The grid it got. */
-  grid: [number, number];
-  /** The entry's dispatch with the grids in force now, on the recorded buffers. */
-  rebuild(arena: ParamArena): Dispatch;
+  grid: AttentionGrid;
+  /** The entry's dispatches (dK/dV: with its reduce when split), grids in force now. */
+  rebuild(arena: ParamArena): Dispatch[];
 }
 
 const attnRecorders = new WeakMap<Gpu, Map<string, RecordedAttention>>();
@@ -223,16 +272,9 @@ export function stopAttentionRecording(gpu: Gpu): Map<string, RecordedAttention>
   return rec;
 }
 
-function record(
-  gpu: Gpu,
-  key: string,
-  entry: AttentionGpuEntry,
-  D: number,
-  grid: [number, number],
-  rebuild: (arena: ParamArena) => Dispatch,
-) {
+function record(gpu: Gpu, key: string, r: RecordedAttention) {
   const rec = attnRecorders.get(gpu);
-  if (rec && !rec.has(key)) rec.set(key, { entry, D, grid, rebuild });
+  if (rec && !rec.has(key)) rec.set(key, r);
 }
 
 /**
@@ -274,13 +316,22 @@ function gpuTileFor(
   return vec4s * 16 <= limit ? c : null;
 }
 
-/** The thread grids of ATTENTION_GPU_SHAPES[entry] that fit the device at head dim D, in order. */
+/**
+ * The thread grids of ATTENTION_GPU_SHAPES[entry] that fit the device at head dim D, in order; for
+ * dK/dV with a q-head group of `group` (default 1), each grid also with every split of dkvSplits.
+ */
 export function attentionGpuShapeCandidates(
   gpu: Gpu,
   entry: AttentionGpuEntry,
   D: number,
-): [number, number][] {
-  return ATTENTION_GPU_SHAPES[entry].filter(([tr, tc]) => gpuTileFor(gpu, entry, D, tr, tc));
+  group = 1,
+): AttentionGrid[] {
+  const fit = ATTENTION_GPU_SHAPES[entry].filter(([tr, tc]) => gpuTileFor(gpu, entry, D, tr, tc));
+  if (entry !== "dkv") return fit;
+  return fit.flatMap(([tr, tc]): AttentionGrid[] => [
+    [tr, tc],
+    ...dkvSplits(group).map((s): AttentionGrid => [tr, tc, s]),
+  ]);
 }
 
 /**
@@ -315,12 +366,17 @@ export function gpuTileConfig(
   throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, entry);
 }
 
-/** Uniform parameters shared by the attention entry points (Params in attention.wgsl). */
+/**
+ * Uniform parameters shared by the attention entry points (Params in attention.wgsl), with the
+ * dK/dV split's parts and dV partials offset (attention_gpu.wgsl) when given.
+ */
 function params(
   arena: ParamArena,
   a: { T: number; Hq: number; Hkv: number; D: number; scale: number },
+  split = { parts: 0, dvOff: 0 },
 ) {
-  return arena.alloc(packParams([a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, a.D, 0, 0], [4]));
+  const v = [a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, a.D, split.parts, split.dvOff];
+  return arena.alloc(packParams(v, [4]));
 }
 
 /**
@@ -353,14 +409,13 @@ export function attentionForward(
     6: args.seqStart,
   });
   if (gpuVariant && attnRecorders.has(gpu)) {
-    record(
-      gpu,
-      key,
-      "forward",
+    record(gpu, key, {
+      entry: "forward",
       D,
-      [c.TR, c.TC],
-      (a) => attentionForward(gpu, a, { ...args, variant: "gpu" })[0],
-    );
+      group: args.Hq / args.Hkv,
+      grid: [c.TR, c.TC],
+      rebuild: (a) => attentionForward(gpu, a, { ...args, variant: "gpu" }),
+    });
   }
   return [{ kernel, bindGroup, workgroups: [Math.ceil(T / rowsPerGroup), Hq, 1] }];
 }
@@ -369,6 +424,8 @@ export function attentionForward(
  * dq, dk, dv of the attention (written, not accumulated), in three dispatches without float
  * atomics: delta = rowsum(dO∘O) into the workspace; dQ per (query tile, q head); dK and dV per
  * (key tile, kv head), looping over the q heads of its group and the query tiles that see it.
+ * A split dK/dV (attention_gpu, AttentionGrid) runs per (key tile, kv head, part of the group) and
+ * adds a fourth dispatch that sums the parts.
  */
 export function attentionBackward(
   gpu: Gpu,
@@ -420,12 +477,18 @@ export function attentionBackward(
   const kDkv = gpuVariant
     ? gpu.kernel("attention_gpu", "attention_gpu_backward_dkv", cDkv)
     : gpu.kernel("attention", "attention_backward_dkv", cDkv);
+  // A split dK/dV writes `parts` partial dK and dV into the scratch, then one pass sums them.
+  const group = Hq / Hkv;
+  const parts = gpuVariant ? dkvPartsFor(gpu, keyDkv, group) : 1;
+  const partBytes = parts * T * Hkv * D * 4, dvOff = alignUp(partBytes, 256);
+  const scratch = parts > 1 ? dkvScratch(gpu, dvOff + partBytes) : null;
+  const prmDkv = parts > 1 ? params(arena, args, { parts, dvOff: dvOff / 4 }) : prm;
   const dDkv: Dispatch = {
     kernel: kDkv,
     bindGroup: gpu.bind(kDkv, {
-      0: prm,
-      1: args.dk,
-      2: args.dv,
+      0: prmDkv,
+      1: scratch ? { buffer: scratch, offset: 0, size: partBytes } : args.dk,
+      2: scratch ? { buffer: scratch, offset: dvOff, size: partBytes } : args.dv,
       3: args.q,
       4: args.k,
       5: args.v,
@@ -435,12 +498,35 @@ export function attentionBackward(
       9: args.lse,
       10: delta,
     }),
-    workgroups: [Math.ceil(T / (4 * (gpuVariant ? cDkv.TR : cDkv.RQ))), Hkv, 1],
+    workgroups: [Math.ceil(T / (4 * (gpuVariant ? cDkv.TR : cDkv.RQ))), Hkv * parts, 1],
   };
+  const out = [dDelta, dDq, dDkv];
+  if (scratch) {
+    const kRed = gpu.kernel("attention_gpu", "attention_gpu_dkv_reduce");
+    const groups = Math.ceil((T * Hkv * D) / 64);
+    const gx = Math.min(groups, 65535);
+    out.push({
+      kernel: kRed,
+      bindGroup: gpu.bind(kRed, { 0: prmDkv, 1: args.dk, 2: args.dv, 11: scratch }),
+      workgroups: [gx, Math.ceil(groups / gx), 1],
+    });
+  }
   if (gpuVariant && attnRecorders.has(gpu)) {
     const again = (a: ParamArena) => attentionBackward(gpu, a, { ...args, variant: "gpu" });
-    record(gpu, keyDq, "dq", D, [cDq.TR, cDq.TC], (a) => again(a)[1]);
-    record(gpu, keyDkv, "dkv", D, [cDkv.TR, cDkv.TC], (a) => again(a)[2]);
+    record(gpu, keyDq, {
+      entry: "dq",
+      D,
+      group,
+      grid: [cDq.TR, cDq.TC],
+      rebuild: (a) => [again(a)[1]],
+    });
+    record(gpu, keyDkv, {
+      entry: "dkv",
+      D,
+      group,
+      grid: parts > 1 ? [cDkv.TR, cDkv.TC, parts] : [cDkv.TR, cDkv.TC],
+      rebuild: (a) => again(a).slice(2),
+    });
   }
-  return [dDelta, dDq, dDkv];
+  return out;
 }

@@ -48,8 +48,8 @@ struct Params {
   group: u32, // hq / hkv
   scale: f32, // softmax scale
   d: u32, // head dim D, <= DM, a multiple of 4
-  _pad0: u32,
-  _pad1: u32,
+  parts: u32, // dK/dV: the q heads of a group split over this many workgroups (0 or 1: unsplit)
+  dv_off: u32, // dK/dV reduce: where the dV partials start in in_parts (elements)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -70,6 +70,8 @@ struct Params {
 @group(0) @binding(8) var<storage, read> in_dout: array<vec4<f32>>; // (T, Hq, D/4)
 @group(0) @binding(9) var<storage, read> in_lse: array<f32>; // (Hq, T)
 @group(0) @binding(10) var<storage, read> in_delta: array<f32>; // (Hq, T)
+// dK/dV reduce: the partials of a split dK/dV, (parts, T, Hkv, D) of dK, then of dV at dv_off
+@group(0) @binding(11) var<storage, read> in_parts: array<f32>;
 
 // forward: own Q; oth_a K, then row-max / row-sum partials, then V; tile_a P
 // dQ: oth_a K, oth_b V; tile_a dS
@@ -508,7 +510,9 @@ fn attention_gpu_backward_dq(
 
 // ---------------------------------------------------------------------------------------------
 // dK and dV: workgroup (BR keys, kv head); loops over the q heads of its group and the query
-// tiles from its first key to seqEnd of its last key. Scores are transposed here (component =
+// tiles from its first key to seqEnd of its last key. Split (p.parts > 1): workgroup y is
+// (kv head, part) and loops over group / parts of the q heads; each part writes its partial dK
+// and dV at part · T·Hkv·D of out_dk / out_dv (scratch), and attention_gpu_dkv_reduce sums them. Scores are transposed here (component =
 // own key, column = tile query): dV_j = Σ_i P_ij dO_i, dK_j = scale · Σ_i P_ij (dP_ij − delta_i)
 // Q_i. Per tile: Q and dO staged; Sᵀ and dPᵀ in registers (own K and V rows from global
 // memory); Pᵀ into tile_a and dSᵀ into tile_b; dV += Pᵀ·dO and dK += dSᵀ·Q in one pass.
@@ -522,7 +526,10 @@ fn attention_gpu_backward_dkv(
 ) {
   let D = hd();
   let T = p.t;
-  let kvh = wid.y;
+  let parts = max(p.parts, 1u);
+  let kvh = wid.y / parts;
+  let part = wid.y % parts;
+  let per = p.group / parts; // q heads of this part
   let tx = lid.x;
   let ty = lid.y;
   let k0 = wid.x * 4u * TR;
@@ -532,7 +539,7 @@ fn attention_gpu_backward_dkv(
   var dk: array<mat4x4<f32>, NKMAX>;
   var dv: array<mat4x4<f32>, NKMAX>;
 
-  for (var gh = 0u; gh < p.group; gh++) {
+  for (var gh = part * per; gh < (part + 1u) * per; gh++) {
     let h = kvh * p.group + gh;
     for (var i0 = k0; i0 < qEnd; i0 += 4u * TC) {
       workgroupBarrier(); // last tile's reads done
@@ -578,11 +585,35 @@ fn attention_gpu_backward_dkv(
       let d0 = 4u * (tx + TC * k);
       for (var j = 0u; j < 4u; j++) {
         if (d0 + j < D) {
-          let o = (key * p.hkv + kvh) * D + d0 + j;
+          let o = part * T * p.hkv * D + (key * p.hkv + kvh) * D + d0 + j;
           out_dk[o] = dk[k][i][j] * p.scale;
           out_dv[o] = dv[k][i][j];
         }
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dK/dV reduce (split dK/dV only): dk = Σ_part partial dK, dv = Σ_part partial dV, in part order
+// (deterministic); one invocation per element of (T, Hkv, D), 2-D grid of 64-wide workgroups.
+
+@compute @workgroup_size(64)
+fn attention_gpu_dkv_reduce(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nw: vec3<u32>,
+) {
+  let e = gid.x + gid.y * nw.x * 64u;
+  let n = p.t * p.hkv * p.d;
+  if (e >= n) {
+    return;
+  }
+  var sk = 0.0;
+  var sv = 0.0;
+  for (var q = 0u; q < p.parts; q++) {
+    sk += in_parts[q * n + e];
+    sv += in_parts[p.dv_off + q * n + e];
+  }
+  out_dk[e] = sk;
+  out_dv[e] = sv;
 }

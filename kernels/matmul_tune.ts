@@ -9,7 +9,8 @@
 // the fastest, and rebuilds the graph when a choice changed. Results are cached in a JSON file per
 // adapter and kernel source, so later runs start with the measured choices and time nothing.
 // The same build also records the graph's attention_gpu launches (GPU adapters, or the gpu variant
-// forced) and times every thread grid that fits per entry point and shape, cached alike.
+// forced) and times every thread grid that fits per entry point and shape (for dK/dV also split
+// over the q heads of a GQA group), cached alike.
 import { join } from "node:path";
 import {
   type GemmChoice,
@@ -24,6 +25,7 @@ import {
 } from "./matmul.ts";
 import {
   attentionGpuShapeCandidates,
+  type AttentionGrid,
   attentionTunedShapes,
   type RecordedAttention,
   setAttentionGpuShapes,
@@ -57,7 +59,7 @@ export interface MatmulTuneReport {
     shapes: number;
     measured: number;
     changed: number;
-    grids: Record<string, [number, number]>;
+    grids: Record<string, AttentionGrid>;
   };
 }
 
@@ -80,7 +82,7 @@ interface CacheFile {
     choices: Record<string, CachedChoice>;
     attention?: {
       kernels: string;
-      choices: Record<string, { tr: number; tc: number; ms: number }>;
+      choices: Record<string, { tr: number; tc: number; parts?: number; ms: number }>;
     };
   }>;
 }
@@ -277,30 +279,44 @@ async function timeCandidates(
   return out;
 }
 
-/** Time every fitting thread grid of one recorded attention_gpu launch; ms per call by grid. */
+/** Two attention grids are the same (an absent dK/dV split counts as 1). */
+function sameGrid(a: AttentionGrid, b: AttentionGrid): boolean {
+  return a[0] === b[0] && a[1] === b[1] && (a[2] ?? 1) === (b[2] ?? 1);
+}
+
+/**
+ * Time every fitting thread grid (and dK/dV split) of one recorded attention_gpu launch; ms per
+ * call by grid, its dispatches summed.
+ */
 async function timeAttentionGrids(
   gpu: Gpu,
   rec: RecordedAttention,
   reps: number,
-): Promise<{ grid: [number, number]; ms: number }[]> {
+): Promise<{ grid: AttentionGrid; ms: number }[]> {
   const arena = new ParamArena(gpu, "attention_tune", 64 * 1024);
-  const lists: { grid: [number, number]; d: Dispatch }[] = [];
+  const lists: { grid: AttentionGrid; ds: Dispatch[] }[] = [];
   try {
-    for (const grid of attentionGpuShapeCandidates(gpu, rec.entry, rec.D)) {
+    for (const grid of attentionGpuShapeCandidates(gpu, rec.entry, rec.D, rec.group)) {
       setAttentionGpuShapes(gpu, { [rec.entry]: grid });
-      lists.push({ grid, d: rec.rebuild(arena) });
+      lists.push({ grid, ds: rec.rebuild(arena) });
     }
   } finally {
     setAttentionGpuShapes(gpu, null);
   }
   const all: Dispatch[] = [];
-  for (const l of lists) for (let r = 0; r <= reps; r++) all.push(l.d);
+  for (const l of lists) for (let r = 0; r <= reps; r++) all.push(...l.ds);
   const ms = await gpu.profile(all);
   arena.buffer.destroy();
-  return lists.map((l, i) => ({
-    grid: l.grid,
-    ms: median(ms.slice(i * (reps + 1) + 1, (i + 1) * (reps + 1))),
-  }));
+  let i = 0;
+  return lists.map((l) => {
+    const per: number[] = [];
+    for (let r = 0; r <= reps; r++) {
+      let t = 0;
+      for (let d = 0; d < l.ds.length; d++) t += ms[i++];
+      if (r > 0) per.push(t);
+    }
+    return { grid: l.grid, ms: median(per) };
+  });
 }
 
 /**
@@ -349,7 +365,7 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     : { kernels: attnHash, choices: {} };
   const grids = new Map(attentionTunedShapes(gpu));
   for (const [k, c] of Object.entries(attnEntry.choices)) {
-    if (!grids.has(k)) grids.set(k, [c.tr, c.tc]);
+    if (!grids.has(k)) grids.set(k, c.parts ? [c.tr, c.tc, c.parts] : [c.tr, c.tc]);
   }
   setAttentionTunedShapes(gpu, grids);
 
@@ -394,16 +410,21 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     );
   }
   const attn = { shapes: attnRecorded.size, measured: 0, changed: 0 };
-  const used: Record<string, [number, number]> = {};
+  const used: Record<string, AttentionGrid> = {};
   for (const [key, rec] of attnRecorded) {
     if (grids.has(key)) continue;
     const times = await timeAttentionGrids(gpu, rec, opts.reps ?? 3);
     if (times.length < 2) continue;
     const best = times.reduce((a, b) => (b.ms < a.ms ? b : a));
     if (!(best.ms > 0 && Number.isFinite(best.ms))) continue;
-    const used = times.find((t) => t.grid[0] === rec.grid[0] && t.grid[1] === rec.grid[1]);
+    const used = times.find((t) => sameGrid(t.grid, rec.grid));
     grids.set(key, best.grid);
-    attnEntry.choices[key] = { tr: best.grid[0], tc: best.grid[1], ms: Number(best.ms.toFixed(4)) };
+    attnEntry.choices[key] = {
+      tr: best.grid[0],
+      tc: best.grid[1],
+      ...(best.grid[2] ? { parts: best.grid[2] } : {}),
+      ms: Number(best.ms.toFixed(4)),
+    };
     attn.measured++;
     if (used !== best) {
       attn.changed++;

@@ -7,6 +7,7 @@ import {
   type AttentionGpuEntry,
   attentionGpuShapeCandidates,
   attentionGpuTakes,
+  type AttentionGrid,
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
 import { isCpuAdapter } from "../../kernels/matmul.ts";
@@ -62,7 +63,7 @@ function setup(
   gpu: Gpu,
   s: Shape,
   which: "forward" | "backward",
-  grid?: { entry: AttentionGpuEntry; tr: number; tc: number },
+  grid?: { entry: AttentionGpuEntry; grid: AttentionGrid },
 ): KernelSetup {
   const T = s.lengths.reduce((a, b) => a + b, 0);
   const sh: AttnShape = { T, Hq: s.Hq, Hkv: s.Hkv, D: s.D, scale: 1 / Math.sqrt(s.D) };
@@ -89,7 +90,7 @@ function setup(
     workspace: mk("ws", attentionBackwardWorkspaceBytes(T, s.Hq)),
   };
   const arena = new ParamArena(gpu, "bench.attention.params", 4096);
-  if (grid) setAttentionGpuShapes(gpu, { [grid.entry]: [grid.tr, grid.tc] });
+  if (grid) setAttentionGpuShapes(gpu, { [grid.entry]: grid.grid });
   let fwd, bwd;
   try {
     fwd = attentionForward(gpu, arena, { ...b, ...sh, variant: grid ? "gpu" : undefined });
@@ -146,9 +147,10 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
 }
 
 /**
- * One case per attention_gpu thread grid that fits the device, per entry point and sweep shape
- * (the other entry points at their defaults): the figures for choosing ATTENTION_GPU_SHAPES' order.
- * dQ and dK/dV grids are timed through the whole backward (delta, dQ, dK/dV).
+ * One case per attention_gpu thread grid that fits the device (and dK/dV split of the q-head
+ * group), per entry point and sweep shape (the other entry points at their defaults): the figures
+ * for choosing ATTENTION_GPU_SHAPES' order. dQ and dK/dV grids are timed through the whole
+ * backward (delta, dQ, dK/dV and a split's reduce).
  */
 function sweepCases(gpu?: Gpu): KernelCase[] {
   if (!gpu) return [];
@@ -161,13 +163,14 @@ function sweepCases(gpu?: Gpu): KernelCase[] {
     if (!attentionGpuTakes(s.D)) continue;
     const pairs = unmaskedPairs(s.lengths) * s.Hq;
     for (const entry of ["forward", "dq", "dkv"] as AttentionGpuEntry[]) {
-      for (const [tr, tc] of attentionGpuShapeCandidates(gpu, entry, s.D)) {
+      for (const grid of attentionGpuShapeCandidates(gpu, entry, s.D, s.Hq / s.Hkv)) {
         const which = entry === "forward" ? "forward" : "backward";
+        const split = grid[2] ? ` split ${grid[2]}` : "";
         out.push({
-          kernel: `attention_sweep_${entry} ${tr}×${tc}`,
+          kernel: `attention_sweep_${entry} ${grid[0]}×${grid[1]}${split}`,
           shape: label(s),
           flops: (which === "forward" ? 4 : 10) * s.D * pairs,
-          setup: (g) => setup(g, s, which, { entry, tr, tc }),
+          setup: (g) => setup(g, s, which, { entry, grid }),
         });
       }
     }

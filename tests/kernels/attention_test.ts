@@ -7,6 +7,7 @@ import {
   type AttentionGpuEntry,
   attentionGpuShapeCandidates,
   type AttentionVariant,
+  dkvSplits,
   gpuTileConfig,
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
@@ -193,8 +194,9 @@ for (const entry of ["forward", "dq", "dkv"] as AttentionGpuEntry[]) {
     const { seqStart } = packSamples(c.lengths);
     const ref = attentionRef(q, k, v, seqStart, sh);
     const bref = attentionBackwardRef(q, k, v, dout, seqStart, sh);
-    const grids = attentionGpuShapeCandidates(gpu, entry, c.D);
+    const grids = attentionGpuShapeCandidates(gpu, entry, c.D, c.Hq / c.Hkv);
     assert.ok(grids.length >= 3, `${grids.length} grids fit`);
+    if (entry === "dkv") assert.ok(grids.some((g) => g[2] === 2), "dK/dV split in halves");
     let worst = 0;
     for (const grid of grids) {
       setAttentionGpuShapes(gpu, { [entry]: grid });
@@ -214,6 +216,35 @@ for (const entry of ["forward", "dq", "dkv"] as AttentionGpuEntry[]) {
       }
     }
     report(`${entry}: ${grids.length} thread grids (${grids.map((g) => g.join("×"))})`, worst, TOL);
+    if (entry === "dkv") {
+      // splits of larger groups (3 and 4 q heads per kv head), at the first grid
+      for (const [Hq, Hkv] of [[6, 2], [8, 2]]) {
+        const sh2: AttnShape = { T, Hq, Hkv, D: c.D, scale: 1 / Math.sqrt(c.D) };
+        const q2 = randomArray(T * Hq * c.D, 9), d2 = randomArray(T * Hq * c.D, 10);
+        const b2 = attentionBackwardRef(q2, k, v, d2, seqStart, sh2);
+        for (const parts of dkvSplits(Hq / Hkv)) {
+          const [tr, tc] = grids[0];
+          setAttentionGpuShapes(gpu, { dkv: [tr, tc, parts] });
+          try {
+            const g = await runGpu(gpu, "gpu", sh2, c.lengths, q2, k, v, d2);
+            for (const [n, e] of [["dk", relErr(g.dk, b2.dk)], ["dv", relErr(g.dv, b2.dv)]]) {
+              assert.ok((e as number) <= TOL, `Hq=${Hq} Hkv=${Hkv} split ${parts}: ${n} ${e}`);
+            }
+          } finally {
+            setAttentionGpuShapes(gpu, null);
+          }
+        }
+      }
+      setAttentionGpuShapes(gpu, { dkv: [grids[0][0], grids[0][1], 3] }); // 3 does not divide 2
+      try {
+        await assert.rejects(
+          () => runGpu(gpu, "gpu", sh, c.lengths, q, k, v, dout),
+          /does not divide/,
+        );
+      } finally {
+        setAttentionGpuShapes(gpu, null);
+      }
+    }
     setAttentionGpuShapes(gpu, { [entry]: [64, 64] }); // 4,096 threads: never fits
     try {
       assert.throws(() => gpuTileConfig(gpu, entry, c.D), /does not fit/);

@@ -15,7 +15,7 @@ import {
 } from "../../kernels/attention.ts";
 import { parseModelConfig } from "../../model/config.ts";
 import { LlamaGraph, packMicroBatch } from "../../model/llama_graph.ts";
-import { gpuTest, report } from "../helpers.ts";
+import { gpuTest, maxRelErr, report } from "../helpers.ts";
 import { FAMILIES, randomWeights } from "../reference/tiny_models.ts";
 
 /**
@@ -183,7 +183,31 @@ gpuTest(
       const second = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
       assert.equal(second.report.attention?.measured, 0);
       assert.deepEqual([...attentionTunedShapes(gpu)].sort(), [...grids].sort());
+      await lossOf(second.graph);
+      const unsplit = await second.graph.download("m");
       second.graph.destroy();
+      // a cached dK/dV split (2 parts of the 2-head group) comes back and gives the same gradients
+      const choices = cached.adapters[sig].attention.choices;
+      const dkvKey = Object.keys(choices).find((k) => k.startsWith("dkv "))!;
+      choices[dkvKey].parts = 2;
+      await Deno.writeTextFile(cacheFile, JSON.stringify(cached));
+      setAttentionTunedShapes(gpu, new Map());
+      const third = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      assert.equal(third.report.attention?.measured, 0);
+      assert.equal(attentionTunedShapes(gpu).get(dkvKey)?.[2], 2);
+      const names = third.graph.forwardBackward.map((d) => d.kernel.name);
+      assert.ok(names.some((n) => n.includes("attention_gpu_dkv_reduce")), "split dK/dV ran");
+      assert.ok(Math.abs((await lossOf(third.graph)) - ref) / Math.abs(ref) < 1e-5);
+      const split = await third.graph.download("m");
+      third.graph.destroy();
+      let worst = 0;
+      for (const [name, m] of unsplit) {
+        const floor = 1e-2 * m.reduce((a, x) => Math.max(a, Math.abs(x)), 0) || 1e-30;
+        worst = Math.max(worst, maxRelErr(split.get(name)!, m, floor));
+      }
+      // f32 sums in another order (per part, then across parts), carried through the backward
+      report("gradients with dK/dV split in 2 vs unsplit (floor 1% of max)", worst, 1e-4);
+      assert.ok(worst < 1e-4);
     } finally {
       setAttentionVariant(gpu, null);
       setAttentionTunedShapes(gpu, new Map());
