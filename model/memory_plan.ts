@@ -104,6 +104,14 @@ function planRaw(cfg: ModelConfig, o: PlanOptions): Omit<MemoryPlan, "advice" | 
   });
   // backward transients: gradients of one layer's activations, plus attention's delta (Hq,T)
   rows.push({ what: "backward scratch (one layer's activation gradients)", bytes: perLayer });
+  // a dK/dV split over the q heads of a GQA group (autotuned, GPU kernels): partial dK and dV
+  const group = cfg.numHeads / cfg.numKvHeads;
+  if (group > 1) {
+    rows.push({
+      what: `attention dK/dV split scratch (at most ${group} parts)`,
+      bytes: 2 * group * T * cfg.numKvHeads * cfg.headDim * F32,
+    });
+  }
   rows.push({
     what: "misc (final norm out, ids/labels/pos/seq, grad-norm partials, params)",
     bytes: (T * C + T) * F32 + 5 * T * 4 + 64 * 1024 + 1024 * 1024,
