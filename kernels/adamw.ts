@@ -13,7 +13,10 @@ import {
 export const ADAMW_HP_FLOATS = 8;
 /** f32 slots of the stats buffer: [‖g‖, AdamW's gradient multiplier, finite flag, loss scale]. */
 export const GRAD_STATS_FLOATS = 4;
-/** f32 slots of a loss-scale state buffer: [scale S, finite steps in a row, growth interval, 0]. */
+/**
+ * f32 slots of a loss-scale state buffer: [scale S, finite steps in a row, growth interval, AdamW
+ * updates applied].
+ */
 export const LOSS_SCALE_FLOATS = 4;
 
 /** Initial contents of a loss-scale state: scale `init`, doubled every `growthInterval` steps. */
@@ -30,7 +33,8 @@ const fixedScales = new WeakMap<Gpu, GPUBuffer>();
 export function fixedLossScale(gpu: Gpu): GPUBuffer {
   let b = fixedScales.get(gpu);
   if (!b) {
-    b = gpu.bufferFrom("adamw.fixedLossScale", lossScaleState(1, 0));
+    // 32 bytes: also bound (never written) as the hyper-parameters of an unscaled finalize
+    b = gpu.bufferFrom("adamw.fixedLossScale", new Float32Array([1, 0, 0, 0, 0, 0, 0, 0]));
     fixedScales.set(gpu, b);
   }
   return b;
@@ -49,7 +53,7 @@ export interface AdamwSettings {
 
 /**
  * The `hp` buffer contents for optimizer step `step` (1-based, as torch counts):
- * [lr, β1, β2, eps, weightDecay, 1 − β1^step, 1 − β2^step, 0].
+ * [lr, β1, β2, eps, weightDecay, 1 − β1^step, 1 − β2^step, step].
  */
 export function adamwHyper(step: number, s: AdamwSettings): Float32Array {
   if (!(step >= 1)) throw new Error(`adamwHyper: step must be ≥ 1 (got ${step})`);
@@ -61,7 +65,7 @@ export function adamwHyper(step: number, s: AdamwSettings): Float32Array {
     s.weightDecay,
     1 - s.beta1 ** step,
     1 - s.beta2 ** step,
-    0,
+    step,
   ]);
 }
 
@@ -108,18 +112,25 @@ export function gradNormFinalize(
     maxNorm: number;
     lossScale?: GPUBuffer | BufferSlice;
     dynamic?: boolean;
+    /** The step's AdamW hyper-parameters: a dynamic finalize rewrites their bias corrections. */
+    hp?: GPUBuffer | BufferSlice;
   },
 ): Dispatch[] {
   const { stats, partials, count, maxNorm } = args;
-  if (args.dynamic && !args.lossScale) {
-    throw new GpuError("a dynamic loss scale needs its state buffer", "grad_norm_finalize");
+  if (args.dynamic && !(args.lossScale && args.hp)) {
+    throw new GpuError(
+      "a dynamic loss scale needs its state buffer and the AdamW hyper-parameters",
+      "grad_norm_finalize",
+    );
   }
   const kernel = gpu.kernel("adamw", "grad_norm_finalize");
   const p = arena.alloc(packParams([count, args.dynamic ? 1 : 0, maxNorm, 0], [2]));
   const scale = args.lossScale ?? fixedLossScale(gpu);
+  // unscaled: never written, so the shared fixed state serves as a placeholder too
+  const hp = args.hp ?? fixedLossScale(gpu);
   return [{
     kernel,
-    bindGroup: gpu.bind(kernel, { 0: p, 1: stats, 2: partials, 3: scale }),
+    bindGroup: gpu.bind(kernel, { 0: p, 1: stats, 2: partials, 3: scale, 4: hp }),
     workgroups: [1, 1, 1],
   }];
 }

@@ -5,7 +5,9 @@
 // gradient is, in cross_entropy_grad); the finalize divides the norm by S and folds 1/S into the
 // multiplier AdamW applies, and, when dynamic, updates S as torch's GradScaler does: halved (and
 // the step skipped) on a non-finite gradient, doubled after `growth interval` finite steps in a
-// row. With S = 1 every result is bit-identical to unscaled training (S is a power of two).
+// row. A skipped step is no AdamW step: as in torch, the bias corrections count applied updates
+// only, so the dynamic finalize writes them into the step's hyper-parameters itself. With S = 1
+// every result is bit-identical to unscaled training (S is a power of two).
 //
 // grad_norm_squares writes one partial per workgroup of NORM_CHUNK elements; several tensors
 // write disjoint ranges of one partials buffer and grad_norm_finalize reduces them all. The
@@ -34,7 +36,7 @@ struct Hyper {
   weight_decay: f32,
   bc1: f32, // 1 − β1^t
   bc2: f32, // 1 − β2^t
-  _pad: f32,
+  t: f32, // the step t (1-based) that bc1 and bc2 were computed for
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,7 +48,8 @@ struct Hyper {
 // grad_norm_finalize
 @group(0) @binding(1) var<storage, read_write> stats_out: array<f32>; // (4): norm, mult, finite, S
 @group(0) @binding(2) var<storage, read> partials_in: array<f32>; // (n)
-@group(0) @binding(3) var<storage, read_write> loss_scale: array<f32>; // (4): S, finite run, growth
+@group(0) @binding(3) var<storage, read_write> loss_scale: array<f32>; // (4): S, run, growth, t
+@group(0) @binding(4) var<storage, read_write> hp_rw: Hyper; // dynamic: bc1, bc2 ← applied steps
 
 // adamw_update
 @group(0) @binding(1) var<storage, read_write> param: array<f32>; // (n)
@@ -63,6 +66,17 @@ struct Hyper {
 @group(0) @binding(4) var<storage, read_write> grad4: array<vec4<f32>>; // (n / 4)
 
 // #include workgroup_sum.wgsl
+
+/// 1 − β^t without the cancellation of 1 − pow(β, t) when β^t is near 1: −expm1(t · ln β), by
+/// its Taylor series for small arguments (relative error ~1e-7 throughout).
+fn bias_correction(beta: f32, t: f32) -> f32 {
+  let x = t * log(beta);
+  if (x > -0.1) {
+    // −expm1(x) = −x·(1 + x/2·(1 + x/3·(1 + x/4·(1 + x/5·(1 + x/6)))))
+    return -x * (1.0 + x / 2.0 * (1.0 + x / 3.0 * (1.0 + x / 4.0 * (1.0 + x / 5.0 * (1.0 + x / 6.0)))));
+  }
+  return 1.0 - exp(x);
+}
 
 /** Finite test on the bits (fast-math compilers may fold x != x). */
 fn is_finite(x: f32) -> bool {
@@ -121,6 +135,15 @@ fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
     stats_out[2] = select(0.0, 1.0, finite);
     stats_out[3] = s;
     if (p.offset == 1u) {
+      if (finite) {
+        let t = loss_scale[3] + 1.0; // AdamW updates applied, this one included
+        loss_scale[3] = t;
+        if (t != hp_rw.t) { // steps were skipped: the host's corrections are for a later t
+          hp_rw.bc1 = bias_correction(hp_rw.beta1, t);
+          hp_rw.bc2 = bias_correction(hp_rw.beta2, t);
+          hp_rw.t = t;
+        }
+      }
       if (!finite) {
         loss_scale[0] = s * 0.5;
         loss_scale[1] = 0.0;

@@ -1,5 +1,6 @@
 // Llama-family training graph on the WGSL kernels: parameters, activations, forward, backward, AdamW.
 import {
+  adamwHyper,
   adamwUpdate,
   gradNormFinalize,
   gradNormPartialCount,
@@ -755,6 +756,7 @@ export class LlamaGraph {
         maxNorm: 0,
         lossScale: this.lossScale ?? undefined,
         dynamic: !!this.lossScale,
+        hp: this.hp,
       }),
     );
     this.gradNormFinalizeIndex = this.optimizer.length - 1;
@@ -791,6 +793,7 @@ export class LlamaGraph {
       maxNorm,
       lossScale: this.lossScale ?? undefined,
       dynamic: !!this.lossScale,
+      hp: this.hp,
     });
     this.optimizer.splice(this.gradNormFinalizeIndex, d.length, ...d);
     this.maxNormBuilt = maxNorm;
@@ -907,20 +910,7 @@ export class LlamaGraph {
     const g = this.gpu;
     this.ensureMaxNorm(hyper.maxGradNorm);
     g.write(this.invTokens, new Float32Array([lossTokens > 0 ? 1 / lossTokens : 0]));
-    const t = step + 1;
-    g.write(
-      this.hp,
-      new Float32Array([
-        hyper.lr,
-        hyper.beta1,
-        hyper.beta2,
-        hyper.eps,
-        hyper.weightDecay,
-        1 - hyper.beta1 ** t,
-        1 - hyper.beta2 ** t,
-        0,
-      ]),
-    );
+    g.write(this.hp, adamwHyper(step + 1, hyper));
     microBatches.forEach((mb, i) => {
       this.setBatch(mb);
       // The step's first pass also zeroes the loss accumulator: no submit of its own.

@@ -63,7 +63,7 @@ function normPlan(gpu: Gpu, arena: ParamArena, grads: Float32Array[], maxNorm: n
 Deno.test("adamw: adamwHyper lays out the per-step buffer", () => {
   const hp = adamwHyper(3, { lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 });
   assert.equal(hp.length, ADAMW_HP_FLOATS);
-  const want = [0.01, 0.9, 0.95, 1e-8, 0.1, 1 - 0.9 ** 3, 1 - 0.95 ** 3, 0];
+  const want = [0.01, 0.9, 0.95, 1e-8, 0.1, 1 - 0.9 ** 3, 1 - 0.95 ** 3, 3];
   assert.deepEqual([...hp], want.map(Math.fround));
   assert.throws(() => adamwHyper(0, { lr: 1, beta1: 0.9, beta2: 0.9, eps: 0, weightDecay: 0 }));
 });
