@@ -23,13 +23,18 @@ export function setGridMaxForTesting(max: number | null): void {
   gridMaxOverride = max;
 }
 
+/** Workgroups per grid dimension: the adapter's limit, or the cap set for tests. */
+export function gridMax(gpu: Gpu): number {
+  return gridMaxOverride ?? gpu.limits.maxComputeWorkgroupsPerDimension;
+}
+
 /**
  * Workgroup counts [x, y, 1] covering `groups` workgroups on a 2-D grid (x fastest, at most the
  * adapter's maxComputeWorkgroupsPerDimension); kernels compute `wid.x + wid.y * nwg.x` and the
  * few workgroups past `groups` exit early.
  */
 export function grid2d(gpu: Gpu, groups: number): [number, number, number] {
-  const max = gridMaxOverride ?? gpu.limits.maxComputeWorkgroupsPerDimension;
+  const max = gridMax(gpu);
   if (groups <= 0) return [0, 1, 1];
   const x = Math.min(groups, max);
   const y = Math.ceil(groups / x);

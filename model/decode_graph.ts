@@ -612,7 +612,8 @@ export class DecodeGraph {
           out: B(act, Tp * I),
           gate: B(gate, Tp * I),
           up: B(up, Tp * I),
-          N: Tp * I,
+          T: Tp,
+          I,
         }),
         ...branch(x, act, w.down, undefined, I),
       );

@@ -36,7 +36,7 @@ import { rmsnormBackward, rmsnormForward, rmsnormWorkspaceBytes } from "../kerne
 import { ropeBackward, ropeForward, ropeTable } from "../kernels/rope.ts";
 import { type BufferSlice, type Dispatch, type Gpu, ParamArena } from "../kernels/runtime.ts";
 import { swigluBackward, swigluForward } from "../kernels/swiglu.ts";
-import { type ModelConfig, parameterShapes, rowShards } from "./config.ts";
+import { type ModelConfig, numel, parameterShapes, rowShards } from "./config.ts";
 import { type ArenaTensor, TensorArena } from "./tensor_arena.ts";
 
 /** One micro-batch: T token slots (samples packed, the tail padded with ignored tokens). */
@@ -113,6 +113,9 @@ interface LayerParams {
   ln2: ArenaTensor;
   gate: ArenaTensor;
   up: ArenaTensor;
+  /** gate_proj and up_proj back to back, (2I, C), when fused; its gradient likewise. */
+  gateUp?: ArenaTensor;
+  gateUpGrad?: ArenaTensor;
   down: ArenaTensor;
 }
 
@@ -129,8 +132,8 @@ interface LayerActs {
   xMid: ArenaTensor; // (T, C)
   n2: ArenaTensor; // (T, C)
   rstd2: ArenaTensor; // (T)
-  gate: ArenaTensor; // (T, I)
-  up: ArenaTensor; // (T, I)
+  gate: ArenaTensor; // (T, I), or (T, 2I) with up when the projections are fused
+  up: ArenaTensor; // (T, I), or the same (T, 2I) tensor as gate
   act: ArenaTensor; // (T, I)
 }
 
@@ -160,6 +163,11 @@ export interface GraphOptions {
    * row. Default: DYNAMIC_LOSS_SCALE when the matmul precision is f16, else none (null).
    */
   lossScale?: { init: number; growthInterval: number } | null;
+  /**
+   * Run gate_proj and up_proj as one GEMM over both weights, stored back to back (default true;
+   * the graph falls back to two GEMMs when their sizes do not align or exceed one binding).
+   */
+  fuse?: boolean;
 }
 
 /**
@@ -241,7 +249,20 @@ export class LlamaGraph {
       gpu.limits.maxStorageBufferBindingSize,
       gpu.limits.maxBufferSize,
     );
-    for (const { name, shape } of parameterShapes(cfg)) {
+    const shapes = parameterShapes(cfg);
+    for (let si = 0; si < shapes.length; si++) {
+      const { name, shape } = shapes[si];
+      if (
+        opts.fuse !== false && name.endsWith("mlp.gate_proj.weight") &&
+        this.reserveFused(
+          `${name.slice(0, -16)}gate_up_proj.weight`,
+          shapes.slice(si, si + 2),
+          binding,
+        )
+      ) {
+        si++; // up_proj reserved with it
+        continue;
+      }
       const pieces: ParamPiece[] = [];
       for (const { v0, rows, cols } of rowShards(name, shape, binding)) {
         const label = rows === shape[0] ? name : `${name}[${v0}:${v0 + rows}]`;
@@ -277,6 +298,8 @@ export class LlamaGraph {
         ln2: P(`${p}post_attention_layernorm.weight`),
         gate: P(`${p}mlp.gate_proj.weight`),
         up: P(`${p}mlp.up_proj.weight`),
+        gateUp: this.fused.get(`${p}mlp.gate_up_proj.weight`)?.w,
+        gateUpGrad: this.fused.get(`${p}mlp.gate_up_proj.weight`)?.g,
         down: P(`${p}mlp.down_proj.weight`),
       });
     }
@@ -311,6 +334,15 @@ export class LlamaGraph {
 
     // Activations.
     const acts = (this.acts = new TensorArena(gpu, "acts", undefined, true));
+    // Fused gate/up: one (T, 2I) activation (gate columns, then up columns), one gradient alike.
+    const fusedMlp = this.layers.length > 0 && this.layers.every((w) => w.gateUp);
+    const gateUpActs = (label: string) => {
+      if (!fusedMlp) {
+        return { gate: acts.reserve(`${label}gate`, T * I), up: acts.reserve(`${label}up`, T * I) };
+      }
+      const t = acts.reserve(`${label}gateUp`, T * 2 * I);
+      return { gate: t, up: t };
+    };
     const layerActs = (): LayerActs => ({
       xIn: acts.reserve("xIn", T * C),
       n1: acts.reserve("n1", T * C),
@@ -323,8 +355,7 @@ export class LlamaGraph {
       xMid: acts.reserve("xMid", T * C),
       n2: acts.reserve("n2", T * C),
       rstd2: acts.reserve("rstd2", T),
-      gate: acts.reserve("gate", T * I),
-      up: acts.reserve("up", T * I),
+      ...gateUpActs(""),
       act: acts.reserve("act", T * I),
     });
     const keepAll = !opts.recompute || !train;
@@ -347,8 +378,7 @@ export class LlamaGraph {
     const dk = train ? acts.reserve("dk", T * Hkv * D) : null;
     const dv = train ? acts.reserve("dv", T * Hkv * D) : null;
     const dO = train ? acts.reserve("do", T * Hq * D) : null;
-    const dgate = train ? acts.reserve("dgate", T * I) : null;
-    const dup = train ? acts.reserve("dup", T * I) : null;
+    const { gate: dgate, up: dup } = train ? gateUpActs("d") : { gate: null, up: null };
     const dact = train ? acts.reserve("dact", T * I) : null;
     const normWs = acts.reserve("normWs", rmsnormWorkspaceBytes(T, Math.max(C, 1)) / 4);
     const attnWs = train
@@ -413,9 +443,13 @@ export class LlamaGraph {
           C,
           eps: cfg.rmsNormEps,
         }),
-        ...matmulForward(g, ar, { y: a.gate, x: a.n2, w: w.gate, M: T, N: I, K: C }),
-        ...matmulForward(g, ar, { y: a.up, x: a.n2, w: w.up, M: T, N: I, K: C }),
-        ...swigluForward(g, ar, { out: a.act, gate: a.gate, up: a.up, N: T * I }),
+        ...(w.gateUp
+          ? matmulForward(g, ar, { y: a.gate, x: a.n2, w: w.gateUp, M: T, N: 2 * I, K: C })
+          : [
+            ...matmulForward(g, ar, { y: a.gate, x: a.n2, w: w.gate, M: T, N: I, K: C }),
+            ...matmulForward(g, ar, { y: a.up, x: a.n2, w: w.up, M: T, N: I, K: C }),
+          ]),
+        ...swigluForward(g, ar, { out: a.act, gate: a.gate, up: a.up, T, I, fused: !!w.gateUp }),
       );
       out.push(...residualBranch(xOut, a.xMid, a.act, w.down, undefined, I));
     };
@@ -551,6 +585,19 @@ export class LlamaGraph {
         workspace: normWs,
       }),
     );
+    // Fused gate/up: dW (2I, C) += dGUᵀ·n2 and dn2 = dGU·W over the (T, 2I) gradient, one GEMM each.
+    const fusedMlpBackward = (w: LayerParams, a: LayerActs): Dispatch[] => [
+      ...matmulBackwardWeight(g, ar, {
+        dw: w.gateUpGrad!,
+        dy: dgate!,
+        x: a.n2,
+        M: T,
+        N: 2 * I,
+        K: C,
+        accumulate: true,
+      }),
+      ...matmulBackwardInput(g, ar, { dx: dn!, dy: dgate!, w: w.gateUp!, M: T, N: 2 * I, K: C }),
+    ];
     for (let l = L - 1; l >= 0; l--) {
       const w = this.layers[l], a = this.layerActs[l];
       const pre = `model.layers.${l}.`;
@@ -577,36 +624,40 @@ export class LlamaGraph {
           dout: dact!,
           gate: a.gate,
           up: a.up,
-          N: T * I,
+          T,
+          I,
+          fused: !!w.gateUp,
         }),
-        ...matmulBackwardWeight(g, ar, {
-          dw: G(`${pre}mlp.gate_proj.weight`),
-          dy: dgate!,
-          x: a.n2,
-          M: T,
-          N: I,
-          K: C,
-          accumulate: true,
-        }),
-        ...matmulBackwardWeight(g, ar, {
-          dw: G(`${pre}mlp.up_proj.weight`),
-          dy: dup!,
-          x: a.n2,
-          M: T,
-          N: I,
-          K: C,
-          accumulate: true,
-        }),
-        ...matmulBackwardInput(g, ar, { dx: dn!, dy: dgate!, w: w.gate, M: T, N: I, K: C }),
-        ...matmulBackwardInput(g, ar, {
-          dx: dn!,
-          dy: dup!,
-          w: w.up,
-          M: T,
-          N: I,
-          K: C,
-          accumulate: true,
-        }),
+        ...(w.gateUp ? fusedMlpBackward(w, a) : [
+          ...matmulBackwardWeight(g, ar, {
+            dw: G(`${pre}mlp.gate_proj.weight`),
+            dy: dgate!,
+            x: a.n2,
+            M: T,
+            N: I,
+            K: C,
+            accumulate: true,
+          }),
+          ...matmulBackwardWeight(g, ar, {
+            dw: G(`${pre}mlp.up_proj.weight`),
+            dy: dup!,
+            x: a.n2,
+            M: T,
+            N: I,
+            K: C,
+            accumulate: true,
+          }),
+          ...matmulBackwardInput(g, ar, { dx: dn!, dy: dgate!, w: w.gate, M: T, N: I, K: C }),
+          ...matmulBackwardInput(g, ar, {
+            dx: dn!,
+            dy: dup!,
+            w: w.up,
+            M: T,
+            N: I,
+            K: C,
+            accumulate: true,
+          }),
+        ]),
         ...rmsnormBackward(g, ar, {
           dx: dx!,
           dw: G(`${pre}post_attention_layernorm.weight`),
@@ -776,6 +827,41 @@ export class LlamaGraph {
     });
     this.partials = partials;
     this.partialCount = parts;
+  }
+
+  /** Fused parameter groups (weights and gradients back to back), by fused name. */
+  private readonly fused = new Map<string, { w: ArenaTensor; g?: ArenaTensor }>();
+
+  /**
+   * Reserve `group`'s parameters back to back (weights, gradients, Adam moments alike) so one GEMM
+   * covers them all; false (nothing reserved) when they cannot be.
+   */
+  private reserveFused(
+    label: string,
+    group: { name: string; shape: number[] }[],
+    binding: number,
+  ): boolean {
+    const parts = group.map(({ name, shape }) => ({ label: name, numel: numel(shape) }));
+    if (parts.reduce((s, p) => s + p.numel, 0) * 4 > binding) return false;
+    const w = this.weights.reserveGroup(label, parts);
+    if (!w) return false;
+    const g = this.gradArena?.reserveGroup(label, parts);
+    this.mArena?.reserveGroup(label, parts);
+    this.vArena?.reserveGroup(label, parts);
+    group.forEach(({ name, shape }, i) => {
+      const piece: ParamPiece = {
+        v0: 0,
+        rows: shape[0],
+        cols: shape[1],
+        w: w.parts[i],
+        g: g?.parts[i],
+      };
+      this.pieces.set(name, [piece]);
+      this.params.set(name, piece.w);
+      if (g) this.grads.set(name, piece.g!);
+    });
+    this.fused.set(label, { w: w.whole, g: g?.whole });
+    return true;
   }
 
   private gradNormFinalizeIndex = -1;

@@ -78,6 +78,37 @@ export class TensorArena {
     return t;
   }
 
+  /**
+   * Plan tensors back to back in one region (one binding of all of them serves a fused GEMM):
+   * the region and each tensor's view into it, or null when they cannot be: a tensor whose size is
+   * not a multiple of ALIGN (the next view would start unaligned), or a region larger than one
+   * binding.
+   */
+  reserveGroup(
+    label: string,
+    parts: { label: string; numel: number }[],
+  ): { whole: ArenaTensor; parts: ArenaTensor[] } | null {
+    if (parts.some((p) => (p.numel * 4) % TensorArena.ALIGN !== 0)) return null;
+    const total = parts.reduce((s, p) => s + p.numel, 0);
+    if (total * 4 > this.chunkBytes) return null;
+    const whole = this.reserve(label, total);
+    const chunk = this.pending[this.pending.length - 1].chunk;
+    let offset = whole.offset;
+    const views = parts.map((p) => {
+      const t = {
+        buffer: null as unknown as GPUBuffer,
+        offset,
+        size: p.numel * 4,
+        numel: p.numel,
+        label: p.label,
+      };
+      offset += p.numel * 4;
+      this.pending.push({ t, chunk });
+      return t;
+    });
+    return { whole, parts: views };
+  }
+
   /** Create the buffers (each sized to its use) and fill in every reserved tensor's buffer. */
   allocate(): void {
     this.chunks.forEach((c, i) => {

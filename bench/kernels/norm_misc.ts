@@ -121,8 +121,8 @@ function swigluSetup(gpu: Gpu, backward: boolean): KernelSetup {
   const gate = B.up("gate", g), up = B.up("up", u), dout = B.up("dout", d);
   const out = B.make("out", N * 4), dgate = B.make("dgate", N * 4), dup = B.make("dup", N * 4);
   const dispatches = backward
-    ? swigluBackward(gpu, arena, { dgate, dup, dout, gate, up, N })
-    : swigluForward(gpu, arena, { out, gate, up, N });
+    ? swigluBackward(gpu, arena, { dgate, dup, dout, gate, up, T, I })
+    : swigluForward(gpu, arena, { out, gate, up, T, I });
   return {
     dispatches,
     check: async () => {

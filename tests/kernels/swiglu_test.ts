@@ -16,35 +16,98 @@ function nanBuffer(gpu: Gpu, label: string, n: number) {
   return gpu.bufferFrom(label, new Float32Array(n).fill(NaN));
 }
 
-async function runSwiglu(gpu: Gpu, arena: ParamArena, N: number, seed: number) {
+/**
+ * Forward and backward at T × I on random inputs, gate and up as separate tensors or (fused) the
+ * halves of one (T, 2I) tensor; max relative errors of out, dgate, dup against the reference.
+ */
+async function runSwiglu(
+  gpu: Gpu,
+  arena: ParamArena,
+  T: number,
+  I: number,
+  seed: number,
+  fused = false,
+) {
+  const N = T * I;
   const gate = randomArray(N, seed, 6);
   const up = randomArray(N, seed + 1, 2);
   const dout = randomArray(N, seed + 2, 2);
-  const gb = gpu.bufferFrom("test.swiglu.gate", gate);
-  const ub = gpu.bufferFrom("test.swiglu.up", up);
-  const db = gpu.bufferFrom("test.swiglu.dout", dout);
   const out = nanBuffer(gpu, "test.swiglu.out", N);
-  const dgate = nanBuffer(gpu, "test.swiglu.dgate", N);
-  const dup = nanBuffer(gpu, "test.swiglu.dup", N);
-  gpu.run([
-    ...swigluForward(gpu, arena, {
-      out: { buffer: out },
-      gate: { buffer: gb },
-      up: { buffer: ub },
-      N,
-    }),
-    ...swigluBackward(gpu, arena, {
-      dgate: { buffer: dgate },
-      dup: { buffer: dup },
-      dout: { buffer: db },
-      gate: { buffer: gb },
-      up: { buffer: ub },
-      N,
-    }),
-  ]);
-  const [o, dg, du] = (await gpu.read([out, dgate, dup].map((buffer) => ({ buffer }))))
-    .map((b) => new Float32Array(b));
-  for (const b of [gb, ub, db, out, dgate, dup]) b.destroy();
+  const db = gpu.bufferFrom("test.swiglu.dout", dout);
+  let bufs: GPUBuffer[];
+  let read: () => Promise<[Float32Array, Float32Array, Float32Array]>;
+  if (fused) {
+    // (T, 2I): gate in columns 0..I−1 of each row, up in I..2I−1
+    const gu = new Float32Array(2 * N);
+    for (let t = 0; t < T; t++) {
+      gu.set(gate.subarray(t * I, (t + 1) * I), t * 2 * I);
+      gu.set(up.subarray(t * I, (t + 1) * I), t * 2 * I + I);
+    }
+    const gub = gpu.bufferFrom("test.swiglu.gu", gu);
+    const dgu = nanBuffer(gpu, "test.swiglu.dgu", 2 * N);
+    gpu.run([
+      ...swigluForward(gpu, arena, {
+        out: { buffer: out },
+        gate: { buffer: gub },
+        up: { buffer: gub },
+        T,
+        I,
+        fused,
+      }),
+      ...swigluBackward(gpu, arena, {
+        dgate: { buffer: dgu },
+        dup: { buffer: dgu },
+        dout: { buffer: db },
+        gate: { buffer: gub },
+        up: { buffer: gub },
+        T,
+        I,
+        fused,
+      }),
+    ]);
+    bufs = [gub, dgu];
+    read = async () => {
+      const [o, d] = (await gpu.read([out, dgu].map((buffer) => ({ buffer })))).map((b) =>
+        new Float32Array(b)
+      );
+      const dg = new Float32Array(N), du = new Float32Array(N);
+      for (let t = 0; t < T; t++) {
+        dg.set(d.subarray(t * 2 * I, t * 2 * I + I), t * I);
+        du.set(d.subarray(t * 2 * I + I, (t + 1) * 2 * I), t * I);
+      }
+      return [o, dg, du];
+    };
+  } else {
+    const gb = gpu.bufferFrom("test.swiglu.gate", gate);
+    const ub = gpu.bufferFrom("test.swiglu.up", up);
+    const dgate = nanBuffer(gpu, "test.swiglu.dgate", N);
+    const dup = nanBuffer(gpu, "test.swiglu.dup", N);
+    gpu.run([
+      ...swigluForward(gpu, arena, {
+        out: { buffer: out },
+        gate: { buffer: gb },
+        up: { buffer: ub },
+        T,
+        I,
+      }),
+      ...swigluBackward(gpu, arena, {
+        dgate: { buffer: dgate },
+        dup: { buffer: dup },
+        dout: { buffer: db },
+        gate: { buffer: gb },
+        up: { buffer: ub },
+        T,
+        I,
+      }),
+    ]);
+    bufs = [gb, ub, dgate, dup];
+    read = async () =>
+      (await gpu.read([out, dgate, dup].map((buffer) => ({ buffer })))).map((b) =>
+        new Float32Array(b)
+      ) as [Float32Array, Float32Array, Float32Array];
+  }
+  const [o, dg, du] = await read();
+  for (const b of [db, out, ...bufs]) b.destroy();
   const ref = swigluBackwardRef(dout, gate, up);
   return {
     out: maxRelErr(o, swigluForwardRef(gate, up), FLOOR),
@@ -72,24 +135,29 @@ Deno.test("swiglu: reference backward matches central differences (f64)", () => 
   assert.ok(e <= TOL_FD, `${e}`);
 });
 
-gpuTest("swiglu: forward and backward match the reference at odd sizes", async (gpu) => {
-  const arena = new ParamArena(gpu, "test.swiglu");
-  for (const N of [1, 7, 333, 1000, 4099]) {
-    const e = await runSwiglu(gpu, arena, N, N);
-    for (const [k, v] of Object.entries(e)) {
-      report(`swiglu ${k} N=${N}`, v, TOL);
-      assert.ok(v <= TOL, `${k} N=${N}: ${v}`);
+gpuTest(
+  "swiglu: forward and backward match the reference at odd sizes, fused or not",
+  async (gpu) => {
+    const arena = new ParamArena(gpu, "test.swiglu");
+    for (const [T, I] of [[1, 1], [1, 7], [3, 111], [10, 100], [4099, 1], [7, 172]]) {
+      for (const fused of [false, true]) {
+        const e = await runSwiglu(gpu, arena, T, I, T + I, fused);
+        for (const [k, v] of Object.entries(e)) {
+          report(`swiglu ${k} T=${T} I=${I}${fused ? " fused" : ""}`, v, TOL);
+          assert.ok(v <= TOL, `${k} T=${T} I=${I} fused=${fused}: ${v}`);
+        }
+      }
     }
-  }
-});
+  },
+);
 
-gpuTest("swiglu: a 2-D grid of workgroups covers every element", async (gpu) => {
+gpuTest("swiglu: rows past one grid dimension spill into z", async (gpu) => {
   const arena = new ParamArena(gpu, "test.swiglu.grid");
   setGridMaxForTesting(4);
   try {
-    const e = await runSwiglu(gpu, arena, 333 * 7, 42); // 10 workgroups on a 4 × 3 grid
+    const e = await runSwiglu(gpu, arena, 13, 9, 42, true); // 13 rows on a 4 × 4 grid
     for (const [k, v] of Object.entries(e)) {
-      report(`swiglu ${k} on a 4-wide grid`, v, TOL);
+      report(`swiglu ${k} on a 4-row grid`, v, TOL);
       assert.ok(v <= TOL, `${k}: ${v}`);
     }
   } finally {
@@ -114,7 +182,8 @@ gpuTest("swiglu: saturated gates stay finite", async (gpu) => {
       out: { buffer: out },
       gate: { buffer: gb },
       up: { buffer: ub },
-      N,
+      T: 1,
+      I: N,
     }),
     ...swigluBackward(gpu, arena, {
       dgate: { buffer: dgate },
@@ -122,7 +191,8 @@ gpuTest("swiglu: saturated gates stay finite", async (gpu) => {
       dout: { buffer: db },
       gate: { buffer: gb },
       up: { buffer: ub },
-      N,
+      T: 1,
+      I: N,
     }),
   ]);
   const [o, dg, du] = (await gpu.read([out, dgate, dup].map((buffer) => ({ buffer }))))
