@@ -39,6 +39,24 @@ export function setAttentionVariant(gpu: Gpu, v: AttentionVariant | null): void 
   else variants.set(gpu, v);
 }
 
+/**
+ * Where Q, K and V (and dQ, dK, dV) sit in their bindings, in elements: row strides and offsets of
+ * token 0. Default: dense tensors (Q (T, Hq·D), K and V (T, Hkv·D), offsets 0); a fused q/k/v
+ * projection binds one (T, Hq·D + 2·Hkv·D) tensor for all three, with the column offsets of each.
+ */
+export interface QkvLayout {
+  ldQ: number;
+  ldKv: number;
+  qOff: number;
+  kOff: number;
+  vOff: number;
+}
+
+/** The dense layout of shape (Hq, Hkv, D). */
+export function denseQkvLayout(a: { Hq: number; Hkv: number; D: number }): QkvLayout {
+  return { ldQ: a.Hq * a.D, ldKv: a.Hkv * a.D, qOff: 0, kOff: 0, vOff: 0 };
+}
+
 /** Buffers and shape of the attention forward. */
 export interface AttentionForwardArgs {
   o: BufferSlice; // (T, Hq, D) output
@@ -54,6 +72,7 @@ export interface AttentionForwardArgs {
   D: number;
   scale: number; // usually 1/sqrt(D)
   variant?: AttentionVariant; // default: attentionVariant(gpu)
+  layout?: QkvLayout; // default: denseQkvLayout
 }
 
 /** Buffers and shape of the attention backward (dq, dk, dv are written, not accumulated). */
@@ -76,6 +95,7 @@ export interface AttentionBackwardArgs {
   scale: number;
   workspace: BufferSlice; // attentionBackwardWorkspaceBytes(T, Hq) bytes
   variant?: AttentionVariant; // default: attentionVariant(gpu)
+  layout?: QkvLayout; // of q, k, v and of dq, dk, dv alike; default: denseQkvLayout
 }
 
 /** Bytes of scratch the backward needs: delta = rowsum(dO∘O), (Hq, T) f32. */
@@ -156,9 +176,13 @@ export const ATTENTION_GPU_SHAPES: Record<AttentionGpuEntry, [number, number][]>
   dkv: [[8, 16], [16, 8], [8, 8], [4, 16], [16, 4], [4, 8], [8, 4], [4, 4], [2, 4], [1, 4]],
 };
 
-/** Whether the "gpu" variant takes head dim D (it reads Q, K, V and dO as vec4s). */
-export function attentionGpuTakes(D: number): boolean {
-  return D % 4 === 0;
+/**
+ * Whether the "gpu" variant takes head dim D (it reads Q, K, V and dO as vec4s), and the layout's
+ * strides and offsets (multiples of 4).
+ */
+export function attentionGpuTakes(D: number, layout?: QkvLayout): boolean {
+  const l = layout ?? { ldQ: 0, ldKv: 0, qOff: 0, kOff: 0, vOff: 0 };
+  return [D, l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff].every((x) => x % 4 === 0);
 }
 
 /** An attention_gpu entry point. */
@@ -367,16 +391,17 @@ export function gpuTileConfig(
 }
 
 /**
- * Uniform parameters shared by the attention entry points (Params in attention.wgsl), with the
- * dK/dV split's parts and dV partials offset (attention_gpu.wgsl) when given.
+ * Uniform parameters shared by the attention entry points (Params in attention.wgsl): shape, the
+ * dK/dV split's parts and dV partials offset (attention_gpu.wgsl) when given, the Q/K/V layout.
  */
 function params(
   arena: ParamArena,
-  a: { T: number; Hq: number; Hkv: number; D: number; scale: number },
+  a: { T: number; Hq: number; Hkv: number; D: number; scale: number; layout?: QkvLayout },
   split = { parts: 0, dvOff: 0 },
 ) {
+  const l = a.layout ?? denseQkvLayout(a);
   const v = [a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, a.D, split.parts, split.dvOff];
-  return arena.alloc(packParams(v, [4]));
+  return arena.alloc(packParams([...v, l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff, 0, 0, 0], [4]));
 }
 
 /**
@@ -392,7 +417,8 @@ export function attentionForward(
 ): Dispatch[] {
   checkShape("attention_forward", args);
   const { T, Hq, D } = args;
-  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" && attentionGpuTakes(D);
+  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" &&
+    attentionGpuTakes(D, args.layout);
   const key = attentionKey("forward", args);
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = gpuVariant ? 4 * c.TR : 4 * c.RQ;
@@ -451,7 +477,8 @@ export function attentionBackward(
     workgroups: [gx, Math.ceil(groups / gx), 1],
   };
 
-  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" && attentionGpuTakes(D);
+  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" &&
+    attentionGpuTakes(D, args.layout);
   const keyDq = attentionKey("dq", args), keyDkv = attentionKey("dkv", args);
   const cDq = gpuVariant ? gpuTileConfig(gpu, "dq", D, keyDq) : tileConfig(gpu, "dq", D);
   const kDq = gpuVariant

@@ -1,6 +1,8 @@
 // Packed varlen causal attention (flash-attention style): forward with LSE; backward delta, dQ, dK, dV.
 //
-// Q (T, Hq, D), K and V (T, Hkv, D) row-major; q head h reads kv head h / (Hq / Hkv). Token i
+// Q (T, Hq, D), K and V (T, Hkv, D) row-major, token rows ld_q / ld_kv apart from offsets q_off,
+// k_off, v_off (dense tensors: Hq·D, Hkv·D and 0; a fused q/k/v projection: one (T, q+k+v) tensor
+// bound for all three, the same for dQ, dK, dV); q head h reads kv head h / (Hq / Hkv). Token i
 // attends to key j when seqStart[i] <= j <= i (block-diagonal causal mask of contiguous packed
 // samples, so seqStart and seqEnd are non-decreasing).
 //
@@ -33,6 +35,14 @@ struct Params {
   d: u32, // head dim D, <= DM
   _pad0: u32,
   _pad1: u32,
+  ld_q: u32, // elements between tokens of Q and dQ
+  ld_kv: u32, // elements between tokens of K, V, dK and dV
+  q_off: u32, // element offsets of token 0 of Q (dQ), K (dK), V (dV)
+  k_off: u32,
+  v_off: u32,
+  _pad2: u32,
+  _pad3: u32,
+  _pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -72,11 +82,11 @@ struct S16 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Own rows: element offsets `o` (+ d) of four token rows of a (T, heads, D) tensor. Rows past
-// T are clamped to T − 1: their scores are masked, so what they read never matters.
+// Own rows: element offsets `o` (+ d) of four token rows of head h of Q, dO (dense), K or V. Rows
+// past T are clamped to T − 1: their scores are masked, so what they read never matters.
 
-fn offsets(rows: vec4<u32>, heads: u32, h: u32) -> vec4<u32> {
-  return min(rows, vec4<u32>(p.t - 1u)) * (heads * D) + vec4<u32>(h * D);
+fn offsets(rows: vec4<u32>, ld: u32, off: u32, h: u32) -> vec4<u32> {
+  return min(rows, vec4<u32>(p.t - 1u)) * ld + vec4<u32>(off + h * D);
 }
 
 fn own_q(o: vec4<u32>) -> vec4<f32> {
@@ -119,10 +129,10 @@ fn stage_kv(r0: u32, kvh: u32, li: u32) {
   for (var e = li; e < 16u * NG * D; e += RQ) {
     let r = e / D;
     let d = e % D;
-    let o = min(r0 + r, p.t - 1u) * (p.hkv * D) + kvh * D + d;
+    let o = min(r0 + r, p.t - 1u) * p.ld_kv + kvh * D + d;
     let ok = r0 + r < p.t;
-    ta[d * BC4 + r / 4u][r % 4u] = select(0.0, in_k[o], ok);
-    tb[d * BC4 + r / 4u][r % 4u] = select(0.0, in_v[o], ok);
+    ta[d * BC4 + r / 4u][r % 4u] = select(0.0, in_k[o + p.k_off], ok);
+    tb[d * BC4 + r / 4u][r % 4u] = select(0.0, in_v[o + p.v_off], ok);
   }
 }
 
@@ -131,10 +141,10 @@ fn stage_qdo(r0: u32, h: u32, li: u32) {
   for (var e = li; e < 16u * NG * D; e += RQ) {
     let r = e / D;
     let d = e % D;
-    let o = min(r0 + r, p.t - 1u) * (p.hq * D) + h * D + d;
+    let row = min(r0 + r, p.t - 1u);
     let ok = r0 + r < p.t;
-    ta[d * BC4 + r / 4u][r % 4u] = select(0.0, in_q[o], ok);
-    tb[d * BC4 + r / 4u][r % 4u] = select(0.0, in_dout[o], ok);
+    ta[d * BC4 + r / 4u][r % 4u] = select(0.0, in_q[row * p.ld_q + p.q_off + h * D + d], ok);
+    tb[d * BC4 + r / 4u][r % 4u] = select(0.0, in_dout[row * (p.hq * D) + h * D + d], ok);
   }
 }
 
@@ -307,7 +317,7 @@ fn attention_forward(
   let live = rows.x < T;
   let qHi = min(q0 + 4u * RQ, T) - 1u;
   let kLo = in_start[q0];
-  let qo = offsets(rows, p.hq, h);
+  let qo = offsets(rows, p.ld_q, p.q_off, h);
   for (var d = 0u; d < D; d++) {
     acc1[d * RQ + li] = vec4<f32>();
   }
@@ -410,7 +420,8 @@ fn attention_backward_dq(
   let rc = min(rows, vec4<u32>(T - 1u)) + vec4<u32>(h * T);
   let lse = vec4<f32>(in_lse[rc.x], in_lse[rc.y], in_lse[rc.z], in_lse[rc.w]);
   let delta = vec4<f32>(in_delta[rc.x], in_delta[rc.y], in_delta[rc.z], in_delta[rc.w]);
-  let qo = offsets(rows, p.hq, h);
+  let qo = offsets(rows, p.ld_q, p.q_off, h);
+  let oo = offsets(rows, p.hq * D, 0u, h); // dO (dense)
   for (var d = 0u; d < D; d++) {
     acc1[d * RQ + li] = vec4<f32>();
   }
@@ -429,7 +440,7 @@ fn attention_backward_dq(
       for (var d = 0u; d < D; d++) {
         let at = d * BC4 + 4u * g;
         s = outer_a(s, own_q(qo + vec4<u32>(d)), at);
-        dp = outer_b(dp, own_dout(qo + vec4<u32>(d)), at);
+        dp = outer_b(dp, own_dout(oo + vec4<u32>(d)), at);
       }
       s = keep_keys16(scaled(s, p.scale), j, rows, start);
       let pr = probs16(s, lse);
@@ -451,7 +462,7 @@ fn attention_backward_dq(
     let r = e / D;
     let d = e % D;
     if (q0 + r < T) {
-      out_dq[((q0 + r) * p.hq + h) * D + d] = acc1[d * RQ + r / 4u][r % 4u] * p.scale;
+      out_dq[(q0 + r) * p.ld_q + p.q_off + h * D + d] = acc1[d * RQ + r / 4u][r % 4u] * p.scale;
     }
   }
 }
@@ -475,7 +486,8 @@ fn attention_backward_dkv(
   let live = keys.x < T;
   let myEnd = in_end[min(keys.w, T - 1u)];
   let qEnd = in_end[min(k0 + 4u * RQ, T) - 1u];
-  let ko = offsets(keys, p.hkv, kvh);
+  let ko = offsets(keys, p.ld_kv, p.k_off, kvh);
+  let vo = offsets(keys, p.ld_kv, p.v_off, kvh);
   for (var d = 0u; d < D; d++) {
     acc1[d * RQ + li] = vec4<f32>();
     acc2[d * RQ + li] = vec4<f32>();
@@ -497,7 +509,7 @@ fn attention_backward_dkv(
         for (var d = 0u; d < D; d++) {
           let at = d * BC4 + 4u * g;
           s = outer_a(s, own_k(ko + vec4<u32>(d)), at);
-          dp = outer_b(dp, own_v(ko + vec4<u32>(d)), at);
+          dp = outer_b(dp, own_v(vo + vec4<u32>(d)), at);
         }
         // mask, P and dS one quad of queries at a time (a loop: less shader code to compile)
         let q4 = 4u * g;
@@ -529,9 +541,9 @@ fn attention_backward_dkv(
     let r = e / D;
     let d = e % D;
     if (k0 + r < T) {
-      let o = ((k0 + r) * p.hkv + kvh) * D + d;
-      out_dk[o] = acc1[d * RQ + r / 4u][r % 4u] * p.scale;
-      out_dv[o] = acc2[d * RQ + r / 4u][r % 4u];
+      let o = (k0 + r) * p.ld_kv + kvh * D + d;
+      out_dk[o + p.k_off] = acc1[d * RQ + r / 4u][r % 4u] * p.scale;
+      out_dv[o + p.v_off] = acc2[d * RQ + r / 4u][r % 4u];
     }
   }
 }

@@ -1,8 +1,9 @@
 // GPU-shaped packed varlen causal attention (flash-attention tiling): forward with LSE, dQ, dK/dV.
 //
 // Same contracts, Params and bindings as attention.wgsl (the backward delta pass stays there),
-// except that Q, K, V and dO are read as vec4s, so D must be a multiple of 4 (the launcher falls
-// back to attention.wgsl otherwise): Q (T, Hq, D), K and V (T, Hkv, D) row-major; q head h reads
+// Q/K/V layouts (ld_q, ld_kv, offsets) included, except that Q, K, V and dO are read as vec4s, so
+// D and the layout's strides and offsets must be multiples of 4 (the launcher falls back to
+// attention.wgsl otherwise): Q (T, Hq, D), K and V (T, Hkv, D) row-major; q head h reads
 // kv head h / (Hq / Hkv); token i attends to key j when seqStart[i] <= j <= i.
 //
 // Work layout (no subgroups, no atomics). A workgroup of TR × TC threads owns BR = 4·TR "own"
@@ -50,6 +51,14 @@ struct Params {
   d: u32, // head dim D, <= DM, a multiple of 4
   parts: u32, // dK/dV: the q heads of a group split over this many workgroups (0 or 1: unsplit)
   dv_off: u32, // dK/dV reduce: where the dV partials start in in_parts (elements)
+  ld_q: u32, // elements between tokens of Q and dQ
+  ld_kv: u32, // elements between tokens of K, V, dK and dV
+  q_off: u32, // element offsets of token 0 of Q (dQ), K (dK), V (dV)
+  k_off: u32,
+  v_off: u32,
+  _pad2: u32,
+  _pad3: u32,
+  _pad4: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -109,7 +118,7 @@ fn row_ok(row: u32) -> bool {
 
 fn ld_q(row: u32, h: u32, d4: u32) -> vec4<f32> {
   let r = select(0u, row, row_ok(row));
-  return select(vec4<f32>(), in_q[(r * p.hq + h) * (hd() / 4u) + d4], row_ok(row));
+  return select(vec4<f32>(), in_q[(r * p.ld_q + p.q_off + h * hd()) / 4u + d4], row_ok(row));
 }
 
 fn ld_dout(row: u32, h: u32, d4: u32) -> vec4<f32> {
@@ -119,17 +128,18 @@ fn ld_dout(row: u32, h: u32, d4: u32) -> vec4<f32> {
 
 fn ld_k(row: u32, h: u32, d4: u32) -> vec4<f32> {
   let r = select(0u, row, row_ok(row));
-  return select(vec4<f32>(), in_k[(r * p.hkv + h) * (hd() / 4u) + d4], row_ok(row));
+  return select(vec4<f32>(), in_k[(r * p.ld_kv + p.k_off + h * hd()) / 4u + d4], row_ok(row));
 }
 
 fn ld_v(row: u32, h: u32, d4: u32) -> vec4<f32> {
   let r = select(0u, row, row_ok(row));
-  return select(vec4<f32>(), in_v[(r * p.hkv + h) * (hd() / 4u) + d4], row_ok(row));
+  return select(vec4<f32>(), in_v[(r * p.ld_kv + p.v_off + h * hd()) / 4u + d4], row_ok(row));
 }
 
-// Vec4 offsets of 4 own rows (clamped to T − 1) of head h in a tensor of `heads` heads.
-fn own_base(r: u32, heads: u32, h: u32) -> vec4<u32> {
-  return (quad_rows(r) * vec4<u32>(heads) + vec4<u32>(h)) * vec4<u32>(hd() / 4u);
+// Vec4 offsets of 4 own rows (clamped to T − 1) of head h in a tensor of rows `ld` elements apart
+// from `off`.
+fn own_base(r: u32, ld: u32, off: u32, h: u32) -> vec4<u32> {
+  return (quad_rows(r) * vec4<u32>(ld) + vec4<u32>(off + h * hd())) / vec4<u32>(4u);
 }
 
 // Tile row r, dims d..d+3, into oth_a / oth_b (transposed, swizzled).
@@ -250,9 +260,9 @@ fn oth_dims_b(d0: u32, c: u32) -> mat4x4<f32> {
 }
 
 // The two score blocks of the backward over tile quad tx, with their own rows read from global
-// memory at vec4 offsets `base` (4 rows): Q·oth_a and dO·oth_b (keys false: dQ), or K·oth_a and
-// V·oth_b (keys true: dK/dV). Each is Σ_d own[d] ⊗ oth[d] (column = tile row, component = own row).
-fn scores2(keys: bool, b: vec4<u32>, tx: u32) -> array<mat4x4<f32>, 2> {
+// memory at vec4 offsets b and c (4 rows each): Q (b)·oth_a and dO (c)·oth_b (keys false: dQ), or
+// K (b)·oth_a and V (c)·oth_b (keys true: dK/dV). Each is Σ_d own[d] ⊗ oth[d] (column = tile row, component = own row).
+fn scores2(keys: bool, b: vec4<u32>, c: vec4<u32>, tx: u32) -> array<mat4x4<f32>, 2> {
   var s = mat4x4<f32>();
   var t = mat4x4<f32>();
   for (var d4 = 0u; d4 < hd() / 4u; d4++) {
@@ -260,10 +270,10 @@ fn scores2(keys: bool, b: vec4<u32>, tx: u32) -> array<mat4x4<f32>, 2> {
     var y: mat4x4<f32>;
     if (keys) {
       x = mat4x4<f32>(in_k[b.x + d4], in_k[b.y + d4], in_k[b.z + d4], in_k[b.w + d4]);
-      y = mat4x4<f32>(in_v[b.x + d4], in_v[b.y + d4], in_v[b.z + d4], in_v[b.w + d4]);
+      y = mat4x4<f32>(in_v[c.x + d4], in_v[c.y + d4], in_v[c.z + d4], in_v[c.w + d4]);
     } else {
       x = mat4x4<f32>(in_q[b.x + d4], in_q[b.y + d4], in_q[b.z + d4], in_q[b.w + d4]);
-      y = mat4x4<f32>(in_dout[b.x + d4], in_dout[b.y + d4], in_dout[b.z + d4], in_dout[b.w + d4]);
+      y = mat4x4<f32>(in_dout[c.x + d4], in_dout[c.y + d4], in_dout[c.z + d4], in_dout[c.w + d4]);
     }
     let xt = transpose(x); // column = dim, component = own row
     let yt = transpose(y);
@@ -461,7 +471,8 @@ fn attention_gpu_backward_dq(
   let start = quad_start(q0 + 4u * ty);
   let lse = quad_lse(h, q0 + 4u * ty);
   let delta = quad_delta(h, q0 + 4u * ty);
-  let base = own_base(q0 + 4u * ty, p.hq, h); // Q and dO share the layout
+  let base = own_base(q0 + 4u * ty, p.ld_q, p.q_off, h); // Q
+  let base_o = own_base(q0 + 4u * ty, p.hq * D, 0u, h); // dO (dense)
   let qHi = min(q0 + 4u * TR, T) - 1u;
   let kLo = in_start[q0];
   var acc: array<mat4x4<f32>, NKMAX>;
@@ -473,7 +484,7 @@ fn attention_gpu_backward_dq(
     let keep = mask_keys(rows, start, k0 + 4u * tx);
     var sp = array<mat4x4<f32>, 2>(); // S, dP
     if (any_kept(keep)) {
-      sp = scores2(false, base, tx);
+      sp = scores2(false, base, base_o, tx);
     }
     var ds: mat4x4<f32>;
     for (var c = 0u; c < 4u; c++) {
@@ -501,7 +512,7 @@ fn attention_gpu_backward_dq(
       let d0 = 4u * (tx + TC * k);
       for (var j = 0u; j < 4u; j++) {
         if (d0 + j < D) {
-          out_dq[(row * p.hq + h) * D + d0 + j] = acc[k][i][j] * p.scale;
+          out_dq[row * p.ld_q + p.q_off + h * D + d0 + j] = acc[k][i][j] * p.scale;
         }
       }
     }
@@ -534,7 +545,8 @@ fn attention_gpu_backward_dkv(
   let ty = lid.y;
   let k0 = wid.x * 4u * TR;
   let keys = vec4<u32>(k0 + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
-  let base = own_base(k0 + 4u * ty, p.hkv, kvh); // K and V share the layout
+  let base = own_base(k0 + 4u * ty, p.ld_kv, p.k_off, kvh); // K
+  let base_v = own_base(k0 + 4u * ty, p.ld_kv, p.v_off, kvh); // V
   let qEnd = in_end[min(k0 + 4u * TR, T) - 1u];
   var dk: array<mat4x4<f32>, NKMAX>;
   var dv: array<mat4x4<f32>, NKMAX>;
@@ -549,7 +561,7 @@ fn attention_gpu_backward_dkv(
       let keep = mask_queries(keys, i, quad_start(i));
       var sp = array<mat4x4<f32>, 2>(); // Sᵀ, dPᵀ
       if (any_kept(keep)) {
-        sp = scores2(true, base, tx);
+        sp = scores2(true, base, base_v, tx);
       }
       let lse = quad_lse(h, i);
       let delta = quad_delta(h, i);
@@ -585,9 +597,15 @@ fn attention_gpu_backward_dkv(
       let d0 = 4u * (tx + TC * k);
       for (var j = 0u; j < 4u; j++) {
         if (d0 + j < D) {
-          let o = part * T * p.hkv * D + (key * p.hkv + kvh) * D + d0 + j;
-          out_dk[o] = dk[k][i][j] * p.scale;
-          out_dv[o] = dv[k][i][j];
+          if (parts > 1u) { // dense partials in the scratch
+            let o = part * T * p.hkv * D + (key * p.hkv + kvh) * D + d0 + j;
+            out_dk[o] = dk[k][i][j] * p.scale;
+            out_dv[o] = dv[k][i][j];
+          } else {
+            let o = key * p.ld_kv + kvh * D + d0 + j;
+            out_dk[o + p.k_off] = dk[k][i][j] * p.scale;
+            out_dv[o + p.v_off] = dv[k][i][j];
+          }
         }
       }
     }
@@ -614,6 +632,8 @@ fn attention_gpu_dkv_reduce(
     sk += in_parts[q * n + e];
     sv += in_parts[p.dv_off + q * n + e];
   }
-  out_dk[e] = sk;
-  out_dv[e] = sv;
+  let w = p.hkv * p.d; // (T, Hkv·D) partials into the dK / dV layout
+  let o = (e / w) * p.ld_kv + e % w;
+  out_dk[o + p.k_off] = sk;
+  out_dv[o + p.v_off] = sv;
 }

@@ -93,6 +93,9 @@ export interface RopeArgs {
   T: number;
   H: number;
   D: number;
+  /** Elements between tokens (default H·D) and the offset of token 0 (default 0), in x and out. */
+  ld?: number;
+  off?: number;
 }
 
 function ropeLaunch(gpu: Gpu, arena: ParamArena, a: RopeArgs, dir: "forward" | "backward") {
@@ -104,7 +107,7 @@ function ropeLaunch(gpu: Gpu, arena: ParamArena, a: RopeArgs, dir: "forward" | "
     throw new GpuError("out and x share a buffer at different offsets", `rope.${dir}`);
   }
   const kernel = gpu.kernel("rope", `rope_${dir}${inplace ? "_inplace" : ""}`);
-  const params = arena.alloc(packParams([rows, a.H, half, 0]));
+  const params = arena.alloc(packParams([rows, a.H, half, a.ld ?? a.H * a.D, a.off ?? 0, 0, 0, 0]));
   const entries: Record<number, BufferSlice> = { 0: params, 1: a.out, 3: a.pos, 4: a.table };
   if (!inplace) entries[2] = a.x;
   const groups = Math.ceil(rows / 64);
@@ -134,6 +137,8 @@ export interface RopeBackwardArgs {
   T: number;
   H: number;
   D: number;
+  ld?: number;
+  off?: number;
 }
 
 /** dx = Rᵀ·dout, the transposed rotation (sin negated); in place when dx is dout. */

@@ -2,18 +2,23 @@
 //
 // One thread rotates one (token, head) row of D values: for i < D/2 the pair (x[i], x[i + D/2])
 // turns by the angle table[pos[t], i]. A row per thread (not a pair) keeps the index arithmetic
-// out of the loop, which is 3× faster on CPU drivers.
+// out of the loop, which is 3× faster on CPU drivers. Token t's heads start at t·ld + off: a dense
+// (T, H, D) tensor (ld = H·D, off = 0), or the q or k columns of a fused (T, q+k+v) projection.
 
 struct Params {
   rows: u32, // T · H
   h: u32, // heads per token
   half: u32, // D / 2
-  _pad: u32,
+  ld: u32, // elements between tokens
+  off: u32, // element offset of token 0's first head
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (T, H, D)
-@group(0) @binding(2) var<storage, read> x: array<f32>; // (T, H, D)
+@group(0) @binding(1) var<storage, read_write> out: array<f32>; // (T, ld) from off
+@group(0) @binding(2) var<storage, read> x: array<f32>; // (T, ld) from off
 @group(0) @binding(3) var<storage, read> pos: array<u32>; // (T)
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>; // (maxPos, D/2) of (cos, sin)
 
@@ -28,7 +33,7 @@ fn apply(row: u32, sin_sign: f32) {
     return;
   }
   let tb = pos[row / p.h] * p.half;
-  let base = row * 2u * p.half;
+  let base = (row / p.h) * p.ld + p.off + (row % p.h) * 2u * p.half;
   for (var i = 0u; i < p.half; i++) {
     let cs = table[tb + i];
     let s = sin_sign * cs.y;
@@ -45,7 +50,7 @@ fn apply_inplace(row: u32, sin_sign: f32) {
     return;
   }
   let tb = pos[row / p.h] * p.half;
-  let base = row * 2u * p.half;
+  let base = (row / p.h) * p.ld + p.off + (row % p.h) * 2u * p.half;
   for (var i = 0u; i < p.half; i++) {
     let cs = table[tb + i];
     let s = sin_sign * cs.y;

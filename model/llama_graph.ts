@@ -11,6 +11,8 @@ import {
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
+  denseQkvLayout,
+  type QkvLayout,
 } from "../kernels/attention.ts";
 import {
   crossEntropyForward,
@@ -110,6 +112,11 @@ interface LayerParams {
   kb?: ArenaTensor;
   vb?: ArenaTensor;
   ob?: ArenaTensor;
+  /** q_proj, k_proj, v_proj back to back, (Hq·D + 2·Hkv·D, C), when fused; biases likewise. */
+  qkv?: ArenaTensor;
+  qkvGrad?: ArenaTensor;
+  qkvBias?: ArenaTensor;
+  qkvBiasGrad?: ArenaTensor;
   ln2: ArenaTensor;
   gate: ArenaTensor;
   up: ArenaTensor;
@@ -124,9 +131,10 @@ interface LayerActs {
   xIn: ArenaTensor; // (T, C) input of the layer (residual stream)
   n1: ArenaTensor; // (T, C)
   rstd1: ArenaTensor; // (T)
-  q: ArenaTensor; // (T, Hq·D) after RoPE
-  k: ArenaTensor; // (T, Hkv·D) after RoPE
-  v: ArenaTensor; // (T, Hkv·D)
+  // (T, Hq·D), (T, Hkv·D) after RoPE, (T, Hkv·D); or, fused, one (T, Hq·D + 2·Hkv·D) for all three
+  q: ArenaTensor;
+  k: ArenaTensor;
+  v: ArenaTensor;
   o: ArenaTensor; // (T, Hq·D) attention output before o_proj
   lse: ArenaTensor; // (Hq, T)
   xMid: ArenaTensor; // (T, C)
@@ -164,8 +172,9 @@ export interface GraphOptions {
    */
   lossScale?: { init: number; growthInterval: number } | null;
   /**
-   * Run gate_proj and up_proj as one GEMM over both weights, stored back to back (default true;
-   * the graph falls back to two GEMMs when their sizes do not align or exceed one binding).
+   * Run q/k/v_proj as one GEMM and gate_proj/up_proj as one, over weights stored back to back
+   * (default true; the graph falls back to separate GEMMs when sizes do not align or exceed one
+   * binding).
    */
   fuse?: boolean;
 }
@@ -250,8 +259,26 @@ export class LlamaGraph {
       gpu.limits.maxBufferSize,
     );
     const shapes = parameterShapes(cfg);
+    const done = new Set<string>(); // reserved ahead with a fused group
     for (let si = 0; si < shapes.length; si++) {
       const { name, shape } = shapes[si];
+      if (done.has(name)) continue;
+      if (opts.fuse !== false && name.endsWith("self_attn.q_proj.weight")) {
+        const pre = name.slice(0, -"q_proj.weight".length);
+        const group = (kind: string) =>
+          ["q", "k", "v"].map((x) => shapes.find((s) => s.name === `${pre}${x}_proj.${kind}`)!);
+        const weights = group("weight"), biases = group("bias");
+        const ok = (gr: { shape: number[] }[]) => {
+          const n = gr.map((s) => numel(s.shape));
+          return this.weights.groupable(n) && n.reduce((a, b) => a + b, 0) * 4 <= binding;
+        };
+        if (ok(weights) && (!biases[0] || ok(biases))) {
+          this.reserveFused(`${pre}qkv_proj.weight`, weights, binding);
+          if (biases[0]) this.reserveFused(`${pre}qkv_proj.bias`, biases, binding);
+          for (const s of [...weights, ...biases]) if (s) done.add(s.name);
+          continue;
+        }
+      }
       if (
         opts.fuse !== false && name.endsWith("mlp.gate_proj.weight") &&
         this.reserveFused(
@@ -295,6 +322,10 @@ export class LlamaGraph {
         kb: this.params.get(`${p}self_attn.k_proj.bias`),
         vb: this.params.get(`${p}self_attn.v_proj.bias`),
         ob: this.params.get(`${p}self_attn.o_proj.bias`),
+        qkv: this.fused.get(`${p}self_attn.qkv_proj.weight`)?.w,
+        qkvGrad: this.fused.get(`${p}self_attn.qkv_proj.weight`)?.g,
+        qkvBias: this.fused.get(`${p}self_attn.qkv_proj.bias`)?.w,
+        qkvBiasGrad: this.fused.get(`${p}self_attn.qkv_proj.bias`)?.g,
         ln2: P(`${p}post_attention_layernorm.weight`),
         gate: P(`${p}mlp.gate_proj.weight`),
         up: P(`${p}mlp.up_proj.weight`),
@@ -334,6 +365,24 @@ export class LlamaGraph {
 
     // Activations.
     const acts = (this.acts = new TensorArena(gpu, "acts", undefined, true));
+    // Fused q/k/v: one (T, Hq·D + 2·Hkv·D) activation (q, k, v column blocks), gradient alike.
+    const fusedQkv = this.layers.length > 0 && this.layers.every((w) => w.qkv);
+    const NQ = Hq * D, NKV = Hkv * D, NQKV = NQ + 2 * NKV;
+    const qkvActs = (label: string) => {
+      if (!fusedQkv) {
+        return {
+          q: acts.reserve(`${label}q`, T * NQ),
+          k: acts.reserve(`${label}k`, T * NKV),
+          v: acts.reserve(`${label}v`, T * NKV),
+        };
+      }
+      const t = acts.reserve(`${label}qkv`, T * NQKV);
+      return { q: t, k: t, v: t };
+    };
+    /** Where q, k, v (and dq, dk, dv) sit: column blocks of the fused tensor, or dense tensors. */
+    const layout: QkvLayout = fusedQkv
+      ? { ldQ: NQKV, ldKv: NQKV, qOff: 0, kOff: NQ, vOff: NQ + NKV }
+      : denseQkvLayout({ Hq, Hkv, D });
     // Fused gate/up: one (T, 2I) activation (gate columns, then up columns), one gradient alike.
     const fusedMlp = this.layers.length > 0 && this.layers.every((w) => w.gateUp);
     const gateUpActs = (label: string) => {
@@ -347,9 +396,7 @@ export class LlamaGraph {
       xIn: acts.reserve("xIn", T * C),
       n1: acts.reserve("n1", T * C),
       rstd1: acts.reserve("rstd1", T),
-      q: acts.reserve("q", T * Hq * D),
-      k: acts.reserve("k", T * Hkv * D),
-      v: acts.reserve("v", T * Hkv * D),
+      ...qkvActs(""),
       o: acts.reserve("o", T * Hq * D),
       lse: acts.reserve("lse", Hq * T),
       xMid: acts.reserve("xMid", T * C),
@@ -374,9 +421,7 @@ export class LlamaGraph {
     const dh = train ? acts.reserve("dh", T * C) : null;
     const dtmp = train ? acts.reserve("dtmp", T * C) : null;
     const dn = train ? acts.reserve("dn", T * C) : null;
-    const dq = train ? acts.reserve("dq", T * Hq * D) : null;
-    const dk = train ? acts.reserve("dk", T * Hkv * D) : null;
-    const dv = train ? acts.reserve("dv", T * Hkv * D) : null;
+    const { q: dq, k: dk, v: dv } = train ? qkvActs("d") : { q: null, k: null, v: null };
     const dO = train ? acts.reserve("do", T * Hq * D) : null;
     const { gate: dgate, up: dup } = train ? gateUpActs("d") : { gate: null, up: null };
     const dact = train ? acts.reserve("dact", T * I) : null;
@@ -391,12 +436,18 @@ export class LlamaGraph {
     const g = gpu, ar = this.arena, inp = this.inputs;
     const resMult = cfg.residualMultiplier;
     const fwd: Dispatch[] = [];
-    /** RoPE in place on x (T, H, D) at the micro-batch's positions (backward: the transpose). */
-    const rope = (x: BufferSlice, H: number, dir: "forward" | "backward"): Dispatch[] => {
+    /**
+     * RoPE in place on q (which "q") or k of the q/k/v layout at the micro-batch's positions
+     * (backward: the transpose, on dq or dk).
+     */
+    const rope = (x: BufferSlice, which: "q" | "k", dir: "forward" | "backward"): Dispatch[] => {
       const pos = { buffer: inp.pos }, table = { buffer: ropeTab };
+      const at = which === "q"
+        ? { H: Hq, ld: layout.ldQ, off: layout.qOff }
+        : { H: Hkv, ld: layout.ldKv, off: layout.kOff };
       return dir === "forward"
-        ? ropeForward(g, ar, { out: x, x, pos, table, T, H, D })
-        : ropeBackward(g, ar, { dx: x, dout: x, pos, table, T, H, D });
+        ? ropeForward(g, ar, { out: x, x, pos, table, T, D, ...at })
+        : ropeBackward(g, ar, { dx: x, dout: x, pos, table, T, D, ...at });
     };
     const layerForward = (l: number, out: Dispatch[]) => {
       const w = this.layers[l], a = this.layerActs[l];
@@ -411,11 +462,23 @@ export class LlamaGraph {
           C,
           eps: cfg.rmsNormEps,
         }),
-        ...matmulForward(g, ar, { y: a.q, x: a.n1, w: w.q, bias: w.qb, M: T, N: Hq * D, K: C }),
-        ...matmulForward(g, ar, { y: a.k, x: a.n1, w: w.k, bias: w.kb, M: T, N: Hkv * D, K: C }),
-        ...matmulForward(g, ar, { y: a.v, x: a.n1, w: w.v, bias: w.vb, M: T, N: Hkv * D, K: C }),
-        ...rope(a.q, Hq, "forward"),
-        ...rope(a.k, Hkv, "forward"),
+        ...(w.qkv
+          ? matmulForward(g, ar, {
+            y: a.q,
+            x: a.n1,
+            w: w.qkv,
+            bias: w.qkvBias,
+            M: T,
+            N: NQKV,
+            K: C,
+          })
+          : [
+            ...matmulForward(g, ar, { y: a.q, x: a.n1, w: w.q, bias: w.qb, M: T, N: NQ, K: C }),
+            ...matmulForward(g, ar, { y: a.k, x: a.n1, w: w.k, bias: w.kb, M: T, N: NKV, K: C }),
+            ...matmulForward(g, ar, { y: a.v, x: a.n1, w: w.v, bias: w.vb, M: T, N: NKV, K: C }),
+          ]),
+        ...rope(a.q, "q", "forward"),
+        ...rope(a.k, "k", "forward"),
         ...attentionForward(g, ar, {
           o: a.o,
           lse: a.lse,
@@ -429,6 +492,7 @@ export class LlamaGraph {
           Hkv,
           D,
           scale: cfg.attentionScale,
+          layout,
         }),
       );
       // xMid = xIn + resMult · o_proj(o)
@@ -717,15 +781,36 @@ export class LlamaGraph {
           D,
           scale: cfg.attentionScale,
           workspace: attnWs!,
+          layout,
         }),
-        ...rope(dq!, Hq, "backward"),
-        ...rope(dk!, Hkv, "backward"),
+        ...rope(dq!, "q", "backward"),
+        ...rope(dk!, "k", "backward"),
       );
-      const proj: [string, ArenaTensor, ArenaTensor | undefined, BufferSlice, number][] = [
-        ["q", w.q, w.qb, dq!, Hq * D],
-        ["k", w.k, w.kb, dk!, Hkv * D],
-        ["v", w.v, w.vb, dv!, Hkv * D],
-      ];
+      const proj: [string, ArenaTensor, ArenaTensor | undefined, BufferSlice, number][] = w.qkv
+        ? [] // one GEMM each below
+        : [
+          ["q", w.q, w.qb, dq!, Hq * D],
+          ["k", w.k, w.kb, dk!, Hkv * D],
+          ["v", w.v, w.vb, dv!, Hkv * D],
+        ];
+      if (w.qkv) {
+        // dW (q+k+v, C) += dQKVᵀ·n1, dn1 = dQKV·W, db += Σ dQKV over the (T, q+k+v) gradient
+        bwd.push(
+          ...matmulBackwardWeight(g, ar, {
+            dw: w.qkvGrad!,
+            dy: dq!,
+            x: a.n1,
+            M: T,
+            N: NQKV,
+            K: C,
+            accumulate: true,
+          }),
+          ...matmulBackwardInput(g, ar, { dx: dn!, dy: dq!, w: w.qkv, M: T, N: NQKV, K: C }),
+          ...(w.qkvBias
+            ? biasBackward(g, ar, { db: w.qkvBiasGrad!, dy: dq!, M: T, N: NQKV, accumulate: true })
+            : []),
+        );
+      }
       proj.forEach(([name, wt, b, dy, N], i) => {
         bwd.push(
           ...matmulBackwardWeight(g, ar, {
@@ -852,7 +937,7 @@ export class LlamaGraph {
       const piece: ParamPiece = {
         v0: 0,
         rows: shape[0],
-        cols: shape[1],
+        cols: shape[1] ?? 1,
         w: w.parts[i],
         g: g?.parts[i],
       };

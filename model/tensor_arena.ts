@@ -88,9 +88,8 @@ export class TensorArena {
     label: string,
     parts: { label: string; numel: number }[],
   ): { whole: ArenaTensor; parts: ArenaTensor[] } | null {
-    if (parts.some((p) => (p.numel * 4) % TensorArena.ALIGN !== 0)) return null;
+    if (!this.groupable(parts.map((p) => p.numel))) return null;
     const total = parts.reduce((s, p) => s + p.numel, 0);
-    if (total * 4 > this.chunkBytes) return null;
     const whole = this.reserve(label, total);
     const chunk = this.pending[this.pending.length - 1].chunk;
     let offset = whole.offset;
@@ -107,6 +106,12 @@ export class TensorArena {
       return t;
     });
     return { whole, parts: views };
+  }
+
+  /** Whether reserveGroup would take tensors of these element counts. */
+  groupable(numels: number[]): boolean {
+    return numels.every((n) => (n * 4) % TensorArena.ALIGN === 0) &&
+      numels.reduce((s, n) => s + n, 0) * 4 <= this.chunkBytes;
   }
 
   /** Create the buffers (each sized to its use) and fill in every reserved tensor's buffer. */

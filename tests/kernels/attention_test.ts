@@ -44,7 +44,11 @@ interface GpuResult {
   dv: Float32Array;
 }
 
-/** Upload, poison outputs with NaN, run forward then backward, read everything back. */
+/**
+ * Upload, poison outputs with NaN, run forward then backward, read everything back. `fused`: Q, K
+ * and V as the column blocks of one (T, q+k+v+4) tensor (a fused projection's output, 4 columns of
+ * padding), dQ, dK, dV likewise (the padding must stay untouched).
+ */
 async function runGpu(
   gpu: Gpu,
   variant: AttentionVariant,
@@ -54,12 +58,14 @@ async function runGpu(
   k: Float32Array,
   v: Float32Array,
   dout: Float32Array,
+  fused = false,
 ): Promise<GpuResult> {
   const { T, Hq, Hkv, D } = sh;
   const { seqStart, seqEnd } = packSamples(lengths);
   const nq = T * Hq * D, nk = T * Hkv * D;
   const nan = (n: number) => new Float32Array(n).fill(NaN);
   const up = (label: string, a: ArrayBufferView) => ({ buffer: gpu.bufferFrom(label, a) });
+  if (fused) return runFused(gpu, variant, sh, seqStart, seqEnd, q, k, v, dout);
   const b = {
     q: up("attention_test.q", q),
     k: up("attention_test.k", k),
@@ -82,6 +88,66 @@ async function runGpu(
   for (const x of Object.values(b)) x.buffer.destroy();
   arena.buffer.destroy();
   const [o, lse, dq, dk, dv] = r.map((a) => new Float32Array(a));
+  return { o, lse, dq, dk, dv };
+}
+
+const PAD = 12345; // the fused tensors' padding columns
+
+/** runGpu on the fused layout (see there). */
+async function runFused(
+  gpu: Gpu,
+  variant: AttentionVariant,
+  sh: AttnShape,
+  seqStart: Uint32Array,
+  seqEnd: Uint32Array,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  dout: Float32Array,
+): Promise<GpuResult> {
+  const { T, Hq, Hkv, D } = sh;
+  const wq = Hq * D, wk = Hkv * D, ld = wq + 2 * wk + 4;
+  const layout = { ldQ: ld, ldKv: ld, qOff: 0, kOff: wq, vOff: wq + wk };
+  const qkv = new Float32Array(T * ld).fill(PAD);
+  for (let t = 0; t < T; t++) {
+    qkv.set(q.subarray(t * wq, (t + 1) * wq), t * ld);
+    qkv.set(k.subarray(t * wk, (t + 1) * wk), t * ld + wq);
+    qkv.set(v.subarray(t * wk, (t + 1) * wk), t * ld + wq + wk);
+  }
+  const up = (label: string, a: ArrayBufferView) => ({ buffer: gpu.bufferFrom(label, a) });
+  const all = up("attention_test.qkv", qkv);
+  const grads = up("attention_test.dqkv", new Float32Array(T * ld).fill(PAD));
+  const b = {
+    q: all,
+    k: all,
+    v: all,
+    dout: up("attention_test.dout", dout),
+    seqStart: up("attention_test.seqStart", seqStart),
+    seqEnd: up("attention_test.seqEnd", seqEnd),
+    o: up("attention_test.o", new Float32Array(T * wq).fill(NaN)),
+    lse: up("attention_test.lse", new Float32Array(Hq * T).fill(NaN)),
+    dq: grads,
+    dk: grads,
+    dv: grads,
+    workspace: up(
+      "attention_test.ws",
+      new Float32Array(attentionBackwardWorkspaceBytes(T, Hq) / 4),
+    ),
+  };
+  const arena = new ParamArena(gpu, "attention_test.params", 4096);
+  const fwd = attentionForward(gpu, arena, { ...b, ...sh, variant, layout });
+  const bwd = attentionBackward(gpu, arena, { ...b, ...sh, variant, layout });
+  gpu.run([...fwd, ...bwd], "attention_test.fused");
+  const [o, lse, g] = (await gpu.read([b.o, b.lse, grads])).map((a) => new Float32Array(a));
+  for (const x of new Set(Object.values(b))) x.buffer.destroy();
+  arena.buffer.destroy();
+  const dq = new Float32Array(T * wq), dk = new Float32Array(T * wk), dv = new Float32Array(T * wk);
+  for (let t = 0; t < T; t++) {
+    dq.set(g.subarray(t * ld, t * ld + wq), t * wq);
+    dk.set(g.subarray(t * ld + wq, t * ld + wq + wk), t * wk);
+    dv.set(g.subarray(t * ld + wq + wk, t * ld + wq + 2 * wk), t * wk);
+    for (let j = ld - 4; j < ld; j++) assert.equal(g[t * ld + j], PAD, `padding of token ${t}`);
+  }
   return { o, lse, dq, dk, dv };
 }
 
@@ -252,6 +318,40 @@ for (const entry of ["forward", "dq", "dkv"] as AttentionGpuEntry[]) {
       setAttentionGpuShapes(gpu, null);
     }
   });
+}
+
+// Q, K, V (and their gradients) as column blocks of one fused tensor: the same bits as dense.
+for (const variant of VARIANTS) {
+  gpuTest(
+    `attention[${variant}]: the fused q/k/v layout gives the dense results exactly`,
+    async (gpu) => {
+      const names = ["GQA Hq=4 Hkv=2 D=64, T=267 in 5 samples", "Hq=2 Hkv=1 D=6, 2 samples"];
+      const cases = CASES.filter((x) => names.includes(x.name));
+      assert.equal(cases.length, names.length);
+      for (const c of cases) {
+        const T = c.lengths.reduce((a, b) => a + b, 0);
+        const sh: AttnShape = { T, Hq: c.Hq, Hkv: c.Hkv, D: c.D, scale: 1 / Math.sqrt(c.D) };
+        const q = randomArray(T * c.Hq * c.D, 21), k = randomArray(T * c.Hkv * c.D, 22);
+        const v = randomArray(T * c.Hkv * c.D, 23), dout = randomArray(T * c.Hq * c.D, 24);
+        const splits = variant === "gpu" ? [1, 2] : [1];
+        for (const parts of splits) {
+          if (parts > 1) {
+            const [tr, tc] = attentionGpuShapeCandidates(gpu, "dkv", c.D)[0];
+            setAttentionGpuShapes(gpu, { dkv: [tr, tc, parts] });
+          }
+          try {
+            const dense = await runGpu(gpu, variant, sh, c.lengths, q, k, v, dout);
+            const fused = await runGpu(gpu, variant, sh, c.lengths, q, k, v, dout, true);
+            for (const key of ["o", "lse", "dq", "dk", "dv"] as const) {
+              assert.deepEqual(fused[key], dense[key], `${c.name} split ${parts}: ${key}`);
+            }
+          } finally {
+            setAttentionGpuShapes(gpu, null);
+          }
+        }
+      }
+    },
+  );
 }
 
 for (const variant of VARIANTS) {

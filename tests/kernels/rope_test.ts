@@ -126,3 +126,46 @@ for (
     for (const b of [posBuf, table, xBuf, outBuf, ipBuf, arena.buffer]) b.destroy();
   });
 }
+
+gpuTest(
+  "rope: a head block inside wider rows (fused q/k/v) rotates as the dense tensor does",
+  async (gpu) => {
+    const lengths = [5, 1, 9];
+    const pos = packedPositions(lengths);
+    const T = pos.length, H = 3, D = 8, W = H * D, ld = W + 20, off = 12;
+    const arena = new ParamArena(gpu, "rope_test.strided", 4096);
+    const x = randomArray(T * W, 17, 1);
+    const wide = new Float32Array(T * ld).fill(12345); // sentinels outside the block
+    for (let t = 0; t < T; t++) wide.set(x.subarray(t * W, (t + 1) * W), t * ld + off);
+    const posBuf = gpu.bufferFrom("rope_test.pos", pos);
+    const table = gpu.bufferFrom("rope_test.table", ropeTable(D, 10000, null, 16));
+    const dense = gpu.bufferFrom("rope_test.dense", x);
+    const strided = gpu.bufferFrom("rope_test.strided", wide);
+    const args = { pos: { buffer: posBuf }, table: { buffer: table }, T, H, D };
+    for (const dir of ["forward", "backward"] as const) {
+      gpu.write(dense, x);
+      gpu.write(strided, wide);
+      const d = { buffer: dense }, s = { buffer: strided };
+      gpu.run(
+        dir === "forward"
+          ? [
+            ...ropeForward(gpu, arena, { out: d, x: d, ...args }),
+            ...ropeForward(gpu, arena, { out: s, x: s, ...args, ld, off }),
+          ]
+          : [
+            ...ropeBackward(gpu, arena, { dx: d, dout: d, ...args }),
+            ...ropeBackward(gpu, arena, { dx: s, dout: s, ...args, ld, off }),
+          ],
+        "rope_test.strided",
+      );
+      const [a, b] = (await gpu.read([d, s])).map((r) => new Float32Array(r));
+      for (let t = 0; t < T; t++) {
+        for (let j = 0; j < ld; j++) {
+          const inBlock = j >= off && j < off + W;
+          assert.equal(b[t * ld + j], inBlock ? a[t * W + j - off] : 12345, `${dir} t=${t} j=${j}`);
+        }
+      }
+    }
+    for (const buf of [posBuf, table, dense, strided, arena.buffer]) buf.destroy();
+  },
+);

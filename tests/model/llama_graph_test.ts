@@ -249,41 +249,58 @@ gpuTest("graph: an overflowing gradient skips the step and halves the loss scale
   g.destroy();
 });
 
-gpuTest("graph: fused gate/up projections give the unfused loss and gradients", async (gpu) => {
-  const cfg = parseModelConfig(FAMILIES["llama-gqa"], "fuse/config.json");
-  const weights = randomWeights(cfg, 23);
-  const mb = testBatch(cfg.vocabSize, 4);
-  const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
-  const run = async (fuse: boolean) => {
-    const g = new LlamaGraph(gpu, cfg, { tokens: 16, fuse });
-    g.upload(weights);
-    g.queueStep(0, [mb], hyper);
-    const out = {
-      loss: (await g.readMetrics(0, 1))[0][0],
-      grads: await g.download("m"),
-      weights: await g.download("weights"),
-      gemms: g.forwardBackward.filter((d) => d.kernel.name.startsWith("matmul")).length,
-    };
-    g.destroy();
-    return out;
-  };
-  const [fused, plain] = [await run(true), await run(false)];
-  // per layer: one GEMM fewer forward, two fewer backward
-  assert.equal(plain.gemms - fused.gemms, 3 * cfg.numLayers);
-  assert.ok(
-    Math.abs(fused.loss - plain.loss) / plain.loss < 1e-6,
-    `${fused.loss} vs ${plain.loss}`,
-  );
-  let worst = 0;
-  for (const [name, gp] of plain.grads) {
-    const floor = 1e-2 * gp.reduce((m, x) => Math.max(m, Math.abs(x)), 0) || 1e-30;
-    worst = Math.max(worst, maxRelErr(fused.grads.get(name)!, gp, floor));
-    assert.deepEqual(fused.weights.get(name), plain.weights.get(name), `${name} read back`);
-  }
-  // dn2 sums gate's and up's products in one K loop instead of two: f32 rounding, carried back
-  report("fused vs unfused gate/up gradients (floor 1% of max)", worst, 1e-4);
-  assert.ok(worst < 1e-4);
+/** A Qwen2 shape whose q/k/v weights and biases all align to 256 bytes: every projection fuses. */
+const QWEN2_FUSABLE = {
+  ...FAMILIES["qwen2"],
+  hidden_size: 128,
+  intermediate_size: 64,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+};
+
+gpuTest("graph: a Qwen2 with every projection fused matches the reference", async (gpu) => {
+  await checkFamily(gpu, "qwen2-fused", QWEN2_FUSABLE, F32_TOL);
 });
+
+gpuTest(
+  "graph: fused q/k/v and gate/up projections give the unfused loss and gradients",
+  async (gpu) => {
+    const cfg = parseModelConfig(QWEN2_FUSABLE, "fuse/config.json");
+    const weights = randomWeights(cfg, 23);
+    const mb = testBatch(cfg.vocabSize, 4);
+    const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
+    const run = async (fuse: boolean) => {
+      const g = new LlamaGraph(gpu, cfg, { tokens: 16, fuse });
+      g.upload(weights);
+      g.queueStep(0, [mb], hyper);
+      const out = {
+        loss: (await g.readMetrics(0, 1))[0][0],
+        grads: await g.download("m"),
+        weights: await g.download("weights"),
+        gemms: g.forwardBackward.filter((d) => d.kernel.name.startsWith("matmul")).length,
+      };
+      g.destroy();
+      return out;
+    };
+    const [fused, plain] = [await run(true), await run(false)];
+    // per layer: q/k/v 3 → 1 GEMM forward, dW, dX and bias grad; gate/up 2 → 1 forward, dW, dX
+    assert.equal(plain.gemms - fused.gemms, (4 * 2 + 3) * cfg.numLayers);
+    assert.ok(
+      Math.abs(fused.loss - plain.loss) / plain.loss < 1e-6,
+      `${fused.loss} vs ${plain.loss}`,
+    );
+    let worst = 0;
+    for (const [name, gp] of plain.grads) {
+      const floor = 1e-2 * gp.reduce((m, x) => Math.max(m, Math.abs(x)), 0) || 1e-30;
+      worst = Math.max(worst, maxRelErr(fused.grads.get(name)!, gp, floor));
+      assert.deepEqual(fused.weights.get(name), plain.weights.get(name), `${name} read back`);
+    }
+    // dn sums the projections' products in one K loop instead of several: f32 rounding, carried
+    // back through the layers (7e-5 on lavapipe); the graph-vs-reference tolerance
+    report("fused vs unfused projection gradients (floor 1% of max)", worst, 1e-3);
+    assert.ok(worst < 1e-3);
+  },
+);
 
 gpuTest("graph: activation recomputation gives the same loss and gradients", async (gpu) => {
   const cfg = parseModelConfig(FAMILIES["qwen2"], "recompute/config.json");
