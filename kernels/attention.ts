@@ -7,6 +7,7 @@ import {
   GpuError,
   packParams,
   type ParamArena,
+  sharedScratch,
 } from "./runtime.ts";
 import { isCpuAdapter } from "./matmul.ts";
 
@@ -245,21 +246,6 @@ function dkvPartsFor(gpu: Gpu, key: string, group: number): number {
   }
   const tuned = tunedShapes.get(gpu)?.get(key)?.[2] ?? 1;
   return group % tuned === 0 ? tuned : 1;
-}
-
-const scratches = new WeakMap<Gpu, GPUBuffer>();
-
-/**
- * The split dK/dV scratch of `gpu`, at least `bytes` long (one serves every launch: dispatches run
- * in order; a larger one replaces it, and the bind groups already built keep the old one alive).
- */
-function dkvScratch(gpu: Gpu, bytes: number): GPUBuffer {
-  let s = scratches.get(gpu);
-  if (!s || s.size < bytes) {
-    s = gpu.buffer("attention_gpu.dkv_scratch", Math.max(bytes, 1 << 16));
-    scratches.set(gpu, s);
-  }
-  return s;
 }
 
 /** The autotune key of one attention_gpu launch: entry point and shape. */
@@ -508,7 +494,9 @@ export function attentionBackward(
   const group = Hq / Hkv;
   const parts = gpuVariant ? dkvPartsFor(gpu, keyDkv, group) : 1;
   const partBytes = parts * T * Hkv * D * 4, dvOff = alignUp(partBytes, 256);
-  const scratch = parts > 1 ? dkvScratch(gpu, dvOff + partBytes) : null;
+  const scratch = parts > 1
+    ? sharedScratch(gpu, "attention_gpu.dkv_scratch", dvOff + partBytes, 1 << 16)
+    : null;
   const prmDkv = parts > 1 ? params(arena, args, { parts, dvOff: dvOff / 4 }) : prm;
   const dDkv: Dispatch = {
     kernel: kDkv,

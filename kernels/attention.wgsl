@@ -26,26 +26,7 @@ override RQ: u32 = 16u; // threads per workgroup (4 own rows each)
 override NG: u32 = 2u; // 16-row groups per staged tile
 override BC4: u32 = 4u * NG; // quads of 4 rows per staged tile
 
-struct Params {
-  t: u32, // tokens in the packed row
-  hq: u32, // query heads
-  hkv: u32, // key/value heads
-  group: u32, // hq / hkv
-  scale: f32, // softmax scale (1/sqrt(D) or attention_multiplier)
-  d: u32, // head dim D, <= DM
-  _pad0: u32,
-  _pad1: u32,
-  ld_q: u32, // elements between tokens of Q and dQ
-  ld_kv: u32, // elements between tokens of K, V, dK and dV
-  q_off: u32, // element offsets of token 0 of Q (dQ), K (dK), V (dV)
-  k_off: u32,
-  v_off: u32,
-  _pad2: u32,
-  _pad3: u32,
-  _pad4: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// #include attention_params.wgsl
 
 var<private> D: u32; // head dim, p.d (set first thing by every entry point)
 

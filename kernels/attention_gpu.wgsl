@@ -42,26 +42,7 @@ override OA_N: u32 = 1024u; // vec4s of oth_a (>= DM·TC, >= TR·TC for the forw
 override OB_N: u32 = 1024u; // vec4s of oth_b (DM·TC)
 override TILE_N: u32 = 1024u; // vec4s of tile_a and tile_b (4·TR·TC)
 
-struct Params {
-  t: u32, // tokens in the packed row
-  hq: u32, // query heads
-  hkv: u32, // key/value heads
-  group: u32, // hq / hkv
-  scale: f32, // softmax scale
-  d: u32, // head dim D, <= DM, a multiple of 4
-  parts: u32, // dK/dV: the q heads of a group split over this many workgroups (0 or 1: unsplit)
-  dv_off: u32, // dK/dV reduce: where the dV partials start in in_parts (elements)
-  ld_q: u32, // elements between tokens of Q and dQ
-  ld_kv: u32, // elements between tokens of K, V, dK and dV
-  q_off: u32, // element offsets of token 0 of Q (dQ), K (dK), V (dV)
-  k_off: u32,
-  v_off: u32,
-  _pad2: u32,
-  _pad3: u32,
-  _pad4: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// #include attention_params.wgsl
 
 // Outputs (bindings 1, 2) of each entry point.
 @group(0) @binding(1) var<storage, read_write> out_o: array<f32>; // forward (T, Hq, D)

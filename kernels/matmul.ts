@@ -6,6 +6,7 @@ import {
   GpuError,
   packParams,
   type ParamArena,
+  sharedScratch,
 } from "./runtime.ts";
 
 /** A tensor argument: a whole buffer or a slice of one (offset aligned to 256 bytes). */
@@ -225,22 +226,6 @@ export function stopGemmRecording(gpu: Gpu): Map<string, RecordedGemm> {
   return rec;
 }
 
-const scratches = new WeakMap<Gpu, GPUBuffer>();
-
-/**
- * The split-K scratch of `gpu`, at least `bytes` long. One buffer serves every split GEMM (the
- * dispatches of a queue run in order); when a larger one is needed it replaces the old one, which
- * the bind groups already built keep alive.
- */
-function splitScratch(gpu: Gpu, bytes: number): GPUBuffer {
-  let s = scratches.get(gpu);
-  if (!s || s.size < bytes) {
-    s = gpu.buffer("matmul.splitk_scratch", Math.max(bytes, 1 << 20));
-    scratches.set(gpu, s);
-  }
-  return s;
-}
-
 const dummies = new WeakMap<Gpu, GPUBuffer>();
 
 /** A 16-byte storage buffer bound where a kernel declares an optional input that is unused. */
@@ -346,7 +331,7 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
     return [{ kernel, bindGroup, workgroups }];
   }
   // Split K: partial products into the scratch, then one pass sums them into C.
-  const scratch = splitScratch(gpu, 4 * slices * sliceStride);
+  const scratch = sharedScratch(gpu, "matmul.splitk_scratch", 4 * slices * sliceStride, 1 << 20);
   const partial: Dispatch = {
     kernel,
     bindGroup: gpu.bind(kernel, {

@@ -118,9 +118,9 @@ function matmulSourceHash(): Promise<string> {
   return sourceHash(["./matmul.wgsl", "./matmul_f16.wgsl", "./matmul.ts"]);
 }
 
-/** The same for attention_gpu.wgsl + attention.ts (the attention grids' cache). */
+/** The same for attention_gpu.wgsl (+ its params) + attention.ts (the attention grids' cache). */
 function attentionSourceHash(): Promise<string> {
-  return sourceHash(["./attention_gpu.wgsl", "./attention.ts"]);
+  return sourceHash(["./attention_gpu.wgsl", "./attention_params.wgsl", "./attention.ts"]);
 }
 
 function sourceHash(files: string[]): Promise<string> {

@@ -78,6 +78,24 @@ export function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 
+const scratches = new WeakMap<Gpu, Map<string, GPUBuffer>>();
+
+/**
+ * The scratch buffer `label` of `gpu`, at least `bytes` long (and `minBytes`): one serves every
+ * dispatch that needs it, since the dispatches of a queue run in order; when a larger one is
+ * needed it replaces the old one, which the bind groups already built keep alive.
+ */
+export function sharedScratch(gpu: Gpu, label: string, bytes: number, minBytes = 0): GPUBuffer {
+  let m = scratches.get(gpu);
+  if (!m) scratches.set(gpu, m = new Map());
+  let s = m.get(label);
+  if (!s || s.size < bytes) {
+    s = gpu.buffer(label, Math.max(bytes, minBytes));
+    m.set(label, s);
+  }
+  return s;
+}
+
 /** The device, its limits and the caches every launcher uses. */
 export class Gpu {
   readonly pipelines = new Map<string, Kernel>();
