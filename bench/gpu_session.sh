@@ -56,6 +56,8 @@ for phase in "$@"; do
   esac
   for f in bench/out/*.json; do [ -f "$f" ] && cp "$f" "$LOGS/${phase}_$(basename "$f")"; done
   rm -f bench/out/*.json
+  # every train result so far as one table (also in the archive)
+  deno run -A bench/summarize.ts "$LOGS" >"$LOGS/summary.md" 2>&1 && cat "$LOGS/summary.md"
   # The device tool returns at most 8 files: one archive, refreshed after every phase.
   tar czf "$OUT/session.tgz" -C "$LOGS" .
 done

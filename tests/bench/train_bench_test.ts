@@ -9,6 +9,7 @@ import {
   trainFlopsPerStep,
   trainOptionsFromFlags,
 } from "../../bench/train.ts";
+import { summaryRows } from "../../bench/summarize.ts";
 import { parseModelConfig } from "../../model/config.ts";
 import { loadHfModel } from "../../model/hf_dir.ts";
 import { packMicroBatch } from "../../model/llama_graph.ts";
@@ -57,6 +58,9 @@ Deno.test("trainOptionsFromFlags: defaults, and one clear error per bad flag", (
   assert.equal(o.rounds, 1);
   assert.equal(trainOptionsFromFlags({ rounds: "3" }).rounds, 3);
   assert.throws(() => trainOptionsFromFlags({ rounds: "0" }), UserError);
+  assert.equal(o.matmulPrecision, "f32");
+  assert.equal(trainOptionsFromFlags({ "matmul-precision": "f16" }).matmulPrecision, "f16");
+  assert.throws(() => trainOptionsFromFlags({ "matmul-precision": "bf16" }), /f32 or f16/);
 });
 
 gpuTest(
@@ -104,6 +108,27 @@ gpuTest(
       const err = Math.abs(o.losses[0] - want) / Math.abs(want);
       report("bench step-0 loss vs f64 reference", err, 1e-5);
       assert.ok(err <= 1e-5, `${o.losses[0]} vs ${want}`);
+
+      // The GPU session's summary table row of this result.
+      const [, , row] = summaryRows([{ file: "x_train.json", r }]);
+      assert.match(row, /^\| x_train\.json \| stories260k \| f32 \(0 f16\) \| [\d,]+ \|/);
+
+      // --gpu-kernels --matmul-precision f16: every GEMM of the pass in f16, losses still sane.
+      if (gpu.hasF16) {
+        const h = await benchTrain({
+          ...opts,
+          profile: false,
+          workDir: work,
+          gpu,
+          gpuKernels: true,
+          matmulPrecision: "f16",
+        });
+        assert.equal(h.matmulPrecision, "f16");
+        assert.ok(h.ours.gemms.f16 > 0 && h.ours.gemms.total === 0, JSON.stringify(h.ours.gemms));
+        const d = Math.abs(h.ours.losses[0] - o.losses[0]) / o.losses[0];
+        report("bench step-0 loss, f16 GEMMs vs f32", d, 2e-3);
+        assert.ok(d <= 2e-3);
+      }
 
       // The same steps in PyTorch (plain fp32 Llama) when this machine has torch.
       const python = await findTorchPython();
