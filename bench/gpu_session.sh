@@ -5,9 +5,11 @@
 #   source .gpu/enter.sh && bash bench/gpu_session.sh doctor PHASE [PHASE ...]
 # Phases: doctor, tests (kernel + graph tests on the GPU), kernels (bench kernels), matmul, attention
 # (every attention_gpu thread grid at the 135M and 1B shapes), small (stories260k and stories15m vs
-# torch), 135m, 1b (the two recipe shapes vs torch fp32 and bf16), f16 (both shapes again with our
-# GEMMs in f16, and the f16 matmul kernels alone), quickstart (`deno task train`: every stage of
-# the pipeline on the GPU).
+# torch), 135m, 1b (the two recipe shapes vs torch fp32 and bf16), f16 (the f16 matmul kernels
+# alone, then the 135M shape with our GEMMs in f16), 1b_f16 (the 1B shape alike), quickstart
+# (`deno task train`: every stage of the pipeline on the GPU). One device call runs at most 600 s:
+#   doctor tests attention 135m  |  f16 1b  |  1b_f16 quickstart
+# (each call's $OUT/session.tgz holds the logs of every phase so far while the machine stays warm).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 LOGS=/tmp/gpu_session
@@ -37,7 +39,7 @@ vs_torch=(--vs-torch --torch-device cuda --torch-dtype fp32,bf16 --torch-impl hf
 for phase in "$@"; do
   case $phase in
   doctor) step doctor 60 deno task doctor ;;
-  tests) step tests 120 deno test -A --no-check=remote tests/kernels tests/model/llama_graph_test.ts \
+  tests) step tests 240 deno test -A --no-check=remote tests/kernels tests/model/llama_graph_test.ts \
     tests/model/decode_graph_test.ts ;;
   kernels) step kernels 120 deno task bench kernels ;;
   matmul) step matmul 90 deno task bench kernels --filter matmul ;;
@@ -49,9 +51,9 @@ for phase in "$@"; do
   1b) step train_1b 300 deno task bench train --model llama-3.2-1b "${vs_torch[@]}" ;;
   f16) step matmul_f16 90 deno task bench kernels --filter f16
     step train_135m_f16 180 deno task bench train --model smollm2-135m --matmul-precision f16 \
-      "${vs_torch[@]}"
-    step train_1b_f16 300 deno task bench train --model llama-3.2-1b --matmul-precision f16 \
       "${vs_torch[@]}" ;;
+  1b_f16) step train_1b_f16 300 deno task bench train --model llama-3.2-1b --matmul-precision f16 \
+    "${vs_torch[@]}" ;;
   *) echo "unknown phase $phase" ;;
   esac
   for f in bench/out/*.json; do [ -f "$f" ] && cp "$f" "$LOGS/${phase}_$(basename "$f")"; done
