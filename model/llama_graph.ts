@@ -265,17 +265,20 @@ export class LlamaGraph {
       if (done.has(name)) continue;
       if (opts.fuse !== false && name.endsWith("self_attn.q_proj.weight")) {
         const pre = name.slice(0, -"q_proj.weight".length);
+        // q, k, v weights (and biases, Qwen2): both groups fuse, or neither
         const group = (kind: string) =>
-          ["q", "k", "v"].map((x) => shapes.find((s) => s.name === `${pre}${x}_proj.${kind}`)!);
+          ["q", "k", "v"].flatMap((x) =>
+            shapes.filter((s) => s.name === `${pre}${x}_proj.${kind}`)
+          );
         const weights = group("weight"), biases = group("bias");
         const ok = (gr: { shape: number[] }[]) => {
           const n = gr.map((s) => numel(s.shape));
           return this.weights.groupable(n) && n.reduce((a, b) => a + b, 0) * 4 <= binding;
         };
-        if (ok(weights) && (!biases[0] || ok(biases))) {
+        if (ok(weights) && (biases.length === 0 || ok(biases))) {
           this.reserveFused(`${pre}qkv_proj.weight`, weights, binding);
-          if (biases[0]) this.reserveFused(`${pre}qkv_proj.bias`, biases, binding);
-          for (const s of [...weights, ...biases]) if (s) done.add(s.name);
+          if (biases.length) this.reserveFused(`${pre}qkv_proj.bias`, biases, binding);
+          for (const s of [...weights, ...biases]) done.add(s.name);
           continue;
         }
       }
