@@ -87,8 +87,9 @@ fn is_finite(x: f32) -> bool {
 fn grad_norm_squares(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let g = wid.x + wid.y * nwg.x;
   let base = g * NORM_CHUNK;
   if (base >= p.n) {
@@ -112,7 +113,8 @@ fn grad_norm_squares(
 // fixed tree (pairwise) over the workgroup. The running sum passes through an XOR with the
 // uniform p.zero so a fast-math compiler cannot rewrite (s + y) − s − y to 0.
 @compute @workgroup_size(WG)
-fn grad_norm_finalize(@builtin(local_invocation_index) lid: u32) {
+fn grad_norm_finalize(@builtin(local_invocation_id) lid_v: vec3<u32>) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   var s = 0.0;
   var comp = 0.0;
   for (var i = lid; i < p.n; i += WG) {
@@ -178,8 +180,9 @@ fn adamStep(g: vec4<f32>, s: AdamState) -> AdamState {
 fn adamw_update(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let i = (wid.x + wid.y * nwg.x) * WG + lid;
   if (i >= p.n) {
     return;
@@ -203,8 +206,9 @@ fn adamw_update(
 fn adamw_update4(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let i = (wid.x + wid.y * nwg.x) * WG + lid;
   if (i >= p.n) {
     return;

@@ -106,8 +106,9 @@ fn reduce(li: u32, is_max: bool) -> f32 {
 @compute @workgroup_size(CHUNK)
 fn decode_attention_partial(
   @builtin(workgroup_id) wid: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
+  @builtin(local_invocation_id) li_v: vec3<u32>,
 ) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   if (li == 0u) {
     wpos = s_step[0];
   }
@@ -159,8 +160,9 @@ fn decode_attention_partial(
 @compute @workgroup_size(CHUNK)
 fn decode_attention_combine(
   @builtin(workgroup_id) wid: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
+  @builtin(local_invocation_id) li_v: vec3<u32>,
 ) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let h = wid.x;
   let nc = c_step[0] / CHUNK + 1u;
   let stride = D + 2u;

@@ -125,8 +125,9 @@ fn store(n: u32, v: f32) {
 fn matvec(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
+  @builtin(local_invocation_id) li_v: vec3<u32>,
 ) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let n = row_of(wid, nwg, li);
   let r = reduce_rows(li, dot_scalar(n, li % LANES));
   if (li % LANES == 0u && n < p.n) {
@@ -138,8 +139,9 @@ fn matvec(
 fn matvec_bias(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
+  @builtin(local_invocation_id) li_v: vec3<u32>,
 ) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let n = row_of(wid, nwg, li);
   let r = reduce_rows(li, dot_scalar(n, li % LANES));
   if (li % LANES == 0u && n < p.n) {
@@ -151,8 +153,9 @@ fn matvec_bias(
 fn matvec4(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
+  @builtin(local_invocation_id) li_v: vec3<u32>,
 ) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let n = row_of(wid, nwg, li);
   let r = reduce_rows(li, dot_vec4(n, li % LANES));
   if (li % LANES == 0u && n < p.n) {
@@ -164,8 +167,9 @@ fn matvec4(
 fn matvec4_bias(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
+  @builtin(local_invocation_id) li_v: vec3<u32>,
 ) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let n = row_of(wid, nwg, li);
   let r = reduce_rows(li, dot_vec4(n, li % LANES));
   if (li % LANES == 0u && n < p.n) {
@@ -177,8 +181,9 @@ fn matvec4_bias(
 fn matvec_swiglu(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
+  @builtin(local_invocation_id) li_v: vec3<u32>,
 ) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let n = row_of(wid, nwg, li);
   let g = reduce_rows(li, dot_scalar(n, li % LANES));
   let u = reduce_rows2(li, dot_scalar_up(n, li % LANES));
@@ -191,8 +196,9 @@ fn matvec_swiglu(
 fn matvec4_swiglu(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) li: u32,
+  @builtin(local_invocation_id) li_v: vec3<u32>,
 ) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let n = row_of(wid, nwg, li);
   let g = reduce_rows(li, dot_vec4(n, li % LANES));
   let u = reduce_rows2(li, dot_vec4_up(n, li % LANES));

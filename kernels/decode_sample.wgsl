@@ -126,7 +126,8 @@ fn sample(li: u32, s: f32, u: f32) -> u32 {
 }
 
 @compute @workgroup_size(WG)
-fn sample_token(@builtin(local_invocation_index) li: u32) {
+fn sample_token(@builtin(local_invocation_id) li_v: vec3<u32>) {
+  let li = li_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   if (li == 0u) {
     wu = bitcast<f32>(step[1]);
     winv = bitcast<f32>(step[2]);

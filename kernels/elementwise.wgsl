@@ -38,11 +38,10 @@ fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 @compute @workgroup_size(WG)
 fn axpy(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
 ) {
-  let i = group_index(wid, nwg) * WG + lid;
+  let i = gid.x + gid.y * nwg.x * WG;
   if (i >= p.n) {
     return;
   }
@@ -51,11 +50,10 @@ fn axpy(
 
 @compute @workgroup_size(WG)
 fn scale_copy(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
 ) {
-  let i = group_index(wid, nwg) * WG + lid;
+  let i = gid.x + gid.y * nwg.x * WG;
   if (i >= p.n) {
     return;
   }
@@ -64,11 +62,10 @@ fn scale_copy(
 
 @compute @workgroup_size(WG)
 fn copy(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
 ) {
-  let i = group_index(wid, nwg) * WG + lid;
+  let i = gid.x + gid.y * nwg.x * WG;
   if (i >= p.n) {
     return;
   }
@@ -77,11 +74,10 @@ fn copy(
 
 @compute @workgroup_size(WG)
 fn fill(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
 ) {
-  let i = group_index(wid, nwg) * WG + lid;
+  let i = gid.x + gid.y * nwg.x * WG;
   if (i >= p.n) {
     return;
   }
@@ -94,8 +90,9 @@ fn fill(
 fn sum_partials(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let g = group_index(wid, nwg);
   let base = g * SUM_CHUNK;
   if (base >= p.n) {
@@ -117,7 +114,8 @@ fn sum_partials(
 // acc[index] += sum of the n partials: invocation lid adds partials lid, lid+WG, ... in order
 // with Kahan compensation, then a fixed tree over the workgroup. One workgroup.
 @compute @workgroup_size(WG)
-fn sum_finalize(@builtin(local_invocation_index) lid: u32) {
+fn sum_finalize(@builtin(local_invocation_id) lid_v: vec3<u32>) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   var s = 0.0;
   var comp = 0.0;
   for (var i = lid; i < p.n; i += WG) {

@@ -43,8 +43,9 @@ fn shard_rows(len: u32) -> vec2<u32> {
 fn embedding_forward(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let i = (wid.x + wid.y * nwg.x) * WG + lid;
   if (i >= p.T * p.C) {
     return;
@@ -70,8 +71,9 @@ fn embedding_forward(
 fn embedding_backward(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let g = wid.x + wid.y * nwg.x;
   let u = g / p.cblocks;
   let c = (g - u * p.cblocks) * WG + lid;

@@ -67,8 +67,9 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
 fn rmsnorm_forward(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let t = wid.x + wid.y * nwg.x;
   if (t >= p.T) {
     return; // surplus workgroup of the grid (uniform)
@@ -94,8 +95,9 @@ fn rmsnorm_forward(
 fn rmsnorm_backward_dx(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let t = wid.x + wid.y * nwg.x;
   if (t >= p.T) {
     return;
@@ -127,8 +129,9 @@ const ROW_LANES: u32 = 8u;
 fn rmsnorm_forward_rows(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let t = (wid.x + wid.y * nwg.x) * ROW_LANES + lid;
   if (t >= p.T) {
     return;
@@ -150,8 +153,9 @@ fn rmsnorm_forward_rows(
 fn rmsnorm_backward_dx_rows(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let t = (wid.x + wid.y * nwg.x) * ROW_LANES + lid;
   if (t >= p.T) {
     return;
@@ -178,8 +182,9 @@ fn rmsnorm_backward_dx_rows(
 fn rmsnorm_backward_dw_partial(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let cblocks = (p.C + WG - 1u) / WG;
   let g = wid.x + wid.y * nwg.x;
   let b = g / cblocks;
@@ -201,8 +206,9 @@ fn rmsnorm_backward_dw_partial(
 fn rmsnorm_backward_dw_reduce(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_index) lid: u32,
+  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
+  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
   let c = (wid.x + wid.y * nwg.x) * WG + lid;
   if (c >= p.C) {
     return;
