@@ -105,27 +105,32 @@ fn quad_delta(h: u32, i: u32) -> vec4<f32> {
 // ---------------------------------------------------------------------------------------------
 // Staging 16·NG rows from row r0 (zero past T), transposed: tile[d · BC4 + r / 4][r % 4].
 
+// Lane li stages rows li, li + RQ, ..., every dim of each (no division by the run-time D: lavapipe
+// runs a vector integer division lane by lane).
+
 // K and V rows of kv head kvh.
 fn stage_kv(r0: u32, kvh: u32, li: u32) {
-  for (var e = li; e < 16u * NG * D; e += RQ) {
-    let r = e / D;
-    let d = e % D;
-    let o = min(r0 + r, p.t - 1u) * p.ld_kv + kvh * D + d;
+  for (var r = li; r < 16u * NG; r += RQ) {
+    let o = min(r0 + r, p.t - 1u) * p.ld_kv + kvh * D;
     let ok = r0 + r < p.t;
-    ta[d * BC4 + r / 4u][r % 4u] = select(0.0, in_k[o + p.k_off], ok);
-    tb[d * BC4 + r / 4u][r % 4u] = select(0.0, in_v[o + p.v_off], ok);
+    for (var d = 0u; d < D; d++) {
+      ta[d * BC4 + r / 4u][r % 4u] = select(0.0, in_k[o + p.k_off + d], ok);
+      tb[d * BC4 + r / 4u][r % 4u] = select(0.0, in_v[o + p.v_off + d], ok);
+    }
   }
 }
 
 // Q and dO rows of q head h.
 fn stage_qdo(r0: u32, h: u32, li: u32) {
-  for (var e = li; e < 16u * NG * D; e += RQ) {
-    let r = e / D;
-    let d = e % D;
+  for (var r = li; r < 16u * NG; r += RQ) {
     let row = min(r0 + r, p.t - 1u);
+    let oq = row * p.ld_q + p.q_off + h * D;
+    let oo = row * (p.hq * D) + h * D;
     let ok = r0 + r < p.t;
-    ta[d * BC4 + r / 4u][r % 4u] = select(0.0, in_q[row * p.ld_q + p.q_off + h * D + d], ok);
-    tb[d * BC4 + r / 4u][r % 4u] = select(0.0, in_dout[row * (p.hq * D) + h * D + d], ok);
+    for (var d = 0u; d < D; d++) {
+      ta[d * BC4 + r / 4u][r % 4u] = select(0.0, in_q[oq + d], ok);
+      tb[d * BC4 + r / 4u][r % 4u] = select(0.0, in_dout[oo + d], ok);
+    }
   }
 }
 
