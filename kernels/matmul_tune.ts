@@ -259,24 +259,29 @@ async function timeCandidates(
   } finally {
     setMatmulTuning(gpu, before);
   }
-  // one submission: per candidate a warm-up call, then `reps` timed calls
-  const all: Dispatch[] = [];
-  for (const l of lists) for (let r = 0; r <= reps; r++) all.push(...l.dispatches);
-  const ms = await gpu.profile(all);
+  const ms = await timeLists(gpu, lists.map((l) => l.dispatches), reps);
   arena.buffer.destroy();
-  const out: { choice: Candidate; ms: number }[] = [];
+  return lists.map((l, i) => ({ choice: l.choice, ms: ms[i] }));
+}
+
+/**
+ * ms per call of each dispatch list (its dispatches summed), the median of `reps` timed calls after
+ * a warm-up call, all in one submission.
+ */
+async function timeLists(gpu: Gpu, lists: Dispatch[][], reps: number): Promise<number[]> {
+  const all: Dispatch[] = [];
+  for (const l of lists) for (let r = 0; r <= reps; r++) all.push(...l);
+  const ms = await gpu.profile(all);
   let i = 0;
-  for (const l of lists) {
-    const n = l.dispatches.length;
+  return lists.map((l) => {
     const per: number[] = [];
     for (let r = 0; r <= reps; r++) {
       let t = 0;
-      for (let d = 0; d < n; d++) t += ms[i++];
+      for (let d = 0; d < l.length; d++) t += ms[i++];
       if (r > 0) per.push(t);
     }
-    out.push({ choice: l.choice, ms: median(per) });
-  }
-  return out;
+    return median(per);
+  });
 }
 
 /** Two attention grids are the same (an absent dK/dV split counts as 1). */
@@ -303,20 +308,9 @@ async function timeAttentionGrids(
   } finally {
     setAttentionGpuShapes(gpu, null);
   }
-  const all: Dispatch[] = [];
-  for (const l of lists) for (let r = 0; r <= reps; r++) all.push(...l.ds);
-  const ms = await gpu.profile(all);
+  const ms = await timeLists(gpu, lists.map((l) => l.ds), reps);
   arena.buffer.destroy();
-  let i = 0;
-  return lists.map((l) => {
-    const per: number[] = [];
-    for (let r = 0; r <= reps; r++) {
-      let t = 0;
-      for (let d = 0; d < l.ds.length; d++) t += ms[i++];
-      if (r > 0) per.push(t);
-    }
-    return { grid: l.grid, ms: median(per) };
-  });
+  return lists.map((l, i) => ({ grid: l.grid, ms: ms[i] }));
 }
 
 /**
