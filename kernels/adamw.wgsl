@@ -41,6 +41,8 @@ struct Hyper {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// #include flat_index.wgsl
+
 // grad_norm_squares
 @group(0) @binding(1) var<storage, read_write> partials_out: array<f32>; // (≥ offset + chunks)
 @group(0) @binding(2) var<storage, read> grad_in: array<f32>; // (n)
@@ -178,12 +180,10 @@ fn adamStep(g: vec4<f32>, s: AdamState) -> AdamState {
 
 @compute @workgroup_size(WG)
 fn adamw_update(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
-  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
-  let i = (wid.x + wid.y * nwg.x) * WG + lid;
+  let i = flat_index(gid, nwg, WG);
   if (i >= p.n) {
     return;
   }
@@ -204,12 +204,10 @@ fn adamw_update(
 /// and 16-byte memory accesses, the same arithmetic.
 @compute @workgroup_size(WG)
 fn adamw_update4(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
-  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
-  let i = (wid.x + wid.y * nwg.x) * WG + lid;
+  let i = flat_index(gid, nwg, WG);
   if (i >= p.n) {
     return;
   }

@@ -27,6 +27,7 @@ override NG: u32 = 2u; // 16-row groups per staged tile
 override BC4: u32 = 4u * NG; // quads of 4 rows per staged tile
 
 // #include attention_params.wgsl
+// #include flat_index.wgsl
 
 var<private> D: u32; // head dim, p.d (set first thing by every entry point)
 
@@ -372,7 +373,7 @@ fn attention_backward_delta(
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
   D = p.d;
-  let idx = gid.x + gid.y * nwg.x * 64u; // i · Hq + h
+  let idx = flat_index(gid, nwg, 64u); // i · Hq + h
   if (idx >= p.t * p.hq) {
     return;
   }

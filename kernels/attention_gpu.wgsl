@@ -43,6 +43,7 @@ override OB_N: u32 = 1024u; // vec4s of oth_b (DM·TC)
 override TILE_N: u32 = 1024u; // vec4s of tile_a and tile_b (4·TR·TC)
 
 // #include attention_params.wgsl
+// #include flat_index.wgsl
 
 // Outputs (bindings 1, 2) of each entry point.
 @group(0) @binding(1) var<storage, read_write> out_o: array<f32>; // forward (T, Hq, D)
@@ -602,7 +603,7 @@ fn attention_gpu_dkv_reduce(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nw: vec3<u32>,
 ) {
-  let e = gid.x + gid.y * nw.x * 64u;
+  let e = flat_index(gid, nw, 64u);
   let n = p.t * p.hkv * p.d;
   if (e >= n) {
     return;

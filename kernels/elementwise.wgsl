@@ -17,6 +17,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// #include flat_index.wgsl
+
 // axpy / scale_copy / copy / fill
 @group(0) @binding(1) var<storage, read_write> y: array<f32>; // (n)
 @group(0) @binding(2) var<storage, read> x: array<f32>; // (n)
@@ -41,7 +43,7 @@ fn axpy(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  let i = gid.x + gid.y * nwg.x * WG;
+  let i = flat_index(gid, nwg, WG);
   if (i >= p.n) {
     return;
   }
@@ -53,7 +55,7 @@ fn scale_copy(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  let i = gid.x + gid.y * nwg.x * WG;
+  let i = flat_index(gid, nwg, WG);
   if (i >= p.n) {
     return;
   }
@@ -65,7 +67,7 @@ fn copy(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  let i = gid.x + gid.y * nwg.x * WG;
+  let i = flat_index(gid, nwg, WG);
   if (i >= p.n) {
     return;
   }
@@ -77,7 +79,7 @@ fn fill(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  let i = gid.x + gid.y * nwg.x * WG;
+  let i = flat_index(gid, nwg, WG);
   if (i >= p.n) {
     return;
   }

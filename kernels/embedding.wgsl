@@ -29,6 +29,8 @@ fn shard_rows(len: u32) -> vec2<u32> {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// #include flat_index.wgsl
+
 // embedding_forward
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (T, C)
 @group(0) @binding(2) var<storage, read> table: array<f32>; // (V, C)
@@ -41,12 +43,10 @@ fn shard_rows(len: u32) -> vec2<u32> {
 
 @compute @workgroup_size(WG)
 fn embedding_forward(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
-  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
-  let i = (wid.x + wid.y * nwg.x) * WG + lid;
+  let i = flat_index(gid, nwg, WG);
   if (i >= p.T * p.C) {
     return;
   }

@@ -40,6 +40,8 @@ const FLAG_ACCUMULATE = 1u;
 const FLAG_BIAS = 2u;
 
 @group(0) @binding(0) var<uniform> p: GemmParams;
+
+// #include flat_index.wgsl
 @group(0) @binding(1) var<storage, read_write> c: array<f32>; // (M, ldc)
 @group(0) @binding(2) var<storage, read> a: array<f32>; // A (i, p) by strides
 @group(0) @binding(3) var<storage, read> b: array<f32>; // B (p, j) by strides
@@ -571,7 +573,7 @@ fn matmul_tiled_v4(
 
 @compute @workgroup_size(64)
 fn matmul_splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
-  let e = gid.x + gid.y * nw.x * 64u;
+  let e = flat_index(gid, nw, 64u);
   if (e >= p.M * p.N) {
     return;
   }

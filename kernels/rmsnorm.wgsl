@@ -23,6 +23,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// #include flat_index.wgsl
+
 // rmsnorm_forward
 @group(0) @binding(1) var<storage, read_write> y: array<f32>; // (T, C)
 @group(0) @binding(2) var<storage, read_write> rstd_out: array<f32>; // (T)
@@ -127,12 +129,10 @@ const ROW_LANES: u32 = 8u;
 
 @compute @workgroup_size(ROW_LANES)
 fn rmsnorm_forward_rows(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
-  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
-  let t = (wid.x + wid.y * nwg.x) * ROW_LANES + lid;
+  let t = flat_index(gid, nwg, ROW_LANES);
   if (t >= p.T) {
     return;
   }
@@ -151,12 +151,10 @@ fn rmsnorm_forward_rows(
 
 @compute @workgroup_size(ROW_LANES)
 fn rmsnorm_backward_dx_rows(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
-  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
-  let t = (wid.x + wid.y * nwg.x) * ROW_LANES + lid;
+  let t = flat_index(gid, nwg, ROW_LANES);
   if (t >= p.T) {
     return;
   }
@@ -204,12 +202,10 @@ fn rmsnorm_backward_dw_partial(
 // dw[c] += Σ_b ws[b, c], in block order.
 @compute @workgroup_size(WG)
 fn rmsnorm_backward_dw_reduce(
-  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
-  @builtin(local_invocation_id) lid_v: vec3<u32>,
 ) {
-  let lid = lid_v.x; // not local_invocation_index: slow on lavapipe (kernels/README)
-  let c = (wid.x + wid.y * nwg.x) * WG + lid;
+  let c = flat_index(gid, nwg, WG);
   if (c >= p.C) {
     return;
   }

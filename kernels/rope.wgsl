@@ -17,15 +17,12 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+
+// #include flat_index.wgsl
 @group(0) @binding(1) var<storage, read_write> out: array<f32>; // (T, ld) from off
 @group(0) @binding(2) var<storage, read> x: array<f32>; // (T, ld) from off
 @group(0) @binding(3) var<storage, read> pos: array<u32>; // (T)
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>; // (maxPos, D/2) of (cos, sin)
-
-// Row index of a 2-D dispatch of 64-wide workgroups.
-fn row_of(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-  return gid.x + gid.y * nwg.x * 64u;
-}
 
 // out[i] = a·cos − b·sin, out[i + D/2] = b·cos + a·sin; sin_sign −1 gives the transpose.
 fn apply(row: u32, sin_sign: f32) {
@@ -66,7 +63,7 @@ fn rope_forward(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  apply(row_of(gid, nwg), 1.0);
+  apply(flat_index(gid, nwg, 64u), 1.0);
 }
 
 @compute @workgroup_size(64)
@@ -74,7 +71,7 @@ fn rope_backward(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  apply(row_of(gid, nwg), -1.0);
+  apply(flat_index(gid, nwg, 64u), -1.0);
 }
 
 @compute @workgroup_size(64)
@@ -82,7 +79,7 @@ fn rope_forward_inplace(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  apply_inplace(row_of(gid, nwg), 1.0);
+  apply_inplace(flat_index(gid, nwg, 64u), 1.0);
 }
 
 @compute @workgroup_size(64)
@@ -90,5 +87,5 @@ fn rope_backward_inplace(
   @builtin(global_invocation_id) gid: vec3<u32>,
   @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-  apply_inplace(row_of(gid, nwg), -1.0);
+  apply_inplace(flat_index(gid, nwg, 64u), -1.0);
 }
