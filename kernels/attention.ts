@@ -182,8 +182,7 @@ export const ATTENTION_GPU_SHAPES: Record<AttentionGpuEntry, [number, number][]>
  * strides and offsets (multiples of 4).
  */
 export function attentionGpuTakes(D: number, layout?: QkvLayout): boolean {
-  const l = layout ?? { ldQ: 0, ldKv: 0, qOff: 0, kOff: 0, vOff: 0 };
-  return [D, l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff].every((x) => x % 4 === 0);
+  return [D, ...Object.values(layout ?? {})].every((x) => x % 4 === 0);
 }
 
 /** An attention_gpu entry point. */

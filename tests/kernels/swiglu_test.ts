@@ -35,79 +35,43 @@ async function runSwiglu(
   const dout = given?.dout ?? randomArray(N, seed + 2, 2);
   const out = nanBuffer(gpu, "test.swiglu.out", N);
   const db = gpu.bufferFrom("test.swiglu.dout", dout);
-  let bufs: GPUBuffer[];
-  let read: () => Promise<[Float32Array, Float32Array, Float32Array]>;
-  if (fused) {
-    // (T, 2I): gate in columns 0..I−1 of each row, up in I..2I−1
-    const gu = new Float32Array(2 * N);
+  // fused: one (T, 2I) tensor per pair, gate in columns 0..I−1 of each row, up in I..2I−1
+  const join = (a: Float32Array, b: Float32Array) => {
+    const ab = new Float32Array(2 * N);
     for (let t = 0; t < T; t++) {
-      gu.set(gate.subarray(t * I, (t + 1) * I), t * 2 * I);
-      gu.set(up.subarray(t * I, (t + 1) * I), t * 2 * I + I);
+      ab.set(a.subarray(t * I, (t + 1) * I), t * 2 * I);
+      ab.set(b.subarray(t * I, (t + 1) * I), t * 2 * I + I);
     }
-    const gub = gpu.bufferFrom("test.swiglu.gu", gu);
-    const dgu = nanBuffer(gpu, "test.swiglu.dgu", 2 * N);
-    gpu.run([
-      ...swigluForward(gpu, arena, {
-        out: { buffer: out },
-        gate: { buffer: gub },
-        up: { buffer: gub },
-        T,
-        I,
-        fused,
-      }),
-      ...swigluBackward(gpu, arena, {
-        dgate: { buffer: dgu },
-        dup: { buffer: dgu },
-        dout: { buffer: db },
-        gate: { buffer: gub },
-        up: { buffer: gub },
-        T,
-        I,
-        fused,
-      }),
-    ]);
-    bufs = [gub, dgu];
-    read = async () => {
-      const [o, d] = (await gpu.read([out, dgu].map((buffer) => ({ buffer })))).map((b) =>
-        new Float32Array(b)
-      );
-      const dg = new Float32Array(N), du = new Float32Array(N);
-      for (let t = 0; t < T; t++) {
-        dg.set(d.subarray(t * 2 * I, t * 2 * I + I), t * I);
-        du.set(d.subarray(t * 2 * I + I, (t + 1) * 2 * I), t * I);
-      }
-      return [o, dg, du];
-    };
-  } else {
-    const gb = gpu.bufferFrom("test.swiglu.gate", gate);
-    const ub = gpu.bufferFrom("test.swiglu.up", up);
-    const dgate = nanBuffer(gpu, "test.swiglu.dgate", N);
-    const dup = nanBuffer(gpu, "test.swiglu.dup", N);
-    gpu.run([
-      ...swigluForward(gpu, arena, {
-        out: { buffer: out },
-        gate: { buffer: gb },
-        up: { buffer: ub },
-        T,
-        I,
-      }),
-      ...swigluBackward(gpu, arena, {
-        dgate: { buffer: dgate },
-        dup: { buffer: dup },
-        dout: { buffer: db },
-        gate: { buffer: gb },
-        up: { buffer: ub },
-        T,
-        I,
-      }),
-    ]);
-    bufs = [gb, ub, dgate, dup];
-    read = async () =>
-      (await gpu.read([out, dgate, dup].map((buffer) => ({ buffer })))).map((b) =>
-        new Float32Array(b)
-      ) as [Float32Array, Float32Array, Float32Array];
-  }
-  const [o, dg, du] = await read();
+    return ab;
+  };
+  const ins = fused
+    ? [gpu.bufferFrom("test.swiglu.gu", join(gate, up))]
+    : [gpu.bufferFrom("test.swiglu.gate", gate), gpu.bufferFrom("test.swiglu.up", up)];
+  const grads = fused
+    ? [nanBuffer(gpu, "test.swiglu.dgu", 2 * N)]
+    : [nanBuffer(gpu, "test.swiglu.dgate", N), nanBuffer(gpu, "test.swiglu.dup", N)];
+  const [g, u] = [ins[0], ins[ins.length - 1]].map((buffer) => ({ buffer }));
+  const [dg_, du_] = [grads[0], grads[grads.length - 1]].map((buffer) => ({ buffer }));
+  gpu.run([
+    ...swigluForward(gpu, arena, { out: { buffer: out }, gate: g, up: u, T, I, fused }),
+    ...swigluBackward(gpu, arena, {
+      dgate: dg_,
+      dup: du_,
+      dout: { buffer: db },
+      gate: g,
+      up: u,
+      T,
+      I,
+      fused,
+    }),
+  ]);
+  const [o, ...rg] = (await gpu.read([out, ...grads].map((buffer) => ({ buffer })))).map((b) =>
+    new Float32Array(b)
+  );
+  const half = (d: Float32Array, h: number) =>
+    Float32Array.from({ length: N }, (_, e) => d[Math.floor(e / I) * 2 * I + h * I + (e % I)]);
+  const [dg, du] = fused ? [half(rg[0], 0), half(rg[0], 1)] : rg;
+  const bufs = [...ins, ...grads];
   for (const b of [db, out, ...bufs]) b.destroy();
   const ref = swigluBackwardRef(dout, gate, up);
   return {
