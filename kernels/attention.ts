@@ -10,25 +10,37 @@ import {
   sharedScratch,
 } from "./runtime.ts";
 import { isCpuAdapter } from "./matmul.ts";
+import { ROW_MAX_HEAD_DIM } from "./attention_row_gen.ts";
 
 /** Largest head dim (the kernels take any D in 1..128). */
 export const ATTENTION_MAX_HEAD_DIM = 128;
 
 /**
- * Which implementation runs: "cpu" (attention.wgsl: 16-thread workgroups, accumulators in
- * workgroup memory, shaped for lavapipe) or "gpu" (attention_gpu.wgsl: flash-attention tiles of
- * up to 256 threads with accumulators in registers; head dims that are not a multiple of 4 run
- * the "cpu" kernels).
+ * Which implementation runs: "row" (attention_row.wgsl: 8 rows per invocation in registers, the
+ * other side walked one row at a time, unrolled in the source; head dims up to 8, larger ones run
+ * "cpu"), "cpu" (attention.wgsl: 16-thread workgroups, accumulators in workgroup memory, any head
+ * dim), both shaped for lavapipe; or "gpu" (attention_gpu.wgsl: flash-attention tiles of up to 256
+ * threads with accumulators in registers; head dims that are not a multiple of 4 run "cpu").
  */
-export type AttentionVariant = "cpu" | "gpu";
+export type AttentionVariant = "row" | "cpu" | "gpu";
+
+/** Rows per invocation of the "row" kernels (measured on lavapipe at D = 8: 8 beats 4 and 2). */
+const ROW_RR = 8;
+/** Invocations per workgroup of the "row" kernels: one 8-lane SIMD vector on llvmpipe. */
+const ROW_WG = 8;
+
+/** Whether the "row" variant takes head dim D. */
+export function attentionRowTakes(D: number): boolean {
+  return D <= ROW_MAX_HEAD_DIM;
+}
 
 const variants = new WeakMap<Gpu, AttentionVariant>();
 
-/** The variant used for `gpu`: "cpu" on CPU adapters, "gpu" elsewhere, unless set explicitly. */
+/** The variant used for `gpu`: "row" on CPU adapters, "gpu" elsewhere, unless set explicitly. */
 export function attentionVariant(gpu: Gpu): AttentionVariant {
   let v = variants.get(gpu);
   if (!v) {
-    v = isCpuAdapter(gpu) ? "cpu" : "gpu";
+    v = isCpuAdapter(gpu) ? "row" : "gpu";
     variants.set(gpu, v);
   }
   return v;
@@ -146,6 +158,11 @@ function tileConfig(gpu: Gpu, entry: "forward" | "dq" | "dkv", D: number): TileC
   }
   for (let rq = 7; rq >= 1; rq--) if (bytes(rq, 1) <= limit) return { DM, RQ: rq, NG: 1 };
   throw new GpuError(`head dim ${D} needs more than ${limit} bytes of workgroup memory`, entry);
+}
+
+/** Override constants of the "row" kernels at head dim D. */
+function rowConfig(D: number): Record<string, number> {
+  return { HD: D, RR: ROW_RR, WG: ROW_WG };
 }
 
 /**
@@ -402,8 +419,21 @@ export function attentionForward(
 ): Dispatch[] {
   checkShape("attention_forward", args);
   const { T, Hq, D } = args;
-  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" &&
-    attentionGpuTakes(D, args.layout);
+  const variant = args.variant ?? attentionVariant(gpu);
+  if (variant === "row" && attentionRowTakes(D)) {
+    const kernel = gpu.kernel("attention_row", "attention_row_forward", rowConfig(D));
+    const bindGroup = gpu.bind(kernel, {
+      0: params(arena, args),
+      1: args.o,
+      2: args.lse,
+      3: args.q,
+      4: args.k,
+      5: args.v,
+      6: args.seqStart,
+    });
+    return [{ kernel, bindGroup, workgroups: [Math.ceil(T / (ROW_RR * ROW_WG)), Hq, 1] }];
+  }
+  const gpuVariant = variant === "gpu" && attentionGpuTakes(D, args.layout);
   const key = attentionKey("forward", args);
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = gpuVariant ? 4 * c.TR : 4 * c.RQ;
@@ -462,8 +492,23 @@ export function attentionBackward(
     workgroups: [gx, Math.ceil(groups / gx), 1],
   };
 
-  const gpuVariant = (args.variant ?? attentionVariant(gpu)) === "gpu" &&
-    attentionGpuTakes(D, args.layout);
+  const variant = args.variant ?? attentionVariant(gpu);
+  if (variant === "row" && attentionRowTakes(D)) {
+    const blocks = Math.ceil(T / (ROW_RR * ROW_WG));
+    const kDq = gpu.kernel("attention_row", "attention_row_backward_dq", rowConfig(D));
+    const kDkv = gpu.kernel("attention_row", "attention_row_backward_dkv", rowConfig(D));
+    const inputs = { 3: args.q, 4: args.k, 5: args.v, 8: args.dout, 9: args.lse, 10: delta };
+    return [dDelta, {
+      kernel: kDq,
+      bindGroup: gpu.bind(kDq, { 0: prm, 1: args.dq, 6: args.seqStart, ...inputs }),
+      workgroups: [blocks, Hq, 1],
+    }, {
+      kernel: kDkv,
+      bindGroup: gpu.bind(kDkv, { 0: prm, 1: args.dk, 2: args.dv, 7: args.seqEnd, ...inputs }),
+      workgroups: [blocks, Hkv, 1],
+    }];
+  }
+  const gpuVariant = variant === "gpu" && attentionGpuTakes(D, args.layout);
   const keyDq = attentionKey("dq", args), keyDkv = attentionKey("dkv", args);
   const cDq = gpuVariant ? gpuTileConfig(gpu, "dq", D, keyDq) : tileConfig(gpu, "dq", D);
   const kDq = gpuVariant

@@ -21,8 +21,8 @@ import {
 } from "../reference/attention.ts";
 
 const TOL = 1e-4;
-/** Both implementations run everywhere (the adapter's default is only a launch-time choice). */
-const VARIANTS: AttentionVariant[] = ["cpu", "gpu"];
+/** Every implementation runs everywhere (the adapter's default is only a launch-time choice). */
+const VARIANTS: AttentionVariant[] = ["row", "cpu", "gpu"];
 /** Relative-error floor: this fraction of the reference's largest magnitude (at least 1e-6). */
 const FLOOR_FRAC = 1e-2;
 
@@ -200,6 +200,16 @@ const CASES: Case[] = [
     Hq: 2,
     Hkv: 1,
     D: 16,
+    scale: 1,
+    inScale: 2,
+  },
+  // the same at a head dim the row kernels take (their online softmax meets large scores)
+  {
+    name: "Hq=2 Hkv=1 D=8 scale=1, inputs ±2 (large scores)",
+    lengths: [17, 80],
+    Hq: 2,
+    Hkv: 1,
+    D: 8,
     scale: 1,
     inScale: 2,
   },
