@@ -420,24 +420,14 @@ export function attentionForward(
   checkShape("attention_forward", args);
   const { T, Hq, D } = args;
   const variant = args.variant ?? attentionVariant(gpu);
-  if (variant === "row" && attentionRowTakes(D)) {
-    const kernel = gpu.kernel("attention_row", "attention_row_forward", rowConfig(D));
-    const bindGroup = gpu.bind(kernel, {
-      0: params(arena, args),
-      1: args.o,
-      2: args.lse,
-      3: args.q,
-      4: args.k,
-      5: args.v,
-      6: args.seqStart,
-    });
-    return [{ kernel, bindGroup, workgroups: [Math.ceil(T / (ROW_RR * ROW_WG)), Hq, 1] }];
-  }
+  const rowVariant = variant === "row" && attentionRowTakes(D);
   const gpuVariant = variant === "gpu" && attentionGpuTakes(D, args.layout);
   const key = attentionKey("forward", args);
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
-  const rowsPerGroup = gpuVariant ? 4 * c.TR : 4 * c.RQ;
-  const kernel = gpuVariant
+  const rowsPerGroup = rowVariant ? ROW_RR * ROW_WG : gpuVariant ? 4 * c.TR : 4 * c.RQ;
+  const kernel = rowVariant
+    ? gpu.kernel("attention_row", "attention_row_forward", rowConfig(D))
+    : gpuVariant
     ? gpu.kernel("attention_gpu", "attention_gpu_forward", c)
     : gpu.kernel("attention", "attention_forward", c);
   const bindGroup = gpu.bind(kernel, {

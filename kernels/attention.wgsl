@@ -31,24 +31,7 @@ override BC4: u32 = 4u * NG; // quads of 4 rows per staged tile
 
 var<private> D: u32; // head dim, p.d (set first thing by every entry point)
 
-// Outputs (bindings 1, 2) of each entry point.
-@group(0) @binding(1) var<storage, read_write> out_o: array<f32>; // forward (T, Hq, D)
-@group(0) @binding(2) var<storage, read_write> out_lse: array<f32>; // forward (Hq, T)
-@group(0) @binding(1) var<storage, read_write> out_delta: array<f32>; // delta (Hq, T)
-@group(0) @binding(1) var<storage, read_write> out_dq: array<f32>; // dq (T, Hq, D)
-@group(0) @binding(1) var<storage, read_write> out_dk: array<f32>; // dkv (T, Hkv, D)
-@group(0) @binding(2) var<storage, read_write> out_dv: array<f32>; // dkv (T, Hkv, D)
-
-// Inputs, at the same binding in every entry point that reads them.
-@group(0) @binding(3) var<storage, read> in_q: array<f32>; // (T, Hq, D)
-@group(0) @binding(4) var<storage, read> in_k: array<f32>; // (T, Hkv, D)
-@group(0) @binding(5) var<storage, read> in_v: array<f32>; // (T, Hkv, D)
-@group(0) @binding(6) var<storage, read> in_start: array<u32>; // (T) seqStart
-@group(0) @binding(7) var<storage, read> in_end: array<u32>; // (T) seqEnd
-@group(0) @binding(8) var<storage, read> in_dout: array<f32>; // (T, Hq, D)
-@group(0) @binding(9) var<storage, read> in_lse: array<f32>; // (Hq, T)
-@group(0) @binding(10) var<storage, read> in_delta: array<f32>; // (Hq, T)
-@group(0) @binding(11) var<storage, read> in_o: array<f32>; // (T, Hq, D)
+// #include attention_bindings.wgsl
 
 var<workgroup> ta: array<vec4<f32>, DM * BC4>; // tile A (D, 16NG): K (forward, dQ) or Q (dK/dV)
 var<workgroup> tb: array<vec4<f32>, DM * BC4>; // tile B (D, 16NG): V (forward, dQ) or dO (dK/dV)

@@ -61,38 +61,31 @@ const MASKED: f32 = -1.0e30; // score of a masked pair, and the running max befo
 
 // #include attention_params.wgsl
 
-// Outputs (bindings 1, 2) of each entry point.
-@group(0) @binding(1) var<storage, read_write> out_o: array<f32>; // forward (T, Hq, D)
-@group(0) @binding(2) var<storage, read_write> out_lse: array<f32>; // forward (Hq, T)
-@group(0) @binding(1) var<storage, read_write> out_dq: array<f32>; // dq (T, Hq, D)
-@group(0) @binding(1) var<storage, read_write> out_dk: array<f32>; // dkv (T, Hkv, D)
-@group(0) @binding(2) var<storage, read_write> out_dv: array<f32>; // dkv (T, Hkv, D)
-
-// Inputs, at the same binding in every entry point that reads them.
-@group(0) @binding(3) var<storage, read> in_q: array<f32>; // (T, Hq, D)
-@group(0) @binding(4) var<storage, read> in_k: array<f32>; // (T, Hkv, D)
-@group(0) @binding(5) var<storage, read> in_v: array<f32>; // (T, Hkv, D)
-@group(0) @binding(6) var<storage, read> in_start: array<u32>; // (T) seqStart
-@group(0) @binding(7) var<storage, read> in_end: array<u32>; // (T) seqEnd
-@group(0) @binding(8) var<storage, read> in_dout: array<f32>; // (T, Hq, D)
-@group(0) @binding(9) var<storage, read> in_lse: array<f32>; // (Hq, T)
-@group(0) @binding(10) var<storage, read> in_delta: array<f32>; // (Hq, T)
+// #include attention_bindings.wgsl
 `;
 
-/** Forward: online softmax over keys taken four at a time (one rescale per four keys). */
-function forward(): string {
-  const L: string[] = [];
-  L.push(`
-// Forward: rows are queries of q head h; lse = max + log(sum) per query.
+/** Doc lines, signature and first lines of an entry point whose rows are queries of q head h. */
+function queryRowsEntry(doc: string, name: string): string {
+  return `
+${doc}
 @compute @workgroup_size(WG)
-fn attention_row_forward(
+fn ${name}(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
   let T = p.t;
   let h = wid.y;
   let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;`);
+  let q0 = wid.x * WG * RR;`;
+}
+
+/** Forward: online softmax over keys taken four at a time (one rescale per four keys). */
+function forward(): string {
+  const L: string[] = [];
+  L.push(queryRowsEntry(
+    "// Forward: rows are queries of q head h; lse = max + log(sum) per query.",
+    "attention_row_forward",
+  ));
   L.push(...declRows(["q", "o"]).map((l) => "  " + l));
   L.push(
     "  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();",
@@ -178,18 +171,11 @@ function comp(r: number): string {
 /** dQ: rows are queries of q head h; keys one at a time. */
 function backwardDq(): string {
   const L: string[] = [];
-  L.push(`
-// dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j with P_ij = exp(scale · q_i·k_j − lse_i),
-// dP_ij = dO_i · V_j; rows are queries of q head h.
-@compute @workgroup_size(WG)
-fn attention_row_backward_dq(
-  @builtin(workgroup_id) wid: vec3<u32>,
-  @builtin(local_invocation_id) lid: vec3<u32>,
-) {
-  let T = p.t;
-  let h = wid.y;
-  let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;`);
+  L.push(queryRowsEntry(
+    "// dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j with P_ij = exp(scale · q_i·k_j − lse_i),\n" +
+      "// dP_ij = dO_i · V_j; rows are queries of q head h.",
+    "attention_row_backward_dq",
+  ));
   L.push(...declRows(["q", "g", "a"]).map((l) => "  " + l));
   L.push(
     "  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();",
