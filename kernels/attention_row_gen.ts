@@ -8,7 +8,7 @@
 // edit here; tests/kernels/attention_row_test.ts fails while the checked-in file differs.
 
 /** Largest head dim the row kernels take (larger ones run attention.wgsl): the unrolled code
- * compiles in about 20 s on lavapipe at D = 8 and 60 s at D = 16 (measured). */
+ * compiles in 20–35 s on lavapipe at D = 8 and 60 s at D = 16 (measured). */
 export const ROW_MAX_HEAD_DIM = 8;
 /** Largest number of rows per invocation. */
 export const ROW_MAX_ROWS = 8;
