@@ -533,7 +533,9 @@ async function runOurs(
         ...graph.optimizer.map((d, i): [string, number, number] => [d.kernel.name, 1, op[i]]),
       ];
       const kernels = aggregate(rowsK);
-      const ops = aggregate(rowsK.map(([n, c, ms]) => [n.split(".")[0], c, ms]));
+      // an op is a kernel file; matmul_vec and matmul_f16 count as matmul
+      const opOf = (n: string) => n.split(".")[0].replace(/^matmul_(vec|f16)$/, "matmul");
+      const ops = aggregate(rowsK.map(([n, c, ms]) => [opOf(n), c, ms]));
       breakdown = {
         kernels,
         ops,

@@ -166,6 +166,14 @@ function rowConfig(D: number): Record<string, number> {
 }
 
 /**
+ * The row kernel's entry point: its `_v4` form (head rows read as vec4s: 1.5–2× faster on
+ * lavapipe) when the head dim and the layout's strides and offsets are multiples of 4.
+ */
+function rowEntry(entry: string, D: number, layout?: QkvLayout): string {
+  return attentionGpuTakes(D, layout) ? `${entry}_v4` : entry;
+}
+
+/**
  * Override constants of one attention_gpu entry point: TR × TC threads (own rows BR = 4·TR, tile
  * rows BC = 4·TC), DM the head-dim capacity, HD the head dim as a compile-time constant (0: read
  * at run time), NK dim quads per thread in the accumulators, and the vec4 counts of its workgroup
@@ -426,7 +434,7 @@ export function attentionForward(
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = rowVariant ? ROW_RR * ROW_WG : gpuVariant ? 4 * c.TR : 4 * c.RQ;
   const kernel = rowVariant
-    ? gpu.kernel("attention_row", "attention_row_forward", rowConfig(D))
+    ? gpu.kernel("attention_row", rowEntry("attention_row_forward", D, args.layout), rowConfig(D))
     : gpuVariant
     ? gpu.kernel("attention_gpu", "attention_gpu_forward", c)
     : gpu.kernel("attention", "attention_forward", c);
@@ -485,8 +493,10 @@ export function attentionBackward(
   const variant = args.variant ?? attentionVariant(gpu);
   if (variant === "row" && attentionRowTakes(D)) {
     const blocks = Math.ceil(T / (ROW_RR * ROW_WG));
-    const kDq = gpu.kernel("attention_row", "attention_row_backward_dq", rowConfig(D));
-    const kDkv = gpu.kernel("attention_row", "attention_row_backward_dkv", rowConfig(D));
+    const dq = rowEntry("attention_row_backward_dq", D, args.layout);
+    const dkv = rowEntry("attention_row_backward_dkv", D, args.layout);
+    const kDq = gpu.kernel("attention_row", dq, rowConfig(D));
+    const kDkv = gpu.kernel("attention_row", dkv, rowConfig(D));
     const inputs = { 3: args.q, 4: args.k, 5: args.v, 8: args.dout, 9: args.lse, 10: delta };
     return [dDelta, {
       kernel: kDq,

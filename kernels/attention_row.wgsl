@@ -18,6 +18,14 @@ const MASKED: f32 = -1.0e30; // score of a masked pair, and the running max befo
 // #include attention_bindings.wgsl
 
 
+// 16-byte views of the inputs, read by the _v4 entry points only: on lavapipe a vec4 load costs
+// one execution-mask test per lane instead of four (kernels/README.md).
+@group(0) @binding(3) var<storage, read> in_q4: array<vec4<f32>>; // (T, Hq, D)
+@group(0) @binding(4) var<storage, read> in_k4: array<vec4<f32>>; // (T, Hkv, D)
+@group(0) @binding(5) var<storage, read> in_v4: array<vec4<f32>>; // (T, Hkv, D)
+@group(0) @binding(8) var<storage, read> in_dout4: array<vec4<f32>>; // (T, Hq, D)
+
+
 // Forward: rows are queries of q head h; lse = max + log(sum) per query.
 @compute @workgroup_size(WG)
 fn attention_row_forward(
@@ -406,14 +414,22 @@ fn attention_row_backward_dq(
     dl.x = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
-    { q0_0 = in_q[qo + 0u] * p.scale; g0_0 = in_dout[go + 0u]; }
-    if (HD > 1u) { q0_1 = in_q[qo + 1u] * p.scale; g0_1 = in_dout[go + 1u]; }
-    if (HD > 2u) { q0_2 = in_q[qo + 2u] * p.scale; g0_2 = in_dout[go + 2u]; }
-    if (HD > 3u) { q0_3 = in_q[qo + 3u] * p.scale; g0_3 = in_dout[go + 3u]; }
-    if (HD > 4u) { q0_4 = in_q[qo + 4u] * p.scale; g0_4 = in_dout[go + 4u]; }
-    if (HD > 5u) { q0_5 = in_q[qo + 5u] * p.scale; g0_5 = in_dout[go + 5u]; }
-    if (HD > 6u) { q0_6 = in_q[qo + 6u] * p.scale; g0_6 = in_dout[go + 6u]; }
-    if (HD > 7u) { q0_7 = in_q[qo + 7u] * p.scale; g0_7 = in_dout[go + 7u]; }
+    { q0_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q0_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q0_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q0_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q0_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q0_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q0_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q0_7 = in_q[qo + 7u] * p.scale; }
+    { g0_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g0_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g0_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g0_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g0_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g0_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g0_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g0_7 = in_dout[go + 7u]; }
   }
   if (RR > 1u) {
     let i = min(q0 + 1u * WG + lid.x, T - 1u);
@@ -423,14 +439,22 @@ fn attention_row_backward_dq(
     dl.y = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
-    { q1_0 = in_q[qo + 0u] * p.scale; g1_0 = in_dout[go + 0u]; }
-    if (HD > 1u) { q1_1 = in_q[qo + 1u] * p.scale; g1_1 = in_dout[go + 1u]; }
-    if (HD > 2u) { q1_2 = in_q[qo + 2u] * p.scale; g1_2 = in_dout[go + 2u]; }
-    if (HD > 3u) { q1_3 = in_q[qo + 3u] * p.scale; g1_3 = in_dout[go + 3u]; }
-    if (HD > 4u) { q1_4 = in_q[qo + 4u] * p.scale; g1_4 = in_dout[go + 4u]; }
-    if (HD > 5u) { q1_5 = in_q[qo + 5u] * p.scale; g1_5 = in_dout[go + 5u]; }
-    if (HD > 6u) { q1_6 = in_q[qo + 6u] * p.scale; g1_6 = in_dout[go + 6u]; }
-    if (HD > 7u) { q1_7 = in_q[qo + 7u] * p.scale; g1_7 = in_dout[go + 7u]; }
+    { q1_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q1_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q1_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q1_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q1_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q1_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q1_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q1_7 = in_q[qo + 7u] * p.scale; }
+    { g1_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g1_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g1_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g1_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g1_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g1_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g1_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g1_7 = in_dout[go + 7u]; }
   }
   if (RR > 2u) {
     let i = min(q0 + 2u * WG + lid.x, T - 1u);
@@ -440,14 +464,22 @@ fn attention_row_backward_dq(
     dl.z = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
-    { q2_0 = in_q[qo + 0u] * p.scale; g2_0 = in_dout[go + 0u]; }
-    if (HD > 1u) { q2_1 = in_q[qo + 1u] * p.scale; g2_1 = in_dout[go + 1u]; }
-    if (HD > 2u) { q2_2 = in_q[qo + 2u] * p.scale; g2_2 = in_dout[go + 2u]; }
-    if (HD > 3u) { q2_3 = in_q[qo + 3u] * p.scale; g2_3 = in_dout[go + 3u]; }
-    if (HD > 4u) { q2_4 = in_q[qo + 4u] * p.scale; g2_4 = in_dout[go + 4u]; }
-    if (HD > 5u) { q2_5 = in_q[qo + 5u] * p.scale; g2_5 = in_dout[go + 5u]; }
-    if (HD > 6u) { q2_6 = in_q[qo + 6u] * p.scale; g2_6 = in_dout[go + 6u]; }
-    if (HD > 7u) { q2_7 = in_q[qo + 7u] * p.scale; g2_7 = in_dout[go + 7u]; }
+    { q2_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q2_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q2_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q2_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q2_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q2_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q2_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q2_7 = in_q[qo + 7u] * p.scale; }
+    { g2_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g2_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g2_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g2_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g2_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g2_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g2_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g2_7 = in_dout[go + 7u]; }
   }
   if (RR > 3u) {
     let i = min(q0 + 3u * WG + lid.x, T - 1u);
@@ -457,14 +489,22 @@ fn attention_row_backward_dq(
     dl.w = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
-    { q3_0 = in_q[qo + 0u] * p.scale; g3_0 = in_dout[go + 0u]; }
-    if (HD > 1u) { q3_1 = in_q[qo + 1u] * p.scale; g3_1 = in_dout[go + 1u]; }
-    if (HD > 2u) { q3_2 = in_q[qo + 2u] * p.scale; g3_2 = in_dout[go + 2u]; }
-    if (HD > 3u) { q3_3 = in_q[qo + 3u] * p.scale; g3_3 = in_dout[go + 3u]; }
-    if (HD > 4u) { q3_4 = in_q[qo + 4u] * p.scale; g3_4 = in_dout[go + 4u]; }
-    if (HD > 5u) { q3_5 = in_q[qo + 5u] * p.scale; g3_5 = in_dout[go + 5u]; }
-    if (HD > 6u) { q3_6 = in_q[qo + 6u] * p.scale; g3_6 = in_dout[go + 6u]; }
-    if (HD > 7u) { q3_7 = in_q[qo + 7u] * p.scale; g3_7 = in_dout[go + 7u]; }
+    { q3_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q3_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q3_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q3_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q3_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q3_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q3_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q3_7 = in_q[qo + 7u] * p.scale; }
+    { g3_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g3_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g3_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g3_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g3_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g3_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g3_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g3_7 = in_dout[go + 7u]; }
   }
   if (RR > 4u) {
     let i = min(q0 + 4u * WG + lid.x, T - 1u);
@@ -474,14 +514,22 @@ fn attention_row_backward_dq(
     dl2.x = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
-    { q4_0 = in_q[qo + 0u] * p.scale; g4_0 = in_dout[go + 0u]; }
-    if (HD > 1u) { q4_1 = in_q[qo + 1u] * p.scale; g4_1 = in_dout[go + 1u]; }
-    if (HD > 2u) { q4_2 = in_q[qo + 2u] * p.scale; g4_2 = in_dout[go + 2u]; }
-    if (HD > 3u) { q4_3 = in_q[qo + 3u] * p.scale; g4_3 = in_dout[go + 3u]; }
-    if (HD > 4u) { q4_4 = in_q[qo + 4u] * p.scale; g4_4 = in_dout[go + 4u]; }
-    if (HD > 5u) { q4_5 = in_q[qo + 5u] * p.scale; g4_5 = in_dout[go + 5u]; }
-    if (HD > 6u) { q4_6 = in_q[qo + 6u] * p.scale; g4_6 = in_dout[go + 6u]; }
-    if (HD > 7u) { q4_7 = in_q[qo + 7u] * p.scale; g4_7 = in_dout[go + 7u]; }
+    { q4_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q4_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q4_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q4_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q4_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q4_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q4_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q4_7 = in_q[qo + 7u] * p.scale; }
+    { g4_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g4_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g4_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g4_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g4_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g4_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g4_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g4_7 = in_dout[go + 7u]; }
   }
   if (RR > 5u) {
     let i = min(q0 + 5u * WG + lid.x, T - 1u);
@@ -491,14 +539,22 @@ fn attention_row_backward_dq(
     dl2.y = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
-    { q5_0 = in_q[qo + 0u] * p.scale; g5_0 = in_dout[go + 0u]; }
-    if (HD > 1u) { q5_1 = in_q[qo + 1u] * p.scale; g5_1 = in_dout[go + 1u]; }
-    if (HD > 2u) { q5_2 = in_q[qo + 2u] * p.scale; g5_2 = in_dout[go + 2u]; }
-    if (HD > 3u) { q5_3 = in_q[qo + 3u] * p.scale; g5_3 = in_dout[go + 3u]; }
-    if (HD > 4u) { q5_4 = in_q[qo + 4u] * p.scale; g5_4 = in_dout[go + 4u]; }
-    if (HD > 5u) { q5_5 = in_q[qo + 5u] * p.scale; g5_5 = in_dout[go + 5u]; }
-    if (HD > 6u) { q5_6 = in_q[qo + 6u] * p.scale; g5_6 = in_dout[go + 6u]; }
-    if (HD > 7u) { q5_7 = in_q[qo + 7u] * p.scale; g5_7 = in_dout[go + 7u]; }
+    { q5_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q5_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q5_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q5_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q5_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q5_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q5_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q5_7 = in_q[qo + 7u] * p.scale; }
+    { g5_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g5_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g5_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g5_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g5_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g5_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g5_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g5_7 = in_dout[go + 7u]; }
   }
   if (RR > 6u) {
     let i = min(q0 + 6u * WG + lid.x, T - 1u);
@@ -508,14 +564,22 @@ fn attention_row_backward_dq(
     dl2.z = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
-    { q6_0 = in_q[qo + 0u] * p.scale; g6_0 = in_dout[go + 0u]; }
-    if (HD > 1u) { q6_1 = in_q[qo + 1u] * p.scale; g6_1 = in_dout[go + 1u]; }
-    if (HD > 2u) { q6_2 = in_q[qo + 2u] * p.scale; g6_2 = in_dout[go + 2u]; }
-    if (HD > 3u) { q6_3 = in_q[qo + 3u] * p.scale; g6_3 = in_dout[go + 3u]; }
-    if (HD > 4u) { q6_4 = in_q[qo + 4u] * p.scale; g6_4 = in_dout[go + 4u]; }
-    if (HD > 5u) { q6_5 = in_q[qo + 5u] * p.scale; g6_5 = in_dout[go + 5u]; }
-    if (HD > 6u) { q6_6 = in_q[qo + 6u] * p.scale; g6_6 = in_dout[go + 6u]; }
-    if (HD > 7u) { q6_7 = in_q[qo + 7u] * p.scale; g6_7 = in_dout[go + 7u]; }
+    { q6_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q6_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q6_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q6_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q6_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q6_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q6_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q6_7 = in_q[qo + 7u] * p.scale; }
+    { g6_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g6_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g6_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g6_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g6_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g6_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g6_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g6_7 = in_dout[go + 7u]; }
   }
   if (RR > 7u) {
     let i = min(q0 + 7u * WG + lid.x, T - 1u);
@@ -525,14 +589,22 @@ fn attention_row_backward_dq(
     dl2.w = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
-    { q7_0 = in_q[qo + 0u] * p.scale; g7_0 = in_dout[go + 0u]; }
-    if (HD > 1u) { q7_1 = in_q[qo + 1u] * p.scale; g7_1 = in_dout[go + 1u]; }
-    if (HD > 2u) { q7_2 = in_q[qo + 2u] * p.scale; g7_2 = in_dout[go + 2u]; }
-    if (HD > 3u) { q7_3 = in_q[qo + 3u] * p.scale; g7_3 = in_dout[go + 3u]; }
-    if (HD > 4u) { q7_4 = in_q[qo + 4u] * p.scale; g7_4 = in_dout[go + 4u]; }
-    if (HD > 5u) { q7_5 = in_q[qo + 5u] * p.scale; g7_5 = in_dout[go + 5u]; }
-    if (HD > 6u) { q7_6 = in_q[qo + 6u] * p.scale; g7_6 = in_dout[go + 6u]; }
-    if (HD > 7u) { q7_7 = in_q[qo + 7u] * p.scale; g7_7 = in_dout[go + 7u]; }
+    { q7_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q7_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q7_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q7_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q7_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q7_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q7_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q7_7 = in_q[qo + 7u] * p.scale; }
+    { g7_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g7_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g7_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g7_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g7_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g7_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g7_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g7_7 = in_dout[go + 7u]; }
   }
   let jLo = in_start[q0];
   let jHi = min(q0 + WG * RR, T);
@@ -540,14 +612,22 @@ fn attention_row_backward_dq(
     let ko = j * p.ld_kv + p.k_off + kvh * HD;
     let vo = j * p.ld_kv + p.v_off + kvh * HD;
     var k0 = 0.0; var v0 = 0.0; var k1 = 0.0; var v1 = 0.0; var k2 = 0.0; var v2 = 0.0; var k3 = 0.0; var v3 = 0.0; var k4 = 0.0; var v4 = 0.0; var k5 = 0.0; var v5 = 0.0; var k6 = 0.0; var v6 = 0.0; var k7 = 0.0; var v7 = 0.0;
-    { k0 = in_k[ko + 0u]; v0 = in_v[vo + 0u]; }
-    if (HD > 1u) { k1 = in_k[ko + 1u]; v1 = in_v[vo + 1u]; }
-    if (HD > 2u) { k2 = in_k[ko + 2u]; v2 = in_v[vo + 2u]; }
-    if (HD > 3u) { k3 = in_k[ko + 3u]; v3 = in_v[vo + 3u]; }
-    if (HD > 4u) { k4 = in_k[ko + 4u]; v4 = in_v[vo + 4u]; }
-    if (HD > 5u) { k5 = in_k[ko + 5u]; v5 = in_v[vo + 5u]; }
-    if (HD > 6u) { k6 = in_k[ko + 6u]; v6 = in_v[vo + 6u]; }
-    if (HD > 7u) { k7 = in_k[ko + 7u]; v7 = in_v[vo + 7u]; }
+    { k0 = in_k[ko + 0u]; }
+    if (HD > 1u) { k1 = in_k[ko + 1u]; }
+    if (HD > 2u) { k2 = in_k[ko + 2u]; }
+    if (HD > 3u) { k3 = in_k[ko + 3u]; }
+    if (HD > 4u) { k4 = in_k[ko + 4u]; }
+    if (HD > 5u) { k5 = in_k[ko + 5u]; }
+    if (HD > 6u) { k6 = in_k[ko + 6u]; }
+    if (HD > 7u) { k7 = in_k[ko + 7u]; }
+    { v0 = in_v[vo + 0u]; }
+    if (HD > 1u) { v1 = in_v[vo + 1u]; }
+    if (HD > 2u) { v2 = in_v[vo + 2u]; }
+    if (HD > 3u) { v3 = in_v[vo + 3u]; }
+    if (HD > 4u) { v4 = in_v[vo + 4u]; }
+    if (HD > 5u) { v5 = in_v[vo + 5u]; }
+    if (HD > 6u) { v6 = in_v[vo + 6u]; }
+    if (HD > 7u) { v7 = in_v[vo + 7u]; }
     {
       var s = 0.0;
       var dp = 0.0;
@@ -855,112 +935,176 @@ fn attention_row_backward_dkv(
     key.x = j;
     ke.x = in_end[j];
     let o = j * p.ld_kv + kvh * HD;
-    { k0_0 = in_k[p.k_off + o + 0u] * p.scale; v0_0 = in_v[p.v_off + o + 0u]; }
-    if (HD > 1u) { k0_1 = in_k[p.k_off + o + 1u] * p.scale; v0_1 = in_v[p.v_off + o + 1u]; }
-    if (HD > 2u) { k0_2 = in_k[p.k_off + o + 2u] * p.scale; v0_2 = in_v[p.v_off + o + 2u]; }
-    if (HD > 3u) { k0_3 = in_k[p.k_off + o + 3u] * p.scale; v0_3 = in_v[p.v_off + o + 3u]; }
-    if (HD > 4u) { k0_4 = in_k[p.k_off + o + 4u] * p.scale; v0_4 = in_v[p.v_off + o + 4u]; }
-    if (HD > 5u) { k0_5 = in_k[p.k_off + o + 5u] * p.scale; v0_5 = in_v[p.v_off + o + 5u]; }
-    if (HD > 6u) { k0_6 = in_k[p.k_off + o + 6u] * p.scale; v0_6 = in_v[p.v_off + o + 6u]; }
-    if (HD > 7u) { k0_7 = in_k[p.k_off + o + 7u] * p.scale; v0_7 = in_v[p.v_off + o + 7u]; }
+    { k0_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k0_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k0_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k0_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k0_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k0_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k0_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k0_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v0_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v0_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v0_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v0_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v0_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v0_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v0_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v0_7 = in_v[p.v_off + o + 7u]; }
   }
   if (RR > 1u) {
     let j = min(k0 + 1u * WG + lid.x, T - 1u);
     key.y = j;
     ke.y = in_end[j];
     let o = j * p.ld_kv + kvh * HD;
-    { k1_0 = in_k[p.k_off + o + 0u] * p.scale; v1_0 = in_v[p.v_off + o + 0u]; }
-    if (HD > 1u) { k1_1 = in_k[p.k_off + o + 1u] * p.scale; v1_1 = in_v[p.v_off + o + 1u]; }
-    if (HD > 2u) { k1_2 = in_k[p.k_off + o + 2u] * p.scale; v1_2 = in_v[p.v_off + o + 2u]; }
-    if (HD > 3u) { k1_3 = in_k[p.k_off + o + 3u] * p.scale; v1_3 = in_v[p.v_off + o + 3u]; }
-    if (HD > 4u) { k1_4 = in_k[p.k_off + o + 4u] * p.scale; v1_4 = in_v[p.v_off + o + 4u]; }
-    if (HD > 5u) { k1_5 = in_k[p.k_off + o + 5u] * p.scale; v1_5 = in_v[p.v_off + o + 5u]; }
-    if (HD > 6u) { k1_6 = in_k[p.k_off + o + 6u] * p.scale; v1_6 = in_v[p.v_off + o + 6u]; }
-    if (HD > 7u) { k1_7 = in_k[p.k_off + o + 7u] * p.scale; v1_7 = in_v[p.v_off + o + 7u]; }
+    { k1_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k1_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k1_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k1_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k1_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k1_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k1_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k1_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v1_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v1_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v1_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v1_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v1_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v1_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v1_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v1_7 = in_v[p.v_off + o + 7u]; }
   }
   if (RR > 2u) {
     let j = min(k0 + 2u * WG + lid.x, T - 1u);
     key.z = j;
     ke.z = in_end[j];
     let o = j * p.ld_kv + kvh * HD;
-    { k2_0 = in_k[p.k_off + o + 0u] * p.scale; v2_0 = in_v[p.v_off + o + 0u]; }
-    if (HD > 1u) { k2_1 = in_k[p.k_off + o + 1u] * p.scale; v2_1 = in_v[p.v_off + o + 1u]; }
-    if (HD > 2u) { k2_2 = in_k[p.k_off + o + 2u] * p.scale; v2_2 = in_v[p.v_off + o + 2u]; }
-    if (HD > 3u) { k2_3 = in_k[p.k_off + o + 3u] * p.scale; v2_3 = in_v[p.v_off + o + 3u]; }
-    if (HD > 4u) { k2_4 = in_k[p.k_off + o + 4u] * p.scale; v2_4 = in_v[p.v_off + o + 4u]; }
-    if (HD > 5u) { k2_5 = in_k[p.k_off + o + 5u] * p.scale; v2_5 = in_v[p.v_off + o + 5u]; }
-    if (HD > 6u) { k2_6 = in_k[p.k_off + o + 6u] * p.scale; v2_6 = in_v[p.v_off + o + 6u]; }
-    if (HD > 7u) { k2_7 = in_k[p.k_off + o + 7u] * p.scale; v2_7 = in_v[p.v_off + o + 7u]; }
+    { k2_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k2_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k2_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k2_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k2_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k2_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k2_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k2_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v2_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v2_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v2_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v2_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v2_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v2_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v2_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v2_7 = in_v[p.v_off + o + 7u]; }
   }
   if (RR > 3u) {
     let j = min(k0 + 3u * WG + lid.x, T - 1u);
     key.w = j;
     ke.w = in_end[j];
     let o = j * p.ld_kv + kvh * HD;
-    { k3_0 = in_k[p.k_off + o + 0u] * p.scale; v3_0 = in_v[p.v_off + o + 0u]; }
-    if (HD > 1u) { k3_1 = in_k[p.k_off + o + 1u] * p.scale; v3_1 = in_v[p.v_off + o + 1u]; }
-    if (HD > 2u) { k3_2 = in_k[p.k_off + o + 2u] * p.scale; v3_2 = in_v[p.v_off + o + 2u]; }
-    if (HD > 3u) { k3_3 = in_k[p.k_off + o + 3u] * p.scale; v3_3 = in_v[p.v_off + o + 3u]; }
-    if (HD > 4u) { k3_4 = in_k[p.k_off + o + 4u] * p.scale; v3_4 = in_v[p.v_off + o + 4u]; }
-    if (HD > 5u) { k3_5 = in_k[p.k_off + o + 5u] * p.scale; v3_5 = in_v[p.v_off + o + 5u]; }
-    if (HD > 6u) { k3_6 = in_k[p.k_off + o + 6u] * p.scale; v3_6 = in_v[p.v_off + o + 6u]; }
-    if (HD > 7u) { k3_7 = in_k[p.k_off + o + 7u] * p.scale; v3_7 = in_v[p.v_off + o + 7u]; }
+    { k3_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k3_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k3_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k3_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k3_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k3_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k3_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k3_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v3_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v3_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v3_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v3_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v3_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v3_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v3_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v3_7 = in_v[p.v_off + o + 7u]; }
   }
   if (RR > 4u) {
     let j = min(k0 + 4u * WG + lid.x, T - 1u);
     key2.x = j;
     ke2.x = in_end[j];
     let o = j * p.ld_kv + kvh * HD;
-    { k4_0 = in_k[p.k_off + o + 0u] * p.scale; v4_0 = in_v[p.v_off + o + 0u]; }
-    if (HD > 1u) { k4_1 = in_k[p.k_off + o + 1u] * p.scale; v4_1 = in_v[p.v_off + o + 1u]; }
-    if (HD > 2u) { k4_2 = in_k[p.k_off + o + 2u] * p.scale; v4_2 = in_v[p.v_off + o + 2u]; }
-    if (HD > 3u) { k4_3 = in_k[p.k_off + o + 3u] * p.scale; v4_3 = in_v[p.v_off + o + 3u]; }
-    if (HD > 4u) { k4_4 = in_k[p.k_off + o + 4u] * p.scale; v4_4 = in_v[p.v_off + o + 4u]; }
-    if (HD > 5u) { k4_5 = in_k[p.k_off + o + 5u] * p.scale; v4_5 = in_v[p.v_off + o + 5u]; }
-    if (HD > 6u) { k4_6 = in_k[p.k_off + o + 6u] * p.scale; v4_6 = in_v[p.v_off + o + 6u]; }
-    if (HD > 7u) { k4_7 = in_k[p.k_off + o + 7u] * p.scale; v4_7 = in_v[p.v_off + o + 7u]; }
+    { k4_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k4_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k4_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k4_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k4_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k4_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k4_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k4_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v4_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v4_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v4_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v4_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v4_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v4_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v4_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v4_7 = in_v[p.v_off + o + 7u]; }
   }
   if (RR > 5u) {
     let j = min(k0 + 5u * WG + lid.x, T - 1u);
     key2.y = j;
     ke2.y = in_end[j];
     let o = j * p.ld_kv + kvh * HD;
-    { k5_0 = in_k[p.k_off + o + 0u] * p.scale; v5_0 = in_v[p.v_off + o + 0u]; }
-    if (HD > 1u) { k5_1 = in_k[p.k_off + o + 1u] * p.scale; v5_1 = in_v[p.v_off + o + 1u]; }
-    if (HD > 2u) { k5_2 = in_k[p.k_off + o + 2u] * p.scale; v5_2 = in_v[p.v_off + o + 2u]; }
-    if (HD > 3u) { k5_3 = in_k[p.k_off + o + 3u] * p.scale; v5_3 = in_v[p.v_off + o + 3u]; }
-    if (HD > 4u) { k5_4 = in_k[p.k_off + o + 4u] * p.scale; v5_4 = in_v[p.v_off + o + 4u]; }
-    if (HD > 5u) { k5_5 = in_k[p.k_off + o + 5u] * p.scale; v5_5 = in_v[p.v_off + o + 5u]; }
-    if (HD > 6u) { k5_6 = in_k[p.k_off + o + 6u] * p.scale; v5_6 = in_v[p.v_off + o + 6u]; }
-    if (HD > 7u) { k5_7 = in_k[p.k_off + o + 7u] * p.scale; v5_7 = in_v[p.v_off + o + 7u]; }
+    { k5_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k5_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k5_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k5_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k5_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k5_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k5_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k5_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v5_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v5_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v5_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v5_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v5_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v5_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v5_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v5_7 = in_v[p.v_off + o + 7u]; }
   }
   if (RR > 6u) {
     let j = min(k0 + 6u * WG + lid.x, T - 1u);
     key2.z = j;
     ke2.z = in_end[j];
     let o = j * p.ld_kv + kvh * HD;
-    { k6_0 = in_k[p.k_off + o + 0u] * p.scale; v6_0 = in_v[p.v_off + o + 0u]; }
-    if (HD > 1u) { k6_1 = in_k[p.k_off + o + 1u] * p.scale; v6_1 = in_v[p.v_off + o + 1u]; }
-    if (HD > 2u) { k6_2 = in_k[p.k_off + o + 2u] * p.scale; v6_2 = in_v[p.v_off + o + 2u]; }
-    if (HD > 3u) { k6_3 = in_k[p.k_off + o + 3u] * p.scale; v6_3 = in_v[p.v_off + o + 3u]; }
-    if (HD > 4u) { k6_4 = in_k[p.k_off + o + 4u] * p.scale; v6_4 = in_v[p.v_off + o + 4u]; }
-    if (HD > 5u) { k6_5 = in_k[p.k_off + o + 5u] * p.scale; v6_5 = in_v[p.v_off + o + 5u]; }
-    if (HD > 6u) { k6_6 = in_k[p.k_off + o + 6u] * p.scale; v6_6 = in_v[p.v_off + o + 6u]; }
-    if (HD > 7u) { k6_7 = in_k[p.k_off + o + 7u] * p.scale; v6_7 = in_v[p.v_off + o + 7u]; }
+    { k6_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k6_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k6_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k6_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k6_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k6_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k6_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k6_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v6_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v6_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v6_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v6_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v6_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v6_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v6_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v6_7 = in_v[p.v_off + o + 7u]; }
   }
   if (RR > 7u) {
     let j = min(k0 + 7u * WG + lid.x, T - 1u);
     key2.w = j;
     ke2.w = in_end[j];
     let o = j * p.ld_kv + kvh * HD;
-    { k7_0 = in_k[p.k_off + o + 0u] * p.scale; v7_0 = in_v[p.v_off + o + 0u]; }
-    if (HD > 1u) { k7_1 = in_k[p.k_off + o + 1u] * p.scale; v7_1 = in_v[p.v_off + o + 1u]; }
-    if (HD > 2u) { k7_2 = in_k[p.k_off + o + 2u] * p.scale; v7_2 = in_v[p.v_off + o + 2u]; }
-    if (HD > 3u) { k7_3 = in_k[p.k_off + o + 3u] * p.scale; v7_3 = in_v[p.v_off + o + 3u]; }
-    if (HD > 4u) { k7_4 = in_k[p.k_off + o + 4u] * p.scale; v7_4 = in_v[p.v_off + o + 4u]; }
-    if (HD > 5u) { k7_5 = in_k[p.k_off + o + 5u] * p.scale; v7_5 = in_v[p.v_off + o + 5u]; }
-    if (HD > 6u) { k7_6 = in_k[p.k_off + o + 6u] * p.scale; v7_6 = in_v[p.v_off + o + 6u]; }
-    if (HD > 7u) { k7_7 = in_k[p.k_off + o + 7u] * p.scale; v7_7 = in_v[p.v_off + o + 7u]; }
+    { k7_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k7_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k7_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k7_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k7_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k7_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k7_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k7_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v7_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v7_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v7_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v7_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v7_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v7_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v7_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v7_7 = in_v[p.v_off + o + 7u]; }
   }
   let qEnd = in_end[min(k0 + WG * RR, T) - 1u];
   for (var gh = 0u; gh < p.group; gh++) {
@@ -971,14 +1115,1138 @@ fn attention_row_backward_dkv(
       let lse = in_lse[h * T + i];
       let delta = in_delta[h * T + i];
       var q0 = 0.0; var g0 = 0.0; var q1 = 0.0; var g1 = 0.0; var q2 = 0.0; var g2 = 0.0; var q3 = 0.0; var g3 = 0.0; var q4 = 0.0; var g4 = 0.0; var q5 = 0.0; var g5 = 0.0; var q6 = 0.0; var g6 = 0.0; var q7 = 0.0; var g7 = 0.0;
-      { q0 = in_q[qo + 0u]; g0 = in_dout[go + 0u]; }
-      if (HD > 1u) { q1 = in_q[qo + 1u]; g1 = in_dout[go + 1u]; }
-      if (HD > 2u) { q2 = in_q[qo + 2u]; g2 = in_dout[go + 2u]; }
-      if (HD > 3u) { q3 = in_q[qo + 3u]; g3 = in_dout[go + 3u]; }
-      if (HD > 4u) { q4 = in_q[qo + 4u]; g4 = in_dout[go + 4u]; }
-      if (HD > 5u) { q5 = in_q[qo + 5u]; g5 = in_dout[go + 5u]; }
-      if (HD > 6u) { q6 = in_q[qo + 6u]; g6 = in_dout[go + 6u]; }
-      if (HD > 7u) { q7 = in_q[qo + 7u]; g7 = in_dout[go + 7u]; }
+      { q0 = in_q[qo + 0u]; }
+      if (HD > 1u) { q1 = in_q[qo + 1u]; }
+      if (HD > 2u) { q2 = in_q[qo + 2u]; }
+      if (HD > 3u) { q3 = in_q[qo + 3u]; }
+      if (HD > 4u) { q4 = in_q[qo + 4u]; }
+      if (HD > 5u) { q5 = in_q[qo + 5u]; }
+      if (HD > 6u) { q6 = in_q[qo + 6u]; }
+      if (HD > 7u) { q7 = in_q[qo + 7u]; }
+      { g0 = in_dout[go + 0u]; }
+      if (HD > 1u) { g1 = in_dout[go + 1u]; }
+      if (HD > 2u) { g2 = in_dout[go + 2u]; }
+      if (HD > 3u) { g3 = in_dout[go + 3u]; }
+      if (HD > 4u) { g4 = in_dout[go + 4u]; }
+      if (HD > 5u) { g5 = in_dout[go + 5u]; }
+      if (HD > 6u) { g6 = in_dout[go + 6u]; }
+      if (HD > 7u) { g7 = in_dout[go + 7u]; }
+      {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k0_0; dp += g0 * v0_0; }
+        if (HD > 1u) { s += q1 * k0_1; dp += g1 * v0_1; }
+        if (HD > 2u) { s += q2 * k0_2; dp += g2 * v0_2; }
+        if (HD > 3u) { s += q3 * k0_3; dp += g3 * v0_3; }
+        if (HD > 4u) { s += q4 * k0_4; dp += g4 * v0_4; }
+        if (HD > 5u) { s += q5 * k0_5; dp += g5 * v0_5; }
+        if (HD > 6u) { s += q6 * k0_6; dp += g6 * v0_6; }
+        if (HD > 7u) { s += q7 * k0_7; dp += g7 * v0_7; }
+        let pr = select(0.0, exp(s - lse), i >= key.x && i < ke.x);
+        let ds = pr * (dp - delta);
+        { b0_0 += pr * g0; a0_0 += ds * q0; }
+        if (HD > 1u) { b0_1 += pr * g1; a0_1 += ds * q1; }
+        if (HD > 2u) { b0_2 += pr * g2; a0_2 += ds * q2; }
+        if (HD > 3u) { b0_3 += pr * g3; a0_3 += ds * q3; }
+        if (HD > 4u) { b0_4 += pr * g4; a0_4 += ds * q4; }
+        if (HD > 5u) { b0_5 += pr * g5; a0_5 += ds * q5; }
+        if (HD > 6u) { b0_6 += pr * g6; a0_6 += ds * q6; }
+        if (HD > 7u) { b0_7 += pr * g7; a0_7 += ds * q7; }
+      }
+      if (RR > 1u) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k1_0; dp += g0 * v1_0; }
+        if (HD > 1u) { s += q1 * k1_1; dp += g1 * v1_1; }
+        if (HD > 2u) { s += q2 * k1_2; dp += g2 * v1_2; }
+        if (HD > 3u) { s += q3 * k1_3; dp += g3 * v1_3; }
+        if (HD > 4u) { s += q4 * k1_4; dp += g4 * v1_4; }
+        if (HD > 5u) { s += q5 * k1_5; dp += g5 * v1_5; }
+        if (HD > 6u) { s += q6 * k1_6; dp += g6 * v1_6; }
+        if (HD > 7u) { s += q7 * k1_7; dp += g7 * v1_7; }
+        let pr = select(0.0, exp(s - lse), i >= key.y && i < ke.y);
+        let ds = pr * (dp - delta);
+        { b1_0 += pr * g0; a1_0 += ds * q0; }
+        if (HD > 1u) { b1_1 += pr * g1; a1_1 += ds * q1; }
+        if (HD > 2u) { b1_2 += pr * g2; a1_2 += ds * q2; }
+        if (HD > 3u) { b1_3 += pr * g3; a1_3 += ds * q3; }
+        if (HD > 4u) { b1_4 += pr * g4; a1_4 += ds * q4; }
+        if (HD > 5u) { b1_5 += pr * g5; a1_5 += ds * q5; }
+        if (HD > 6u) { b1_6 += pr * g6; a1_6 += ds * q6; }
+        if (HD > 7u) { b1_7 += pr * g7; a1_7 += ds * q7; }
+      }
+      if (RR > 2u) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k2_0; dp += g0 * v2_0; }
+        if (HD > 1u) { s += q1 * k2_1; dp += g1 * v2_1; }
+        if (HD > 2u) { s += q2 * k2_2; dp += g2 * v2_2; }
+        if (HD > 3u) { s += q3 * k2_3; dp += g3 * v2_3; }
+        if (HD > 4u) { s += q4 * k2_4; dp += g4 * v2_4; }
+        if (HD > 5u) { s += q5 * k2_5; dp += g5 * v2_5; }
+        if (HD > 6u) { s += q6 * k2_6; dp += g6 * v2_6; }
+        if (HD > 7u) { s += q7 * k2_7; dp += g7 * v2_7; }
+        let pr = select(0.0, exp(s - lse), i >= key.z && i < ke.z);
+        let ds = pr * (dp - delta);
+        { b2_0 += pr * g0; a2_0 += ds * q0; }
+        if (HD > 1u) { b2_1 += pr * g1; a2_1 += ds * q1; }
+        if (HD > 2u) { b2_2 += pr * g2; a2_2 += ds * q2; }
+        if (HD > 3u) { b2_3 += pr * g3; a2_3 += ds * q3; }
+        if (HD > 4u) { b2_4 += pr * g4; a2_4 += ds * q4; }
+        if (HD > 5u) { b2_5 += pr * g5; a2_5 += ds * q5; }
+        if (HD > 6u) { b2_6 += pr * g6; a2_6 += ds * q6; }
+        if (HD > 7u) { b2_7 += pr * g7; a2_7 += ds * q7; }
+      }
+      if (RR > 3u) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k3_0; dp += g0 * v3_0; }
+        if (HD > 1u) { s += q1 * k3_1; dp += g1 * v3_1; }
+        if (HD > 2u) { s += q2 * k3_2; dp += g2 * v3_2; }
+        if (HD > 3u) { s += q3 * k3_3; dp += g3 * v3_3; }
+        if (HD > 4u) { s += q4 * k3_4; dp += g4 * v3_4; }
+        if (HD > 5u) { s += q5 * k3_5; dp += g5 * v3_5; }
+        if (HD > 6u) { s += q6 * k3_6; dp += g6 * v3_6; }
+        if (HD > 7u) { s += q7 * k3_7; dp += g7 * v3_7; }
+        let pr = select(0.0, exp(s - lse), i >= key.w && i < ke.w);
+        let ds = pr * (dp - delta);
+        { b3_0 += pr * g0; a3_0 += ds * q0; }
+        if (HD > 1u) { b3_1 += pr * g1; a3_1 += ds * q1; }
+        if (HD > 2u) { b3_2 += pr * g2; a3_2 += ds * q2; }
+        if (HD > 3u) { b3_3 += pr * g3; a3_3 += ds * q3; }
+        if (HD > 4u) { b3_4 += pr * g4; a3_4 += ds * q4; }
+        if (HD > 5u) { b3_5 += pr * g5; a3_5 += ds * q5; }
+        if (HD > 6u) { b3_6 += pr * g6; a3_6 += ds * q6; }
+        if (HD > 7u) { b3_7 += pr * g7; a3_7 += ds * q7; }
+      }
+      if (RR > 4u) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k4_0; dp += g0 * v4_0; }
+        if (HD > 1u) { s += q1 * k4_1; dp += g1 * v4_1; }
+        if (HD > 2u) { s += q2 * k4_2; dp += g2 * v4_2; }
+        if (HD > 3u) { s += q3 * k4_3; dp += g3 * v4_3; }
+        if (HD > 4u) { s += q4 * k4_4; dp += g4 * v4_4; }
+        if (HD > 5u) { s += q5 * k4_5; dp += g5 * v4_5; }
+        if (HD > 6u) { s += q6 * k4_6; dp += g6 * v4_6; }
+        if (HD > 7u) { s += q7 * k4_7; dp += g7 * v4_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.x && i < ke2.x);
+        let ds = pr * (dp - delta);
+        { b4_0 += pr * g0; a4_0 += ds * q0; }
+        if (HD > 1u) { b4_1 += pr * g1; a4_1 += ds * q1; }
+        if (HD > 2u) { b4_2 += pr * g2; a4_2 += ds * q2; }
+        if (HD > 3u) { b4_3 += pr * g3; a4_3 += ds * q3; }
+        if (HD > 4u) { b4_4 += pr * g4; a4_4 += ds * q4; }
+        if (HD > 5u) { b4_5 += pr * g5; a4_5 += ds * q5; }
+        if (HD > 6u) { b4_6 += pr * g6; a4_6 += ds * q6; }
+        if (HD > 7u) { b4_7 += pr * g7; a4_7 += ds * q7; }
+      }
+      if (RR > 5u) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k5_0; dp += g0 * v5_0; }
+        if (HD > 1u) { s += q1 * k5_1; dp += g1 * v5_1; }
+        if (HD > 2u) { s += q2 * k5_2; dp += g2 * v5_2; }
+        if (HD > 3u) { s += q3 * k5_3; dp += g3 * v5_3; }
+        if (HD > 4u) { s += q4 * k5_4; dp += g4 * v5_4; }
+        if (HD > 5u) { s += q5 * k5_5; dp += g5 * v5_5; }
+        if (HD > 6u) { s += q6 * k5_6; dp += g6 * v5_6; }
+        if (HD > 7u) { s += q7 * k5_7; dp += g7 * v5_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.y && i < ke2.y);
+        let ds = pr * (dp - delta);
+        { b5_0 += pr * g0; a5_0 += ds * q0; }
+        if (HD > 1u) { b5_1 += pr * g1; a5_1 += ds * q1; }
+        if (HD > 2u) { b5_2 += pr * g2; a5_2 += ds * q2; }
+        if (HD > 3u) { b5_3 += pr * g3; a5_3 += ds * q3; }
+        if (HD > 4u) { b5_4 += pr * g4; a5_4 += ds * q4; }
+        if (HD > 5u) { b5_5 += pr * g5; a5_5 += ds * q5; }
+        if (HD > 6u) { b5_6 += pr * g6; a5_6 += ds * q6; }
+        if (HD > 7u) { b5_7 += pr * g7; a5_7 += ds * q7; }
+      }
+      if (RR > 6u) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k6_0; dp += g0 * v6_0; }
+        if (HD > 1u) { s += q1 * k6_1; dp += g1 * v6_1; }
+        if (HD > 2u) { s += q2 * k6_2; dp += g2 * v6_2; }
+        if (HD > 3u) { s += q3 * k6_3; dp += g3 * v6_3; }
+        if (HD > 4u) { s += q4 * k6_4; dp += g4 * v6_4; }
+        if (HD > 5u) { s += q5 * k6_5; dp += g5 * v6_5; }
+        if (HD > 6u) { s += q6 * k6_6; dp += g6 * v6_6; }
+        if (HD > 7u) { s += q7 * k6_7; dp += g7 * v6_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.z && i < ke2.z);
+        let ds = pr * (dp - delta);
+        { b6_0 += pr * g0; a6_0 += ds * q0; }
+        if (HD > 1u) { b6_1 += pr * g1; a6_1 += ds * q1; }
+        if (HD > 2u) { b6_2 += pr * g2; a6_2 += ds * q2; }
+        if (HD > 3u) { b6_3 += pr * g3; a6_3 += ds * q3; }
+        if (HD > 4u) { b6_4 += pr * g4; a6_4 += ds * q4; }
+        if (HD > 5u) { b6_5 += pr * g5; a6_5 += ds * q5; }
+        if (HD > 6u) { b6_6 += pr * g6; a6_6 += ds * q6; }
+        if (HD > 7u) { b6_7 += pr * g7; a6_7 += ds * q7; }
+      }
+      if (RR > 7u) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k7_0; dp += g0 * v7_0; }
+        if (HD > 1u) { s += q1 * k7_1; dp += g1 * v7_1; }
+        if (HD > 2u) { s += q2 * k7_2; dp += g2 * v7_2; }
+        if (HD > 3u) { s += q3 * k7_3; dp += g3 * v7_3; }
+        if (HD > 4u) { s += q4 * k7_4; dp += g4 * v7_4; }
+        if (HD > 5u) { s += q5 * k7_5; dp += g5 * v7_5; }
+        if (HD > 6u) { s += q6 * k7_6; dp += g6 * v7_6; }
+        if (HD > 7u) { s += q7 * k7_7; dp += g7 * v7_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.w && i < ke2.w);
+        let ds = pr * (dp - delta);
+        { b7_0 += pr * g0; a7_0 += ds * q0; }
+        if (HD > 1u) { b7_1 += pr * g1; a7_1 += ds * q1; }
+        if (HD > 2u) { b7_2 += pr * g2; a7_2 += ds * q2; }
+        if (HD > 3u) { b7_3 += pr * g3; a7_3 += ds * q3; }
+        if (HD > 4u) { b7_4 += pr * g4; a7_4 += ds * q4; }
+        if (HD > 5u) { b7_5 += pr * g5; a7_5 += ds * q5; }
+        if (HD > 6u) { b7_6 += pr * g6; a7_6 += ds * q6; }
+        if (HD > 7u) { b7_7 += pr * g7; a7_7 += ds * q7; }
+      }
+    }
+  }
+  {
+    if (k0 + 0u * WG + lid.x < T) {
+      let o = key.x * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a0_0 * p.scale; out_dv[p.v_off + o + 0u] = b0_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a0_1 * p.scale; out_dv[p.v_off + o + 1u] = b0_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a0_2 * p.scale; out_dv[p.v_off + o + 2u] = b0_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a0_3 * p.scale; out_dv[p.v_off + o + 3u] = b0_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a0_4 * p.scale; out_dv[p.v_off + o + 4u] = b0_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a0_5 * p.scale; out_dv[p.v_off + o + 5u] = b0_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a0_6 * p.scale; out_dv[p.v_off + o + 6u] = b0_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a0_7 * p.scale; out_dv[p.v_off + o + 7u] = b0_7; }
+    }
+  }
+  if (RR > 1u) {
+    if (k0 + 1u * WG + lid.x < T) {
+      let o = key.y * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a1_0 * p.scale; out_dv[p.v_off + o + 0u] = b1_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a1_1 * p.scale; out_dv[p.v_off + o + 1u] = b1_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a1_2 * p.scale; out_dv[p.v_off + o + 2u] = b1_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a1_3 * p.scale; out_dv[p.v_off + o + 3u] = b1_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a1_4 * p.scale; out_dv[p.v_off + o + 4u] = b1_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a1_5 * p.scale; out_dv[p.v_off + o + 5u] = b1_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a1_6 * p.scale; out_dv[p.v_off + o + 6u] = b1_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a1_7 * p.scale; out_dv[p.v_off + o + 7u] = b1_7; }
+    }
+  }
+  if (RR > 2u) {
+    if (k0 + 2u * WG + lid.x < T) {
+      let o = key.z * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a2_0 * p.scale; out_dv[p.v_off + o + 0u] = b2_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a2_1 * p.scale; out_dv[p.v_off + o + 1u] = b2_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a2_2 * p.scale; out_dv[p.v_off + o + 2u] = b2_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a2_3 * p.scale; out_dv[p.v_off + o + 3u] = b2_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a2_4 * p.scale; out_dv[p.v_off + o + 4u] = b2_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a2_5 * p.scale; out_dv[p.v_off + o + 5u] = b2_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a2_6 * p.scale; out_dv[p.v_off + o + 6u] = b2_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a2_7 * p.scale; out_dv[p.v_off + o + 7u] = b2_7; }
+    }
+  }
+  if (RR > 3u) {
+    if (k0 + 3u * WG + lid.x < T) {
+      let o = key.w * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a3_0 * p.scale; out_dv[p.v_off + o + 0u] = b3_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a3_1 * p.scale; out_dv[p.v_off + o + 1u] = b3_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a3_2 * p.scale; out_dv[p.v_off + o + 2u] = b3_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a3_3 * p.scale; out_dv[p.v_off + o + 3u] = b3_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a3_4 * p.scale; out_dv[p.v_off + o + 4u] = b3_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a3_5 * p.scale; out_dv[p.v_off + o + 5u] = b3_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a3_6 * p.scale; out_dv[p.v_off + o + 6u] = b3_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a3_7 * p.scale; out_dv[p.v_off + o + 7u] = b3_7; }
+    }
+  }
+  if (RR > 4u) {
+    if (k0 + 4u * WG + lid.x < T) {
+      let o = key2.x * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a4_0 * p.scale; out_dv[p.v_off + o + 0u] = b4_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a4_1 * p.scale; out_dv[p.v_off + o + 1u] = b4_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a4_2 * p.scale; out_dv[p.v_off + o + 2u] = b4_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a4_3 * p.scale; out_dv[p.v_off + o + 3u] = b4_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a4_4 * p.scale; out_dv[p.v_off + o + 4u] = b4_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a4_5 * p.scale; out_dv[p.v_off + o + 5u] = b4_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a4_6 * p.scale; out_dv[p.v_off + o + 6u] = b4_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a4_7 * p.scale; out_dv[p.v_off + o + 7u] = b4_7; }
+    }
+  }
+  if (RR > 5u) {
+    if (k0 + 5u * WG + lid.x < T) {
+      let o = key2.y * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a5_0 * p.scale; out_dv[p.v_off + o + 0u] = b5_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a5_1 * p.scale; out_dv[p.v_off + o + 1u] = b5_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a5_2 * p.scale; out_dv[p.v_off + o + 2u] = b5_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a5_3 * p.scale; out_dv[p.v_off + o + 3u] = b5_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a5_4 * p.scale; out_dv[p.v_off + o + 4u] = b5_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a5_5 * p.scale; out_dv[p.v_off + o + 5u] = b5_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a5_6 * p.scale; out_dv[p.v_off + o + 6u] = b5_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a5_7 * p.scale; out_dv[p.v_off + o + 7u] = b5_7; }
+    }
+  }
+  if (RR > 6u) {
+    if (k0 + 6u * WG + lid.x < T) {
+      let o = key2.z * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a6_0 * p.scale; out_dv[p.v_off + o + 0u] = b6_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a6_1 * p.scale; out_dv[p.v_off + o + 1u] = b6_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a6_2 * p.scale; out_dv[p.v_off + o + 2u] = b6_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a6_3 * p.scale; out_dv[p.v_off + o + 3u] = b6_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a6_4 * p.scale; out_dv[p.v_off + o + 4u] = b6_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a6_5 * p.scale; out_dv[p.v_off + o + 5u] = b6_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a6_6 * p.scale; out_dv[p.v_off + o + 6u] = b6_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a6_7 * p.scale; out_dv[p.v_off + o + 7u] = b6_7; }
+    }
+  }
+  if (RR > 7u) {
+    if (k0 + 7u * WG + lid.x < T) {
+      let o = key2.w * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a7_0 * p.scale; out_dv[p.v_off + o + 0u] = b7_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a7_1 * p.scale; out_dv[p.v_off + o + 1u] = b7_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a7_2 * p.scale; out_dv[p.v_off + o + 2u] = b7_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a7_3 * p.scale; out_dv[p.v_off + o + 3u] = b7_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a7_4 * p.scale; out_dv[p.v_off + o + 4u] = b7_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a7_5 * p.scale; out_dv[p.v_off + o + 5u] = b7_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a7_6 * p.scale; out_dv[p.v_off + o + 6u] = b7_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a7_7 * p.scale; out_dv[p.v_off + o + 7u] = b7_7; }
+    }
+  }
+}
+
+// Forward: rows are queries of q head h; lse = max + log(sum) per query.
+// _v4: head rows of Q, K, V and dO read as vec4s (HD, row strides and offsets multiples of 4).
+@compute @workgroup_size(WG)
+fn attention_row_forward_v4(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let T = p.t;
+  let h = wid.y;
+  let kvh = h / p.group;
+  let q0 = wid.x * WG * RR;
+  var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var o0_0 = 0.0; var o0_1 = 0.0; var o0_2 = 0.0; var o0_3 = 0.0; var o0_4 = 0.0; var o0_5 = 0.0; var o0_6 = 0.0; var o0_7 = 0.0;
+  var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var o1_0 = 0.0; var o1_1 = 0.0; var o1_2 = 0.0; var o1_3 = 0.0; var o1_4 = 0.0; var o1_5 = 0.0; var o1_6 = 0.0; var o1_7 = 0.0;
+  var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var o2_0 = 0.0; var o2_1 = 0.0; var o2_2 = 0.0; var o2_3 = 0.0; var o2_4 = 0.0; var o2_5 = 0.0; var o2_6 = 0.0; var o2_7 = 0.0;
+  var q3_0 = 0.0; var q3_1 = 0.0; var q3_2 = 0.0; var q3_3 = 0.0; var q3_4 = 0.0; var q3_5 = 0.0; var q3_6 = 0.0; var q3_7 = 0.0; var o3_0 = 0.0; var o3_1 = 0.0; var o3_2 = 0.0; var o3_3 = 0.0; var o3_4 = 0.0; var o3_5 = 0.0; var o3_6 = 0.0; var o3_7 = 0.0;
+  var q4_0 = 0.0; var q4_1 = 0.0; var q4_2 = 0.0; var q4_3 = 0.0; var q4_4 = 0.0; var q4_5 = 0.0; var q4_6 = 0.0; var q4_7 = 0.0; var o4_0 = 0.0; var o4_1 = 0.0; var o4_2 = 0.0; var o4_3 = 0.0; var o4_4 = 0.0; var o4_5 = 0.0; var o4_6 = 0.0; var o4_7 = 0.0;
+  var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var o5_0 = 0.0; var o5_1 = 0.0; var o5_2 = 0.0; var o5_3 = 0.0; var o5_4 = 0.0; var o5_5 = 0.0; var o5_6 = 0.0; var o5_7 = 0.0;
+  var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var o6_0 = 0.0; var o6_1 = 0.0; var o6_2 = 0.0; var o6_3 = 0.0; var o6_4 = 0.0; var o6_5 = 0.0; var o6_6 = 0.0; var o6_7 = 0.0;
+  var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var o7_0 = 0.0; var o7_1 = 0.0; var o7_2 = 0.0; var o7_3 = 0.0; var o7_4 = 0.0; var o7_5 = 0.0; var o7_6 = 0.0; var o7_7 = 0.0;
+  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
+  var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();
+  {
+    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    row.x = i;
+    st.x = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q0_0 = t.x * p.scale; q0_1 = t.y * p.scale; q0_2 = t.z * p.scale; q0_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q0_4 = t.x * p.scale; q0_5 = t.y * p.scale; q0_6 = t.z * p.scale; q0_7 = t.w * p.scale; }
+  }
+  if (RR > 1u) {
+    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    row.y = i;
+    st.y = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q1_0 = t.x * p.scale; q1_1 = t.y * p.scale; q1_2 = t.z * p.scale; q1_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q1_4 = t.x * p.scale; q1_5 = t.y * p.scale; q1_6 = t.z * p.scale; q1_7 = t.w * p.scale; }
+  }
+  if (RR > 2u) {
+    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    row.z = i;
+    st.z = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q2_0 = t.x * p.scale; q2_1 = t.y * p.scale; q2_2 = t.z * p.scale; q2_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q2_4 = t.x * p.scale; q2_5 = t.y * p.scale; q2_6 = t.z * p.scale; q2_7 = t.w * p.scale; }
+  }
+  if (RR > 3u) {
+    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    row.w = i;
+    st.w = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q3_0 = t.x * p.scale; q3_1 = t.y * p.scale; q3_2 = t.z * p.scale; q3_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q3_4 = t.x * p.scale; q3_5 = t.y * p.scale; q3_6 = t.z * p.scale; q3_7 = t.w * p.scale; }
+  }
+  if (RR > 4u) {
+    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q4_0 = t.x * p.scale; q4_1 = t.y * p.scale; q4_2 = t.z * p.scale; q4_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4_4 = t.x * p.scale; q4_5 = t.y * p.scale; q4_6 = t.z * p.scale; q4_7 = t.w * p.scale; }
+  }
+  if (RR > 5u) {
+    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q5_0 = t.x * p.scale; q5_1 = t.y * p.scale; q5_2 = t.z * p.scale; q5_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q5_4 = t.x * p.scale; q5_5 = t.y * p.scale; q5_6 = t.z * p.scale; q5_7 = t.w * p.scale; }
+  }
+  if (RR > 6u) {
+    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q6_0 = t.x * p.scale; q6_1 = t.y * p.scale; q6_2 = t.z * p.scale; q6_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q6_4 = t.x * p.scale; q6_5 = t.y * p.scale; q6_6 = t.z * p.scale; q6_7 = t.w * p.scale; }
+  }
+  if (RR > 7u) {
+    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q7_0 = t.x * p.scale; q7_1 = t.y * p.scale; q7_2 = t.z * p.scale; q7_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
+  }
+  let jLo = in_start[q0];
+  let jHi = min(q0 + WG * RR, T); // one past the last key any row sees
+  for (var j = jLo; j < jHi; j += 4u) {
+    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(T - 1u));
+    let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
+    let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
+    let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
+    var s0 = vec4<f32>(); var p0 = vec4<f32>(); var a0 = 1.0; var s1 = vec4<f32>(); var p1 = vec4<f32>(); var a1 = 1.0; var s2 = vec4<f32>(); var p2 = vec4<f32>(); var a2 = 1.0; var s3 = vec4<f32>(); var p3 = vec4<f32>(); var a3 = 1.0; var s4 = vec4<f32>(); var p4 = vec4<f32>(); var a4 = 1.0; var s5 = vec4<f32>(); var p5 = vec4<f32>(); var a5 = 1.0; var s6 = vec4<f32>(); var p6 = vec4<f32>(); var a6 = 1.0; var s7 = vec4<f32>(); var p7 = vec4<f32>(); var a7 = 1.0;
+    { let k0 = in_k4[ko.x / 4u + 0u]; let k1 = in_k4[ko.y / 4u + 0u]; let k2 = in_k4[ko.z / 4u + 0u]; let k3 = in_k4[ko.w / 4u + 0u]; { let kx = vec4<f32>(k0.x, k1.x, k2.x, k3.x); s0 += q0_0 * kx; if (RR > 1u) { s1 += q1_0 * kx; } if (RR > 2u) { s2 += q2_0 * kx; } if (RR > 3u) { s3 += q3_0 * kx; } if (RR > 4u) { s4 += q4_0 * kx; } if (RR > 5u) { s5 += q5_0 * kx; } if (RR > 6u) { s6 += q6_0 * kx; } if (RR > 7u) { s7 += q7_0 * kx; } } { let kx = vec4<f32>(k0.y, k1.y, k2.y, k3.y); s0 += q0_1 * kx; if (RR > 1u) { s1 += q1_1 * kx; } if (RR > 2u) { s2 += q2_1 * kx; } if (RR > 3u) { s3 += q3_1 * kx; } if (RR > 4u) { s4 += q4_1 * kx; } if (RR > 5u) { s5 += q5_1 * kx; } if (RR > 6u) { s6 += q6_1 * kx; } if (RR > 7u) { s7 += q7_1 * kx; } } { let kx = vec4<f32>(k0.z, k1.z, k2.z, k3.z); s0 += q0_2 * kx; if (RR > 1u) { s1 += q1_2 * kx; } if (RR > 2u) { s2 += q2_2 * kx; } if (RR > 3u) { s3 += q3_2 * kx; } if (RR > 4u) { s4 += q4_2 * kx; } if (RR > 5u) { s5 += q5_2 * kx; } if (RR > 6u) { s6 += q6_2 * kx; } if (RR > 7u) { s7 += q7_2 * kx; } } { let kx = vec4<f32>(k0.w, k1.w, k2.w, k3.w); s0 += q0_3 * kx; if (RR > 1u) { s1 += q1_3 * kx; } if (RR > 2u) { s2 += q2_3 * kx; } if (RR > 3u) { s3 += q3_3 * kx; } if (RR > 4u) { s4 += q4_3 * kx; } if (RR > 5u) { s5 += q5_3 * kx; } if (RR > 6u) { s6 += q6_3 * kx; } if (RR > 7u) { s7 += q7_3 * kx; } } }
+    if (HD > 4u) { let k0 = in_k4[ko.x / 4u + 1u]; let k1 = in_k4[ko.y / 4u + 1u]; let k2 = in_k4[ko.z / 4u + 1u]; let k3 = in_k4[ko.w / 4u + 1u]; { let kx = vec4<f32>(k0.x, k1.x, k2.x, k3.x); s0 += q0_4 * kx; if (RR > 1u) { s1 += q1_4 * kx; } if (RR > 2u) { s2 += q2_4 * kx; } if (RR > 3u) { s3 += q3_4 * kx; } if (RR > 4u) { s4 += q4_4 * kx; } if (RR > 5u) { s5 += q5_4 * kx; } if (RR > 6u) { s6 += q6_4 * kx; } if (RR > 7u) { s7 += q7_4 * kx; } } { let kx = vec4<f32>(k0.y, k1.y, k2.y, k3.y); s0 += q0_5 * kx; if (RR > 1u) { s1 += q1_5 * kx; } if (RR > 2u) { s2 += q2_5 * kx; } if (RR > 3u) { s3 += q3_5 * kx; } if (RR > 4u) { s4 += q4_5 * kx; } if (RR > 5u) { s5 += q5_5 * kx; } if (RR > 6u) { s6 += q6_5 * kx; } if (RR > 7u) { s7 += q7_5 * kx; } } { let kx = vec4<f32>(k0.z, k1.z, k2.z, k3.z); s0 += q0_6 * kx; if (RR > 1u) { s1 += q1_6 * kx; } if (RR > 2u) { s2 += q2_6 * kx; } if (RR > 3u) { s3 += q3_6 * kx; } if (RR > 4u) { s4 += q4_6 * kx; } if (RR > 5u) { s5 += q5_6 * kx; } if (RR > 6u) { s6 += q6_6 * kx; } if (RR > 7u) { s7 += q7_6 * kx; } } { let kx = vec4<f32>(k0.w, k1.w, k2.w, k3.w); s0 += q0_7 * kx; if (RR > 1u) { s1 += q1_7 * kx; } if (RR > 2u) { s2 += q2_7 * kx; } if (RR > 3u) { s3 += q3_7 * kx; } if (RR > 4u) { s4 += q4_7 * kx; } if (RR > 5u) { s5 += q5_7 * kx; } if (RR > 6u) { s6 += q6_7 * kx; } if (RR > 7u) { s7 += q7_7 * kx; } } }
+    {
+      let ok = jv >= vec4<u32>(st.x) & jv <= vec4<u32>(row.x);
+      let s = select(vec4<f32>(MASKED), s0, ok);
+      let mNew = max(m.x, max(max(s.x, s.y), max(s.z, s.w)));
+      a0 = exp(m.x - mNew);
+      p0 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l.x = l.x * a0 + (p0.x + p0.y) + (p0.z + p0.w);
+      m.x = mNew;
+    }
+    if (RR > 1u) {
+      let ok = jv >= vec4<u32>(st.y) & jv <= vec4<u32>(row.y);
+      let s = select(vec4<f32>(MASKED), s1, ok);
+      let mNew = max(m.y, max(max(s.x, s.y), max(s.z, s.w)));
+      a1 = exp(m.y - mNew);
+      p1 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l.y = l.y * a1 + (p1.x + p1.y) + (p1.z + p1.w);
+      m.y = mNew;
+    }
+    if (RR > 2u) {
+      let ok = jv >= vec4<u32>(st.z) & jv <= vec4<u32>(row.z);
+      let s = select(vec4<f32>(MASKED), s2, ok);
+      let mNew = max(m.z, max(max(s.x, s.y), max(s.z, s.w)));
+      a2 = exp(m.z - mNew);
+      p2 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l.z = l.z * a2 + (p2.x + p2.y) + (p2.z + p2.w);
+      m.z = mNew;
+    }
+    if (RR > 3u) {
+      let ok = jv >= vec4<u32>(st.w) & jv <= vec4<u32>(row.w);
+      let s = select(vec4<f32>(MASKED), s3, ok);
+      let mNew = max(m.w, max(max(s.x, s.y), max(s.z, s.w)));
+      a3 = exp(m.w - mNew);
+      p3 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l.w = l.w * a3 + (p3.x + p3.y) + (p3.z + p3.w);
+      m.w = mNew;
+    }
+    if (RR > 4u) {
+      let ok = jv >= vec4<u32>(st2.x) & jv <= vec4<u32>(row2.x);
+      let s = select(vec4<f32>(MASKED), s4, ok);
+      let mNew = max(m2.x, max(max(s.x, s.y), max(s.z, s.w)));
+      a4 = exp(m2.x - mNew);
+      p4 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l2.x = l2.x * a4 + (p4.x + p4.y) + (p4.z + p4.w);
+      m2.x = mNew;
+    }
+    if (RR > 5u) {
+      let ok = jv >= vec4<u32>(st2.y) & jv <= vec4<u32>(row2.y);
+      let s = select(vec4<f32>(MASKED), s5, ok);
+      let mNew = max(m2.y, max(max(s.x, s.y), max(s.z, s.w)));
+      a5 = exp(m2.y - mNew);
+      p5 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l2.y = l2.y * a5 + (p5.x + p5.y) + (p5.z + p5.w);
+      m2.y = mNew;
+    }
+    if (RR > 6u) {
+      let ok = jv >= vec4<u32>(st2.z) & jv <= vec4<u32>(row2.z);
+      let s = select(vec4<f32>(MASKED), s6, ok);
+      let mNew = max(m2.z, max(max(s.x, s.y), max(s.z, s.w)));
+      a6 = exp(m2.z - mNew);
+      p6 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l2.z = l2.z * a6 + (p6.x + p6.y) + (p6.z + p6.w);
+      m2.z = mNew;
+    }
+    if (RR > 7u) {
+      let ok = jv >= vec4<u32>(st2.w) & jv <= vec4<u32>(row2.w);
+      let s = select(vec4<f32>(MASKED), s7, ok);
+      let mNew = max(m2.w, max(max(s.x, s.y), max(s.z, s.w)));
+      a7 = exp(m2.w - mNew);
+      p7 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l2.w = l2.w * a7 + (p7.x + p7.y) + (p7.z + p7.w);
+      m2.w = mNew;
+    }
+    { let v0 = in_v4[vo.x / 4u + 0u]; let v1 = in_v4[vo.y / 4u + 0u]; let v2 = in_v4[vo.z / 4u + 0u]; let v3 = in_v4[vo.w / 4u + 0u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_0 = o0_0 * a0 + dot(p0, vx); if (RR > 1u) { o1_0 = o1_0 * a1 + dot(p1, vx); } if (RR > 2u) { o2_0 = o2_0 * a2 + dot(p2, vx); } if (RR > 3u) { o3_0 = o3_0 * a3 + dot(p3, vx); } if (RR > 4u) { o4_0 = o4_0 * a4 + dot(p4, vx); } if (RR > 5u) { o5_0 = o5_0 * a5 + dot(p5, vx); } if (RR > 6u) { o6_0 = o6_0 * a6 + dot(p6, vx); } if (RR > 7u) { o7_0 = o7_0 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_1 = o0_1 * a0 + dot(p0, vx); if (RR > 1u) { o1_1 = o1_1 * a1 + dot(p1, vx); } if (RR > 2u) { o2_1 = o2_1 * a2 + dot(p2, vx); } if (RR > 3u) { o3_1 = o3_1 * a3 + dot(p3, vx); } if (RR > 4u) { o4_1 = o4_1 * a4 + dot(p4, vx); } if (RR > 5u) { o5_1 = o5_1 * a5 + dot(p5, vx); } if (RR > 6u) { o6_1 = o6_1 * a6 + dot(p6, vx); } if (RR > 7u) { o7_1 = o7_1 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_2 = o0_2 * a0 + dot(p0, vx); if (RR > 1u) { o1_2 = o1_2 * a1 + dot(p1, vx); } if (RR > 2u) { o2_2 = o2_2 * a2 + dot(p2, vx); } if (RR > 3u) { o3_2 = o3_2 * a3 + dot(p3, vx); } if (RR > 4u) { o4_2 = o4_2 * a4 + dot(p4, vx); } if (RR > 5u) { o5_2 = o5_2 * a5 + dot(p5, vx); } if (RR > 6u) { o6_2 = o6_2 * a6 + dot(p6, vx); } if (RR > 7u) { o7_2 = o7_2 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_3 = o0_3 * a0 + dot(p0, vx); if (RR > 1u) { o1_3 = o1_3 * a1 + dot(p1, vx); } if (RR > 2u) { o2_3 = o2_3 * a2 + dot(p2, vx); } if (RR > 3u) { o3_3 = o3_3 * a3 + dot(p3, vx); } if (RR > 4u) { o4_3 = o4_3 * a4 + dot(p4, vx); } if (RR > 5u) { o5_3 = o5_3 * a5 + dot(p5, vx); } if (RR > 6u) { o6_3 = o6_3 * a6 + dot(p6, vx); } if (RR > 7u) { o7_3 = o7_3 * a7 + dot(p7, vx); } } }
+    if (HD > 4u) { let v0 = in_v4[vo.x / 4u + 1u]; let v1 = in_v4[vo.y / 4u + 1u]; let v2 = in_v4[vo.z / 4u + 1u]; let v3 = in_v4[vo.w / 4u + 1u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_4 = o0_4 * a0 + dot(p0, vx); if (RR > 1u) { o1_4 = o1_4 * a1 + dot(p1, vx); } if (RR > 2u) { o2_4 = o2_4 * a2 + dot(p2, vx); } if (RR > 3u) { o3_4 = o3_4 * a3 + dot(p3, vx); } if (RR > 4u) { o4_4 = o4_4 * a4 + dot(p4, vx); } if (RR > 5u) { o5_4 = o5_4 * a5 + dot(p5, vx); } if (RR > 6u) { o6_4 = o6_4 * a6 + dot(p6, vx); } if (RR > 7u) { o7_4 = o7_4 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_5 = o0_5 * a0 + dot(p0, vx); if (RR > 1u) { o1_5 = o1_5 * a1 + dot(p1, vx); } if (RR > 2u) { o2_5 = o2_5 * a2 + dot(p2, vx); } if (RR > 3u) { o3_5 = o3_5 * a3 + dot(p3, vx); } if (RR > 4u) { o4_5 = o4_5 * a4 + dot(p4, vx); } if (RR > 5u) { o5_5 = o5_5 * a5 + dot(p5, vx); } if (RR > 6u) { o6_5 = o6_5 * a6 + dot(p6, vx); } if (RR > 7u) { o7_5 = o7_5 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_6 = o0_6 * a0 + dot(p0, vx); if (RR > 1u) { o1_6 = o1_6 * a1 + dot(p1, vx); } if (RR > 2u) { o2_6 = o2_6 * a2 + dot(p2, vx); } if (RR > 3u) { o3_6 = o3_6 * a3 + dot(p3, vx); } if (RR > 4u) { o4_6 = o4_6 * a4 + dot(p4, vx); } if (RR > 5u) { o5_6 = o5_6 * a5 + dot(p5, vx); } if (RR > 6u) { o6_6 = o6_6 * a6 + dot(p6, vx); } if (RR > 7u) { o7_6 = o7_6 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_7 = o0_7 * a0 + dot(p0, vx); if (RR > 1u) { o1_7 = o1_7 * a1 + dot(p1, vx); } if (RR > 2u) { o2_7 = o2_7 * a2 + dot(p2, vx); } if (RR > 3u) { o3_7 = o3_7 * a3 + dot(p3, vx); } if (RR > 4u) { o4_7 = o4_7 * a4 + dot(p4, vx); } if (RR > 5u) { o5_7 = o5_7 * a5 + dot(p5, vx); } if (RR > 6u) { o6_7 = o6_7 * a6 + dot(p6, vx); } if (RR > 7u) { o7_7 = o7_7 * a7 + dot(p7, vx); } } }
+  }
+  {
+    if (q0 + 0u * WG + lid.x < T) {
+      let i = row.x;
+      let inv = 1.0 / l.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o0_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o0_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o0_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o0_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o0_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o0_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o0_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o0_7 * inv; }
+      out_lse[h * T + i] = m.x + log(l.x);
+    }
+  }
+  if (RR > 1u) {
+    if (q0 + 1u * WG + lid.x < T) {
+      let i = row.y;
+      let inv = 1.0 / l.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o1_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o1_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o1_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o1_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o1_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o1_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o1_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o1_7 * inv; }
+      out_lse[h * T + i] = m.y + log(l.y);
+    }
+  }
+  if (RR > 2u) {
+    if (q0 + 2u * WG + lid.x < T) {
+      let i = row.z;
+      let inv = 1.0 / l.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o2_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o2_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o2_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o2_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o2_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o2_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o2_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o2_7 * inv; }
+      out_lse[h * T + i] = m.z + log(l.z);
+    }
+  }
+  if (RR > 3u) {
+    if (q0 + 3u * WG + lid.x < T) {
+      let i = row.w;
+      let inv = 1.0 / l.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o3_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o3_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o3_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o3_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o3_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o3_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o3_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o3_7 * inv; }
+      out_lse[h * T + i] = m.w + log(l.w);
+    }
+  }
+  if (RR > 4u) {
+    if (q0 + 4u * WG + lid.x < T) {
+      let i = row2.x;
+      let inv = 1.0 / l2.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o4_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o4_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o4_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o4_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o4_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o4_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o4_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o4_7 * inv; }
+      out_lse[h * T + i] = m2.x + log(l2.x);
+    }
+  }
+  if (RR > 5u) {
+    if (q0 + 5u * WG + lid.x < T) {
+      let i = row2.y;
+      let inv = 1.0 / l2.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o5_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o5_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o5_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o5_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o5_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o5_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o5_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o5_7 * inv; }
+      out_lse[h * T + i] = m2.y + log(l2.y);
+    }
+  }
+  if (RR > 6u) {
+    if (q0 + 6u * WG + lid.x < T) {
+      let i = row2.z;
+      let inv = 1.0 / l2.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o6_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o6_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o6_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o6_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o6_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o6_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o6_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o6_7 * inv; }
+      out_lse[h * T + i] = m2.z + log(l2.z);
+    }
+  }
+  if (RR > 7u) {
+    if (q0 + 7u * WG + lid.x < T) {
+      let i = row2.w;
+      let inv = 1.0 / l2.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o7_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o7_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o7_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o7_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o7_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o7_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o7_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o7_7 * inv; }
+      out_lse[h * T + i] = m2.w + log(l2.w);
+    }
+  }
+}
+
+// dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j with P_ij = exp(scale · q_i·k_j − lse_i),
+// dP_ij = dO_i · V_j; rows are queries of q head h.
+// _v4: head rows of Q, K, V and dO read as vec4s (HD, row strides and offsets multiples of 4).
+@compute @workgroup_size(WG)
+fn attention_row_backward_dq_v4(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let T = p.t;
+  let h = wid.y;
+  let kvh = h / p.group;
+  let q0 = wid.x * WG * RR;
+  var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var g0_0 = 0.0; var g0_1 = 0.0; var g0_2 = 0.0; var g0_3 = 0.0; var g0_4 = 0.0; var g0_5 = 0.0; var g0_6 = 0.0; var g0_7 = 0.0; var a0_0 = 0.0; var a0_1 = 0.0; var a0_2 = 0.0; var a0_3 = 0.0; var a0_4 = 0.0; var a0_5 = 0.0; var a0_6 = 0.0; var a0_7 = 0.0;
+  var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var g1_0 = 0.0; var g1_1 = 0.0; var g1_2 = 0.0; var g1_3 = 0.0; var g1_4 = 0.0; var g1_5 = 0.0; var g1_6 = 0.0; var g1_7 = 0.0; var a1_0 = 0.0; var a1_1 = 0.0; var a1_2 = 0.0; var a1_3 = 0.0; var a1_4 = 0.0; var a1_5 = 0.0; var a1_6 = 0.0; var a1_7 = 0.0;
+  var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var g2_0 = 0.0; var g2_1 = 0.0; var g2_2 = 0.0; var g2_3 = 0.0; var g2_4 = 0.0; var g2_5 = 0.0; var g2_6 = 0.0; var g2_7 = 0.0; var a2_0 = 0.0; var a2_1 = 0.0; var a2_2 = 0.0; var a2_3 = 0.0; var a2_4 = 0.0; var a2_5 = 0.0; var a2_6 = 0.0; var a2_7 = 0.0;
+  var q3_0 = 0.0; var q3_1 = 0.0; var q3_2 = 0.0; var q3_3 = 0.0; var q3_4 = 0.0; var q3_5 = 0.0; var q3_6 = 0.0; var q3_7 = 0.0; var g3_0 = 0.0; var g3_1 = 0.0; var g3_2 = 0.0; var g3_3 = 0.0; var g3_4 = 0.0; var g3_5 = 0.0; var g3_6 = 0.0; var g3_7 = 0.0; var a3_0 = 0.0; var a3_1 = 0.0; var a3_2 = 0.0; var a3_3 = 0.0; var a3_4 = 0.0; var a3_5 = 0.0; var a3_6 = 0.0; var a3_7 = 0.0;
+  var q4_0 = 0.0; var q4_1 = 0.0; var q4_2 = 0.0; var q4_3 = 0.0; var q4_4 = 0.0; var q4_5 = 0.0; var q4_6 = 0.0; var q4_7 = 0.0; var g4_0 = 0.0; var g4_1 = 0.0; var g4_2 = 0.0; var g4_3 = 0.0; var g4_4 = 0.0; var g4_5 = 0.0; var g4_6 = 0.0; var g4_7 = 0.0; var a4_0 = 0.0; var a4_1 = 0.0; var a4_2 = 0.0; var a4_3 = 0.0; var a4_4 = 0.0; var a4_5 = 0.0; var a4_6 = 0.0; var a4_7 = 0.0;
+  var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var g5_0 = 0.0; var g5_1 = 0.0; var g5_2 = 0.0; var g5_3 = 0.0; var g5_4 = 0.0; var g5_5 = 0.0; var g5_6 = 0.0; var g5_7 = 0.0; var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0; var a5_4 = 0.0; var a5_5 = 0.0; var a5_6 = 0.0; var a5_7 = 0.0;
+  var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var g6_0 = 0.0; var g6_1 = 0.0; var g6_2 = 0.0; var g6_3 = 0.0; var g6_4 = 0.0; var g6_5 = 0.0; var g6_6 = 0.0; var g6_7 = 0.0; var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0; var a6_4 = 0.0; var a6_5 = 0.0; var a6_6 = 0.0; var a6_7 = 0.0;
+  var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var g7_0 = 0.0; var g7_1 = 0.0; var g7_2 = 0.0; var g7_3 = 0.0; var g7_4 = 0.0; var g7_5 = 0.0; var g7_6 = 0.0; var g7_7 = 0.0; var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0; var a7_4 = 0.0; var a7_5 = 0.0; var a7_6 = 0.0; var a7_7 = 0.0;
+  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
+  var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();
+  {
+    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    row.x = i;
+    st.x = in_start[i];
+    lse.x = in_lse[h * T + i];
+    dl.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q0_0 = t.x * p.scale; q0_1 = t.y * p.scale; q0_2 = t.z * p.scale; q0_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q0_4 = t.x * p.scale; q0_5 = t.y * p.scale; q0_6 = t.z * p.scale; q0_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g0_0 = t.x; g0_1 = t.y; g0_2 = t.z; g0_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g0_4 = t.x; g0_5 = t.y; g0_6 = t.z; g0_7 = t.w; }
+  }
+  if (RR > 1u) {
+    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    row.y = i;
+    st.y = in_start[i];
+    lse.y = in_lse[h * T + i];
+    dl.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q1_0 = t.x * p.scale; q1_1 = t.y * p.scale; q1_2 = t.z * p.scale; q1_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q1_4 = t.x * p.scale; q1_5 = t.y * p.scale; q1_6 = t.z * p.scale; q1_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g1_0 = t.x; g1_1 = t.y; g1_2 = t.z; g1_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g1_4 = t.x; g1_5 = t.y; g1_6 = t.z; g1_7 = t.w; }
+  }
+  if (RR > 2u) {
+    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    row.z = i;
+    st.z = in_start[i];
+    lse.z = in_lse[h * T + i];
+    dl.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q2_0 = t.x * p.scale; q2_1 = t.y * p.scale; q2_2 = t.z * p.scale; q2_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q2_4 = t.x * p.scale; q2_5 = t.y * p.scale; q2_6 = t.z * p.scale; q2_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g2_0 = t.x; g2_1 = t.y; g2_2 = t.z; g2_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g2_4 = t.x; g2_5 = t.y; g2_6 = t.z; g2_7 = t.w; }
+  }
+  if (RR > 3u) {
+    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    row.w = i;
+    st.w = in_start[i];
+    lse.w = in_lse[h * T + i];
+    dl.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q3_0 = t.x * p.scale; q3_1 = t.y * p.scale; q3_2 = t.z * p.scale; q3_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q3_4 = t.x * p.scale; q3_5 = t.y * p.scale; q3_6 = t.z * p.scale; q3_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g3_0 = t.x; g3_1 = t.y; g3_2 = t.z; g3_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g3_4 = t.x; g3_5 = t.y; g3_6 = t.z; g3_7 = t.w; }
+  }
+  if (RR > 4u) {
+    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    lse2.x = in_lse[h * T + i];
+    dl2.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q4_0 = t.x * p.scale; q4_1 = t.y * p.scale; q4_2 = t.z * p.scale; q4_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4_4 = t.x * p.scale; q4_5 = t.y * p.scale; q4_6 = t.z * p.scale; q4_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g4_0 = t.x; g4_1 = t.y; g4_2 = t.z; g4_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g4_4 = t.x; g4_5 = t.y; g4_6 = t.z; g4_7 = t.w; }
+  }
+  if (RR > 5u) {
+    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    lse2.y = in_lse[h * T + i];
+    dl2.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q5_0 = t.x * p.scale; q5_1 = t.y * p.scale; q5_2 = t.z * p.scale; q5_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q5_4 = t.x * p.scale; q5_5 = t.y * p.scale; q5_6 = t.z * p.scale; q5_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g5_0 = t.x; g5_1 = t.y; g5_2 = t.z; g5_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g5_4 = t.x; g5_5 = t.y; g5_6 = t.z; g5_7 = t.w; }
+  }
+  if (RR > 6u) {
+    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    lse2.z = in_lse[h * T + i];
+    dl2.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q6_0 = t.x * p.scale; q6_1 = t.y * p.scale; q6_2 = t.z * p.scale; q6_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q6_4 = t.x * p.scale; q6_5 = t.y * p.scale; q6_6 = t.z * p.scale; q6_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g6_0 = t.x; g6_1 = t.y; g6_2 = t.z; g6_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g6_4 = t.x; g6_5 = t.y; g6_6 = t.z; g6_7 = t.w; }
+  }
+  if (RR > 7u) {
+    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    lse2.w = in_lse[h * T + i];
+    dl2.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q7_0 = t.x * p.scale; q7_1 = t.y * p.scale; q7_2 = t.z * p.scale; q7_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g7_0 = t.x; g7_1 = t.y; g7_2 = t.z; g7_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g7_4 = t.x; g7_5 = t.y; g7_6 = t.z; g7_7 = t.w; }
+  }
+  let jLo = in_start[q0];
+  let jHi = min(q0 + WG * RR, T);
+  for (var j = jLo; j < jHi; j++) {
+    let ko = j * p.ld_kv + p.k_off + kvh * HD;
+    let vo = j * p.ld_kv + p.v_off + kvh * HD;
+    var k0 = 0.0; var v0 = 0.0; var k1 = 0.0; var v1 = 0.0; var k2 = 0.0; var v2 = 0.0; var k3 = 0.0; var v3 = 0.0; var k4 = 0.0; var v4 = 0.0; var k5 = 0.0; var v5 = 0.0; var k6 = 0.0; var v6 = 0.0; var k7 = 0.0; var v7 = 0.0;
+    { let t = in_k4[(ko) / 4u + 0u]; k0 = t.x; k1 = t.y; k2 = t.z; k3 = t.w; }
+    if (HD > 4u) { let t = in_k4[(ko) / 4u + 1u]; k4 = t.x; k5 = t.y; k6 = t.z; k7 = t.w; }
+    { let t = in_v4[(vo) / 4u + 0u]; v0 = t.x; v1 = t.y; v2 = t.z; v3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(vo) / 4u + 1u]; v4 = t.x; v5 = t.y; v6 = t.z; v7 = t.w; }
+    {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q0_0 * k0; dp += g0_0 * v0; }
+      if (HD > 1u) { s += q0_1 * k1; dp += g0_1 * v1; }
+      if (HD > 2u) { s += q0_2 * k2; dp += g0_2 * v2; }
+      if (HD > 3u) { s += q0_3 * k3; dp += g0_3 * v3; }
+      if (HD > 4u) { s += q0_4 * k4; dp += g0_4 * v4; }
+      if (HD > 5u) { s += q0_5 * k5; dp += g0_5 * v5; }
+      if (HD > 6u) { s += q0_6 * k6; dp += g0_6 * v6; }
+      if (HD > 7u) { s += q0_7 * k7; dp += g0_7 * v7; }
+      let pr = select(0.0, exp(s - lse.x), j >= st.x && j <= row.x);
+      let ds = pr * (dp - dl.x);
+      { a0_0 += ds * k0; }
+      if (HD > 1u) { a0_1 += ds * k1; }
+      if (HD > 2u) { a0_2 += ds * k2; }
+      if (HD > 3u) { a0_3 += ds * k3; }
+      if (HD > 4u) { a0_4 += ds * k4; }
+      if (HD > 5u) { a0_5 += ds * k5; }
+      if (HD > 6u) { a0_6 += ds * k6; }
+      if (HD > 7u) { a0_7 += ds * k7; }
+    }
+    if (RR > 1u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q1_0 * k0; dp += g1_0 * v0; }
+      if (HD > 1u) { s += q1_1 * k1; dp += g1_1 * v1; }
+      if (HD > 2u) { s += q1_2 * k2; dp += g1_2 * v2; }
+      if (HD > 3u) { s += q1_3 * k3; dp += g1_3 * v3; }
+      if (HD > 4u) { s += q1_4 * k4; dp += g1_4 * v4; }
+      if (HD > 5u) { s += q1_5 * k5; dp += g1_5 * v5; }
+      if (HD > 6u) { s += q1_6 * k6; dp += g1_6 * v6; }
+      if (HD > 7u) { s += q1_7 * k7; dp += g1_7 * v7; }
+      let pr = select(0.0, exp(s - lse.y), j >= st.y && j <= row.y);
+      let ds = pr * (dp - dl.y);
+      { a1_0 += ds * k0; }
+      if (HD > 1u) { a1_1 += ds * k1; }
+      if (HD > 2u) { a1_2 += ds * k2; }
+      if (HD > 3u) { a1_3 += ds * k3; }
+      if (HD > 4u) { a1_4 += ds * k4; }
+      if (HD > 5u) { a1_5 += ds * k5; }
+      if (HD > 6u) { a1_6 += ds * k6; }
+      if (HD > 7u) { a1_7 += ds * k7; }
+    }
+    if (RR > 2u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q2_0 * k0; dp += g2_0 * v0; }
+      if (HD > 1u) { s += q2_1 * k1; dp += g2_1 * v1; }
+      if (HD > 2u) { s += q2_2 * k2; dp += g2_2 * v2; }
+      if (HD > 3u) { s += q2_3 * k3; dp += g2_3 * v3; }
+      if (HD > 4u) { s += q2_4 * k4; dp += g2_4 * v4; }
+      if (HD > 5u) { s += q2_5 * k5; dp += g2_5 * v5; }
+      if (HD > 6u) { s += q2_6 * k6; dp += g2_6 * v6; }
+      if (HD > 7u) { s += q2_7 * k7; dp += g2_7 * v7; }
+      let pr = select(0.0, exp(s - lse.z), j >= st.z && j <= row.z);
+      let ds = pr * (dp - dl.z);
+      { a2_0 += ds * k0; }
+      if (HD > 1u) { a2_1 += ds * k1; }
+      if (HD > 2u) { a2_2 += ds * k2; }
+      if (HD > 3u) { a2_3 += ds * k3; }
+      if (HD > 4u) { a2_4 += ds * k4; }
+      if (HD > 5u) { a2_5 += ds * k5; }
+      if (HD > 6u) { a2_6 += ds * k6; }
+      if (HD > 7u) { a2_7 += ds * k7; }
+    }
+    if (RR > 3u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q3_0 * k0; dp += g3_0 * v0; }
+      if (HD > 1u) { s += q3_1 * k1; dp += g3_1 * v1; }
+      if (HD > 2u) { s += q3_2 * k2; dp += g3_2 * v2; }
+      if (HD > 3u) { s += q3_3 * k3; dp += g3_3 * v3; }
+      if (HD > 4u) { s += q3_4 * k4; dp += g3_4 * v4; }
+      if (HD > 5u) { s += q3_5 * k5; dp += g3_5 * v5; }
+      if (HD > 6u) { s += q3_6 * k6; dp += g3_6 * v6; }
+      if (HD > 7u) { s += q3_7 * k7; dp += g3_7 * v7; }
+      let pr = select(0.0, exp(s - lse.w), j >= st.w && j <= row.w);
+      let ds = pr * (dp - dl.w);
+      { a3_0 += ds * k0; }
+      if (HD > 1u) { a3_1 += ds * k1; }
+      if (HD > 2u) { a3_2 += ds * k2; }
+      if (HD > 3u) { a3_3 += ds * k3; }
+      if (HD > 4u) { a3_4 += ds * k4; }
+      if (HD > 5u) { a3_5 += ds * k5; }
+      if (HD > 6u) { a3_6 += ds * k6; }
+      if (HD > 7u) { a3_7 += ds * k7; }
+    }
+    if (RR > 4u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q4_0 * k0; dp += g4_0 * v0; }
+      if (HD > 1u) { s += q4_1 * k1; dp += g4_1 * v1; }
+      if (HD > 2u) { s += q4_2 * k2; dp += g4_2 * v2; }
+      if (HD > 3u) { s += q4_3 * k3; dp += g4_3 * v3; }
+      if (HD > 4u) { s += q4_4 * k4; dp += g4_4 * v4; }
+      if (HD > 5u) { s += q4_5 * k5; dp += g4_5 * v5; }
+      if (HD > 6u) { s += q4_6 * k6; dp += g4_6 * v6; }
+      if (HD > 7u) { s += q4_7 * k7; dp += g4_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.x), j >= st2.x && j <= row2.x);
+      let ds = pr * (dp - dl2.x);
+      { a4_0 += ds * k0; }
+      if (HD > 1u) { a4_1 += ds * k1; }
+      if (HD > 2u) { a4_2 += ds * k2; }
+      if (HD > 3u) { a4_3 += ds * k3; }
+      if (HD > 4u) { a4_4 += ds * k4; }
+      if (HD > 5u) { a4_5 += ds * k5; }
+      if (HD > 6u) { a4_6 += ds * k6; }
+      if (HD > 7u) { a4_7 += ds * k7; }
+    }
+    if (RR > 5u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q5_0 * k0; dp += g5_0 * v0; }
+      if (HD > 1u) { s += q5_1 * k1; dp += g5_1 * v1; }
+      if (HD > 2u) { s += q5_2 * k2; dp += g5_2 * v2; }
+      if (HD > 3u) { s += q5_3 * k3; dp += g5_3 * v3; }
+      if (HD > 4u) { s += q5_4 * k4; dp += g5_4 * v4; }
+      if (HD > 5u) { s += q5_5 * k5; dp += g5_5 * v5; }
+      if (HD > 6u) { s += q5_6 * k6; dp += g5_6 * v6; }
+      if (HD > 7u) { s += q5_7 * k7; dp += g5_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.y), j >= st2.y && j <= row2.y);
+      let ds = pr * (dp - dl2.y);
+      { a5_0 += ds * k0; }
+      if (HD > 1u) { a5_1 += ds * k1; }
+      if (HD > 2u) { a5_2 += ds * k2; }
+      if (HD > 3u) { a5_3 += ds * k3; }
+      if (HD > 4u) { a5_4 += ds * k4; }
+      if (HD > 5u) { a5_5 += ds * k5; }
+      if (HD > 6u) { a5_6 += ds * k6; }
+      if (HD > 7u) { a5_7 += ds * k7; }
+    }
+    if (RR > 6u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q6_0 * k0; dp += g6_0 * v0; }
+      if (HD > 1u) { s += q6_1 * k1; dp += g6_1 * v1; }
+      if (HD > 2u) { s += q6_2 * k2; dp += g6_2 * v2; }
+      if (HD > 3u) { s += q6_3 * k3; dp += g6_3 * v3; }
+      if (HD > 4u) { s += q6_4 * k4; dp += g6_4 * v4; }
+      if (HD > 5u) { s += q6_5 * k5; dp += g6_5 * v5; }
+      if (HD > 6u) { s += q6_6 * k6; dp += g6_6 * v6; }
+      if (HD > 7u) { s += q6_7 * k7; dp += g6_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.z), j >= st2.z && j <= row2.z);
+      let ds = pr * (dp - dl2.z);
+      { a6_0 += ds * k0; }
+      if (HD > 1u) { a6_1 += ds * k1; }
+      if (HD > 2u) { a6_2 += ds * k2; }
+      if (HD > 3u) { a6_3 += ds * k3; }
+      if (HD > 4u) { a6_4 += ds * k4; }
+      if (HD > 5u) { a6_5 += ds * k5; }
+      if (HD > 6u) { a6_6 += ds * k6; }
+      if (HD > 7u) { a6_7 += ds * k7; }
+    }
+    if (RR > 7u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q7_0 * k0; dp += g7_0 * v0; }
+      if (HD > 1u) { s += q7_1 * k1; dp += g7_1 * v1; }
+      if (HD > 2u) { s += q7_2 * k2; dp += g7_2 * v2; }
+      if (HD > 3u) { s += q7_3 * k3; dp += g7_3 * v3; }
+      if (HD > 4u) { s += q7_4 * k4; dp += g7_4 * v4; }
+      if (HD > 5u) { s += q7_5 * k5; dp += g7_5 * v5; }
+      if (HD > 6u) { s += q7_6 * k6; dp += g7_6 * v6; }
+      if (HD > 7u) { s += q7_7 * k7; dp += g7_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.w), j >= st2.w && j <= row2.w);
+      let ds = pr * (dp - dl2.w);
+      { a7_0 += ds * k0; }
+      if (HD > 1u) { a7_1 += ds * k1; }
+      if (HD > 2u) { a7_2 += ds * k2; }
+      if (HD > 3u) { a7_3 += ds * k3; }
+      if (HD > 4u) { a7_4 += ds * k4; }
+      if (HD > 5u) { a7_5 += ds * k5; }
+      if (HD > 6u) { a7_6 += ds * k6; }
+      if (HD > 7u) { a7_7 += ds * k7; }
+    }
+  }
+  {
+    if (q0 + 0u * WG + lid.x < T) {
+      let qo = row.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a0_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a0_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a0_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a0_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a0_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a0_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a0_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a0_7 * p.scale; }
+    }
+  }
+  if (RR > 1u) {
+    if (q0 + 1u * WG + lid.x < T) {
+      let qo = row.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a1_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a1_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a1_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a1_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a1_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a1_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a1_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a1_7 * p.scale; }
+    }
+  }
+  if (RR > 2u) {
+    if (q0 + 2u * WG + lid.x < T) {
+      let qo = row.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a2_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a2_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a2_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a2_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a2_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a2_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a2_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a2_7 * p.scale; }
+    }
+  }
+  if (RR > 3u) {
+    if (q0 + 3u * WG + lid.x < T) {
+      let qo = row.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a3_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a3_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a3_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a3_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a3_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a3_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a3_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a3_7 * p.scale; }
+    }
+  }
+  if (RR > 4u) {
+    if (q0 + 4u * WG + lid.x < T) {
+      let qo = row2.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a4_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a4_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a4_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a4_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a4_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a4_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a4_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a4_7 * p.scale; }
+    }
+  }
+  if (RR > 5u) {
+    if (q0 + 5u * WG + lid.x < T) {
+      let qo = row2.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a5_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a5_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a5_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a5_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a5_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a5_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a5_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a5_7 * p.scale; }
+    }
+  }
+  if (RR > 6u) {
+    if (q0 + 6u * WG + lid.x < T) {
+      let qo = row2.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a6_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a6_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a6_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a6_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a6_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a6_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a6_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a6_7 * p.scale; }
+    }
+  }
+  if (RR > 7u) {
+    if (q0 + 7u * WG + lid.x < T) {
+      let qo = row2.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a7_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a7_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a7_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a7_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a7_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a7_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a7_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a7_7 * p.scale; }
+    }
+  }
+}
+
+// dV_j = Σ_i P_ij dO_i and dK_j = scale · Σ_i P_ij (dP_ij − delta_i) Q_i over the q heads of the
+// group; rows are keys of kv head kvh, queries from the block's first key to its last seqEnd.
+// _v4: head rows of Q, K, V and dO read as vec4s (HD, row strides and offsets multiples of 4).
+@compute @workgroup_size(WG)
+fn attention_row_backward_dkv_v4(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let T = p.t;
+  let kvh = wid.y;
+  let k0 = wid.x * WG * RR;
+  var k0_0 = 0.0; var k0_1 = 0.0; var k0_2 = 0.0; var k0_3 = 0.0; var k0_4 = 0.0; var k0_5 = 0.0; var k0_6 = 0.0; var k0_7 = 0.0; var v0_0 = 0.0; var v0_1 = 0.0; var v0_2 = 0.0; var v0_3 = 0.0; var v0_4 = 0.0; var v0_5 = 0.0; var v0_6 = 0.0; var v0_7 = 0.0; var a0_0 = 0.0; var a0_1 = 0.0; var a0_2 = 0.0; var a0_3 = 0.0; var a0_4 = 0.0; var a0_5 = 0.0; var a0_6 = 0.0; var a0_7 = 0.0; var b0_0 = 0.0; var b0_1 = 0.0; var b0_2 = 0.0; var b0_3 = 0.0; var b0_4 = 0.0; var b0_5 = 0.0; var b0_6 = 0.0; var b0_7 = 0.0;
+  var k1_0 = 0.0; var k1_1 = 0.0; var k1_2 = 0.0; var k1_3 = 0.0; var k1_4 = 0.0; var k1_5 = 0.0; var k1_6 = 0.0; var k1_7 = 0.0; var v1_0 = 0.0; var v1_1 = 0.0; var v1_2 = 0.0; var v1_3 = 0.0; var v1_4 = 0.0; var v1_5 = 0.0; var v1_6 = 0.0; var v1_7 = 0.0; var a1_0 = 0.0; var a1_1 = 0.0; var a1_2 = 0.0; var a1_3 = 0.0; var a1_4 = 0.0; var a1_5 = 0.0; var a1_6 = 0.0; var a1_7 = 0.0; var b1_0 = 0.0; var b1_1 = 0.0; var b1_2 = 0.0; var b1_3 = 0.0; var b1_4 = 0.0; var b1_5 = 0.0; var b1_6 = 0.0; var b1_7 = 0.0;
+  var k2_0 = 0.0; var k2_1 = 0.0; var k2_2 = 0.0; var k2_3 = 0.0; var k2_4 = 0.0; var k2_5 = 0.0; var k2_6 = 0.0; var k2_7 = 0.0; var v2_0 = 0.0; var v2_1 = 0.0; var v2_2 = 0.0; var v2_3 = 0.0; var v2_4 = 0.0; var v2_5 = 0.0; var v2_6 = 0.0; var v2_7 = 0.0; var a2_0 = 0.0; var a2_1 = 0.0; var a2_2 = 0.0; var a2_3 = 0.0; var a2_4 = 0.0; var a2_5 = 0.0; var a2_6 = 0.0; var a2_7 = 0.0; var b2_0 = 0.0; var b2_1 = 0.0; var b2_2 = 0.0; var b2_3 = 0.0; var b2_4 = 0.0; var b2_5 = 0.0; var b2_6 = 0.0; var b2_7 = 0.0;
+  var k3_0 = 0.0; var k3_1 = 0.0; var k3_2 = 0.0; var k3_3 = 0.0; var k3_4 = 0.0; var k3_5 = 0.0; var k3_6 = 0.0; var k3_7 = 0.0; var v3_0 = 0.0; var v3_1 = 0.0; var v3_2 = 0.0; var v3_3 = 0.0; var v3_4 = 0.0; var v3_5 = 0.0; var v3_6 = 0.0; var v3_7 = 0.0; var a3_0 = 0.0; var a3_1 = 0.0; var a3_2 = 0.0; var a3_3 = 0.0; var a3_4 = 0.0; var a3_5 = 0.0; var a3_6 = 0.0; var a3_7 = 0.0; var b3_0 = 0.0; var b3_1 = 0.0; var b3_2 = 0.0; var b3_3 = 0.0; var b3_4 = 0.0; var b3_5 = 0.0; var b3_6 = 0.0; var b3_7 = 0.0;
+  var k4_0 = 0.0; var k4_1 = 0.0; var k4_2 = 0.0; var k4_3 = 0.0; var k4_4 = 0.0; var k4_5 = 0.0; var k4_6 = 0.0; var k4_7 = 0.0; var v4_0 = 0.0; var v4_1 = 0.0; var v4_2 = 0.0; var v4_3 = 0.0; var v4_4 = 0.0; var v4_5 = 0.0; var v4_6 = 0.0; var v4_7 = 0.0; var a4_0 = 0.0; var a4_1 = 0.0; var a4_2 = 0.0; var a4_3 = 0.0; var a4_4 = 0.0; var a4_5 = 0.0; var a4_6 = 0.0; var a4_7 = 0.0; var b4_0 = 0.0; var b4_1 = 0.0; var b4_2 = 0.0; var b4_3 = 0.0; var b4_4 = 0.0; var b4_5 = 0.0; var b4_6 = 0.0; var b4_7 = 0.0;
+  var k5_0 = 0.0; var k5_1 = 0.0; var k5_2 = 0.0; var k5_3 = 0.0; var k5_4 = 0.0; var k5_5 = 0.0; var k5_6 = 0.0; var k5_7 = 0.0; var v5_0 = 0.0; var v5_1 = 0.0; var v5_2 = 0.0; var v5_3 = 0.0; var v5_4 = 0.0; var v5_5 = 0.0; var v5_6 = 0.0; var v5_7 = 0.0; var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0; var a5_4 = 0.0; var a5_5 = 0.0; var a5_6 = 0.0; var a5_7 = 0.0; var b5_0 = 0.0; var b5_1 = 0.0; var b5_2 = 0.0; var b5_3 = 0.0; var b5_4 = 0.0; var b5_5 = 0.0; var b5_6 = 0.0; var b5_7 = 0.0;
+  var k6_0 = 0.0; var k6_1 = 0.0; var k6_2 = 0.0; var k6_3 = 0.0; var k6_4 = 0.0; var k6_5 = 0.0; var k6_6 = 0.0; var k6_7 = 0.0; var v6_0 = 0.0; var v6_1 = 0.0; var v6_2 = 0.0; var v6_3 = 0.0; var v6_4 = 0.0; var v6_5 = 0.0; var v6_6 = 0.0; var v6_7 = 0.0; var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0; var a6_4 = 0.0; var a6_5 = 0.0; var a6_6 = 0.0; var a6_7 = 0.0; var b6_0 = 0.0; var b6_1 = 0.0; var b6_2 = 0.0; var b6_3 = 0.0; var b6_4 = 0.0; var b6_5 = 0.0; var b6_6 = 0.0; var b6_7 = 0.0;
+  var k7_0 = 0.0; var k7_1 = 0.0; var k7_2 = 0.0; var k7_3 = 0.0; var k7_4 = 0.0; var k7_5 = 0.0; var k7_6 = 0.0; var k7_7 = 0.0; var v7_0 = 0.0; var v7_1 = 0.0; var v7_2 = 0.0; var v7_3 = 0.0; var v7_4 = 0.0; var v7_5 = 0.0; var v7_6 = 0.0; var v7_7 = 0.0; var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0; var a7_4 = 0.0; var a7_5 = 0.0; var a7_6 = 0.0; var a7_7 = 0.0; var b7_0 = 0.0; var b7_1 = 0.0; var b7_2 = 0.0; var b7_3 = 0.0; var b7_4 = 0.0; var b7_5 = 0.0; var b7_6 = 0.0; var b7_7 = 0.0;
+  var key = vec4<u32>(); var key2 = vec4<u32>(); var ke = vec4<u32>(); var ke2 = vec4<u32>();
+  {
+    let j = min(k0 + 0u * WG + lid.x, T - 1u);
+    key.x = j;
+    ke.x = in_end[j];
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k0_0 = t.x * p.scale; k0_1 = t.y * p.scale; k0_2 = t.z * p.scale; k0_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k0_4 = t.x * p.scale; k0_5 = t.y * p.scale; k0_6 = t.z * p.scale; k0_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v0_0 = t.x; v0_1 = t.y; v0_2 = t.z; v0_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v0_4 = t.x; v0_5 = t.y; v0_6 = t.z; v0_7 = t.w; }
+  }
+  if (RR > 1u) {
+    let j = min(k0 + 1u * WG + lid.x, T - 1u);
+    key.y = j;
+    ke.y = in_end[j];
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k1_0 = t.x * p.scale; k1_1 = t.y * p.scale; k1_2 = t.z * p.scale; k1_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k1_4 = t.x * p.scale; k1_5 = t.y * p.scale; k1_6 = t.z * p.scale; k1_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v1_0 = t.x; v1_1 = t.y; v1_2 = t.z; v1_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v1_4 = t.x; v1_5 = t.y; v1_6 = t.z; v1_7 = t.w; }
+  }
+  if (RR > 2u) {
+    let j = min(k0 + 2u * WG + lid.x, T - 1u);
+    key.z = j;
+    ke.z = in_end[j];
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k2_0 = t.x * p.scale; k2_1 = t.y * p.scale; k2_2 = t.z * p.scale; k2_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k2_4 = t.x * p.scale; k2_5 = t.y * p.scale; k2_6 = t.z * p.scale; k2_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v2_0 = t.x; v2_1 = t.y; v2_2 = t.z; v2_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v2_4 = t.x; v2_5 = t.y; v2_6 = t.z; v2_7 = t.w; }
+  }
+  if (RR > 3u) {
+    let j = min(k0 + 3u * WG + lid.x, T - 1u);
+    key.w = j;
+    ke.w = in_end[j];
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k3_0 = t.x * p.scale; k3_1 = t.y * p.scale; k3_2 = t.z * p.scale; k3_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k3_4 = t.x * p.scale; k3_5 = t.y * p.scale; k3_6 = t.z * p.scale; k3_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v3_0 = t.x; v3_1 = t.y; v3_2 = t.z; v3_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v3_4 = t.x; v3_5 = t.y; v3_6 = t.z; v3_7 = t.w; }
+  }
+  if (RR > 4u) {
+    let j = min(k0 + 4u * WG + lid.x, T - 1u);
+    key2.x = j;
+    ke2.x = in_end[j];
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k4_0 = t.x * p.scale; k4_1 = t.y * p.scale; k4_2 = t.z * p.scale; k4_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k4_4 = t.x * p.scale; k4_5 = t.y * p.scale; k4_6 = t.z * p.scale; k4_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v4_0 = t.x; v4_1 = t.y; v4_2 = t.z; v4_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v4_4 = t.x; v4_5 = t.y; v4_6 = t.z; v4_7 = t.w; }
+  }
+  if (RR > 5u) {
+    let j = min(k0 + 5u * WG + lid.x, T - 1u);
+    key2.y = j;
+    ke2.y = in_end[j];
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k5_0 = t.x * p.scale; k5_1 = t.y * p.scale; k5_2 = t.z * p.scale; k5_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k5_4 = t.x * p.scale; k5_5 = t.y * p.scale; k5_6 = t.z * p.scale; k5_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v5_0 = t.x; v5_1 = t.y; v5_2 = t.z; v5_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v5_4 = t.x; v5_5 = t.y; v5_6 = t.z; v5_7 = t.w; }
+  }
+  if (RR > 6u) {
+    let j = min(k0 + 6u * WG + lid.x, T - 1u);
+    key2.z = j;
+    ke2.z = in_end[j];
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k6_0 = t.x * p.scale; k6_1 = t.y * p.scale; k6_2 = t.z * p.scale; k6_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k6_4 = t.x * p.scale; k6_5 = t.y * p.scale; k6_6 = t.z * p.scale; k6_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v6_0 = t.x; v6_1 = t.y; v6_2 = t.z; v6_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v6_4 = t.x; v6_5 = t.y; v6_6 = t.z; v6_7 = t.w; }
+  }
+  if (RR > 7u) {
+    let j = min(k0 + 7u * WG + lid.x, T - 1u);
+    key2.w = j;
+    ke2.w = in_end[j];
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k7_0 = t.x * p.scale; k7_1 = t.y * p.scale; k7_2 = t.z * p.scale; k7_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k7_4 = t.x * p.scale; k7_5 = t.y * p.scale; k7_6 = t.z * p.scale; k7_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v7_0 = t.x; v7_1 = t.y; v7_2 = t.z; v7_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v7_4 = t.x; v7_5 = t.y; v7_6 = t.z; v7_7 = t.w; }
+  }
+  let qEnd = in_end[min(k0 + WG * RR, T) - 1u];
+  for (var gh = 0u; gh < p.group; gh++) {
+    let h = kvh * p.group + gh;
+    for (var i = k0; i < qEnd; i++) {
+      let qo = i * p.ld_q + p.q_off + h * HD;
+      let go = (i * p.hq + h) * HD;
+      let lse = in_lse[h * T + i];
+      let delta = in_delta[h * T + i];
+      var q0 = 0.0; var g0 = 0.0; var q1 = 0.0; var g1 = 0.0; var q2 = 0.0; var g2 = 0.0; var q3 = 0.0; var g3 = 0.0; var q4 = 0.0; var g4 = 0.0; var q5 = 0.0; var g5 = 0.0; var q6 = 0.0; var g6 = 0.0; var q7 = 0.0; var g7 = 0.0;
+      { let t = in_q4[(qo) / 4u + 0u]; q0 = t.x; q1 = t.y; q2 = t.z; q3 = t.w; }
+      if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4 = t.x; q5 = t.y; q6 = t.z; q7 = t.w; }
+      { let t = in_dout4[(go) / 4u + 0u]; g0 = t.x; g1 = t.y; g2 = t.z; g3 = t.w; }
+      if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g4 = t.x; g5 = t.y; g6 = t.z; g7 = t.w; }
       {
         var s = 0.0;
         var dp = 0.0;

@@ -37,6 +37,20 @@ function dims(f: (d: number) => string): string[] {
   return range(D).map((d) => dGuard(d, f(d)));
 }
 
+/**
+ * Statements that read the D values of one head row at element offset `off` of `buf` into
+ * `name(d)` (times `scale`, if given): one scalar load per value, or with `v4` one vec4 load per
+ * four values through the buffer's 16-byte view `${buf}4` (HD a multiple of 4, `off` too).
+ */
+function loadRow(buf: string, off: string, name: (d: number) => string, v4: boolean, scale = "") {
+  if (!v4) return dims((d) => `${name(d)} = ${buf}[${off} + ${d}u]${scale};`);
+  return range(D / 4).map((g) => {
+    const body = `let t = ${buf}4[(${off}) / 4u + ${g}u]; ` +
+      range(4).map((c) => `${name(4 * g + c)} = t.${"xyzw"[c]}${scale};`).join(" ");
+    return dGuard(4 * g, body);
+  });
+}
+
 /** Declarations `var name{r}_{d}: f32` for all rows and dims (pruned ones stay 0 and vanish). */
 function declRows(names: string[]): string[] {
   return range(R).map((r) =>
@@ -64,6 +78,23 @@ const MASKED: f32 = -1.0e30; // score of a masked pair, and the running max befo
 // #include attention_bindings.wgsl
 `;
 
+/** The doc line of a `_v4` entry point. */
+function V4_DOC(v4: boolean): string {
+  return v4
+    ? "\n// _v4: head rows of Q, K, V and dO read as vec4s (HD, row strides and offsets multiples of 4)."
+    : "";
+}
+
+/** 16-byte views of the inputs whose head rows the `_v4` entry points read (same bindings). */
+const V4_BINDINGS = `
+// 16-byte views of the inputs, read by the _v4 entry points only: on lavapipe a vec4 load costs
+// one execution-mask test per lane instead of four (kernels/README.md).
+@group(0) @binding(3) var<storage, read> in_q4: array<vec4<f32>>; // (T, Hq, D)
+@group(0) @binding(4) var<storage, read> in_k4: array<vec4<f32>>; // (T, Hkv, D)
+@group(0) @binding(5) var<storage, read> in_v4: array<vec4<f32>>; // (T, Hkv, D)
+@group(0) @binding(8) var<storage, read> in_dout4: array<vec4<f32>>; // (T, Hq, D)
+`;
+
 /** Doc lines, signature and first lines of an entry point whose rows are queries of q head h. */
 function queryRowsEntry(doc: string, name: string): string {
   return `
@@ -80,11 +111,11 @@ fn ${name}(
 }
 
 /** Forward: online softmax over keys taken four at a time (one rescale per four keys). */
-function forward(): string {
+function forward(v4: boolean): string {
   const L: string[] = [];
   L.push(queryRowsEntry(
-    "// Forward: rows are queries of q head h; lse = max + log(sum) per query.",
-    "attention_row_forward",
+    "// Forward: rows are queries of q head h; lse = max + log(sum) per query." + V4_DOC(v4),
+    "attention_row_forward" + (v4 ? "_v4" : ""),
   ));
   L.push(...declRows(["q", "o"]).map((l) => "  " + l));
   L.push(
@@ -100,7 +131,7 @@ function forward(): string {
       `${c} = i;`,
       `${c.replace("row", "st")} = in_start[i];`,
       `let qo = i * p.ld_q + p.q_off + h * HD;`,
-      ...dims((d) => `q${r}_${d} = in_q[qo + ${d}u] * p.scale;`),
+      ...loadRow("in_q", "qo", (d) => `q${r}_${d}`, v4, " * p.scale"),
     ];
   }));
   L.push(`  let jLo = in_start[q0];
@@ -119,12 +150,29 @@ function forward(): string {
     range(R).map((r) => (r === 0 ? f(r) : `if (RR > ${r}u) { ${f(r)} }`)).join(" ");
   const quad = (buf: string, o: string, d: number) =>
     `vec4<f32>(${["x", "y", "z", "w"].map((c) => `${buf}[${o}.${c} + ${d}u]`).join(", ")})`;
-  L.push(
-    ...dims((d) =>
-      `let kx = ${quad("in_k", "ko", d)}; ${eachRow((r) => `s${r} += q${r}_${d} * kx;`)}`
-    )
-      .map((x) => "    " + x),
-  );
+  if (v4) {
+    // four keys' rows as vec4s, d-group by d-group, transposed into one vec4 per d
+    L.push(
+      ...range(D / 4).map((g) => {
+        const loads = range(4).map((u) => `let k${u} = in_k4[ko.${"xyzw"[u]} / 4u + ${g}u];`).join(
+          " ",
+        );
+        const uses = range(4).map((c) =>
+          `{ let kx = vec4<f32>(k0.${"xyzw"[c]}, k1.${"xyzw"[c]}, k2.${"xyzw"[c]}, k3.${
+            "xyzw"[c]
+          }); ${eachRow((r) => `s${r} += q${r}_${4 * g + c} * kx;`)} }`
+        ).join(" ");
+        return "    " + dGuard(4 * g, `${loads} ${uses}`);
+      }),
+    );
+  } else {
+    L.push(
+      ...dims((d) =>
+        `let kx = ${quad("in_k", "ko", d)}; ${eachRow((r) => `s${r} += q${r}_${d} * kx;`)}`
+      )
+        .map((x) => "    " + x),
+    );
+  }
   L.push(...rows("    ", (r) => {
     const c = comp(r);
     const mm = r < 4 ? "m" : "m2", ll = r < 4 ? "l" : "l2", lane = "xyzw"[r % 4];
@@ -138,13 +186,30 @@ function forward(): string {
       `${mm}.${lane} = mNew;`,
     ];
   }));
-  L.push(
-    ...dims((d) =>
-      `let vx = ${quad("in_v", "vo", d)}; ${
-        eachRow((r) => `o${r}_${d} = o${r}_${d} * a${r} + dot(p${r}, vx);`)
-      }`
-    ).map((x) => "    " + x),
-  );
+  if (v4) {
+    L.push(
+      ...range(D / 4).map((g) => {
+        const loads = range(4).map((u) => `let v${u} = in_v4[vo.${"xyzw"[u]} / 4u + ${g}u];`).join(
+          " ",
+        );
+        const uses = range(4).map((c) => {
+          const d = 4 * g + c;
+          return `{ let vx = vec4<f32>(v0.${"xyzw"[c]}, v1.${"xyzw"[c]}, v2.${"xyzw"[c]}, v3.${
+            "xyzw"[c]
+          }); ${eachRow((r) => `o${r}_${d} = o${r}_${d} * a${r} + dot(p${r}, vx);`)} }`;
+        }).join(" ");
+        return "    " + dGuard(4 * g, `${loads} ${uses}`);
+      }),
+    );
+  } else {
+    L.push(
+      ...dims((d) =>
+        `let vx = ${quad("in_v", "vo", d)}; ${
+          eachRow((r) => `o${r}_${d} = o${r}_${d} * a${r} + dot(p${r}, vx);`)
+        }`
+      ).map((x) => "    " + x),
+    );
+  }
   L.push("  }");
   L.push(...rows("  ", (r) => {
     const c = comp(r);
@@ -169,12 +234,12 @@ function comp(r: number): string {
 }
 
 /** dQ: rows are queries of q head h; keys one at a time. */
-function backwardDq(): string {
+function backwardDq(v4: boolean): string {
   const L: string[] = [];
   L.push(queryRowsEntry(
     "// dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j with P_ij = exp(scale · q_i·k_j − lse_i),\n" +
-      "// dP_ij = dO_i · V_j; rows are queries of q head h.",
-    "attention_row_backward_dq",
+      "// dP_ij = dO_i · V_j; rows are queries of q head h." + V4_DOC(v4),
+    "attention_row_backward_dq" + (v4 ? "_v4" : ""),
   ));
   L.push(...declRows(["q", "g", "a"]).map((l) => "  " + l));
   L.push(
@@ -193,7 +258,8 @@ function backwardDq(): string {
       `dl${two}.${lane} = in_delta[h * T + i];`,
       `let qo = i * p.ld_q + p.q_off + h * HD;`,
       `let go = (i * p.hq + h) * HD;`,
-      ...dims((d) => `q${r}_${d} = in_q[qo + ${d}u] * p.scale; g${r}_${d} = in_dout[go + ${d}u];`),
+      ...loadRow("in_q", "qo", (d) => `q${r}_${d}`, v4, " * p.scale"),
+      ...loadRow("in_dout", "go", (d) => `g${r}_${d}`, v4),
     ];
   }));
   L.push(`  let jLo = in_start[q0];
@@ -203,7 +269,10 @@ function backwardDq(): string {
     let vo = j * p.ld_kv + p.v_off + kvh * HD;`);
   L.push("    " + range(D).map((d) => `var k${d} = 0.0; var v${d} = 0.0;`).join(" "));
   L.push(
-    ...dims((d) => `k${d} = in_k[ko + ${d}u]; v${d} = in_v[vo + ${d}u];`).map((x) => "    " + x),
+    ...[
+      ...loadRow("in_k", "ko", (d) => `k${d}`, v4),
+      ...loadRow("in_v", "vo", (d) => `v${d}`, v4),
+    ].map((x) => "    " + x),
   );
   L.push(...rows("    ", (r) => {
     const c = comp(r), lane = "xyzw"[r % 4], two = r < 4 ? "" : "2";
@@ -228,13 +297,15 @@ function backwardDq(): string {
 }
 
 /** dK/dV: rows are keys of kv head kvh; loops over the q heads of its group and the queries. */
-function backwardDkv(): string {
+function backwardDkv(v4: boolean): string {
   const L: string[] = [];
   L.push(`
 // dV_j = Σ_i P_ij dO_i and dK_j = scale · Σ_i P_ij (dP_ij − delta_i) Q_i over the q heads of the
-// group; rows are keys of kv head kvh, queries from the block's first key to its last seqEnd.
+// group; rows are keys of kv head kvh, queries from the block's first key to its last seqEnd.${
+    V4_DOC(v4)
+  }
 @compute @workgroup_size(WG)
-fn attention_row_backward_dkv(
+fn attention_row_backward_dkv${v4 ? "_v4" : ""}(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
@@ -252,9 +323,8 @@ fn attention_row_backward_dkv(
       `key${two}.${lane} = j;`,
       `ke${two}.${lane} = in_end[j];`,
       `let o = j * p.ld_kv + kvh * HD;`,
-      ...dims((d) =>
-        `k${r}_${d} = in_k[p.k_off + o + ${d}u] * p.scale; v${r}_${d} = in_v[p.v_off + o + ${d}u];`
-      ),
+      ...loadRow("in_k", "p.k_off + o", (d) => `k${r}_${d}`, v4, " * p.scale"),
+      ...loadRow("in_v", "p.v_off + o", (d) => `v${r}_${d}`, v4),
     ];
   }));
   L.push(`  let qEnd = in_end[min(k0 + WG * RR, T) - 1u];
@@ -267,9 +337,10 @@ fn attention_row_backward_dkv(
       let delta = in_delta[h * T + i];`);
   L.push("      " + range(D).map((d) => `var q${d} = 0.0; var g${d} = 0.0;`).join(" "));
   L.push(
-    ...dims((d) => `q${d} = in_q[qo + ${d}u]; g${d} = in_dout[go + ${d}u];`).map((x) =>
-      "      " + x
-    ),
+    ...[
+      ...loadRow("in_q", "qo", (d) => `q${d}`, v4),
+      ...loadRow("in_dout", "go", (d) => `g${d}`, v4),
+    ].map((x) => "      " + x),
   );
   L.push(...rows("      ", (r) => {
     const lane = "xyzw"[r % 4], two = r < 4 ? "" : "2";
@@ -298,7 +369,16 @@ fn attention_row_backward_dkv(
 
 /** The whole generated file. */
 export function attentionRowSource(): string {
-  return [HEADER, forward(), backwardDq(), backwardDkv()].join("\n") + "\n";
+  return [
+    HEADER,
+    V4_BINDINGS,
+    forward(false),
+    backwardDq(false),
+    backwardDkv(false),
+    forward(true),
+    backwardDq(true),
+    backwardDkv(true),
+  ].join("\n") + "\n";
 }
 
 if (import.meta.main) {

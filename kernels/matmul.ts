@@ -18,9 +18,11 @@ export interface MatmulTuning {
    * "gpu": per shape, matmul_big (128x128 tiles) for large grids, matmul_tiled (64x64) otherwise,
    * split along K when the grid is too small to fill the device (GPU default); "tiled" / "big":
    * always that kernel; "cpu": matmul_wide with per-shape block sizes from `wideChoices` (CPU
-   * default); "wide": matmul_wide with exactly wideWg / wideRows / wideCols.
+   * default; matmul_vec where `vec` and the shape allow); "wide": matmul_wide with exactly
+   * wideWg / wideRows / wideCols; "vec": matmul_vec with exactly vecRows / vecCols where the shape
+   * allows, matmul_wide (as "wide") elsewhere.
    */
-  variant: "gpu" | "tiled" | "big" | "cpu" | "wide";
+  variant: "gpu" | "tiled" | "big" | "cpu" | "wide" | "vec";
   /** "tiled" / "big": split K into this many slices (1: no split); ignored by "gpu" and "wide". */
   splitK: number;
   /** Use the 16-byte-load kernels (matmul_*_v4) when strides and offsets allow. */
@@ -43,6 +45,22 @@ export interface MatmulTuning {
   choices?: Map<string, GemmChoice>;
   /** "cpu": per-shape matmul_wide block sizes measured by kernels/matmul_tune.ts, by gemmKey. */
   wideChoices?: Map<string, WideConfig>;
+  /**
+   * "cpu" / "wide": run matmul_vec (16-byte loads, operands through 64 KiB uniform windows where
+   * they fit) for the GEMMs whose operands and C allow it (`vecForms`); matmul_wide otherwise.
+   */
+  vec: boolean;
+  /** matmul_vec: rows per invocation (4, 8, 12 or 16) unless the autotune chose per shape. */
+  vecRows: number;
+  /** matmul_vec: columns per workgroup (a multiple of 4, 4..32) unless chosen per shape. */
+  vecCols: number;
+  /** matmul_vec: elements per uniform window (16384 = 64 KiB; smaller only to test the cutting). */
+  vecWindow: number;
+  /**
+   * matmul_vec's uniform windows: "auto" (the cheapest plan by planVec's cost model), "force"
+   * (every operand whose buffer allows one, the cheapest such plan: for tests), "off" (storage).
+   */
+  vecWindows: "auto" | "force" | "off";
   /** matmul_wide: invocations per workgroup. */
   wideWg: number;
   /** matmul_wide: rows per workgroup (1..16). */
@@ -59,15 +77,25 @@ const GPU_DEFAULT = {
   bigMinWorkgroups: 256,
   splitMinWorkgroups: 256,
 };
-const WIDE_DEFAULT = { wideWg: 8, wideRows: 16, wideCols: 16 };
+/** Elements in matmul_vec's uniform windows (`array<vec4<f32>, 4096>`: the 64 KiB binding limit). */
+export const VEC_WINDOW_ELEMENTS = 16384;
+const WIDE_DEFAULT = {
+  wideWg: 8,
+  wideRows: 16,
+  wideCols: 16,
+  vec: true,
+  vecRows: 8, // 8 x 32 ran within 5 % of 16 x 32 at the stories260K GEMMs and compiles 3x faster
+  vecCols: 32,
+  vecWindow: VEC_WINDOW_ELEMENTS,
+  vecWindows: "auto" as const,
+};
 /** Largest split-K scratch (partial products), well under the 2 GiB binding limit. */
 const SPLIT_SCRATCH_MAX_BYTES = 256 * 2 ** 20;
 const tunings = new WeakMap<Gpu, MatmulTuning>();
 
 /** True for CPU adapters (lavapipe / llvmpipe / SwiftShader), where matmul_wide is faster. */
 export function isCpuAdapter(gpu: Gpu): boolean {
-  const d = `${gpu.summary.description} ${gpu.summary.backend}`.toLowerCase();
-  return gpu.summary.isFallback || /llvmpipe|lavapipe|swiftshader/.test(d);
+  return gpu.isCpu;
 }
 
 /** The tuning used for `gpu`: chosen from the adapter on first use unless set explicitly. */
@@ -83,9 +111,9 @@ export function matmulTuning(gpu: Gpu): MatmulTuning {
 /** Override (part of) the tuning for `gpu`; applies to dispatches built afterwards. */
 export function setMatmulTuning(gpu: Gpu, t: Partial<MatmulTuning>): MatmulTuning {
   const next = { ...matmulTuning(gpu), ...t };
-  if (!["gpu", "tiled", "big", "cpu", "wide"].includes(next.variant)) {
+  if (!["gpu", "tiled", "big", "cpu", "wide", "vec"].includes(next.variant)) {
     throw new GpuError(
-      `variant must be gpu, tiled, big, cpu or wide, got ${next.variant}`,
+      `variant must be gpu, tiled, big, cpu, wide or vec, got ${next.variant}`,
       "matmul",
     );
   }
@@ -107,6 +135,26 @@ export function setMatmulTuning(gpu: Gpu, t: Partial<MatmulTuning>): MatmulTunin
   if (![4, 8, 12, 16].includes(next.wideCols)) {
     throw new GpuError(`wideCols must be 4, 8, 12 or 16, got ${next.wideCols}`, "matmul");
   }
+  if (![4, 8, 12, 16].includes(next.vecRows)) {
+    throw new GpuError(`vecRows must be 4, 8, 12 or 16, got ${next.vecRows}`, "matmul");
+  }
+  if (
+    !Number.isInteger(next.vecCols) || next.vecCols % 4 || next.vecCols < 4 || next.vecCols > 32
+  ) {
+    throw new GpuError(`vecCols must be a multiple of 4 in 4..32, got ${next.vecCols}`, "matmul");
+  }
+  if (!["auto", "force", "off"].includes(next.vecWindows)) {
+    throw new GpuError(`vecWindows must be auto, force or off, got ${next.vecWindows}`, "matmul");
+  }
+  if (
+    !Number.isInteger(next.vecWindow) || next.vecWindow < 64 ||
+    next.vecWindow > VEC_WINDOW_ELEMENTS
+  ) {
+    throw new GpuError(
+      `vecWindow must be 64..${VEC_WINDOW_ELEMENTS} elements, got ${next.vecWindow}`,
+      "matmul",
+    );
+  }
   const maxWg = gpu.limits.maxComputeInvocationsPerWorkgroup;
   if (!Number.isInteger(next.wideWg) || next.wideWg < 1 || next.wideWg > maxWg) {
     throw new GpuError(`wideWg must be 1..${maxWg}, got ${next.wideWg}`, "matmul");
@@ -127,11 +175,15 @@ export function gemmVec4Ok(g: GemmArgs): boolean {
   return aOk && bOk;
 }
 
-/** matmul_wide block sizes: invocations per workgroup, rows per workgroup, columns per invocation. */
+/**
+ * CPU-adapter block sizes: matmul_wide's invocations per workgroup, rows per workgroup and columns
+ * per invocation, or with `vec`, matmul_vec's rows per invocation and columns per workgroup (wg 8).
+ */
 export interface WideConfig {
   wg: number;
   rows: number;
   cols: number;
+  vec?: boolean;
 }
 
 /** A measured choice for one GEMM shape: output tile edge and number of K slices. */
@@ -268,6 +320,248 @@ function checkDims(what: string, dims: Record<string, number>): void {
   }
 }
 
+/** How matmul_vec reads a GEMM's operands: A along K (0) or across rows (1), B alike. */
+export interface VecForms {
+  av: 0 | 1;
+  bv: 0 | 1;
+}
+
+/**
+ * The 16-byte forms matmul_vec can read this GEMM with, or null (matmul_wide then): A needs unit
+ * stride along K or along i, B along K or along j, with the other stride, the offset and the
+ * unit-stride length multiples of 4; C needs ldc, offC and N multiples of 4.
+ */
+export function vecForms(g: GemmArgs): VecForms | null {
+  const m4 = (...xs: number[]) => xs.every((x) => x % 4 === 0);
+  const offA = g.offA ?? 0, offB = g.offB ?? 0;
+  if (!m4(g.offC ?? 0, g.ldc, g.N)) return null;
+  const av = g.sAp === 1 && m4(g.K, g.sAi, offA) ? 0 : g.sAi === 1 && m4(g.M, g.sAp, offA) ? 1 : -1;
+  const bv = g.sBp === 1 && m4(g.K, g.sBj, offB) ? 0 : g.sBj === 1 && m4(g.N, g.sBp, offB) ? 1 : -1;
+  return av < 0 || bv < 0 ? null : { av: av as 0 | 1, bv: bv as 0 | 1 };
+}
+
+/**
+ * How one GEMM is cut for matmul_vec: chunks of rc rows, jc columns and pc of K, one dispatch
+ * each, with A and/or B read through 64 KiB uniform windows (au / bu).
+ */
+export interface VecPlan {
+  au: boolean;
+  bu: boolean;
+  rc: number;
+  jc: number;
+  pc: number;
+  dispatches: number;
+  /** Modelled cost (instructions, see planVec); lower is better. */
+  cost: number;
+}
+
+// Cost model of planVec, in x86 instructions per 8-lane vector on lavapipe (counted in the
+// GALLIVM_DEBUG=asm output of matmul_vec): a vec4 load from storage (8 lanes × (mask test +
+// 4 × bounds-checked scalar load)), from a uniform window (branch-free gather), the multiply-add
+// of one accumulator (with its spill), and one dispatch (about 35 µs on 2 cores).
+const COST_STORAGE_V4 = 336;
+const COST_UNIFORM_V4 = 112;
+const COST_MAC = 2.5;
+const COST_DISPATCH = 140_000;
+
+function tensorBinding(t: Tensor): { buffer: GPUBuffer; offset: number } {
+  return t instanceof GPUBuffer
+    ? { buffer: t, offset: 0 }
+    : { buffer: t.buffer, offset: t.offset ?? 0 };
+}
+
+/** Whether `t`'s buffer can back a 64 KiB uniform window. */
+function windowable(t: Tensor): boolean {
+  const { buffer } = tensorBinding(t);
+  return (buffer.usage & GPUBufferUsage.UNIFORM) !== 0 && buffer.size >= VEC_WINDOW_ELEMENTS * 4;
+}
+
+/**
+ * The cheapest way (by the cost model) to run `g` on matmul_vec with VR rows per invocation and
+ * VC columns per workgroup, given which operands may use windows of `window` elements (less the
+ * offset-alignment slack `slack`): tries K whole and K cut so that B or A fits, each operand with
+ * and without a window (with `force`, the plans with the most windows).
+ */
+export function planVec(
+  g: GemmArgs,
+  cfg: { rows: number; cols: number },
+  allow: { a: boolean; b: boolean },
+  window: number,
+  slack: number,
+  force = false,
+): VecPlan {
+  const { M, N, K, sAi, sAp, sBp, sBj } = g;
+  const cap = window - slack;
+  const rowsUnit = 8 * cfg.rows, colsUnit = cfg.cols;
+  const spanA = (rc: number, pc: number) => (rc - 1) * sAi + (pc - 1) * sAp + 1;
+  const spanB = (pc: number, jc: number) => (pc - 1) * sBp + (jc - 1) * sBj + 1;
+  const down4 = (x: number) => Math.floor(x / 4) * 4;
+  // largest chunk length n along one axis (stride) with rest + (n - 1) * stride + 1 <= cap
+  const fit = (rest: number, stride: number) =>
+    stride === 0 ? Infinity : Math.floor((cap - 1 - rest) / stride) + 1;
+  const pcs = new Set<number>([K]);
+  const addPc = (pc: number) => {
+    const v = down4(Math.min(pc, K));
+    if (v >= 4 && v < K) pcs.add(v);
+  };
+  if (allow.b) {
+    addPc(fit((Math.min(N, colsUnit) - 1) * sBj, sBp));
+    addPc(fit((N - 1) * sBj, sBp));
+  }
+  if (allow.a) {
+    addPc(fit((Math.min(M, rowsUnit) - 1) * sAi, sAp));
+    addPc(fit((M - 1) * sAi, sAp));
+  }
+  // one axis's chunk: the whole axis if it fits, else whole units (workgroups) that fit, else a
+  // multiple of 4 (part of a workgroup), else infeasible (0)
+  const chunk = (n: number, unit: number, maxFit: number) =>
+    maxFit >= n ? n : maxFit >= unit ? Math.floor(maxFit / unit) * unit : down4(maxFit);
+  let best: VecPlan | null = null, forced: VecPlan | null = null;
+  for (const pc of pcs) {
+    const nP = Math.ceil(K / pc);
+    for (const au of allow.a ? [false, true] : [false]) {
+      for (const bu of allow.b ? [false, true] : [false]) {
+        const rc = au ? chunk(M, rowsUnit, fit((pc - 1) * sAp, sAi)) : M;
+        const jc = bu ? chunk(N, colsUnit, fit((pc - 1) * sBp, sBj)) : N;
+        if (rc <= 0 || jc <= 0) continue;
+        if ((au && spanA(rc, pc) > cap) || (bu && spanB(pc, jc) > cap)) continue;
+        const dispatches = Math.ceil(M / rc) * Math.ceil(N / jc) * nP;
+        const steps = Math.ceil(M / rowsUnit) * Math.ceil(N / colsUnit) * Math.ceil(K / 4);
+        const perStep = cfg.rows * (au ? COST_UNIFORM_V4 : COST_STORAGE_V4) +
+          cfg.cols * (bu ? COST_UNIFORM_V4 : COST_STORAGE_V4) + cfg.rows * cfg.cols * COST_MAC;
+        const accumulate = (nP - 1) * (M * N / 4) * 2 * (COST_STORAGE_V4 / 8);
+        const cost = steps * perStep + accumulate + dispatches * COST_DISPATCH;
+        const plan = { au, bu, rc, jc, pc, dispatches, cost };
+        const windows = Number(au) + Number(bu);
+        const forcedWindows = forced ? Number(forced.au) + Number(forced.bu) : -1;
+        if (
+          force && (windows > forcedWindows || (windows === forcedWindows && cost < forced!.cost))
+        ) {
+          forced = plan;
+        }
+        if (!best || cost < best.cost) best = plan;
+      }
+    }
+  }
+  return forced ?? best!; // pc = K without windows is always feasible
+}
+
+const dummyUniforms = new WeakMap<Gpu, GPUBuffer>();
+
+/** A 64 KiB uniform buffer bound to matmul_vec's window slots that a dispatch does not read. */
+function dummyUniform(gpu: Gpu): GPUBuffer {
+  let d = dummyUniforms.get(gpu);
+  if (!d) {
+    d = gpu.device.createBuffer({
+      label: "matmul_vec.dummy_window",
+      size: VEC_WINDOW_ELEMENTS * 4,
+      usage: GPUBufferUsage.UNIFORM,
+    });
+    dummyUniforms.set(gpu, d);
+  }
+  return d;
+}
+
+/**
+ * The 64 KiB window of `t`'s buffer that holds its elements [first, first + span) (relative to
+ * the tensor's binding): the window's byte offset (aligned, and inside the buffer) and the
+ * element offset of `first` within it.
+ */
+function windowAt(gpu: Gpu, t: Tensor, first: number): { offset: number; rel: number } {
+  const { buffer, offset } = tensorBinding(t);
+  const align = gpu.limits.minUniformBufferOffsetAlignment;
+  const bytes = VEC_WINDOW_ELEMENTS * 4;
+  const at = offset + 4 * first;
+  const start = Math.min(
+    Math.floor(at / align) * align,
+    Math.floor((buffer.size - bytes) / align) * align,
+  );
+  return { offset: start, rel: (at - start) / 4 };
+}
+
+/** matmul_vec dispatches for `g` (see VecPlan): one per chunk, in K order within each block. */
+function matmulVec(
+  gpu: Gpu,
+  arena: ParamArena,
+  g: GemmArgs,
+  forms: VecForms,
+  cfg: { rows: number; cols: number },
+): Dispatch[] {
+  const t = matmulTuning(gpu);
+  const slack = gpu.limits.minUniformBufferOffsetAlignment / 4;
+  const on = t.vecWindows !== "off";
+  const allow = { a: on && windowable(g.a), b: on && windowable(g.b) };
+  const plan = planVec(g, cfg, allow, t.vecWindow, slack, t.vecWindows === "force");
+  const out: Dispatch[] = [];
+  const offA = g.offA ?? 0, offB = g.offB ?? 0, offC = g.offC ?? 0, offBias = g.offBias ?? 0;
+  const win = (u: boolean, x: Tensor, first: number) => {
+    if (!u) return { bind: dummyUniform(gpu) as Tensor, rel: first };
+    const w = windowAt(gpu, x, first);
+    const bind: Tensor = {
+      buffer: tensorBinding(x).buffer,
+      offset: w.offset,
+      size: VEC_WINDOW_ELEMENTS * 4,
+    };
+    return { bind, rel: w.rel };
+  };
+  for (let i0 = 0; i0 < g.M; i0 += plan.rc) {
+    const Mc = Math.min(plan.rc, g.M - i0);
+    for (let j0 = 0; j0 < g.N; j0 += plan.jc) {
+      const Nc = Math.min(plan.jc, g.N - j0);
+      for (let p0 = 0; p0 < g.K; p0 += plan.pc) {
+        const Kc = Math.min(plan.pc, g.K - p0);
+        const accumulate = !!g.accumulate || p0 > 0;
+        const bias = !!g.bias && p0 === 0;
+        const flags = (accumulate ? 1 : 0) | (bias ? 2 : 0);
+        const wa = win(plan.au, g.a, offA + i0 * g.sAi + p0 * g.sAp);
+        const wb = win(plan.bu, g.b, offB + p0 * g.sBp + j0 * g.sBj);
+        const params = arena.alloc(packParams([
+          Mc,
+          Nc,
+          Kc,
+          g.ldc,
+          g.sAi,
+          g.sAp,
+          g.sBp,
+          g.sBj,
+          wa.rel,
+          wb.rel,
+          offC + i0 * g.ldc + j0,
+          flags,
+          g.alpha ?? 1,
+          offBias + j0,
+          Kc,
+          0,
+        ], [12]));
+        const kernel = gpu.kernel("matmul_vec", "matmul_vec", {
+          VR: cfg.rows,
+          VC: cfg.cols,
+          AV: forms.av,
+          BV: forms.bv,
+          AU: plan.au ? 1 : 0,
+          BU: plan.bu ? 1 : 0,
+          VFLAGS: flags,
+        });
+        const bindGroup = gpu.bind(kernel, {
+          0: params,
+          1: g.c,
+          2: g.a,
+          3: g.b,
+          4: g.bias ?? dummyBuffer(gpu),
+          5: wb.bind,
+          6: wa.bind,
+        });
+        out.push({
+          kernel,
+          bindGroup,
+          workgroups: [Math.ceil(Nc / cfg.cols), Math.ceil(Mc / (8 * cfg.rows)), 1],
+        });
+      }
+    }
+  }
+  return out;
+}
+
 /**
  * One GEMM dispatch: C[i, j] (+)= alpha * sum_p A(i, p) * B(p, j) (+ bias[j]) with arbitrary
  * strides, so transposed operands need no copies. The building block of every launcher here and
@@ -279,13 +573,20 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   const flags = (g.accumulate ? 1 : 0) | (g.bias ? 2 : 0);
   const t = matmulTuning(gpu);
   const v4ok = gemmVec4Ok(g);
-  const onWide = t.variant === "wide" || t.variant === "cpu";
+  const onWide = t.variant === "wide" || t.variant === "cpu" || t.variant === "vec";
   const key = gemmKey(g, v4ok, !onWide && t.precision === "f16");
   const plan = onWide ? null : planGemm(t, g.M, g.N, g.K, v4ok, key);
-  const wide: WideConfig = (t.variant === "cpu" ? t.wideChoices?.get(key) : undefined) ??
-    { wg: t.wideWg, rows: t.wideRows, cols: t.wideCols };
+  const forms = onWide ? vecForms(g) : null;
+  const wideFixed: WideConfig = { wg: t.wideWg, rows: t.wideRows, cols: t.wideCols };
+  const vecFixed: WideConfig = { wg: 8, rows: t.vecRows, cols: t.vecCols, vec: true };
+  let wide: WideConfig = t.variant === "vec" && forms ? vecFixed : wideFixed;
+  if (t.variant === "cpu") {
+    const chosen = t.wideChoices?.get(key);
+    wide = chosen && (!chosen.vec || forms) ? chosen : t.vec && forms ? vecFixed : wideFixed;
+  }
   const rec = recorders.get(gpu);
   if (rec && !rec.has(key)) rec.set(key, { args: g, plan, wide: onWide ? wide : undefined });
+  if (wide.vec && forms) return matmulVec(gpu, arena, g, forms, wide);
   const slices = plan?.slices ?? 1;
   const sliceStride = g.M * g.N;
   const pack = (over: { flags: number; K: number }) =>

@@ -1,10 +1,10 @@
 // Matmul autotune: time each GEMM shape of a graph with every tile / split-K choice, cache per adapter.
 //
 // On GPU adapters the "gpu" matmul variant picks, per GEMM, a 64- or 128-edge output tile, a
-// number of K slices and the load width; on CPU adapters the "cpu" variant picks matmul_wide's
-// block sizes (all of which give bit-identical results). Fixed rules give a fair first guess; this
-// module measures instead: it
-// records the distinct GEMMs a graph builds, times every candidate on the graph's own buffers
+// number of K slices and the load width; on CPU adapters the "cpu" variant picks matmul_vec's or
+// matmul_wide's block sizes (bit-identical results unless matmul_vec cuts K for its windows).
+// Fixed rules give a fair first guess; this module measures instead: it records the distinct
+// GEMMs a graph builds, times every candidate on the graph's own buffers
 // with GPU timestamps (before any weight is uploaded, so nothing of value is overwritten), keeps
 // the fastest, and rebuilds the graph when a choice changed. Results are cached in a JSON file per
 // adapter and kernel source, so later runs start with the measured choices and time nothing.
@@ -21,6 +21,7 @@ import {
   setMatmulTuning,
   startGemmRecording,
   stopGemmRecording,
+  vecForms,
   type WideConfig,
 } from "./matmul.ts";
 import {
@@ -111,11 +112,11 @@ function adapterSignature(gpu: Gpu): string {
 const sourceHashes = new Map<string, Promise<string>>();
 
 /**
- * SHA-256 (hex, 16 chars) of matmul.wgsl + matmul_f16.wgsl + matmul.ts: a kernel change
+ * SHA-256 (hex, 16 chars) of matmul.wgsl + matmul_f16.wgsl + matmul_vec.wgsl + matmul.ts: a kernel change
  * invalidates the cache.
  */
 function matmulSourceHash(): Promise<string> {
-  return sourceHash(["./matmul.wgsl", "./matmul_f16.wgsl", "./matmul.ts"]);
+  return sourceHash(["./matmul.wgsl", "./matmul_f16.wgsl", "./matmul_vec.wgsl", "./matmul.ts"]);
 }
 
 /** The same for attention_gpu.wgsl (+ its params) + attention.ts (the attention grids' cache). */
@@ -180,6 +181,16 @@ export function gemmCandidates(K: number, vec4Ok = false, f16Ok = false): GemmCh
   return out;
 }
 
+/**
+ * matmul_vec blocks tried on CPU adapters for the GEMMs it takes (rows per invocation, columns per
+ * workgroup); each compiles in 2–6 s per operand form on lavapipe (16 × 32: 15–20 s, not tried).
+ */
+export const VEC_CANDIDATES: readonly WideConfig[] = [
+  { wg: 8, rows: 8, cols: 32, vec: true },
+  { wg: 8, rows: 16, cols: 16, vec: true },
+  { wg: 8, rows: 8, cols: 16, vec: true },
+];
+
 /** matmul_wide block sizes tried on CPU adapters (invocations, rows, columns per invocation). */
 export const WIDE_CANDIDATES: readonly WideConfig[] = [
   { wg: 8, rows: 16, cols: 16 },
@@ -194,6 +205,7 @@ type Candidate = { gpu: GemmChoice; wide?: undefined } | { wide: WideConfig; gpu
 
 /** "128-tile × 2 slices, 16-byte loads" or "matmul_wide 8/16/12" */
 function describe(c: Candidate): string {
+  if (c.wide?.vec) return `matmul_vec ${c.wide.rows}×${c.wide.cols}`;
   if (c.wide) return `matmul_wide ${c.wide.wg}/${c.wide.rows}/${c.wide.cols}`;
   const g = c.gpu!;
   return `${g.tile}-tile × ${g.slices} slice(s)${g.vec4 ? ", 16-byte loads" : ""}${
@@ -214,7 +226,7 @@ function usedCandidate(rec: RecordedGemm): Candidate {
 function sameCandidate(a: Candidate, b: Candidate): boolean {
   if (a.wide || b.wide) {
     return !!a.wide && !!b.wide && a.wide.wg === b.wide.wg && a.wide.rows === b.wide.rows &&
-      a.wide.cols === b.wide.cols;
+      a.wide.cols === b.wide.cols && !!a.wide.vec === !!b.wide.vec;
   }
   return a.gpu!.tile === b.gpu!.tile && a.gpu!.slices === b.gpu!.slices &&
     (a.gpu!.vec4 ?? false) === (b.gpu!.vec4 ?? false) &&
@@ -238,12 +250,18 @@ async function timeCandidates(
   const before = { ...matmulTuning(gpu) };
   const lists: { choice: Candidate; dispatches: Dispatch[] }[] = [];
   const cands: Candidate[] = rec.wide
-    ? WIDE_CANDIDATES.map((wide) => ({ wide }))
+    ? [...(vecForms(rec.args) ? VEC_CANDIDATES : []), ...WIDE_CANDIDATES].map((wide) => ({ wide }))
     : gemmCandidates(rec.args.K, gemmVec4Ok(rec.args), before.precision === "f16")
       .map((g) => ({ gpu: g }));
   try {
     for (const choice of cands) {
-      if (choice.wide) {
+      if (choice.wide?.vec) {
+        setMatmulTuning(gpu, {
+          variant: "vec",
+          vecRows: choice.wide.rows,
+          vecCols: choice.wide.cols,
+        });
+      } else if (choice.wide) {
         const w = choice.wide;
         setMatmulTuning(gpu, { variant: "wide", wideWg: w.wg, wideRows: w.rows, wideCols: w.cols });
       } else {

@@ -6,6 +6,7 @@ export const LIMITS_THAT_MATTER = [
   "maxBufferSize",
   "maxStorageBuffersPerShaderStage",
   "maxUniformBuffersPerShaderStage",
+  "maxUniformBufferBindingSize",
   "maxComputeWorkgroupStorageSize",
   "maxComputeInvocationsPerWorkgroup",
   "maxComputeWorkgroupSizeX",
@@ -103,6 +104,8 @@ export class Gpu {
   private compiled = new Map<string, Promise<void>>();
   readonly hasF16: boolean;
   readonly hasTimestamps: boolean;
+  /** A CPU adapter (lavapipe / llvmpipe / SwiftShader): kernels pick their CPU forms. */
+  readonly isCpu: boolean;
   private sources = new Map<string, string>();
   private lostReason: string | null = null;
   private uncaptured: string[] = [];
@@ -115,6 +118,8 @@ export class Gpu {
   ) {
     this.hasF16 = device.features.has("shader-f16");
     this.hasTimestamps = device.features.has("timestamp-query");
+    const d = `${summary.description} ${summary.backend}`.toLowerCase();
+    this.isCpu = summary.isFallback || /llvmpipe|lavapipe|swiftshader/.test(d);
     device.lost.then((info) => {
       this.lostReason = `device lost (${info.reason}): ${info.message}`;
     });
@@ -182,7 +187,10 @@ export class Gpu {
     return k;
   }
 
-  /** A labelled storage buffer (usable as copy source and destination). */
+  /**
+   * A labelled storage buffer (usable as copy source and destination; on CPU adapters also as a
+   * uniform buffer, so matmul_vec can read 64 KiB windows of it through uniform bindings).
+   */
   buffer(label: string, size: number, extraUsage = 0): GPUBuffer {
     const max = this.device.limits.maxBufferSize;
     if (size > max) {
@@ -192,7 +200,7 @@ export class Gpu {
       label,
       size: alignUp(Math.max(size, 4), 4),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST |
-        extraUsage,
+        (this.isCpu ? GPUBufferUsage.UNIFORM : 0) | extraUsage,
     });
   }
 

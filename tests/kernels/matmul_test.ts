@@ -43,6 +43,7 @@ const VARIANTS: { name: string; tuning: Partial<MatmulTuning> | null }[] = [
   { name: "big v4 split 3", tuning: { variant: "big", splitK: 3, vec4: true } },
   { name: "gpu", tuning: { variant: "gpu" } },
   { name: "wide 5x4 wg3", tuning: { variant: "wide", wideRows: 5, wideCols: 4, wideWg: 3 } },
+  { name: "vec 4x8", tuning: { variant: "vec", vecRows: 4, vecCols: 8 } },
 ];
 
 /** Shapes (M, N, K): unit dims, odd sizes, sizes spanning several workgroups in each direction. */
@@ -346,6 +347,10 @@ gpuTest("matmul: bad shapes and tunings are rejected", (gpu) => {
   assert.throws(() => setMatmulTuning(gpu, { wideCols: 6 }));
   assert.throws(() => setMatmulTuning(gpu, { wideRows: 17 }));
   assert.throws(() => setMatmulTuning(gpu, { splitK: 0 }));
+  assert.throws(() => setMatmulTuning(gpu, { vecRows: 6 }));
+  assert.throws(() => setMatmulTuning(gpu, { vecCols: 36 }));
+  assert.throws(() => setMatmulTuning(gpu, { vecWindow: 20000 }));
+  assert.throws(() => setMatmulTuning(gpu, { vecWindows: "on" as "auto" }));
   buf.destroy();
   arena.buffer.destroy();
 });
@@ -361,6 +366,11 @@ Deno.test("matmul: the GPU plan picks 128-tiles for large grids and splits K for
     wideWg: 8,
     wideRows: 16,
     wideCols: 16,
+    vec: true,
+    vecRows: 8,
+    vecCols: 32,
+    vecWindow: 16384,
+    vecWindows: "auto",
   };
   // SmolLM2-135M at 4,096 tokens: the MLP forward fills the device with 128-tiles.
   assert.deepEqual(planGemm(t, 4096, 1536, 576), {

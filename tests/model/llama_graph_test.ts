@@ -269,6 +269,9 @@ gpuTest(
     const weights = randomWeights(cfg, 23);
     const mb = testBatch(cfg.vocabSize, 4);
     const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
+    const before = { ...matmulTuning(gpu) };
+    // one dispatch per GEMM (matmul_vec's uniform windows may cut a GEMM into several)
+    setMatmulTuning(gpu, { vecWindows: "off" });
     const run = async (fuse: boolean) => {
       const g = new LlamaGraph(gpu, cfg, { tokens: 16, fuse });
       g.upload(weights);
@@ -283,6 +286,7 @@ gpuTest(
       return out;
     };
     const [fused, plain] = [await run(true), await run(false)];
+    setMatmulTuning(gpu, before);
     // per layer: q/k/v 3 → 1 GEMM forward, dW, dX and bias grad; gate/up 2 → 1 forward, dW, dX
     assert.equal(plain.gemms - fused.gemms, (4 * 2 + 3) * cfg.numLayers);
     assert.ok(
