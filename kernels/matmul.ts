@@ -582,7 +582,8 @@ export function matmulGemm(gpu: Gpu, arena: ParamArena, g: GemmArgs): Dispatch[]
   let wide: WideConfig = t.variant === "vec" && forms ? vecFixed : wideFixed;
   if (t.variant === "cpu") {
     const chosen = t.wideChoices?.get(key);
-    wide = chosen && (!chosen.vec || forms) ? chosen : t.vec && forms ? vecFixed : wideFixed;
+    const vecOk = t.vec && forms !== null;
+    wide = chosen && (!chosen.vec || vecOk) ? chosen : vecOk ? vecFixed : wideFixed;
   }
   const rec = recorders.get(gpu);
   if (rec && !rec.has(key)) rec.set(key, { args: g, plan, wide: onWide ? wide : undefined });

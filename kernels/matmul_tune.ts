@@ -250,7 +250,8 @@ async function timeCandidates(
   const before = { ...matmulTuning(gpu) };
   const lists: { choice: Candidate; dispatches: Dispatch[] }[] = [];
   const cands: Candidate[] = rec.wide
-    ? [...(vecForms(rec.args) ? VEC_CANDIDATES : []), ...WIDE_CANDIDATES].map((wide) => ({ wide }))
+    ? [...(before.vec && vecForms(rec.args) ? VEC_CANDIDATES : []), ...WIDE_CANDIDATES]
+      .map((wide) => ({ wide }))
     : gemmCandidates(rec.args.K, gemmVec4Ok(rec.args), before.precision === "f16")
       .map((g) => ({ gpu: g }));
   try {

@@ -130,60 +130,55 @@ function kernel(): string[] {
     e(`    let pc${u} = min(k + ${u}u, p.K - 1u);`);
     e(`    let pv${u} = k + ${u}u < p.K;`);
   }
-  // A values a{r}_{u} = A(row r, k + u)
-  for (const g of range(R / 4)) {
-    const decl = range(4).map((v) =>
-      range(4).map((u) => `var a${4 * g + v}_${u} = 0.0;`).join(" ")
-    );
-    for (const d of decl) e("    " + d);
-    const body: string[] = [];
-    body.push(`if (AV == 0u) {`);
-    for (const v of range(4)) {
-      const r = 4 * g + v;
-      body.push(
-        `  let t${v} = loadAw(ar${r} + k4); ` +
-          range(4).map((u) => `a${r}_${u} = t${v}.${comp[u]};`).join(" "),
-      );
+  // A values a{r}_{u} = A(row r, k + u), B values b{u}_{q} = B(k + u, column q)
+  const operand = (o: {
+    groups: number; // groups of 4 rows (A) or columns (B)
+    size: string; // VR or VC
+    form: string; // AV or BV
+    name: (x: number, u: number) => string; // the value of row/column x at step k + u
+    along: (x: number) => string; // form 0: the vec4 of row/column x at k..k+3
+    across: (grp: number, u: number) => string; // form 1: the vec4 of group grp at k + u
+  }) => {
+    for (const grp of range(o.groups)) {
+      for (const v of range(4)) {
+        e("    " + range(4).map((u) => `var ${o.name(4 * grp + v, u)} = 0.0;`).join(" "));
+      }
+      e("    " + (grp === 0 ? "{" : `if (${o.size} > ${4 * grp}u) {`));
+      e(`      if (${o.form} == 0u) {`);
+      for (const v of range(4)) {
+        const x = 4 * grp + v;
+        e(
+          `        let t${v} = ${o.along(x)}; ` +
+            range(4).map((u) => `${o.name(x, u)} = t${v}.${comp[u]};`).join(" "),
+        );
+      }
+      e("      } else {");
+      for (const u of range(4)) {
+        e(
+          `        let s${u} = ${o.across(grp, u)}; ` +
+            range(4).map((v) => `${o.name(4 * grp + v, u)} = s${u}.${comp[v]};`).join(" "),
+        );
+      }
+      e("      }");
+      e("    }");
     }
-    body.push(`} else {`);
-    for (const u of range(4)) {
-      body.push(
-        `  let s${u} = select(vec4<f32>(0.0), loadAw((ag${g} + pc${u} * p.sAp) / 4u), pv${u}); ` +
-          range(4).map((v) => `a${4 * g + v}_${u} = s${u}.${comp[v]};`).join(" "),
-      );
-    }
-    body.push(`}`);
-    e("    " + (g === 0 ? "{" : `if (VR > ${4 * g}u) {`));
-    for (const l of body) e("      " + l);
-    e("    }");
-  }
-  // B values b{u}_{q} = B(k + u, column q)
-  for (const h of range(C / 4)) {
-    const decl = range(4).map((v) =>
-      range(4).map((u) => `var b${u}_${4 * h + v} = 0.0;`).join(" ")
-    );
-    for (const d of decl) e("    " + d);
-    const body: string[] = [];
-    body.push(`if (BV == 0u) {`);
-    for (const v of range(4)) {
-      const q = 4 * h + v;
-      body.push(
-        `  let t${v} = loadBw(bc${q} + k4); ` +
-          range(4).map((u) => `b${u}_${q} = t${v}.${comp[u]};`).join(" "),
-      );
-    }
-    body.push(`} else {`);
-    for (const u of range(4)) {
-      body.push(
-        `  let s${u} = loadBw((bh${h} + pc${u} * p.sBp) / 4u); ` +
-          range(4).map((v) => `b${u}_${4 * h + v} = s${u}.${comp[v]};`).join(" "),
-      );
-    }
-    body.push(`}`);
-    e("    " + (h === 0 ? "{" : `if (VC > ${4 * h}u) {`));
-    for (const l of body) e("      " + l);
-    e("    }");
-  }
+  };
+  operand({
+    groups: R / 4,
+    size: "VR",
+    form: "AV",
+    name: (r, u) => `a${r}_${u}`,
+    along: (r) => `loadAw(ar${r} + k4)`,
+    across: (g, u) => `select(vec4<f32>(0.0), loadAw((ag${g} + pc${u} * p.sAp) / 4u), pv${u})`,
+  });
+  operand({
+    groups: C / 4,
+    size: "VC",
+    form: "BV",
+    name: (q, u) => `b${u}_${q}`,
+    along: (q) => `loadBw(bc${q} + k4)`,
+    across: (h, u) => `loadBw((bh${h} + pc${u} * p.sBp) / 4u)`,
+  });
   // accumulate: four products summed, then added (matmul_wide's order)
   for (const r of range(R)) {
     e("    " + (r < 4 ? "{" : `if (VR > ${4 * Math.floor(r / 4)}u) {`));

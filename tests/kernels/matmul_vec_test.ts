@@ -246,3 +246,17 @@ for (
     report(`matmul_vec ${name}: ${CASES.length} cases (${chunked} cut)`, worst, TOL);
   });
 }
+
+gpuTest(
+  "matmul_vec: the CPU default where the shape allows it; vec: false keeps matmul_wide",
+  async (gpu) => {
+    const c = CASES[0];
+    const data = caseData(c);
+    const cpu = { variant: "cpu" as const, wideChoices: new Map() };
+    const on = await runCase(gpu, c, { ...cpu, vec: true }, data);
+    const off = await runCase(gpu, c, { ...cpu, vec: false }, data);
+    if (gpu.isCpu) assert.ok(on.kernels.includes("matmul_vec.matmul_vec"), on.kernels);
+    assert.ok(off.kernels.includes("matmul.matmul_wide"), off.kernels);
+    assert.deepEqual(on.got, off.got);
+  },
+);
