@@ -74,6 +74,48 @@ fn copy(
   y[i] = x[i];
 }
 
+// axpy4 / scale_copy4 / copy4: the same on vec4s (n in vec4 units; the launcher uses them when N is
+// a multiple of 4). On lavapipe a vec4 load or store tests the execution mask once per lane for
+// four values (kernels/README.md).
+@group(0) @binding(1) var<storage, read_write> y4: array<vec4<f32>>; // (n)
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>; // (n)
+
+@compute @workgroup_size(WG)
+fn axpy4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let i = flat_index(gid, nwg, WG);
+  if (i >= p.n) {
+    return;
+  }
+  y4[i] = y4[i] + p.alpha * x4[i];
+}
+
+@compute @workgroup_size(WG)
+fn scale_copy4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let i = flat_index(gid, nwg, WG);
+  if (i >= p.n) {
+    return;
+  }
+  y4[i] = p.alpha * x4[i];
+}
+
+@compute @workgroup_size(WG)
+fn copy4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let i = flat_index(gid, nwg, WG);
+  if (i >= p.n) {
+    return;
+  }
+  y4[i] = x4[i];
+}
+
 @compute @workgroup_size(WG)
 fn fill(
   @builtin(global_invocation_id) gid: vec3<u32>,

@@ -17,8 +17,8 @@ export interface MatmulTuning {
   /**
    * "gpu": per shape, matmul_big (128x128 tiles) for large grids, matmul_tiled (64x64) otherwise,
    * split along K when the grid is too small to fill the device (GPU default); "tiled" / "big":
-   * always that kernel; "cpu": matmul_wide with per-shape block sizes from `wideChoices` (CPU
-   * default; matmul_vec where `vec` and the shape allow); "wide": matmul_wide with exactly
+   * always that kernel; "cpu": matmul_vec where `vec` and the shape allow, else matmul_wide, with
+   * per-shape block sizes from `wideChoices` (CPU default); "wide": matmul_wide with exactly
    * wideWg / wideRows / wideCols; "vec": matmul_vec with exactly vecRows / vecCols where the shape
    * allows, matmul_wide (as "wide") elsewhere.
    */
@@ -43,11 +43,11 @@ export interface MatmulTuning {
    * gemmKey; shapes not in it fall back to the grid thresholds.
    */
   choices?: Map<string, GemmChoice>;
-  /** "cpu": per-shape matmul_wide block sizes measured by kernels/matmul_tune.ts, by gemmKey. */
+  /** "cpu": per-shape matmul_vec / matmul_wide blocks measured by kernels/matmul_tune.ts, by gemmKey. */
   wideChoices?: Map<string, WideConfig>;
   /**
-   * "cpu" / "wide": run matmul_vec (16-byte loads, operands through 64 KiB uniform windows where
-   * they fit) for the GEMMs whose operands and C allow it (`vecForms`); matmul_wide otherwise.
+   * "cpu": run matmul_vec (16-byte loads, operands through 64 KiB uniform windows where they fit)
+   * for the GEMMs whose operands and C allow it (`vecForms`); matmul_wide otherwise.
    */
   vec: boolean;
   /** matmul_vec: rows per invocation (4, 8, 12 or 16) unless the autotune chose per shape. */
@@ -84,7 +84,7 @@ const WIDE_DEFAULT = {
   wideRows: 16,
   wideCols: 16,
   vec: true,
-  vecRows: 8, // 8 x 32 ran within 5 % of 16 x 32 at the stories260K GEMMs and compiles 3x faster
+  vecRows: 8, // 8 x 32: within the noise of 16 x 32 at the stories260K GEMMs, compiles in 2/3 the time
   vecCols: 32,
   vecWindow: VEC_WINDOW_ELEMENTS,
   vecWindows: "auto" as const,

@@ -23,9 +23,10 @@ const ROW_LANES = 8; // ROW_LANES in rmsnorm.wgsl: rows per workgroup of the "ro
 /**
  * How forward and backward-dx run: "tree" (one workgroup per row, a barrier tree over its
  * channels: GPUs) or "rows" (one invocation per row, no barriers: CPU adapters, where barriers
- * cost more than a short row's arithmetic; 3–7× faster on lavapipe, bench/RESULTS.md).
+ * cost more than a short row's arithmetic; 3–7× faster on lavapipe, bench/RESULTS.md), read as
+ * vec4s when C is a multiple of 4; "rows1" forces the one-channel-at-a-time row kernels (tests).
  */
-export type RmsnormVariant = "tree" | "rows";
+export type RmsnormVariant = "tree" | "rows" | "rows1";
 
 const variants = new WeakMap<Gpu, RmsnormVariant>();
 
@@ -42,9 +43,11 @@ export function setRmsnormVariant(gpu: Gpu, v: RmsnormVariant | null): void {
 
 /** The forward or backward-dx pipeline and its grid for T rows of C channels. */
 function rowKernel(gpu: Gpu, entry: string, T: number, C: number, consts = {}) {
-  if (rmsnormVariant(gpu) === "rows") {
+  const v = rmsnormVariant(gpu);
+  if (v === "rows" || v === "rows1") {
+    const four = v === "rows" && C % 4 === 0 ? "4" : "";
     return {
-      kernel: gpu.kernel("rmsnorm", `${entry}_rows`, consts),
+      kernel: gpu.kernel("rmsnorm", `${entry}_rows${four}`, consts),
       workgroups: grid2d(gpu, Math.ceil(T / ROW_LANES)),
     };
   }

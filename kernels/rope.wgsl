@@ -58,6 +58,47 @@ fn apply_inplace(row: u32, sin_sign: f32) {
   }
 }
 
+// In place on vec4s (D/2, ld and off multiples of 4): the same arithmetic per component, so
+// bit-identical, with a quarter of the loads and stores (a vec4 pays lavapipe's per-lane mask test
+// once for four values). The table's (cos, sin) pairs are read two per vec4.
+@group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>; // (T, ld / 4) from off / 4
+@group(0) @binding(4) var<storage, read> table4: array<vec4<f32>>; // (maxPos, D/4) of 2 pairs
+
+fn apply_inplace4(row: u32, sin_sign: f32) {
+  if (row >= p.rows) {
+    return;
+  }
+  let tb = pos[row / p.h] * p.half / 2u; // vec4 index of the row's first two (cos, sin) pairs
+  let base = ((row / p.h) * p.ld + p.off + (row % p.h) * 2u * p.half) / 4u;
+  let h4 = p.half / 4u;
+  for (var i = 0u; i < h4; i++) {
+    let t0 = table4[tb + 2u * i];
+    let t1 = table4[tb + 2u * i + 1u];
+    let c = vec4<f32>(t0.x, t0.z, t1.x, t1.z);
+    let s = sin_sign * vec4<f32>(t0.y, t0.w, t1.y, t1.w);
+    let a = out4[base + i];
+    let b = out4[base + i + h4];
+    out4[base + i] = a * c - b * s;
+    out4[base + i + h4] = b * c + a * s;
+  }
+}
+
+@compute @workgroup_size(64)
+fn rope_forward_inplace4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  apply_inplace4(flat_index(gid, nwg, 64u), 1.0);
+}
+
+@compute @workgroup_size(64)
+fn rope_backward_inplace4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  apply_inplace4(flat_index(gid, nwg, 64u), -1.0);
+}
+
 @compute @workgroup_size(64)
 fn rope_forward(
   @builtin(global_invocation_id) gid: vec3<u32>,

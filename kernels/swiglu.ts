@@ -22,6 +22,14 @@ export interface SwigluShape {
 
 const WG = 64; // WG in swiglu.wgsl
 
+const forceScalar = new WeakSet<Gpu>();
+
+/** Run the one-column-per-invocation kernels even where the vec4 forms apply (for tests). */
+export function setSwigluScalar(gpu: Gpu, on: boolean): void {
+  if (on) forceScalar.add(gpu);
+  else forceScalar.delete(gpu);
+}
+
 function launch(
   gpu: Gpu,
   arena: ParamArena,
@@ -31,11 +39,14 @@ function launch(
 ): Dispatch[] {
   const { T, I } = s;
   if (T === 0 || I === 0) return [];
+  // four columns per invocation through vec4 views when the rows allow (slices are 256-aligned)
+  const w = I % 4 === 0 && !forceScalar.has(gpu) ? 4 : 1;
+  const cols = I / w;
   const max = gridMax(gpu);
-  const gx = Math.ceil(I / WG), gy = Math.min(T, max), gz = Math.ceil(T / gy);
+  const gx = Math.ceil(cols / WG), gy = Math.min(T, max), gz = Math.ceil(T / gy);
   if (gx > max || gz > max) throw new GpuError(`T=${T} I=${I} exceeds the dispatch grid`, entry);
-  const kernel = gpu.kernel("swiglu", entry);
-  const p = arena.alloc(packParams([T, I, s.fused ? 2 * I : I, s.fused ? I : 0]));
+  const kernel = gpu.kernel("swiglu", w === 4 ? `${entry}4` : entry);
+  const p = arena.alloc(packParams([T, cols, (s.fused ? 2 * I : I) / w, s.fused ? I / w : 0]));
   return [{ kernel, bindGroup: gpu.bind(kernel, { 0: p, ...entries }), workgroups: [gx, gy, gz] }];
 }
 

@@ -73,3 +73,55 @@ fn swiglu_backward(
   dgate[ix.y] = d * u * (s * (1.0 + g * (1.0 - s)));
   dup[ix.y + p.up_off] = d * (g * s);
 }
+
+// --- 16-byte forms: the same math on vec4s of four columns (I, ld and up_off multiples of 4; the
+// launcher passes cols, ld and up_off in vec4 units). On lavapipe a vec4 load or store tests the
+// execution mask once per lane for four values (kernels/README.md).
+
+// swiglu_forward4
+@group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>; // (T, I / 4)
+@group(0) @binding(2) var<storage, read> gate_f4: array<vec4<f32>>; // (T, ld / 4)
+@group(0) @binding(3) var<storage, read> up_f4: array<vec4<f32>>; // (T, ld / 4) from up_off
+
+// swiglu_backward4
+@group(0) @binding(1) var<storage, read_write> dgate4: array<vec4<f32>>; // (T, ld / 4)
+@group(0) @binding(2) var<storage, read_write> dup4: array<vec4<f32>>; // (T, ld / 4) from up_off
+@group(0) @binding(3) var<storage, read> dout4: array<vec4<f32>>; // (T, I / 4)
+@group(0) @binding(4) var<storage, read> gate_b4: array<vec4<f32>>; // (T, ld / 4)
+@group(0) @binding(5) var<storage, read> up_b4: array<vec4<f32>>; // (T, ld / 4) from up_off
+
+fn sigmoid4(g: vec4<f32>) -> vec4<f32> {
+  return 1.0 / (1.0 + exp(-g));
+}
+
+@compute @workgroup_size(WG)
+fn swiglu_forward4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let ix = indices(gid, wid, nwg);
+  if (ix.x == 0xffffffffu) {
+    return;
+  }
+  let g = gate_f4[ix.y];
+  out4[ix.x] = g * sigmoid4(g) * up_f4[ix.y + p.up_off];
+}
+
+@compute @workgroup_size(WG)
+fn swiglu_backward4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let ix = indices(gid, wid, nwg);
+  if (ix.x == 0xffffffffu) {
+    return;
+  }
+  let g = gate_b4[ix.y];
+  let u = up_b4[ix.y + p.up_off];
+  let d = dout4[ix.x];
+  let s = sigmoid4(g);
+  dgate4[ix.y] = d * u * (s * (1.0 + g * (1.0 - s)));
+  dup4[ix.y + p.up_off] = d * (g * s);
+}

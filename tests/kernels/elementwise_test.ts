@@ -5,6 +5,7 @@ import {
   copy,
   fill,
   scaleCopy,
+  setElementwiseScalar,
   setGridMaxForTesting,
   SUM_CHUNK,
   sumInto,
@@ -111,41 +112,81 @@ gpuTest("elementwise: sumInto adds a fixed-order sum into acc[index]", async (gp
 gpuTest("elementwise: a 2-D grid of workgroups covers every element once", async (gpu) => {
   const arena = new ParamArena(gpu, "test.elementwise.grid");
   setGridMaxForTesting(6);
-  try {
-    const N = 5000; // 20 workgroups on a 6 × 4 grid: 4 surplus workgroups
-    const x = randomArray(N, 5);
-    const xb = gpu.bufferFrom("test.elementwise.x", x);
-    const y = gpu.bufferFrom("test.elementwise.y", new Float32Array(N).fill(1));
-    const z = nanBuffer(gpu, "test.elementwise.z", N);
-    const NS = 10 * SUM_CHUNK - 100; // 10 partials on a 6 × 2 grid
-    const xs = gpu.bufferFrom("test.elementwise.xs", randomArray(NS, 6).map((v) => v + 1));
-    const ws = nanBuffer(gpu, "test.elementwise.ws", sumIntoWorkspaceBytes(NS) / 4);
-    const acc = gpu.bufferFrom("test.elementwise.acc", new Float32Array(1));
-    gpu.run([
-      ...axpy(gpu, arena, { y: { buffer: y }, x: { buffer: xb }, alpha: 3, N }),
-      ...copy(gpu, arena, { y: { buffer: z }, x: { buffer: xb }, N }),
-      ...sumInto(gpu, arena, {
-        acc: { buffer: acc },
-        x: { buffer: xs },
-        N: NS,
-        workspace: { buffer: ws },
-      }),
-    ]);
-    const [ry, rz, ra] = (await gpu.read([{ buffer: y }, { buffer: z }, { buffer: acc }]))
-      .map((b) => new Float32Array(b));
-    const e = maxRelErr(ry, Array.from(x, (v) => 1 + 3 * v), FLOOR_AXPY);
-    report("axpy on a 6-wide grid", e, TOL_ELEMENTWISE);
-    assert.ok(e <= TOL_ELEMENTWISE);
-    assert.deepEqual(rz, x);
-    let ref = 0;
-    for (const v of await gpu.readF32(xs)) ref += v;
-    const es = maxRelErr(ra, [ref], FLOOR);
-    report("sumInto on a 6-wide grid", es, TOL_REDUCTION);
-    assert.ok(es <= TOL_REDUCTION);
-  } finally {
-    setGridMaxForTesting(null);
+  // 20 workgroups on a 6 × 4 grid (4 surplus): N = 5,000 one element per invocation, and
+  // N = 20,000 four per invocation (the vec4 forms)
+  for (const [N, scalar] of [[5000, true], [20000, false]] as const) {
+    setElementwiseScalar(gpu, scalar);
+    try {
+      const x = randomArray(N, 5);
+      const xb = gpu.bufferFrom("test.elementwise.x", x);
+      const y = gpu.bufferFrom("test.elementwise.y", new Float32Array(N).fill(1));
+      const z = nanBuffer(gpu, "test.elementwise.z", N);
+      const NS = 10 * SUM_CHUNK - 100; // 10 partials on a 6 × 2 grid
+      const xs = gpu.bufferFrom("test.elementwise.xs", randomArray(NS, 6).map((v) => v + 1));
+      const ws = nanBuffer(gpu, "test.elementwise.ws", sumIntoWorkspaceBytes(NS) / 4);
+      const acc = gpu.bufferFrom("test.elementwise.acc", new Float32Array(1));
+      gpu.run([
+        ...axpy(gpu, arena, { y: { buffer: y }, x: { buffer: xb }, alpha: 3, N }),
+        ...copy(gpu, arena, { y: { buffer: z }, x: { buffer: xb }, N }),
+        ...sumInto(gpu, arena, {
+          acc: { buffer: acc },
+          x: { buffer: xs },
+          N: NS,
+          workspace: { buffer: ws },
+        }),
+      ]);
+      const [ry, rz, ra] = (await gpu.read([{ buffer: y }, { buffer: z }, { buffer: acc }]))
+        .map((b) => new Float32Array(b));
+      const e = maxRelErr(ry, Array.from(x, (v) => 1 + 3 * v), FLOOR_AXPY);
+      report("axpy on a 6-wide grid", e, TOL_ELEMENTWISE);
+      assert.ok(e <= TOL_ELEMENTWISE);
+      assert.deepEqual(rz, x);
+      let ref = 0;
+      for (const v of await gpu.readF32(xs)) ref += v;
+      const es = maxRelErr(ra, [ref], FLOOR);
+      report("sumInto on a 6-wide grid", es, TOL_REDUCTION);
+      assert.ok(es <= TOL_REDUCTION);
+    } finally {
+      setGridMaxForTesting(null);
+      setElementwiseScalar(gpu, false);
+    }
   }
 });
+
+gpuTest(
+  "elementwise: the vec4 forms (N a multiple of 4) equal the scalar ones bit for bit",
+  async (gpu) => {
+    const arena = new ParamArena(gpu, "test.elementwise.v4");
+    const N = 1000;
+    const x = randomArray(N, 21, 3), y0 = randomArray(N, 22, 3);
+    const xb = gpu.bufferFrom("test.elementwise.x", x);
+    const out: Float32Array[][] = [];
+    for (const scalar of [false, true]) {
+      setElementwiseScalar(gpu, scalar);
+      const ya = gpu.bufferFrom("test.elementwise.axpy", y0);
+      const ys = nanBuffer(gpu, "test.elementwise.scale_copy", N);
+      const yc = nanBuffer(gpu, "test.elementwise.copy", N);
+      const ds = [
+        ...axpy(gpu, arena, { y: { buffer: ya }, x: { buffer: xb }, alpha: 0.3, N }),
+        ...scaleCopy(gpu, arena, { y: { buffer: ys }, x: { buffer: xb }, alpha: -1.7, N }),
+        ...copy(gpu, arena, { y: { buffer: yc }, x: { buffer: xb }, N }),
+      ];
+      assert.equal(ds.every((d) => d.kernel.name.endsWith("4")), !scalar);
+      gpu.run(ds);
+      out.push(
+        (await gpu.read([ya, ys, yc].map((buffer) => ({ buffer })))).map((b) =>
+          new Float32Array(b)
+        ),
+      );
+      for (const b of [ya, ys, yc]) {
+        b.destroy();
+      }
+    }
+    setElementwiseScalar(gpu, false);
+    assert.deepEqual(out[0], out[1]);
+    xb.destroy();
+  },
+);
 
 gpuTest("elementwise: N beyond 65535 × 256 uses the second grid dimension", async (gpu) => {
   const arena = new ParamArena(gpu, "test.elementwise.large");

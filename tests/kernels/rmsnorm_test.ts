@@ -118,6 +118,7 @@ async function runCase(
   const b = rmsnormBackwardRef(dy, x, w, T, C, eps);
   const lead = maxAbs(Array.from(dy, (v, i) => f.rstd[Math.floor(i / C)] * v * w[i % C]));
   return {
+    values: [ry, rr, dxa, dwa],
     y: maxRelErr(ry, f.y, FLOOR),
     rstd: maxRelErr(rr, f.rstd, FLOOR),
     dx: relErrScaled(dxa, accumulateDx ? Array.from(dx0, (v, i) => v + b.dx[i]) : b.dx, lead),
@@ -125,10 +126,36 @@ async function runCase(
   };
 }
 
-const SHAPES: [number, number][] = [[1, 1], [3, 7], [5, 333], [70, 300], [130, 33], [2, 8192]];
+const SHAPES: [number, number][] = [
+  [1, 1],
+  [3, 7],
+  [5, 333],
+  [70, 300], // C a multiple of 4: the "rows" variant reads vec4s
+  [130, 33],
+  [2, 8192],
+];
 
 /** Both forms run everywhere (the adapter's default is only a launch-time choice). */
-const VARIANTS: RmsnormVariant[] = ["tree", "rows"];
+const VARIANTS: RmsnormVariant[] = ["tree", "rows", "rows1"];
+
+gpuTest("rmsnorm: the vec4 row kernels equal the one-channel ones bit for bit", async (gpu) => {
+  const arena = new ParamArena(gpu, "test.rmsnorm.rows4");
+  try {
+    for (const [T, C] of [[70, 300], [9, 8], [3, 64]]) {
+      for (const acc of [false, true]) {
+        const out: Float32Array[][] = [];
+        for (const v of ["rows", "rows1"] as const) {
+          await withVariant(gpu, v, async () => {
+            out.push((await runCase(gpu, arena, T, C, 1e-5, acc, 7)).values);
+          });
+        }
+        assert.deepEqual(out[0], out[1], `T=${T} C=${C} accumulate=${acc}`);
+      }
+    }
+  } finally {
+    arena.buffer.destroy();
+  }
+});
 
 /** Run `fn` with the rmsnorm variant forced, restoring the default afterwards. */
 async function withVariant(gpu: Gpu, v: RmsnormVariant, fn: () => Promise<void>) {
@@ -149,7 +176,15 @@ for (const v of VARIANTS) {
         for (const [k, [T, C]] of SHAPES.entries()) {
           for (const acc of [false, true]) {
             const eps = k % 2 ? 1e-6 : 1e-5;
-            const e = await runCase(gpu, arena, T, C, eps, acc, 17 * k + (acc ? 1 : 0));
+            const { values: _, ...e } = await runCase(
+              gpu,
+              arena,
+              T,
+              C,
+              eps,
+              acc,
+              17 * k + (acc ? 1 : 0),
+            );
             for (const [name, err] of Object.entries(e)) {
               report(`rmsnorm[${v}] ${name} T=${T} C=${C}${acc ? " (dx +=)" : ""}`, err, TOL);
               assert.ok(err <= TOL, `${name} T=${T} C=${C}: ${err}`);
@@ -167,7 +202,7 @@ for (const v of VARIANTS) {
         setGridMaxForTesting(16);
         try {
           // 140 rows on a 16 × 9 grid (tree) or 18 row groups on a 16 × 2 grid (rows)
-          const e = await runCase(gpu, arena, 140, 600, 1e-5, true, 5);
+          const { values: _, ...e } = await runCase(gpu, arena, 140, 600, 1e-5, true, 5);
           for (const [name, err] of Object.entries(e)) {
             report(`rmsnorm[${v}] ${name} on a 16-wide grid`, err, TOL);
             assert.ok(err <= TOL, `${name}: ${err}`);

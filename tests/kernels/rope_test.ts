@@ -1,6 +1,12 @@
 // RoPE tests: Llama-3 inverse frequencies, the cos/sin table, and the GPU rotation forward/backward.
 import assert from "node:assert/strict";
-import { ropeBackward, ropeForward, ropeInvFreq, ropeTable } from "../../kernels/rope.ts";
+import {
+  ropeBackward,
+  ropeForward,
+  ropeInvFreq,
+  ropeTable,
+  setRopeScalar,
+} from "../../kernels/rope.ts";
 import { ParamArena } from "../../kernels/runtime.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import { invFreqRef, ropeRef } from "../reference/rope.ts";
@@ -169,3 +175,37 @@ gpuTest(
     for (const buf of [posBuf, table, dense, strided, arena.buffer]) buf.destroy();
   },
 );
+
+gpuTest("rope: the vec4 in-place kernels equal the one-pair ones bit for bit", async (gpu) => {
+  const pos = packedPositions([7, 3, 12]);
+  const T = pos.length, H = 3;
+  const arena = new ParamArena(gpu, "rope_test.v4", 4096);
+  try {
+    for (const D of [8, 16, 64]) {
+      const x = randomArray(T * H * D, 29 + D, 1);
+      const posBuf = gpu.bufferFrom("rope_test.pos", pos);
+      const table = gpu.bufferFrom("rope_test.table", ropeTable(D, 10000, null, 16));
+      const buf = gpu.bufferFrom("rope_test.x", x);
+      const args = { pos: { buffer: posBuf }, table: { buffer: table }, T, H, D };
+      const s = { buffer: buf };
+      const results: Float32Array[] = [];
+      for (const scalar of [false, true]) {
+        setRopeScalar(gpu, scalar);
+        gpu.write(buf, x);
+        const ds = [
+          ...ropeForward(gpu, arena, { out: s, x: s, ...args }),
+          ...ropeBackward(gpu, arena, { dx: s, dout: s, ...args }),
+          ...ropeForward(gpu, arena, { out: s, x: s, ...args }),
+        ];
+        assert.equal(ds.every((d) => d.kernel.name.endsWith("inplace4")), !scalar);
+        gpu.run(ds, "rope_test.v4");
+        results.push(await gpu.readF32(buf));
+      }
+      assert.deepEqual(results[0], results[1], `D=${D}`);
+      for (const b of [posBuf, table, buf]) b.destroy();
+    }
+  } finally {
+    setRopeScalar(gpu, false);
+    arena.buffer.destroy();
+  }
+});

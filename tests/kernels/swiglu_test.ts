@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { setGridMaxForTesting } from "../../kernels/elementwise.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
-import { swigluBackward, swigluForward } from "../../kernels/swiglu.ts";
+import { setSwigluScalar, swigluBackward, swigluForward } from "../../kernels/swiglu.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import { swigluBackwardRef, swigluForwardRef } from "../reference/swiglu.ts";
 
@@ -78,6 +78,7 @@ async function runSwiglu(
     out: maxRelErr(o, swigluForwardRef(gate, up), FLOOR),
     dgate: maxRelErr(dg, ref.dgate, FLOOR),
     dup: maxRelErr(du, ref.dup, FLOOR),
+    values: [o, dg, du],
   };
 }
 
@@ -106,7 +107,7 @@ gpuTest(
     const arena = new ParamArena(gpu, "test.swiglu");
     for (const [T, I] of [[1, 1], [1, 7], [3, 111], [10, 100], [4099, 1], [7, 172]]) {
       for (const fused of [false, true]) {
-        const e = await runSwiglu(gpu, arena, T, I, T + I, fused);
+        const { values: _, ...e } = await runSwiglu(gpu, arena, T, I, T + I, fused);
         for (const [k, v] of Object.entries(e)) {
           report(`swiglu ${k} T=${T} I=${I}${fused ? " fused" : ""}`, v, TOL);
           assert.ok(v <= TOL, `${k} T=${T} I=${I} fused=${fused}: ${v}`);
@@ -116,14 +117,37 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "swiglu: the vec4 forms (I a multiple of 4) equal the scalar ones bit for bit",
+  async (gpu) => {
+    const arena = new ParamArena(gpu, "test.swiglu.v4");
+    try {
+      for (const [T, I] of [[10, 100], [7, 172], [33, 4]]) {
+        for (const fused of [false, true]) {
+          const v4 = await runSwiglu(gpu, arena, T, I, 5, fused);
+          setSwigluScalar(gpu, true);
+          const scalar = await runSwiglu(gpu, arena, T, I, 5, fused);
+          setSwigluScalar(gpu, false);
+          assert.deepEqual(v4.values, scalar.values, `T=${T} I=${I} fused=${fused}`);
+        }
+      }
+    } finally {
+      setSwigluScalar(gpu, false);
+      arena.buffer.destroy();
+    }
+  },
+);
+
 gpuTest("swiglu: rows past one grid dimension spill into z", async (gpu) => {
   const arena = new ParamArena(gpu, "test.swiglu.grid");
   setGridMaxForTesting(4);
   try {
-    const e = await runSwiglu(gpu, arena, 13, 9, 42, true); // 13 rows on a 4 × 4 grid
-    for (const [k, v] of Object.entries(e)) {
-      report(`swiglu ${k} on a 4-row grid`, v, TOL);
-      assert.ok(v <= TOL, `${k}: ${v}`);
+    for (const I of [9, 12]) { // scalar and vec4 forms; 13 rows on a 4 × 4 grid
+      const { values: _, ...e } = await runSwiglu(gpu, arena, 13, I, 42, true);
+      for (const [k, v] of Object.entries(e)) {
+        report(`swiglu ${k} I=${I} on a 4-row grid`, v, TOL);
+        assert.ok(v <= TOL, `${k} I=${I}: ${v}`);
+      }
     }
   } finally {
     setGridMaxForTesting(null);
@@ -138,7 +162,8 @@ gpuTest("swiglu: saturated gates stay finite", async (gpu) => {
     dout: new Float32Array([1, 2, -1, 0.5, 1]),
   };
   for (const fused of [false, true]) {
-    const e = Math.max(...Object.values(await runSwiglu(gpu, arena, 1, 5, 0, fused, given)));
+    const { values: _, ...errs } = await runSwiglu(gpu, arena, 1, 5, 0, fused, given);
+    const e = Math.max(...Object.values(errs));
     report(`swiglu saturated gates${fused ? " (fused)" : ""}`, e, TOL);
     assert.ok(e <= TOL, `${e}`);
   }
