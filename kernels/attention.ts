@@ -165,12 +165,21 @@ function rowConfig(D: number): Record<string, number> {
   return { HD: D, RR: ROW_RR, WG: ROW_WG };
 }
 
+const rowScalar = new WeakSet<Gpu>();
+
+/** Tests only: run the row kernels' scalar entry points even where the `_v4` ones apply. */
+export function setAttentionRowScalar(gpu: Gpu, on: boolean): void {
+  if (on) rowScalar.add(gpu);
+  else rowScalar.delete(gpu);
+}
+
 /**
- * The row kernel's entry point: its `_v4` form (head rows read as vec4s: 1.5–2× faster on
- * lavapipe) when the head dim and the layout's strides and offsets are multiples of 4.
+ * The row kernel's entry point: its `_v4` form (head rows read as vec4s: about 1.2× faster on
+ * lavapipe at D = 8, bit-identical) when the head dim and the layout's strides and offsets are
+ * multiples of 4.
  */
-function rowEntry(entry: string, D: number, layout?: QkvLayout): string {
-  return attentionGpuTakes(D, layout) ? `${entry}_v4` : entry;
+function rowEntry(gpu: Gpu, entry: string, D: number, layout?: QkvLayout): string {
+  return attentionGpuTakes(D, layout) && !rowScalar.has(gpu) ? `${entry}_v4` : entry;
 }
 
 /**
@@ -434,7 +443,11 @@ export function attentionForward(
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = rowVariant ? ROW_RR * ROW_WG : gpuVariant ? 4 * c.TR : 4 * c.RQ;
   const kernel = rowVariant
-    ? gpu.kernel("attention_row", rowEntry("attention_row_forward", D, args.layout), rowConfig(D))
+    ? gpu.kernel(
+      "attention_row",
+      rowEntry(gpu, "attention_row_forward", D, args.layout),
+      rowConfig(D),
+    )
     : gpuVariant
     ? gpu.kernel("attention_gpu", "attention_gpu_forward", c)
     : gpu.kernel("attention", "attention_forward", c);
@@ -493,8 +506,8 @@ export function attentionBackward(
   const variant = args.variant ?? attentionVariant(gpu);
   if (variant === "row" && attentionRowTakes(D)) {
     const blocks = Math.ceil(T / (ROW_RR * ROW_WG));
-    const dq = rowEntry("attention_row_backward_dq", D, args.layout);
-    const dkv = rowEntry("attention_row_backward_dkv", D, args.layout);
+    const dq = rowEntry(gpu, "attention_row_backward_dq", D, args.layout);
+    const dkv = rowEntry(gpu, "attention_row_backward_dkv", D, args.layout);
     const kDq = gpu.kernel("attention_row", dq, rowConfig(D));
     const kDkv = gpu.kernel("attention_row", dkv, rowConfig(D));
     const inputs = { 3: args.q, 4: args.k, 5: args.v, 8: args.dout, 9: args.lse, 10: delta };

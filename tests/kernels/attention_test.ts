@@ -10,6 +10,7 @@ import {
   dkvSplits,
   gpuTileConfig,
   setAttentionGpuShapes,
+  setAttentionRowScalar,
 } from "../../kernels/attention.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
@@ -436,3 +437,23 @@ for (const variant of VARIANTS) {
     },
   );
 }
+
+gpuTest("attention[row]: the _v4 entry points equal the scalar ones bit for bit", async (gpu) => {
+  const lengths = [40, 1, 33, 10];
+  const T = 84;
+  for (const [Hq, Hkv, D] of [[8, 4, 8], [4, 2, 4]]) {
+    const sh: AttnShape = { T, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
+    const q = randomArray(T * Hq * D, 41), k = randomArray(T * Hkv * D, 42);
+    const v = randomArray(T * Hkv * D, 43), dout = randomArray(T * Hq * D, 44);
+    for (const fused of [false, true]) {
+      const v4 = await runGpu(gpu, "row", sh, lengths, q, k, v, dout, fused);
+      setAttentionRowScalar(gpu, true);
+      try {
+        const scalar = await runGpu(gpu, "row", sh, lengths, q, k, v, dout, fused);
+        assert.deepEqual(v4, scalar, `Hq=${Hq} Hkv=${Hkv} D=${D} fused=${fused}`);
+      } finally {
+        setAttentionRowScalar(gpu, false);
+      }
+    }
+  }
+});
