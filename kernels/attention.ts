@@ -70,6 +70,46 @@ export function denseQkvLayout(a: { Hq: number; Hkv: number; D: number }): QkvLa
   return { ldQ: a.Hq * a.D, ldKv: a.Hkv * a.D, qOff: 0, kOff: 0, vOff: 0 };
 }
 
+/**
+ * Dense (T, Hkv, D) copies of K and V (after RoPE) that the row kernels' forward and dQ read
+ * through 64 KiB uniform windows (`_u` entry points; on lavapipe a uniform load is a branch-free
+ * gather, a storage load a per-lane loop): each from its offset to the end of its buffer spans at
+ * least 64 KiB. Used when `kvWindowsTake` says so; otherwise ignored.
+ */
+export interface KvDense {
+  k: BufferSlice;
+  v: BufferSlice;
+}
+
+/** Bytes of one uniform window of the row kernels (their `array<vec4<f32>, 4096>`). */
+export const KV_WINDOW_BYTES = 65536;
+
+/**
+ * Whether the row kernels read K and V through uniform windows: the row variant at a head dim they
+ * take that is a multiple of 4, and dense K (T·Hkv·D floats) within one window.
+ */
+export function kvWindowsTake(gpu: Gpu, a: { T: number; Hkv: number; D: number }): boolean {
+  return attentionRowTakes(a.D) && a.D % 4 === 0 && a.T * a.Hkv * a.D * 4 <= KV_WINDOW_BYTES &&
+    !rowScalar.has(gpu);
+}
+
+/** The 64 KiB window bindings of `kv`, or null when a buffer is too short for one. */
+function kvWindows(kv: KvDense): Record<number, BufferSlice> | null {
+  const w = (x: BufferSlice) => ({
+    buffer: x.buffer,
+    offset: x.offset ?? 0,
+    size: KV_WINDOW_BYTES,
+  });
+  const fits = (x: BufferSlice) => x.buffer.size - (x.offset ?? 0) >= KV_WINDOW_BYTES;
+  return fits(kv.k) && fits(kv.v) ? { 12: w(kv.k), 13: w(kv.v) } : null;
+}
+
+/** The layout the `_u` entry points see: q as given, K and V dense from offset 0. */
+function windowLayout(a: { Hq: number; Hkv: number; D: number; layout?: QkvLayout }): QkvLayout {
+  const l = a.layout ?? denseQkvLayout(a);
+  return { ...l, ldKv: a.Hkv * a.D, kOff: 0, vOff: 0 };
+}
+
 /** Buffers and shape of the attention forward. */
 export interface AttentionForwardArgs {
   o: BufferSlice; // (T, Hq, D) output
@@ -86,6 +126,7 @@ export interface AttentionForwardArgs {
   scale: number; // usually 1/sqrt(D)
   variant?: AttentionVariant; // default: attentionVariant(gpu)
   layout?: QkvLayout; // default: denseQkvLayout
+  kvDense?: KvDense; // dense copies of K and V for the row kernels' uniform windows
 }
 
 /** Buffers and shape of the attention backward (dq, dk, dv are written, not accumulated). */
@@ -109,6 +150,7 @@ export interface AttentionBackwardArgs {
   workspace: BufferSlice; // attentionBackwardWorkspaceBytes(T, Hq) bytes
   variant?: AttentionVariant; // default: attentionVariant(gpu)
   layout?: QkvLayout; // of q, k, v and of dq, dk, dv alike; default: denseQkvLayout
+  kvDense?: KvDense; // dense copies of K and V for the row kernels' uniform windows (dQ)
 }
 
 /** Bytes of scratch the backward needs: delta = rowsum(dO∘O), (Hq, T) f32. */
@@ -442,6 +484,22 @@ export function attentionForward(
   const key = attentionKey("forward", args);
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = rowVariant ? ROW_RR * ROW_WG : gpuVariant ? 4 * c.TR : 4 * c.RQ;
+  const win = rowVariant && args.kvDense && kvWindowsTake(gpu, args) &&
+      attentionGpuTakes(D, args.layout)
+    ? kvWindows(args.kvDense)
+    : null;
+  if (win) {
+    const k = gpu.kernel("attention_row", "attention_row_forward_u", rowConfig(D));
+    const bindGroup = gpu.bind(k, {
+      0: params(arena, { ...args, layout: windowLayout(args) }),
+      1: args.o,
+      2: args.lse,
+      3: args.q,
+      6: args.seqStart,
+      ...win,
+    });
+    return [{ kernel: k, bindGroup, workgroups: [Math.ceil(T / rowsPerGroup), Hq, 1] }];
+  }
   const kernel = rowVariant
     ? gpu.kernel(
       "attention_row",
@@ -511,11 +569,33 @@ export function attentionBackward(
     const kDq = gpu.kernel("attention_row", dq, rowConfig(D));
     const kDkv = gpu.kernel("attention_row", dkv, rowConfig(D));
     const inputs = { 3: args.q, 4: args.k, 5: args.v, 8: args.dout, 9: args.lse, 10: delta };
-    return [dDelta, {
-      kernel: kDq,
-      bindGroup: gpu.bind(kDq, { 0: prm, 1: args.dq, 6: args.seqStart, ...inputs }),
-      workgroups: [blocks, Hq, 1],
-    }, {
+    const win = args.kvDense && kvWindowsTake(gpu, args) && attentionGpuTakes(D, args.layout)
+      ? kvWindows(args.kvDense)
+      : null;
+    const kDqU = win
+      ? gpu.kernel("attention_row", "attention_row_backward_dq_u", rowConfig(D))
+      : null;
+    const dqDispatch: Dispatch = win
+      ? {
+        kernel: kDqU!,
+        bindGroup: gpu.bind(kDqU!, {
+          0: params(arena, { ...args, layout: windowLayout(args) }),
+          1: args.dq,
+          3: args.q,
+          6: args.seqStart,
+          8: args.dout,
+          9: args.lse,
+          10: delta,
+          ...win,
+        }),
+        workgroups: [blocks, Hq, 1],
+      }
+      : {
+        kernel: kDq,
+        bindGroup: gpu.bind(kDq, { 0: prm, 1: args.dq, 6: args.seqStart, ...inputs }),
+        workgroups: [blocks, Hq, 1],
+      };
+    return [dDelta, dqDispatch, {
       kernel: kDkv,
       bindGroup: gpu.bind(kDkv, { 0: prm, 1: args.dk, 2: args.dv, 7: args.seqEnd, ...inputs }),
       workgroups: [blocks, Hkv, 1],

@@ -2530,3 +2530,731 @@ fn attention_row_backward_dkv_v4(
     }
   }
 }
+
+// K and V through uniform bindings, read by the _u entry points (forward, dQ) only: on lavapipe a
+// uniform load is a branch-free gather, a storage load a per-lane loop with bounds checks
+// (kernels/README.md). The launcher binds 64 KiB of dense (T, Hkv, D) copies of K and V here.
+@group(0) @binding(12) var<uniform> win_k: array<vec4<f32>, 4096>; // (T, Hkv, D), dense
+@group(0) @binding(13) var<uniform> win_v: array<vec4<f32>, 4096>; // (T, Hkv, D), dense
+
+
+// Forward: rows are queries of q head h; lse = max + log(sum) per query.
+// _u: as _v4, with K and V read from uniform windows (win_k, win_v): dense (T, Hkv, D)
+// copies of at most 64 KiB each, p.ld_kv = Hkv·D and p.k_off = p.v_off = 0.
+@compute @workgroup_size(WG)
+fn attention_row_forward_u(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let T = p.t;
+  let h = wid.y;
+  let kvh = h / p.group;
+  let q0 = wid.x * WG * RR;
+  var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var o0_0 = 0.0; var o0_1 = 0.0; var o0_2 = 0.0; var o0_3 = 0.0; var o0_4 = 0.0; var o0_5 = 0.0; var o0_6 = 0.0; var o0_7 = 0.0;
+  var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var o1_0 = 0.0; var o1_1 = 0.0; var o1_2 = 0.0; var o1_3 = 0.0; var o1_4 = 0.0; var o1_5 = 0.0; var o1_6 = 0.0; var o1_7 = 0.0;
+  var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var o2_0 = 0.0; var o2_1 = 0.0; var o2_2 = 0.0; var o2_3 = 0.0; var o2_4 = 0.0; var o2_5 = 0.0; var o2_6 = 0.0; var o2_7 = 0.0;
+  var q3_0 = 0.0; var q3_1 = 0.0; var q3_2 = 0.0; var q3_3 = 0.0; var q3_4 = 0.0; var q3_5 = 0.0; var q3_6 = 0.0; var q3_7 = 0.0; var o3_0 = 0.0; var o3_1 = 0.0; var o3_2 = 0.0; var o3_3 = 0.0; var o3_4 = 0.0; var o3_5 = 0.0; var o3_6 = 0.0; var o3_7 = 0.0;
+  var q4_0 = 0.0; var q4_1 = 0.0; var q4_2 = 0.0; var q4_3 = 0.0; var q4_4 = 0.0; var q4_5 = 0.0; var q4_6 = 0.0; var q4_7 = 0.0; var o4_0 = 0.0; var o4_1 = 0.0; var o4_2 = 0.0; var o4_3 = 0.0; var o4_4 = 0.0; var o4_5 = 0.0; var o4_6 = 0.0; var o4_7 = 0.0;
+  var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var o5_0 = 0.0; var o5_1 = 0.0; var o5_2 = 0.0; var o5_3 = 0.0; var o5_4 = 0.0; var o5_5 = 0.0; var o5_6 = 0.0; var o5_7 = 0.0;
+  var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var o6_0 = 0.0; var o6_1 = 0.0; var o6_2 = 0.0; var o6_3 = 0.0; var o6_4 = 0.0; var o6_5 = 0.0; var o6_6 = 0.0; var o6_7 = 0.0;
+  var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var o7_0 = 0.0; var o7_1 = 0.0; var o7_2 = 0.0; var o7_3 = 0.0; var o7_4 = 0.0; var o7_5 = 0.0; var o7_6 = 0.0; var o7_7 = 0.0;
+  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
+  var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();
+  {
+    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    row.x = i;
+    st.x = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q0_0 = t.x * p.scale; q0_1 = t.y * p.scale; q0_2 = t.z * p.scale; q0_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q0_4 = t.x * p.scale; q0_5 = t.y * p.scale; q0_6 = t.z * p.scale; q0_7 = t.w * p.scale; }
+  }
+  if (RR > 1u) {
+    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    row.y = i;
+    st.y = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q1_0 = t.x * p.scale; q1_1 = t.y * p.scale; q1_2 = t.z * p.scale; q1_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q1_4 = t.x * p.scale; q1_5 = t.y * p.scale; q1_6 = t.z * p.scale; q1_7 = t.w * p.scale; }
+  }
+  if (RR > 2u) {
+    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    row.z = i;
+    st.z = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q2_0 = t.x * p.scale; q2_1 = t.y * p.scale; q2_2 = t.z * p.scale; q2_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q2_4 = t.x * p.scale; q2_5 = t.y * p.scale; q2_6 = t.z * p.scale; q2_7 = t.w * p.scale; }
+  }
+  if (RR > 3u) {
+    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    row.w = i;
+    st.w = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q3_0 = t.x * p.scale; q3_1 = t.y * p.scale; q3_2 = t.z * p.scale; q3_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q3_4 = t.x * p.scale; q3_5 = t.y * p.scale; q3_6 = t.z * p.scale; q3_7 = t.w * p.scale; }
+  }
+  if (RR > 4u) {
+    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q4_0 = t.x * p.scale; q4_1 = t.y * p.scale; q4_2 = t.z * p.scale; q4_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4_4 = t.x * p.scale; q4_5 = t.y * p.scale; q4_6 = t.z * p.scale; q4_7 = t.w * p.scale; }
+  }
+  if (RR > 5u) {
+    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q5_0 = t.x * p.scale; q5_1 = t.y * p.scale; q5_2 = t.z * p.scale; q5_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q5_4 = t.x * p.scale; q5_5 = t.y * p.scale; q5_6 = t.z * p.scale; q5_7 = t.w * p.scale; }
+  }
+  if (RR > 6u) {
+    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q6_0 = t.x * p.scale; q6_1 = t.y * p.scale; q6_2 = t.z * p.scale; q6_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q6_4 = t.x * p.scale; q6_5 = t.y * p.scale; q6_6 = t.z * p.scale; q6_7 = t.w * p.scale; }
+  }
+  if (RR > 7u) {
+    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q7_0 = t.x * p.scale; q7_1 = t.y * p.scale; q7_2 = t.z * p.scale; q7_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
+  }
+  let jLo = in_start[q0];
+  let jHi = min(q0 + WG * RR, T); // one past the last key any row sees
+  for (var j = jLo; j < jHi; j += 4u) {
+    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(T - 1u));
+    let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
+    let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
+    let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
+    var s0 = vec4<f32>(); var p0 = vec4<f32>(); var a0 = 1.0; var s1 = vec4<f32>(); var p1 = vec4<f32>(); var a1 = 1.0; var s2 = vec4<f32>(); var p2 = vec4<f32>(); var a2 = 1.0; var s3 = vec4<f32>(); var p3 = vec4<f32>(); var a3 = 1.0; var s4 = vec4<f32>(); var p4 = vec4<f32>(); var a4 = 1.0; var s5 = vec4<f32>(); var p5 = vec4<f32>(); var a5 = 1.0; var s6 = vec4<f32>(); var p6 = vec4<f32>(); var a6 = 1.0; var s7 = vec4<f32>(); var p7 = vec4<f32>(); var a7 = 1.0;
+    { let k0 = win_k[ko.x / 4u + 0u]; let k1 = win_k[ko.y / 4u + 0u]; let k2 = win_k[ko.z / 4u + 0u]; let k3 = win_k[ko.w / 4u + 0u]; { let kx = vec4<f32>(k0.x, k1.x, k2.x, k3.x); s0 += q0_0 * kx; if (RR > 1u) { s1 += q1_0 * kx; } if (RR > 2u) { s2 += q2_0 * kx; } if (RR > 3u) { s3 += q3_0 * kx; } if (RR > 4u) { s4 += q4_0 * kx; } if (RR > 5u) { s5 += q5_0 * kx; } if (RR > 6u) { s6 += q6_0 * kx; } if (RR > 7u) { s7 += q7_0 * kx; } } { let kx = vec4<f32>(k0.y, k1.y, k2.y, k3.y); s0 += q0_1 * kx; if (RR > 1u) { s1 += q1_1 * kx; } if (RR > 2u) { s2 += q2_1 * kx; } if (RR > 3u) { s3 += q3_1 * kx; } if (RR > 4u) { s4 += q4_1 * kx; } if (RR > 5u) { s5 += q5_1 * kx; } if (RR > 6u) { s6 += q6_1 * kx; } if (RR > 7u) { s7 += q7_1 * kx; } } { let kx = vec4<f32>(k0.z, k1.z, k2.z, k3.z); s0 += q0_2 * kx; if (RR > 1u) { s1 += q1_2 * kx; } if (RR > 2u) { s2 += q2_2 * kx; } if (RR > 3u) { s3 += q3_2 * kx; } if (RR > 4u) { s4 += q4_2 * kx; } if (RR > 5u) { s5 += q5_2 * kx; } if (RR > 6u) { s6 += q6_2 * kx; } if (RR > 7u) { s7 += q7_2 * kx; } } { let kx = vec4<f32>(k0.w, k1.w, k2.w, k3.w); s0 += q0_3 * kx; if (RR > 1u) { s1 += q1_3 * kx; } if (RR > 2u) { s2 += q2_3 * kx; } if (RR > 3u) { s3 += q3_3 * kx; } if (RR > 4u) { s4 += q4_3 * kx; } if (RR > 5u) { s5 += q5_3 * kx; } if (RR > 6u) { s6 += q6_3 * kx; } if (RR > 7u) { s7 += q7_3 * kx; } } }
+    if (HD > 4u) { let k0 = win_k[ko.x / 4u + 1u]; let k1 = win_k[ko.y / 4u + 1u]; let k2 = win_k[ko.z / 4u + 1u]; let k3 = win_k[ko.w / 4u + 1u]; { let kx = vec4<f32>(k0.x, k1.x, k2.x, k3.x); s0 += q0_4 * kx; if (RR > 1u) { s1 += q1_4 * kx; } if (RR > 2u) { s2 += q2_4 * kx; } if (RR > 3u) { s3 += q3_4 * kx; } if (RR > 4u) { s4 += q4_4 * kx; } if (RR > 5u) { s5 += q5_4 * kx; } if (RR > 6u) { s6 += q6_4 * kx; } if (RR > 7u) { s7 += q7_4 * kx; } } { let kx = vec4<f32>(k0.y, k1.y, k2.y, k3.y); s0 += q0_5 * kx; if (RR > 1u) { s1 += q1_5 * kx; } if (RR > 2u) { s2 += q2_5 * kx; } if (RR > 3u) { s3 += q3_5 * kx; } if (RR > 4u) { s4 += q4_5 * kx; } if (RR > 5u) { s5 += q5_5 * kx; } if (RR > 6u) { s6 += q6_5 * kx; } if (RR > 7u) { s7 += q7_5 * kx; } } { let kx = vec4<f32>(k0.z, k1.z, k2.z, k3.z); s0 += q0_6 * kx; if (RR > 1u) { s1 += q1_6 * kx; } if (RR > 2u) { s2 += q2_6 * kx; } if (RR > 3u) { s3 += q3_6 * kx; } if (RR > 4u) { s4 += q4_6 * kx; } if (RR > 5u) { s5 += q5_6 * kx; } if (RR > 6u) { s6 += q6_6 * kx; } if (RR > 7u) { s7 += q7_6 * kx; } } { let kx = vec4<f32>(k0.w, k1.w, k2.w, k3.w); s0 += q0_7 * kx; if (RR > 1u) { s1 += q1_7 * kx; } if (RR > 2u) { s2 += q2_7 * kx; } if (RR > 3u) { s3 += q3_7 * kx; } if (RR > 4u) { s4 += q4_7 * kx; } if (RR > 5u) { s5 += q5_7 * kx; } if (RR > 6u) { s6 += q6_7 * kx; } if (RR > 7u) { s7 += q7_7 * kx; } } }
+    {
+      let ok = jv >= vec4<u32>(st.x) & jv <= vec4<u32>(row.x);
+      let s = select(vec4<f32>(MASKED), s0, ok);
+      let mNew = max(m.x, max(max(s.x, s.y), max(s.z, s.w)));
+      a0 = exp(m.x - mNew);
+      p0 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l.x = l.x * a0 + (p0.x + p0.y) + (p0.z + p0.w);
+      m.x = mNew;
+    }
+    if (RR > 1u) {
+      let ok = jv >= vec4<u32>(st.y) & jv <= vec4<u32>(row.y);
+      let s = select(vec4<f32>(MASKED), s1, ok);
+      let mNew = max(m.y, max(max(s.x, s.y), max(s.z, s.w)));
+      a1 = exp(m.y - mNew);
+      p1 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l.y = l.y * a1 + (p1.x + p1.y) + (p1.z + p1.w);
+      m.y = mNew;
+    }
+    if (RR > 2u) {
+      let ok = jv >= vec4<u32>(st.z) & jv <= vec4<u32>(row.z);
+      let s = select(vec4<f32>(MASKED), s2, ok);
+      let mNew = max(m.z, max(max(s.x, s.y), max(s.z, s.w)));
+      a2 = exp(m.z - mNew);
+      p2 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l.z = l.z * a2 + (p2.x + p2.y) + (p2.z + p2.w);
+      m.z = mNew;
+    }
+    if (RR > 3u) {
+      let ok = jv >= vec4<u32>(st.w) & jv <= vec4<u32>(row.w);
+      let s = select(vec4<f32>(MASKED), s3, ok);
+      let mNew = max(m.w, max(max(s.x, s.y), max(s.z, s.w)));
+      a3 = exp(m.w - mNew);
+      p3 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l.w = l.w * a3 + (p3.x + p3.y) + (p3.z + p3.w);
+      m.w = mNew;
+    }
+    if (RR > 4u) {
+      let ok = jv >= vec4<u32>(st2.x) & jv <= vec4<u32>(row2.x);
+      let s = select(vec4<f32>(MASKED), s4, ok);
+      let mNew = max(m2.x, max(max(s.x, s.y), max(s.z, s.w)));
+      a4 = exp(m2.x - mNew);
+      p4 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l2.x = l2.x * a4 + (p4.x + p4.y) + (p4.z + p4.w);
+      m2.x = mNew;
+    }
+    if (RR > 5u) {
+      let ok = jv >= vec4<u32>(st2.y) & jv <= vec4<u32>(row2.y);
+      let s = select(vec4<f32>(MASKED), s5, ok);
+      let mNew = max(m2.y, max(max(s.x, s.y), max(s.z, s.w)));
+      a5 = exp(m2.y - mNew);
+      p5 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l2.y = l2.y * a5 + (p5.x + p5.y) + (p5.z + p5.w);
+      m2.y = mNew;
+    }
+    if (RR > 6u) {
+      let ok = jv >= vec4<u32>(st2.z) & jv <= vec4<u32>(row2.z);
+      let s = select(vec4<f32>(MASKED), s6, ok);
+      let mNew = max(m2.z, max(max(s.x, s.y), max(s.z, s.w)));
+      a6 = exp(m2.z - mNew);
+      p6 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l2.z = l2.z * a6 + (p6.x + p6.y) + (p6.z + p6.w);
+      m2.z = mNew;
+    }
+    if (RR > 7u) {
+      let ok = jv >= vec4<u32>(st2.w) & jv <= vec4<u32>(row2.w);
+      let s = select(vec4<f32>(MASKED), s7, ok);
+      let mNew = max(m2.w, max(max(s.x, s.y), max(s.z, s.w)));
+      a7 = exp(m2.w - mNew);
+      p7 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
+      l2.w = l2.w * a7 + (p7.x + p7.y) + (p7.z + p7.w);
+      m2.w = mNew;
+    }
+    { let v0 = win_v[vo.x / 4u + 0u]; let v1 = win_v[vo.y / 4u + 0u]; let v2 = win_v[vo.z / 4u + 0u]; let v3 = win_v[vo.w / 4u + 0u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_0 = o0_0 * a0 + dot(p0, vx); if (RR > 1u) { o1_0 = o1_0 * a1 + dot(p1, vx); } if (RR > 2u) { o2_0 = o2_0 * a2 + dot(p2, vx); } if (RR > 3u) { o3_0 = o3_0 * a3 + dot(p3, vx); } if (RR > 4u) { o4_0 = o4_0 * a4 + dot(p4, vx); } if (RR > 5u) { o5_0 = o5_0 * a5 + dot(p5, vx); } if (RR > 6u) { o6_0 = o6_0 * a6 + dot(p6, vx); } if (RR > 7u) { o7_0 = o7_0 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_1 = o0_1 * a0 + dot(p0, vx); if (RR > 1u) { o1_1 = o1_1 * a1 + dot(p1, vx); } if (RR > 2u) { o2_1 = o2_1 * a2 + dot(p2, vx); } if (RR > 3u) { o3_1 = o3_1 * a3 + dot(p3, vx); } if (RR > 4u) { o4_1 = o4_1 * a4 + dot(p4, vx); } if (RR > 5u) { o5_1 = o5_1 * a5 + dot(p5, vx); } if (RR > 6u) { o6_1 = o6_1 * a6 + dot(p6, vx); } if (RR > 7u) { o7_1 = o7_1 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_2 = o0_2 * a0 + dot(p0, vx); if (RR > 1u) { o1_2 = o1_2 * a1 + dot(p1, vx); } if (RR > 2u) { o2_2 = o2_2 * a2 + dot(p2, vx); } if (RR > 3u) { o3_2 = o3_2 * a3 + dot(p3, vx); } if (RR > 4u) { o4_2 = o4_2 * a4 + dot(p4, vx); } if (RR > 5u) { o5_2 = o5_2 * a5 + dot(p5, vx); } if (RR > 6u) { o6_2 = o6_2 * a6 + dot(p6, vx); } if (RR > 7u) { o7_2 = o7_2 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_3 = o0_3 * a0 + dot(p0, vx); if (RR > 1u) { o1_3 = o1_3 * a1 + dot(p1, vx); } if (RR > 2u) { o2_3 = o2_3 * a2 + dot(p2, vx); } if (RR > 3u) { o3_3 = o3_3 * a3 + dot(p3, vx); } if (RR > 4u) { o4_3 = o4_3 * a4 + dot(p4, vx); } if (RR > 5u) { o5_3 = o5_3 * a5 + dot(p5, vx); } if (RR > 6u) { o6_3 = o6_3 * a6 + dot(p6, vx); } if (RR > 7u) { o7_3 = o7_3 * a7 + dot(p7, vx); } } }
+    if (HD > 4u) { let v0 = win_v[vo.x / 4u + 1u]; let v1 = win_v[vo.y / 4u + 1u]; let v2 = win_v[vo.z / 4u + 1u]; let v3 = win_v[vo.w / 4u + 1u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_4 = o0_4 * a0 + dot(p0, vx); if (RR > 1u) { o1_4 = o1_4 * a1 + dot(p1, vx); } if (RR > 2u) { o2_4 = o2_4 * a2 + dot(p2, vx); } if (RR > 3u) { o3_4 = o3_4 * a3 + dot(p3, vx); } if (RR > 4u) { o4_4 = o4_4 * a4 + dot(p4, vx); } if (RR > 5u) { o5_4 = o5_4 * a5 + dot(p5, vx); } if (RR > 6u) { o6_4 = o6_4 * a6 + dot(p6, vx); } if (RR > 7u) { o7_4 = o7_4 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_5 = o0_5 * a0 + dot(p0, vx); if (RR > 1u) { o1_5 = o1_5 * a1 + dot(p1, vx); } if (RR > 2u) { o2_5 = o2_5 * a2 + dot(p2, vx); } if (RR > 3u) { o3_5 = o3_5 * a3 + dot(p3, vx); } if (RR > 4u) { o4_5 = o4_5 * a4 + dot(p4, vx); } if (RR > 5u) { o5_5 = o5_5 * a5 + dot(p5, vx); } if (RR > 6u) { o6_5 = o6_5 * a6 + dot(p6, vx); } if (RR > 7u) { o7_5 = o7_5 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_6 = o0_6 * a0 + dot(p0, vx); if (RR > 1u) { o1_6 = o1_6 * a1 + dot(p1, vx); } if (RR > 2u) { o2_6 = o2_6 * a2 + dot(p2, vx); } if (RR > 3u) { o3_6 = o3_6 * a3 + dot(p3, vx); } if (RR > 4u) { o4_6 = o4_6 * a4 + dot(p4, vx); } if (RR > 5u) { o5_6 = o5_6 * a5 + dot(p5, vx); } if (RR > 6u) { o6_6 = o6_6 * a6 + dot(p6, vx); } if (RR > 7u) { o7_6 = o7_6 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_7 = o0_7 * a0 + dot(p0, vx); if (RR > 1u) { o1_7 = o1_7 * a1 + dot(p1, vx); } if (RR > 2u) { o2_7 = o2_7 * a2 + dot(p2, vx); } if (RR > 3u) { o3_7 = o3_7 * a3 + dot(p3, vx); } if (RR > 4u) { o4_7 = o4_7 * a4 + dot(p4, vx); } if (RR > 5u) { o5_7 = o5_7 * a5 + dot(p5, vx); } if (RR > 6u) { o6_7 = o6_7 * a6 + dot(p6, vx); } if (RR > 7u) { o7_7 = o7_7 * a7 + dot(p7, vx); } } }
+  }
+  {
+    if (q0 + 0u * WG + lid.x < T) {
+      let i = row.x;
+      let inv = 1.0 / l.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o0_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o0_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o0_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o0_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o0_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o0_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o0_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o0_7 * inv; }
+      out_lse[h * T + i] = m.x + log(l.x);
+    }
+  }
+  if (RR > 1u) {
+    if (q0 + 1u * WG + lid.x < T) {
+      let i = row.y;
+      let inv = 1.0 / l.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o1_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o1_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o1_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o1_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o1_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o1_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o1_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o1_7 * inv; }
+      out_lse[h * T + i] = m.y + log(l.y);
+    }
+  }
+  if (RR > 2u) {
+    if (q0 + 2u * WG + lid.x < T) {
+      let i = row.z;
+      let inv = 1.0 / l.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o2_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o2_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o2_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o2_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o2_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o2_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o2_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o2_7 * inv; }
+      out_lse[h * T + i] = m.z + log(l.z);
+    }
+  }
+  if (RR > 3u) {
+    if (q0 + 3u * WG + lid.x < T) {
+      let i = row.w;
+      let inv = 1.0 / l.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o3_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o3_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o3_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o3_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o3_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o3_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o3_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o3_7 * inv; }
+      out_lse[h * T + i] = m.w + log(l.w);
+    }
+  }
+  if (RR > 4u) {
+    if (q0 + 4u * WG + lid.x < T) {
+      let i = row2.x;
+      let inv = 1.0 / l2.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o4_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o4_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o4_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o4_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o4_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o4_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o4_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o4_7 * inv; }
+      out_lse[h * T + i] = m2.x + log(l2.x);
+    }
+  }
+  if (RR > 5u) {
+    if (q0 + 5u * WG + lid.x < T) {
+      let i = row2.y;
+      let inv = 1.0 / l2.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o5_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o5_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o5_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o5_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o5_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o5_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o5_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o5_7 * inv; }
+      out_lse[h * T + i] = m2.y + log(l2.y);
+    }
+  }
+  if (RR > 6u) {
+    if (q0 + 6u * WG + lid.x < T) {
+      let i = row2.z;
+      let inv = 1.0 / l2.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o6_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o6_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o6_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o6_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o6_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o6_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o6_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o6_7 * inv; }
+      out_lse[h * T + i] = m2.z + log(l2.z);
+    }
+  }
+  if (RR > 7u) {
+    if (q0 + 7u * WG + lid.x < T) {
+      let i = row2.w;
+      let inv = 1.0 / l2.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o7_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o7_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o7_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o7_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o7_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o7_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o7_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o7_7 * inv; }
+      out_lse[h * T + i] = m2.w + log(l2.w);
+    }
+  }
+}
+
+// dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j with P_ij = exp(scale · q_i·k_j − lse_i),
+// dP_ij = dO_i · V_j; rows are queries of q head h.
+// _u: as _v4, with K and V read from uniform windows (win_k, win_v): dense (T, Hkv, D)
+// copies of at most 64 KiB each, p.ld_kv = Hkv·D and p.k_off = p.v_off = 0.
+@compute @workgroup_size(WG)
+fn attention_row_backward_dq_u(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let T = p.t;
+  let h = wid.y;
+  let kvh = h / p.group;
+  let q0 = wid.x * WG * RR;
+  var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var g0_0 = 0.0; var g0_1 = 0.0; var g0_2 = 0.0; var g0_3 = 0.0; var g0_4 = 0.0; var g0_5 = 0.0; var g0_6 = 0.0; var g0_7 = 0.0; var a0_0 = 0.0; var a0_1 = 0.0; var a0_2 = 0.0; var a0_3 = 0.0; var a0_4 = 0.0; var a0_5 = 0.0; var a0_6 = 0.0; var a0_7 = 0.0;
+  var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var g1_0 = 0.0; var g1_1 = 0.0; var g1_2 = 0.0; var g1_3 = 0.0; var g1_4 = 0.0; var g1_5 = 0.0; var g1_6 = 0.0; var g1_7 = 0.0; var a1_0 = 0.0; var a1_1 = 0.0; var a1_2 = 0.0; var a1_3 = 0.0; var a1_4 = 0.0; var a1_5 = 0.0; var a1_6 = 0.0; var a1_7 = 0.0;
+  var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var g2_0 = 0.0; var g2_1 = 0.0; var g2_2 = 0.0; var g2_3 = 0.0; var g2_4 = 0.0; var g2_5 = 0.0; var g2_6 = 0.0; var g2_7 = 0.0; var a2_0 = 0.0; var a2_1 = 0.0; var a2_2 = 0.0; var a2_3 = 0.0; var a2_4 = 0.0; var a2_5 = 0.0; var a2_6 = 0.0; var a2_7 = 0.0;
+  var q3_0 = 0.0; var q3_1 = 0.0; var q3_2 = 0.0; var q3_3 = 0.0; var q3_4 = 0.0; var q3_5 = 0.0; var q3_6 = 0.0; var q3_7 = 0.0; var g3_0 = 0.0; var g3_1 = 0.0; var g3_2 = 0.0; var g3_3 = 0.0; var g3_4 = 0.0; var g3_5 = 0.0; var g3_6 = 0.0; var g3_7 = 0.0; var a3_0 = 0.0; var a3_1 = 0.0; var a3_2 = 0.0; var a3_3 = 0.0; var a3_4 = 0.0; var a3_5 = 0.0; var a3_6 = 0.0; var a3_7 = 0.0;
+  var q4_0 = 0.0; var q4_1 = 0.0; var q4_2 = 0.0; var q4_3 = 0.0; var q4_4 = 0.0; var q4_5 = 0.0; var q4_6 = 0.0; var q4_7 = 0.0; var g4_0 = 0.0; var g4_1 = 0.0; var g4_2 = 0.0; var g4_3 = 0.0; var g4_4 = 0.0; var g4_5 = 0.0; var g4_6 = 0.0; var g4_7 = 0.0; var a4_0 = 0.0; var a4_1 = 0.0; var a4_2 = 0.0; var a4_3 = 0.0; var a4_4 = 0.0; var a4_5 = 0.0; var a4_6 = 0.0; var a4_7 = 0.0;
+  var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var g5_0 = 0.0; var g5_1 = 0.0; var g5_2 = 0.0; var g5_3 = 0.0; var g5_4 = 0.0; var g5_5 = 0.0; var g5_6 = 0.0; var g5_7 = 0.0; var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0; var a5_4 = 0.0; var a5_5 = 0.0; var a5_6 = 0.0; var a5_7 = 0.0;
+  var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var g6_0 = 0.0; var g6_1 = 0.0; var g6_2 = 0.0; var g6_3 = 0.0; var g6_4 = 0.0; var g6_5 = 0.0; var g6_6 = 0.0; var g6_7 = 0.0; var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0; var a6_4 = 0.0; var a6_5 = 0.0; var a6_6 = 0.0; var a6_7 = 0.0;
+  var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var g7_0 = 0.0; var g7_1 = 0.0; var g7_2 = 0.0; var g7_3 = 0.0; var g7_4 = 0.0; var g7_5 = 0.0; var g7_6 = 0.0; var g7_7 = 0.0; var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0; var a7_4 = 0.0; var a7_5 = 0.0; var a7_6 = 0.0; var a7_7 = 0.0;
+  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
+  var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();
+  {
+    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    row.x = i;
+    st.x = in_start[i];
+    lse.x = in_lse[h * T + i];
+    dl.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q0_0 = t.x * p.scale; q0_1 = t.y * p.scale; q0_2 = t.z * p.scale; q0_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q0_4 = t.x * p.scale; q0_5 = t.y * p.scale; q0_6 = t.z * p.scale; q0_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g0_0 = t.x; g0_1 = t.y; g0_2 = t.z; g0_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g0_4 = t.x; g0_5 = t.y; g0_6 = t.z; g0_7 = t.w; }
+  }
+  if (RR > 1u) {
+    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    row.y = i;
+    st.y = in_start[i];
+    lse.y = in_lse[h * T + i];
+    dl.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q1_0 = t.x * p.scale; q1_1 = t.y * p.scale; q1_2 = t.z * p.scale; q1_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q1_4 = t.x * p.scale; q1_5 = t.y * p.scale; q1_6 = t.z * p.scale; q1_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g1_0 = t.x; g1_1 = t.y; g1_2 = t.z; g1_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g1_4 = t.x; g1_5 = t.y; g1_6 = t.z; g1_7 = t.w; }
+  }
+  if (RR > 2u) {
+    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    row.z = i;
+    st.z = in_start[i];
+    lse.z = in_lse[h * T + i];
+    dl.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q2_0 = t.x * p.scale; q2_1 = t.y * p.scale; q2_2 = t.z * p.scale; q2_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q2_4 = t.x * p.scale; q2_5 = t.y * p.scale; q2_6 = t.z * p.scale; q2_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g2_0 = t.x; g2_1 = t.y; g2_2 = t.z; g2_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g2_4 = t.x; g2_5 = t.y; g2_6 = t.z; g2_7 = t.w; }
+  }
+  if (RR > 3u) {
+    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    row.w = i;
+    st.w = in_start[i];
+    lse.w = in_lse[h * T + i];
+    dl.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q3_0 = t.x * p.scale; q3_1 = t.y * p.scale; q3_2 = t.z * p.scale; q3_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q3_4 = t.x * p.scale; q3_5 = t.y * p.scale; q3_6 = t.z * p.scale; q3_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g3_0 = t.x; g3_1 = t.y; g3_2 = t.z; g3_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g3_4 = t.x; g3_5 = t.y; g3_6 = t.z; g3_7 = t.w; }
+  }
+  if (RR > 4u) {
+    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    lse2.x = in_lse[h * T + i];
+    dl2.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q4_0 = t.x * p.scale; q4_1 = t.y * p.scale; q4_2 = t.z * p.scale; q4_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4_4 = t.x * p.scale; q4_5 = t.y * p.scale; q4_6 = t.z * p.scale; q4_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g4_0 = t.x; g4_1 = t.y; g4_2 = t.z; g4_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g4_4 = t.x; g4_5 = t.y; g4_6 = t.z; g4_7 = t.w; }
+  }
+  if (RR > 5u) {
+    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    lse2.y = in_lse[h * T + i];
+    dl2.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q5_0 = t.x * p.scale; q5_1 = t.y * p.scale; q5_2 = t.z * p.scale; q5_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q5_4 = t.x * p.scale; q5_5 = t.y * p.scale; q5_6 = t.z * p.scale; q5_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g5_0 = t.x; g5_1 = t.y; g5_2 = t.z; g5_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g5_4 = t.x; g5_5 = t.y; g5_6 = t.z; g5_7 = t.w; }
+  }
+  if (RR > 6u) {
+    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    lse2.z = in_lse[h * T + i];
+    dl2.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q6_0 = t.x * p.scale; q6_1 = t.y * p.scale; q6_2 = t.z * p.scale; q6_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q6_4 = t.x * p.scale; q6_5 = t.y * p.scale; q6_6 = t.z * p.scale; q6_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g6_0 = t.x; g6_1 = t.y; g6_2 = t.z; g6_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g6_4 = t.x; g6_5 = t.y; g6_6 = t.z; g6_7 = t.w; }
+  }
+  if (RR > 7u) {
+    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    lse2.w = in_lse[h * T + i];
+    dl2.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q7_0 = t.x * p.scale; q7_1 = t.y * p.scale; q7_2 = t.z * p.scale; q7_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g7_0 = t.x; g7_1 = t.y; g7_2 = t.z; g7_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g7_4 = t.x; g7_5 = t.y; g7_6 = t.z; g7_7 = t.w; }
+  }
+  let jLo = in_start[q0];
+  let jHi = min(q0 + WG * RR, T);
+  for (var j = jLo; j < jHi; j++) {
+    let ko = j * p.ld_kv + p.k_off + kvh * HD;
+    let vo = j * p.ld_kv + p.v_off + kvh * HD;
+    var k0 = 0.0; var v0 = 0.0; var k1 = 0.0; var v1 = 0.0; var k2 = 0.0; var v2 = 0.0; var k3 = 0.0; var v3 = 0.0; var k4 = 0.0; var v4 = 0.0; var k5 = 0.0; var v5 = 0.0; var k6 = 0.0; var v6 = 0.0; var k7 = 0.0; var v7 = 0.0;
+    { let t = win_k[(ko) / 4u + 0u]; k0 = t.x; k1 = t.y; k2 = t.z; k3 = t.w; }
+    if (HD > 4u) { let t = win_k[(ko) / 4u + 1u]; k4 = t.x; k5 = t.y; k6 = t.z; k7 = t.w; }
+    { let t = win_v[(vo) / 4u + 0u]; v0 = t.x; v1 = t.y; v2 = t.z; v3 = t.w; }
+    if (HD > 4u) { let t = win_v[(vo) / 4u + 1u]; v4 = t.x; v5 = t.y; v6 = t.z; v7 = t.w; }
+    {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q0_0 * k0; dp += g0_0 * v0; }
+      if (HD > 1u) { s += q0_1 * k1; dp += g0_1 * v1; }
+      if (HD > 2u) { s += q0_2 * k2; dp += g0_2 * v2; }
+      if (HD > 3u) { s += q0_3 * k3; dp += g0_3 * v3; }
+      if (HD > 4u) { s += q0_4 * k4; dp += g0_4 * v4; }
+      if (HD > 5u) { s += q0_5 * k5; dp += g0_5 * v5; }
+      if (HD > 6u) { s += q0_6 * k6; dp += g0_6 * v6; }
+      if (HD > 7u) { s += q0_7 * k7; dp += g0_7 * v7; }
+      let pr = select(0.0, exp(s - lse.x), j >= st.x && j <= row.x);
+      let ds = pr * (dp - dl.x);
+      { a0_0 += ds * k0; }
+      if (HD > 1u) { a0_1 += ds * k1; }
+      if (HD > 2u) { a0_2 += ds * k2; }
+      if (HD > 3u) { a0_3 += ds * k3; }
+      if (HD > 4u) { a0_4 += ds * k4; }
+      if (HD > 5u) { a0_5 += ds * k5; }
+      if (HD > 6u) { a0_6 += ds * k6; }
+      if (HD > 7u) { a0_7 += ds * k7; }
+    }
+    if (RR > 1u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q1_0 * k0; dp += g1_0 * v0; }
+      if (HD > 1u) { s += q1_1 * k1; dp += g1_1 * v1; }
+      if (HD > 2u) { s += q1_2 * k2; dp += g1_2 * v2; }
+      if (HD > 3u) { s += q1_3 * k3; dp += g1_3 * v3; }
+      if (HD > 4u) { s += q1_4 * k4; dp += g1_4 * v4; }
+      if (HD > 5u) { s += q1_5 * k5; dp += g1_5 * v5; }
+      if (HD > 6u) { s += q1_6 * k6; dp += g1_6 * v6; }
+      if (HD > 7u) { s += q1_7 * k7; dp += g1_7 * v7; }
+      let pr = select(0.0, exp(s - lse.y), j >= st.y && j <= row.y);
+      let ds = pr * (dp - dl.y);
+      { a1_0 += ds * k0; }
+      if (HD > 1u) { a1_1 += ds * k1; }
+      if (HD > 2u) { a1_2 += ds * k2; }
+      if (HD > 3u) { a1_3 += ds * k3; }
+      if (HD > 4u) { a1_4 += ds * k4; }
+      if (HD > 5u) { a1_5 += ds * k5; }
+      if (HD > 6u) { a1_6 += ds * k6; }
+      if (HD > 7u) { a1_7 += ds * k7; }
+    }
+    if (RR > 2u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q2_0 * k0; dp += g2_0 * v0; }
+      if (HD > 1u) { s += q2_1 * k1; dp += g2_1 * v1; }
+      if (HD > 2u) { s += q2_2 * k2; dp += g2_2 * v2; }
+      if (HD > 3u) { s += q2_3 * k3; dp += g2_3 * v3; }
+      if (HD > 4u) { s += q2_4 * k4; dp += g2_4 * v4; }
+      if (HD > 5u) { s += q2_5 * k5; dp += g2_5 * v5; }
+      if (HD > 6u) { s += q2_6 * k6; dp += g2_6 * v6; }
+      if (HD > 7u) { s += q2_7 * k7; dp += g2_7 * v7; }
+      let pr = select(0.0, exp(s - lse.z), j >= st.z && j <= row.z);
+      let ds = pr * (dp - dl.z);
+      { a2_0 += ds * k0; }
+      if (HD > 1u) { a2_1 += ds * k1; }
+      if (HD > 2u) { a2_2 += ds * k2; }
+      if (HD > 3u) { a2_3 += ds * k3; }
+      if (HD > 4u) { a2_4 += ds * k4; }
+      if (HD > 5u) { a2_5 += ds * k5; }
+      if (HD > 6u) { a2_6 += ds * k6; }
+      if (HD > 7u) { a2_7 += ds * k7; }
+    }
+    if (RR > 3u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q3_0 * k0; dp += g3_0 * v0; }
+      if (HD > 1u) { s += q3_1 * k1; dp += g3_1 * v1; }
+      if (HD > 2u) { s += q3_2 * k2; dp += g3_2 * v2; }
+      if (HD > 3u) { s += q3_3 * k3; dp += g3_3 * v3; }
+      if (HD > 4u) { s += q3_4 * k4; dp += g3_4 * v4; }
+      if (HD > 5u) { s += q3_5 * k5; dp += g3_5 * v5; }
+      if (HD > 6u) { s += q3_6 * k6; dp += g3_6 * v6; }
+      if (HD > 7u) { s += q3_7 * k7; dp += g3_7 * v7; }
+      let pr = select(0.0, exp(s - lse.w), j >= st.w && j <= row.w);
+      let ds = pr * (dp - dl.w);
+      { a3_0 += ds * k0; }
+      if (HD > 1u) { a3_1 += ds * k1; }
+      if (HD > 2u) { a3_2 += ds * k2; }
+      if (HD > 3u) { a3_3 += ds * k3; }
+      if (HD > 4u) { a3_4 += ds * k4; }
+      if (HD > 5u) { a3_5 += ds * k5; }
+      if (HD > 6u) { a3_6 += ds * k6; }
+      if (HD > 7u) { a3_7 += ds * k7; }
+    }
+    if (RR > 4u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q4_0 * k0; dp += g4_0 * v0; }
+      if (HD > 1u) { s += q4_1 * k1; dp += g4_1 * v1; }
+      if (HD > 2u) { s += q4_2 * k2; dp += g4_2 * v2; }
+      if (HD > 3u) { s += q4_3 * k3; dp += g4_3 * v3; }
+      if (HD > 4u) { s += q4_4 * k4; dp += g4_4 * v4; }
+      if (HD > 5u) { s += q4_5 * k5; dp += g4_5 * v5; }
+      if (HD > 6u) { s += q4_6 * k6; dp += g4_6 * v6; }
+      if (HD > 7u) { s += q4_7 * k7; dp += g4_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.x), j >= st2.x && j <= row2.x);
+      let ds = pr * (dp - dl2.x);
+      { a4_0 += ds * k0; }
+      if (HD > 1u) { a4_1 += ds * k1; }
+      if (HD > 2u) { a4_2 += ds * k2; }
+      if (HD > 3u) { a4_3 += ds * k3; }
+      if (HD > 4u) { a4_4 += ds * k4; }
+      if (HD > 5u) { a4_5 += ds * k5; }
+      if (HD > 6u) { a4_6 += ds * k6; }
+      if (HD > 7u) { a4_7 += ds * k7; }
+    }
+    if (RR > 5u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q5_0 * k0; dp += g5_0 * v0; }
+      if (HD > 1u) { s += q5_1 * k1; dp += g5_1 * v1; }
+      if (HD > 2u) { s += q5_2 * k2; dp += g5_2 * v2; }
+      if (HD > 3u) { s += q5_3 * k3; dp += g5_3 * v3; }
+      if (HD > 4u) { s += q5_4 * k4; dp += g5_4 * v4; }
+      if (HD > 5u) { s += q5_5 * k5; dp += g5_5 * v5; }
+      if (HD > 6u) { s += q5_6 * k6; dp += g5_6 * v6; }
+      if (HD > 7u) { s += q5_7 * k7; dp += g5_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.y), j >= st2.y && j <= row2.y);
+      let ds = pr * (dp - dl2.y);
+      { a5_0 += ds * k0; }
+      if (HD > 1u) { a5_1 += ds * k1; }
+      if (HD > 2u) { a5_2 += ds * k2; }
+      if (HD > 3u) { a5_3 += ds * k3; }
+      if (HD > 4u) { a5_4 += ds * k4; }
+      if (HD > 5u) { a5_5 += ds * k5; }
+      if (HD > 6u) { a5_6 += ds * k6; }
+      if (HD > 7u) { a5_7 += ds * k7; }
+    }
+    if (RR > 6u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q6_0 * k0; dp += g6_0 * v0; }
+      if (HD > 1u) { s += q6_1 * k1; dp += g6_1 * v1; }
+      if (HD > 2u) { s += q6_2 * k2; dp += g6_2 * v2; }
+      if (HD > 3u) { s += q6_3 * k3; dp += g6_3 * v3; }
+      if (HD > 4u) { s += q6_4 * k4; dp += g6_4 * v4; }
+      if (HD > 5u) { s += q6_5 * k5; dp += g6_5 * v5; }
+      if (HD > 6u) { s += q6_6 * k6; dp += g6_6 * v6; }
+      if (HD > 7u) { s += q6_7 * k7; dp += g6_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.z), j >= st2.z && j <= row2.z);
+      let ds = pr * (dp - dl2.z);
+      { a6_0 += ds * k0; }
+      if (HD > 1u) { a6_1 += ds * k1; }
+      if (HD > 2u) { a6_2 += ds * k2; }
+      if (HD > 3u) { a6_3 += ds * k3; }
+      if (HD > 4u) { a6_4 += ds * k4; }
+      if (HD > 5u) { a6_5 += ds * k5; }
+      if (HD > 6u) { a6_6 += ds * k6; }
+      if (HD > 7u) { a6_7 += ds * k7; }
+    }
+    if (RR > 7u) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q7_0 * k0; dp += g7_0 * v0; }
+      if (HD > 1u) { s += q7_1 * k1; dp += g7_1 * v1; }
+      if (HD > 2u) { s += q7_2 * k2; dp += g7_2 * v2; }
+      if (HD > 3u) { s += q7_3 * k3; dp += g7_3 * v3; }
+      if (HD > 4u) { s += q7_4 * k4; dp += g7_4 * v4; }
+      if (HD > 5u) { s += q7_5 * k5; dp += g7_5 * v5; }
+      if (HD > 6u) { s += q7_6 * k6; dp += g7_6 * v6; }
+      if (HD > 7u) { s += q7_7 * k7; dp += g7_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.w), j >= st2.w && j <= row2.w);
+      let ds = pr * (dp - dl2.w);
+      { a7_0 += ds * k0; }
+      if (HD > 1u) { a7_1 += ds * k1; }
+      if (HD > 2u) { a7_2 += ds * k2; }
+      if (HD > 3u) { a7_3 += ds * k3; }
+      if (HD > 4u) { a7_4 += ds * k4; }
+      if (HD > 5u) { a7_5 += ds * k5; }
+      if (HD > 6u) { a7_6 += ds * k6; }
+      if (HD > 7u) { a7_7 += ds * k7; }
+    }
+  }
+  {
+    if (q0 + 0u * WG + lid.x < T) {
+      let qo = row.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a0_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a0_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a0_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a0_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a0_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a0_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a0_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a0_7 * p.scale; }
+    }
+  }
+  if (RR > 1u) {
+    if (q0 + 1u * WG + lid.x < T) {
+      let qo = row.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a1_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a1_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a1_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a1_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a1_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a1_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a1_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a1_7 * p.scale; }
+    }
+  }
+  if (RR > 2u) {
+    if (q0 + 2u * WG + lid.x < T) {
+      let qo = row.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a2_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a2_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a2_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a2_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a2_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a2_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a2_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a2_7 * p.scale; }
+    }
+  }
+  if (RR > 3u) {
+    if (q0 + 3u * WG + lid.x < T) {
+      let qo = row.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a3_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a3_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a3_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a3_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a3_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a3_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a3_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a3_7 * p.scale; }
+    }
+  }
+  if (RR > 4u) {
+    if (q0 + 4u * WG + lid.x < T) {
+      let qo = row2.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a4_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a4_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a4_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a4_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a4_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a4_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a4_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a4_7 * p.scale; }
+    }
+  }
+  if (RR > 5u) {
+    if (q0 + 5u * WG + lid.x < T) {
+      let qo = row2.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a5_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a5_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a5_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a5_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a5_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a5_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a5_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a5_7 * p.scale; }
+    }
+  }
+  if (RR > 6u) {
+    if (q0 + 6u * WG + lid.x < T) {
+      let qo = row2.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a6_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a6_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a6_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a6_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a6_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a6_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a6_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a6_7 * p.scale; }
+    }
+  }
+  if (RR > 7u) {
+    if (q0 + 7u * WG + lid.x < T) {
+      let qo = row2.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a7_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a7_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a7_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a7_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a7_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a7_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a7_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a7_7 * p.scale; }
+    }
+  }
+}

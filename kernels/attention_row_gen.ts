@@ -40,12 +40,19 @@ function dims(f: (d: number) => string): string[] {
 /**
  * Statements that read the D values of one head row at element offset `off` of `buf` into
  * `name(d)` (times `scale`, if given): one scalar load per value, or with `v4` one vec4 load per
- * four values through the buffer's 16-byte view `${buf}4` (HD a multiple of 4, `off` too).
+ * four values through the buffer's 16-byte view `view` (HD a multiple of 4, `off` too).
  */
-function loadRow(buf: string, off: string, name: (d: number) => string, v4: boolean, scale = "") {
+function loadRow(
+  buf: string,
+  off: string,
+  name: (d: number) => string,
+  v4: boolean,
+  scale = "",
+  view = `${buf}4`,
+) {
   if (!v4) return dims((d) => `${name(d)} = ${buf}[${off} + ${d}u]${scale};`);
   return range(D / 4).map((g) => {
-    const body = `let t = ${buf}4[(${off}) / 4u + ${g}u]; ` +
+    const body = `let t = ${view}[(${off}) / 4u + ${g}u]; ` +
       range(4).map((c) => `${name(4 * g + c)} = t.${"xyzw"[c]}${scale};`).join(" ");
     return dGuard(4 * g, body);
   });
@@ -78,8 +85,12 @@ const MASKED: f32 = -1.0e30; // score of a masked pair, and the running max befo
 // #include attention_bindings.wgsl
 `;
 
-/** The doc line of a `_v4` entry point. */
-function V4_DOC(v4: boolean): string {
+/** The doc line of a `_v4` or `_u` entry point. */
+function V4_DOC(v4: boolean, win = false): string {
+  if (win) {
+    return "\n// _u: as _v4, with K and V read from uniform windows (win_k, win_v): dense (T, Hkv, D)\n" +
+      "// copies of at most 64 KiB each, p.ld_kv = Hkv·D and p.k_off = p.v_off = 0.";
+  }
   return v4
     ? "\n// _v4: head rows of Q, K, V and dO read as vec4s (HD, row strides and offsets multiples of 4)."
     : "";
@@ -93,6 +104,15 @@ const V4_BINDINGS = `
 @group(0) @binding(4) var<storage, read> in_k4: array<vec4<f32>>; // (T, Hkv, D)
 @group(0) @binding(5) var<storage, read> in_v4: array<vec4<f32>>; // (T, Hkv, D)
 @group(0) @binding(8) var<storage, read> in_dout4: array<vec4<f32>>; // (T, Hq, D)
+`;
+
+/** The uniform windows of the `_u` entry points. */
+const WIN_BINDINGS = `
+// K and V through uniform bindings, read by the _u entry points (forward, dQ) only: on lavapipe a
+// uniform load is a branch-free gather, a storage load a per-lane loop with bounds checks
+// (kernels/README.md). The launcher binds 64 KiB of dense (T, Hkv, D) copies of K and V here.
+@group(0) @binding(12) var<uniform> win_k: array<vec4<f32>, 4096>; // (T, Hkv, D), dense
+@group(0) @binding(13) var<uniform> win_v: array<vec4<f32>, 4096>; // (T, Hkv, D), dense
 `;
 
 /** Doc lines, signature and first lines of an entry point whose rows are queries of q head h. */
@@ -111,11 +131,12 @@ fn ${name}(
 }
 
 /** Forward: online softmax over keys taken four at a time (one rescale per four keys). */
-function forward(v4: boolean): string {
+function forward(v4: boolean, win = false): string {
   const L: string[] = [];
+  const [kv4, vv4] = win ? ["win_k", "win_v"] : ["in_k4", "in_v4"];
   L.push(queryRowsEntry(
-    "// Forward: rows are queries of q head h; lse = max + log(sum) per query." + V4_DOC(v4),
-    "attention_row_forward" + (v4 ? "_v4" : ""),
+    "// Forward: rows are queries of q head h; lse = max + log(sum) per query." + V4_DOC(v4, win),
+    "attention_row_forward" + (win ? "_u" : v4 ? "_v4" : ""),
   ));
   L.push(...declRows(["q", "o"]).map((l) => "  " + l));
   L.push(
@@ -154,7 +175,7 @@ function forward(v4: boolean): string {
     // four keys' rows as vec4s, d-group by d-group, transposed into one vec4 per d
     L.push(
       ...range(D / 4).map((g) => {
-        const loads = range(4).map((u) => `let k${u} = in_k4[ko.${"xyzw"[u]} / 4u + ${g}u];`).join(
+        const loads = range(4).map((u) => `let k${u} = ${kv4}[ko.${"xyzw"[u]} / 4u + ${g}u];`).join(
           " ",
         );
         const uses = range(4).map((c) =>
@@ -189,7 +210,7 @@ function forward(v4: boolean): string {
   if (v4) {
     L.push(
       ...range(D / 4).map((g) => {
-        const loads = range(4).map((u) => `let v${u} = in_v4[vo.${"xyzw"[u]} / 4u + ${g}u];`).join(
+        const loads = range(4).map((u) => `let v${u} = ${vv4}[vo.${"xyzw"[u]} / 4u + ${g}u];`).join(
           " ",
         );
         const uses = range(4).map((c) => {
@@ -234,12 +255,12 @@ function comp(r: number): string {
 }
 
 /** dQ: rows are queries of q head h; keys one at a time. */
-function backwardDq(v4: boolean): string {
+function backwardDq(v4: boolean, win = false): string {
   const L: string[] = [];
   L.push(queryRowsEntry(
     "// dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j with P_ij = exp(scale · q_i·k_j − lse_i),\n" +
-      "// dP_ij = dO_i · V_j; rows are queries of q head h." + V4_DOC(v4),
-    "attention_row_backward_dq" + (v4 ? "_v4" : ""),
+      "// dP_ij = dO_i · V_j; rows are queries of q head h." + V4_DOC(v4, win),
+    "attention_row_backward_dq" + (win ? "_u" : v4 ? "_v4" : ""),
   ));
   L.push(...declRows(["q", "g", "a"]).map((l) => "  " + l));
   L.push(
@@ -270,8 +291,8 @@ function backwardDq(v4: boolean): string {
   L.push("    " + range(D).map((d) => `var k${d} = 0.0; var v${d} = 0.0;`).join(" "));
   L.push(
     ...[
-      ...loadRow("in_k", "ko", (d) => `k${d}`, v4),
-      ...loadRow("in_v", "vo", (d) => `v${d}`, v4),
+      ...loadRow("in_k", "ko", (d) => `k${d}`, v4, "", win ? "win_k" : "in_k4"),
+      ...loadRow("in_v", "vo", (d) => `v${d}`, v4, "", win ? "win_v" : "in_v4"),
     ].map((x) => "    " + x),
   );
   L.push(...rows("    ", (r) => {
@@ -378,6 +399,9 @@ export function attentionRowSource(): string {
     forward(true),
     backwardDq(true),
     backwardDkv(true),
+    WIN_BINDINGS,
+    forward(true, true),
+    backwardDq(true, true),
   ].join("\n") + "\n";
 }
 

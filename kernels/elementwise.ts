@@ -97,6 +97,33 @@ export function scaleCopy(
   return simple(gpu, arena, "scale_copy", args.y, args.x, args.N, args.alpha);
 }
 
+/**
+ * y (rows, cols) = the columns [offx, offx + cols) of x's rows (ldx apart), dense: cols, ldx and
+ * offx multiples of 4 (vec4 copies).
+ */
+export function copyRows(
+  gpu: Gpu,
+  arena: ParamArena,
+  args: { y: BufferSlice; x: BufferSlice; rows: number; cols: number; ldx: number; offx: number },
+): Dispatch[] {
+  const { rows, cols, ldx, offx } = args;
+  if (![cols, ldx, offx].every((v) => v % 4 === 0)) {
+    throw new GpuError(
+      `cols ${cols}, ldx ${ldx}, offx ${offx} must be multiples of 4`,
+      "copy_rows4",
+    );
+  }
+  const n = rows * (cols / 4);
+  if (n === 0) return [];
+  const kernel = gpu.kernel("elementwise", "copy_rows4");
+  const p = arena.alloc(packParams([rows, cols / 4, ldx / 4, offx / 4]));
+  return [{
+    kernel,
+    bindGroup: gpu.bind(kernel, { 0: p, 1: args.y, 2: args.x }),
+    workgroups: grid2d(gpu, Math.ceil(n / ELEMENTWISE_WG)),
+  }];
+}
+
 /** y (N) = x (N). */
 export function copy(
   gpu: Gpu,

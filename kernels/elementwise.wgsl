@@ -116,6 +116,29 @@ fn copy4(
   y4[i] = x4[i];
 }
 
+// copy_rows4: y (rows, cols4) = the column block [offx4, offx4 + cols4) of x's rows (ldx4 apart),
+// all in vec4 units: a dense copy of K or V out of a fused q/k/v activation.
+struct RowsParams {
+  rows: u32,
+  cols4: u32,
+  ldx4: u32,
+  offx4: u32,
+}
+@group(0) @binding(0) var<uniform> rp: RowsParams;
+
+@compute @workgroup_size(WG)
+fn copy_rows4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let i = flat_index(gid, nwg, WG);
+  if (i >= rp.rows * rp.cols4) {
+    return;
+  }
+  let r = i / rp.cols4;
+  y4[i] = x4[rp.offx4 + r * rp.ldx4 + (i - r * rp.cols4)];
+}
+
 @compute @workgroup_size(WG)
 fn fill(
   @builtin(global_invocation_id) gid: vec3<u32>,

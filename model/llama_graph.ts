@@ -11,7 +11,11 @@ import {
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
+  attentionVariant,
   denseQkvLayout,
+  KV_WINDOW_BYTES,
+  type KvDense,
+  kvWindowsTake,
   type QkvLayout,
 } from "../kernels/attention.ts";
 import {
@@ -20,7 +24,7 @@ import {
   type CrossEntropyWorkspace,
   crossEntropyWorkspace,
 } from "../kernels/cross_entropy.ts";
-import { axpy, copy, fill, scaleCopy } from "../kernels/elementwise.ts";
+import { axpy, copy, copyRows, fill, scaleCopy } from "../kernels/elementwise.ts";
 import {
   buildEmbeddingIndex,
   embeddingBackward,
@@ -143,6 +147,9 @@ interface LayerActs {
   gate: ArenaTensor; // (T, I), or (T, 2I) with up when the projections are fused
   up: ArenaTensor; // (T, I), or the same (T, 2I) tensor as gate
   act: ArenaTensor; // (T, I)
+  // CPU row attention with fused q/k/v: dense (T, Hkv·D) copies of k (after RoPE) and v, each in
+  // a 64 KiB reserve, which the row kernels read through uniform windows (kernels/attention.ts)
+  kvDense?: KvDense;
 }
 
 /** Hyper-parameters of one optimizer step. */
@@ -395,6 +402,18 @@ export class LlamaGraph {
       const t = acts.reserve(`${label}gateUp`, T * 2 * I);
       return { gate: t, up: t };
     };
+    // the row attention reads K and V through uniform windows from dense copies of them
+    const kvCopies = fusedQkv && attentionVariant(gpu) === "row" &&
+      kvWindowsTake(gpu, { T, Hkv, D }) && [layout.ldKv, layout.kOff, layout.vOff, NQ].every(
+        (x) => x % 4 === 0,
+      );
+    const kvDense = (): KvDense | undefined =>
+      kvCopies
+        ? {
+          k: acts.reserve("kDense", KV_WINDOW_BYTES / 4),
+          v: acts.reserve("vDense", KV_WINDOW_BYTES / 4),
+        }
+        : undefined;
     const layerActs = (): LayerActs => ({
       xIn: acts.reserve("xIn", T * C),
       n1: acts.reserve("n1", T * C),
@@ -407,6 +426,7 @@ export class LlamaGraph {
       rstd2: acts.reserve("rstd2", T),
       ...gateUpActs(""),
       act: acts.reserve("act", T * I),
+      kvDense: kvDense(),
     });
     const keepAll = !opts.recompute || !train;
     const shared = keepAll ? null : layerActs();
@@ -482,6 +502,18 @@ export class LlamaGraph {
           ]),
         ...rope(a.q, "q", "forward"),
         ...rope(a.k, "k", "forward"),
+        ...(a.kvDense
+          ? [a.kvDense.k, a.kvDense.v].flatMap((y, i) =>
+            copyRows(g, ar, {
+              y,
+              x: a.k,
+              rows: T,
+              cols: NKV,
+              ldx: layout.ldKv,
+              offx: i === 0 ? layout.kOff : layout.vOff,
+            })
+          )
+          : []),
         ...attentionForward(g, ar, {
           o: a.o,
           lse: a.lse,
@@ -496,6 +528,7 @@ export class LlamaGraph {
           D,
           scale: cfg.attentionScale,
           layout,
+          kvDense: a.kvDense,
         }),
       );
       // xMid = xIn + resMult · o_proj(o)
@@ -785,6 +818,7 @@ export class LlamaGraph {
           scale: cfg.attentionScale,
           workspace: attnWs!,
           layout,
+          kvDense: a.kvDense,
         }),
         ...rope(dq!, "q", "backward"),
         ...rope(dk!, "k", "backward"),

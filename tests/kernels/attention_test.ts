@@ -9,6 +9,7 @@ import {
   type AttentionVariant,
   dkvSplits,
   gpuTileConfig,
+  kvWindowsTake,
   setAttentionGpuShapes,
   setAttentionRowScalar,
 } from "../../kernels/attention.ts";
@@ -457,3 +458,60 @@ gpuTest("attention[row]: the _v4 entry points equal the scalar ones bit for bit"
     }
   }
 });
+
+gpuTest(
+  "attention[row]: K and V through uniform windows (_u) equal the _v4 kernels bit for bit",
+  async (gpu) => {
+    const lengths = [200, 1, 150, 161];
+    const T = 512, Hq = 8, Hkv = 4, D = 8; // dense K: exactly one 64 KiB window
+    const sh = { T, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
+    assert.ok(kvWindowsTake(gpu, sh));
+    const { seqStart, seqEnd } = packSamples(lengths);
+    const nq = T * Hq * D, nk = T * Hkv * D;
+    const up = (label: string, a: Float32Array | Uint32Array) => ({
+      buffer: gpu.bufferFrom(label, a),
+    });
+    const b = {
+      q: up("attention_test.q", randomArray(nq, 51)),
+      k: up("attention_test.k", randomArray(nk, 52)),
+      v: up("attention_test.v", randomArray(nk, 53)),
+      dout: up("attention_test.dout", randomArray(nq, 54)),
+      seqStart: up("attention_test.seqStart", seqStart),
+      seqEnd: up("attention_test.seqEnd", seqEnd),
+      workspace: up(
+        "attention_test.ws",
+        new Float32Array(attentionBackwardWorkspaceBytes(T, Hq) / 4),
+      ),
+    };
+    const arena = new ParamArena(gpu, "attention_test.params.u", 4096);
+    const outs: Float32Array[][] = [];
+    for (const windows of [false, true]) {
+      const o = up("attention_test.o", new Float32Array(nq)),
+        lse = up("attention_test.lse", new Float32Array(Hq * T));
+      const dq = up("attention_test.dq", new Float32Array(nq)),
+        dk = up("attention_test.dk", new Float32Array(nk));
+      const dv = up("attention_test.dv", new Float32Array(nk));
+      const kvDense = windows ? { k: b.k, v: b.v } : undefined;
+      const fwd = attentionForward(gpu, arena, { ...b, ...sh, o, lse, variant: "row", kvDense });
+      const bwd = attentionBackward(gpu, arena, {
+        ...b,
+        ...sh,
+        o,
+        lse,
+        dq,
+        dk,
+        dv,
+        variant: "row",
+        kvDense,
+      });
+      const names = [...fwd, ...bwd].map((d) => d.kernel.name).join(" ");
+      assert.equal(names.includes("_u{"), windows, names);
+      gpu.run([...fwd, ...bwd], "attention_test.u");
+      outs.push((await gpu.read([o, lse, dq, dk, dv])).map((a) => new Float32Array(a)));
+      for (const x of [o, lse, dq, dk, dv]) x.buffer.destroy();
+    }
+    assert.deepEqual(outs[1], outs[0]);
+    for (const x of Object.values(b)) x.buffer.destroy();
+    arena.buffer.destroy();
+  },
+);

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import {
   axpy,
   copy,
+  copyRows,
   fill,
   scaleCopy,
   setElementwiseScalar,
@@ -198,5 +199,26 @@ gpuTest("elementwise: N beyond 65535 × 256 uses the second grid dimension", asy
   const r = await gpu.readF32(y);
   const bad = r.findIndex((v) => v !== 1.25);
   assert.equal(bad, -1, `first wrong element ${bad} of ${N}`);
+  y.destroy();
+});
+
+gpuTest("elementwise: copyRows copies a column block of wider rows, densely", async (gpu) => {
+  const arena = new ParamArena(gpu, "test.elementwise.rows");
+  const rows = 37, ldx = 40, offx = 16, cols = 8;
+  const x = randomArray(rows * ldx, 31);
+  const xb = gpu.bufferFrom("test.elementwise.x", x);
+  const y = nanBuffer(gpu, "test.elementwise.y", rows * cols + 4);
+  gpu.run(copyRows(gpu, arena, { y: { buffer: y }, x: { buffer: xb }, rows, cols, ldx, offx }));
+  const r = await gpu.readF32(y);
+  for (let t = 0; t < rows; t++) {
+    for (let c = 0; c < cols; c++) {
+      assert.equal(r[t * cols + c], x[t * ldx + offx + c], `${t},${c}`);
+    }
+  }
+  assert.ok(r.subarray(rows * cols).every(Number.isNaN), "tail untouched");
+  assert.throws(() =>
+    copyRows(gpu, arena, { y: { buffer: y }, x: { buffer: xb }, rows, cols: 6, ldx, offx })
+  );
+  xb.destroy();
   y.destroy();
 });
