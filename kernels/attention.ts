@@ -8,6 +8,7 @@ import {
   packParams,
   type ParamArena,
   sharedScratch,
+  UNIFORM_WINDOW_BYTES,
 } from "./runtime.ts";
 import { isCpuAdapter } from "./matmul.ts";
 import { ROW_MAX_HEAD_DIM } from "./attention_row_gen.ts";
@@ -81,16 +82,17 @@ export interface KvDense {
   v: BufferSlice;
 }
 
-/** Bytes of one uniform window of the row kernels (their `array<vec4<f32>, 4096>`). */
-export const KV_WINDOW_BYTES = 65536;
-
 /**
- * Whether the row kernels read K and V through uniform windows: the row variant at a head dim they
- * take that is a multiple of 4, and dense K (T·Hkv·D floats) within one window.
+ * Whether the row kernels read K and V through uniform windows (their `_u` entry points): a head
+ * dim they take, the `_v4` conditions (head dim, strides and offsets multiples of 4), and dense K
+ * (T·Hkv·D floats) within one window.
  */
-export function kvWindowsTake(gpu: Gpu, a: { T: number; Hkv: number; D: number }): boolean {
-  return attentionRowTakes(a.D) && a.D % 4 === 0 && a.T * a.Hkv * a.D * 4 <= KV_WINDOW_BYTES &&
-    !rowScalar.has(gpu);
+export function kvWindowsTake(
+  gpu: Gpu,
+  a: { T: number; Hkv: number; D: number; layout?: QkvLayout },
+): boolean {
+  return attentionRowTakes(a.D) && attentionGpuTakes(a.D, a.layout) && gpu.vec4Forms &&
+    a.T * a.Hkv * a.D * 4 <= UNIFORM_WINDOW_BYTES;
 }
 
 /** The 64 KiB window bindings of `kv`, or null when a buffer is too short for one. */
@@ -98,9 +100,9 @@ function kvWindows(kv: KvDense): Record<number, BufferSlice> | null {
   const w = (x: BufferSlice) => ({
     buffer: x.buffer,
     offset: x.offset ?? 0,
-    size: KV_WINDOW_BYTES,
+    size: UNIFORM_WINDOW_BYTES,
   });
-  const fits = (x: BufferSlice) => x.buffer.size - (x.offset ?? 0) >= KV_WINDOW_BYTES;
+  const fits = (x: BufferSlice) => x.buffer.size - (x.offset ?? 0) >= UNIFORM_WINDOW_BYTES;
   return fits(kv.k) && fits(kv.v) ? { 12: w(kv.k), 13: w(kv.v) } : null;
 }
 
@@ -207,21 +209,13 @@ function rowConfig(D: number): Record<string, number> {
   return { HD: D, RR: ROW_RR, WG: ROW_WG };
 }
 
-const rowScalar = new WeakSet<Gpu>();
-
-/** Tests only: run the row kernels' scalar entry points even where the `_v4` ones apply. */
-export function setAttentionRowScalar(gpu: Gpu, on: boolean): void {
-  if (on) rowScalar.add(gpu);
-  else rowScalar.delete(gpu);
-}
-
 /**
  * The row kernel's entry point: its `_v4` form (head rows read as vec4s: about 1.2× faster on
  * lavapipe at D = 8, bit-identical) when the head dim and the layout's strides and offsets are
  * multiples of 4.
  */
 function rowEntry(gpu: Gpu, entry: string, D: number, layout?: QkvLayout): string {
-  return attentionGpuTakes(D, layout) && !rowScalar.has(gpu) ? `${entry}_v4` : entry;
+  return attentionGpuTakes(D, layout) && gpu.vec4Forms ? `${entry}_v4` : entry;
 }
 
 /**
@@ -484,8 +478,7 @@ export function attentionForward(
   const key = attentionKey("forward", args);
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = rowVariant ? ROW_RR * ROW_WG : gpuVariant ? 4 * c.TR : 4 * c.RQ;
-  const win = rowVariant && args.kvDense && kvWindowsTake(gpu, args) &&
-      attentionGpuTakes(D, args.layout)
+  const win = rowVariant && args.kvDense && kvWindowsTake(gpu, args)
     ? kvWindows(args.kvDense)
     : null;
   if (win) {
@@ -569,9 +562,7 @@ export function attentionBackward(
     const kDq = gpu.kernel("attention_row", dq, rowConfig(D));
     const kDkv = gpu.kernel("attention_row", dkv, rowConfig(D));
     const inputs = { 3: args.q, 4: args.k, 5: args.v, 8: args.dout, 9: args.lse, 10: delta };
-    const win = args.kvDense && kvWindowsTake(gpu, args) && attentionGpuTakes(D, args.layout)
-      ? kvWindows(args.kvDense)
-      : null;
+    const win = args.kvDense && kvWindowsTake(gpu, args) ? kvWindows(args.kvDense) : null;
     const kDqU = win
       ? gpu.kernel("attention_row", "attention_row_backward_dq_u", rowConfig(D))
       : null;

@@ -42,14 +42,6 @@ export function grid2d(gpu: Gpu, groups: number): [number, number, number] {
   return [x, y, 1];
 }
 
-const scalarOnly = new WeakSet<Gpu>();
-
-/** Tests only: run axpy / scaleCopy / copy one element per invocation even when N % 4 = 0. */
-export function setElementwiseScalar(gpu: Gpu, on: boolean): void {
-  if (on) scalarOnly.add(gpu);
-  else scalarOnly.delete(gpu);
-}
-
 function params(arena: ParamArena, n: number, alpha: number, index = 0): BufferSlice {
   return arena.alloc(packParams([n, alpha, index, 0], [1]));
 }
@@ -65,7 +57,7 @@ function simple(
 ): Dispatch[] {
   if (n === 0) return [];
   // four elements per invocation through vec4 views (slices are 256-aligned), fill excepted
-  if (x && n % 4 === 0 && !scalarOnly.has(gpu)) {
+  if (x && n % 4 === 0 && gpu.vec4Forms) {
     entry = `${entry}4`;
     n /= 4;
   }

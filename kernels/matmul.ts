@@ -7,6 +7,7 @@ import {
   packParams,
   type ParamArena,
   sharedScratch,
+  UNIFORM_WINDOW_BYTES,
 } from "./runtime.ts";
 
 /** A tensor argument: a whole buffer or a slice of one (offset aligned to 256 bytes). */
@@ -77,8 +78,8 @@ const GPU_DEFAULT = {
   bigMinWorkgroups: 256,
   splitMinWorkgroups: 256,
 };
-/** Elements in matmul_vec's uniform windows (`array<vec4<f32>, 4096>`: the 64 KiB binding limit). */
-export const VEC_WINDOW_ELEMENTS = 16384;
+/** Elements in matmul_vec's uniform windows (UNIFORM_WINDOW_BYTES of f32). */
+export const VEC_WINDOW_ELEMENTS = UNIFORM_WINDOW_BYTES / 4;
 const WIDE_DEFAULT = {
   wideWg: 8,
   wideRows: 16,
@@ -373,7 +374,7 @@ function tensorBinding(t: Tensor): { buffer: GPUBuffer; offset: number } {
 /** Whether `t`'s buffer can back a 64 KiB uniform window. */
 function windowable(t: Tensor): boolean {
   const { buffer } = tensorBinding(t);
-  return (buffer.usage & GPUBufferUsage.UNIFORM) !== 0 && buffer.size >= VEC_WINDOW_ELEMENTS * 4;
+  return (buffer.usage & GPUBufferUsage.UNIFORM) !== 0 && buffer.size >= UNIFORM_WINDOW_BYTES;
 }
 
 /**
@@ -454,7 +455,7 @@ function dummyUniform(gpu: Gpu): GPUBuffer {
   if (!d) {
     d = gpu.device.createBuffer({
       label: "matmul_vec.dummy_window",
-      size: VEC_WINDOW_ELEMENTS * 4,
+      size: UNIFORM_WINDOW_BYTES,
       usage: GPUBufferUsage.UNIFORM,
     });
     dummyUniforms.set(gpu, d);
@@ -470,7 +471,7 @@ function dummyUniform(gpu: Gpu): GPUBuffer {
 function windowAt(gpu: Gpu, t: Tensor, first: number): { offset: number; rel: number } {
   const { buffer, offset } = tensorBinding(t);
   const align = gpu.limits.minUniformBufferOffsetAlignment;
-  const bytes = VEC_WINDOW_ELEMENTS * 4;
+  const bytes = UNIFORM_WINDOW_BYTES;
   const at = offset + 4 * first;
   const start = Math.min(
     Math.floor(at / align) * align,
@@ -500,7 +501,7 @@ function matmulVec(
     const bind: Tensor = {
       buffer: tensorBinding(x).buffer,
       offset: w.offset,
-      size: VEC_WINDOW_ELEMENTS * 4,
+      size: UNIFORM_WINDOW_BYTES,
     };
     return { bind, rel: w.rel };
   };

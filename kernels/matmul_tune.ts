@@ -249,8 +249,10 @@ async function timeCandidates(
   const arena = new ParamArena(gpu, "matmul_tune", 64 * 1024);
   const before = { ...matmulTuning(gpu) };
   const lists: { choice: Candidate; dispatches: Dispatch[] }[] = [];
+  // where matmul_vec applies, one matmul_wide block (the first) stays as a check; more would add
+  // compile time for a kernel that ran the stories260K GEMM set at half matmul_vec's speed
   const cands: Candidate[] = rec.wide
-    ? [...(before.vec && vecForms(rec.args) ? VEC_CANDIDATES : []), ...WIDE_CANDIDATES]
+    ? (before.vec && vecForms(rec.args) ? [...VEC_CANDIDATES, WIDE_CANDIDATES[0]] : WIDE_CANDIDATES)
       .map((wide) => ({ wide }))
     : gemmCandidates(rec.args.K, gemmVec4Ok(rec.args), before.precision === "f16")
       .map((g) => ({ gpu: g }));

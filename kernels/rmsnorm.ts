@@ -24,9 +24,9 @@ const ROW_LANES = 8; // ROW_LANES in rmsnorm.wgsl: rows per workgroup of the "ro
  * How forward and backward-dx run: "tree" (one workgroup per row, a barrier tree over its
  * channels: GPUs) or "rows" (one invocation per row, no barriers: CPU adapters, where barriers
  * cost more than a short row's arithmetic; 3–7× faster on lavapipe, bench/RESULTS.md), read as
- * vec4s when C is a multiple of 4; "rows1" forces the one-channel-at-a-time row kernels (tests).
+ * vec4s when C is a multiple of 4 (and `gpu.vec4Forms`).
  */
-export type RmsnormVariant = "tree" | "rows" | "rows1";
+export type RmsnormVariant = "tree" | "rows";
 
 const variants = new WeakMap<Gpu, RmsnormVariant>();
 
@@ -43,9 +43,8 @@ export function setRmsnormVariant(gpu: Gpu, v: RmsnormVariant | null): void {
 
 /** The forward or backward-dx pipeline and its grid for T rows of C channels. */
 function rowKernel(gpu: Gpu, entry: string, T: number, C: number, consts = {}) {
-  const v = rmsnormVariant(gpu);
-  if (v === "rows" || v === "rows1") {
-    const four = v === "rows" && C % 4 === 0 ? "4" : "";
+  if (rmsnormVariant(gpu) === "rows") {
+    const four = C % 4 === 0 && gpu.vec4Forms ? "4" : "";
     return {
       kernel: gpu.kernel("rmsnorm", `${entry}_rows${four}`, consts),
       workgroups: grid2d(gpu, Math.ceil(T / ROW_LANES)),

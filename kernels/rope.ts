@@ -98,14 +98,6 @@ export interface RopeArgs {
   off?: number;
 }
 
-const ropeScalar = new WeakSet<Gpu>();
-
-/** Tests only: run the one-pair-at-a-time in-place kernels even where the vec4 form applies. */
-export function setRopeScalar(gpu: Gpu, on: boolean): void {
-  if (on) ropeScalar.add(gpu);
-  else ropeScalar.delete(gpu);
-}
-
 function ropeLaunch(gpu: Gpu, arena: ParamArena, a: RopeArgs, dir: "forward" | "backward") {
   if (a.D % 2 !== 0) throw new GpuError(`head dim ${a.D} is odd`, `rope.${dir}`);
   const half = a.D / 2;
@@ -116,7 +108,7 @@ function ropeLaunch(gpu: Gpu, arena: ParamArena, a: RopeArgs, dir: "forward" | "
   }
   const ld = a.ld ?? a.H * a.D, off = a.off ?? 0;
   // in place with D/2, ld and off multiples of 4 (slices are 256-aligned): the vec4 form
-  const four = inplace && [half, ld, off].every((v) => v % 4 === 0) && !ropeScalar.has(gpu);
+  const four = inplace && [half, ld, off].every((v) => v % 4 === 0) && gpu.vec4Forms;
   const kernel = gpu.kernel("rope", `rope_${dir}${inplace ? "_inplace" : ""}${four ? "4" : ""}`);
   const params = arena.alloc(packParams([rows, a.H, half, ld, off, 0, 0, 0]));
   const entries: Record<number, BufferSlice> = { 0: params, 1: a.out, 3: a.pos, 4: a.table };

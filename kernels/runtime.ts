@@ -74,6 +74,12 @@ export interface BufferSlice {
 
 const KERNEL_DIR = new URL("./", import.meta.url);
 
+/**
+ * Bytes of the uniform windows that CPU-adapter kernels read operands through
+ * (`array<vec4<f32>, 4096>`: WebGPU's default maxUniformBufferBindingSize).
+ */
+export const UNIFORM_WINDOW_BYTES = 65536;
+
 /** Round `n` up to a multiple of `a`. */
 export function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
@@ -106,6 +112,11 @@ export class Gpu {
   readonly hasTimestamps: boolean;
   /** A CPU adapter (lavapipe / llvmpipe / SwiftShader): kernels pick their CPU forms. */
   readonly isCpu: boolean;
+  /**
+   * Launchers use their vec4 forms (16-byte loads and stores, bit-identical to the scalar ones)
+   * where the shape allows. Tests set it false to run the scalar forms at the same shapes.
+   */
+  vec4Forms = true;
   private sources = new Map<string, string>();
   private lostReason: string | null = null;
   private uncaptured: string[] = [];

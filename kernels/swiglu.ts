@@ -22,14 +22,6 @@ export interface SwigluShape {
 
 const WG = 64; // WG in swiglu.wgsl
 
-const forceScalar = new WeakSet<Gpu>();
-
-/** Run the one-column-per-invocation kernels even where the vec4 forms apply (for tests). */
-export function setSwigluScalar(gpu: Gpu, on: boolean): void {
-  if (on) forceScalar.add(gpu);
-  else forceScalar.delete(gpu);
-}
-
 function launch(
   gpu: Gpu,
   arena: ParamArena,
@@ -40,7 +32,7 @@ function launch(
   const { T, I } = s;
   if (T === 0 || I === 0) return [];
   // four columns per invocation through vec4 views when the rows allow (slices are 256-aligned)
-  const w = I % 4 === 0 && !forceScalar.has(gpu) ? 4 : 1;
+  const w = I % 4 === 0 && gpu.vec4Forms ? 4 : 1;
   const cols = I / w;
   const max = gridMax(gpu);
   const gx = Math.ceil(cols / WG), gy = Math.min(T, max), gz = Math.ceil(T / gy);

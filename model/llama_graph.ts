@@ -11,9 +11,9 @@ import {
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
+  attentionGpuTakes,
   attentionVariant,
   denseQkvLayout,
-  KV_WINDOW_BYTES,
   type KvDense,
   kvWindowsTake,
   type QkvLayout,
@@ -40,7 +40,13 @@ import {
 } from "../kernels/matmul.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormWorkspaceBytes } from "../kernels/rmsnorm.ts";
 import { ropeBackward, ropeForward, ropeTable } from "../kernels/rope.ts";
-import { type BufferSlice, type Dispatch, type Gpu, ParamArena } from "../kernels/runtime.ts";
+import {
+  type BufferSlice,
+  type Dispatch,
+  type Gpu,
+  ParamArena,
+  UNIFORM_WINDOW_BYTES,
+} from "../kernels/runtime.ts";
 import { swigluBackward, swigluForward } from "../kernels/swiglu.ts";
 import { type ModelConfig, numel, parameterShapes, rowShards } from "./config.ts";
 import { type ArenaTensor, TensorArena } from "./tensor_arena.ts";
@@ -404,14 +410,12 @@ export class LlamaGraph {
     };
     // the row attention reads K and V through uniform windows from dense copies of them
     const kvCopies = fusedQkv && attentionVariant(gpu) === "row" &&
-      kvWindowsTake(gpu, { T, Hkv, D }) && [layout.ldKv, layout.kOff, layout.vOff, NQ].every(
-        (x) => x % 4 === 0,
-      );
+      kvWindowsTake(gpu, { T, Hkv, D, layout });
     const kvDense = (): KvDense | undefined =>
       kvCopies
         ? {
-          k: acts.reserve("kDense", KV_WINDOW_BYTES / 4),
-          v: acts.reserve("vDense", KV_WINDOW_BYTES / 4),
+          k: acts.reserve("kDense", UNIFORM_WINDOW_BYTES / 4),
+          v: acts.reserve("vDense", UNIFORM_WINDOW_BYTES / 4),
         }
         : undefined;
     const layerActs = (): LayerActs => ({

@@ -11,7 +11,6 @@ import {
   gpuTileConfig,
   kvWindowsTake,
   setAttentionGpuShapes,
-  setAttentionRowScalar,
 } from "../../kernels/attention.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
@@ -448,12 +447,12 @@ gpuTest("attention[row]: the _v4 entry points equal the scalar ones bit for bit"
     const v = randomArray(T * Hkv * D, 43), dout = randomArray(T * Hq * D, 44);
     for (const fused of [false, true]) {
       const v4 = await runGpu(gpu, "row", sh, lengths, q, k, v, dout, fused);
-      setAttentionRowScalar(gpu, true);
+      gpu.vec4Forms = false;
       try {
         const scalar = await runGpu(gpu, "row", sh, lengths, q, k, v, dout, fused);
         assert.deepEqual(v4, scalar, `Hq=${Hq} Hkv=${Hkv} D=${D} fused=${fused}`);
       } finally {
-        setAttentionRowScalar(gpu, false);
+        gpu.vec4Forms = true;
       }
     }
   }

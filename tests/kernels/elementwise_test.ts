@@ -6,7 +6,6 @@ import {
   copyRows,
   fill,
   scaleCopy,
-  setElementwiseScalar,
   setGridMaxForTesting,
   SUM_CHUNK,
   sumInto,
@@ -116,7 +115,7 @@ gpuTest("elementwise: a 2-D grid of workgroups covers every element once", async
   // 20 workgroups on a 6 × 4 grid (4 surplus): N = 5,000 one element per invocation, and
   // N = 20,000 four per invocation (the vec4 forms)
   for (const [N, scalar] of [[5000, true], [20000, false]] as const) {
-    setElementwiseScalar(gpu, scalar);
+    gpu.vec4Forms = !scalar;
     try {
       const x = randomArray(N, 5);
       const xb = gpu.bufferFrom("test.elementwise.x", x);
@@ -149,7 +148,7 @@ gpuTest("elementwise: a 2-D grid of workgroups covers every element once", async
       assert.ok(es <= TOL_REDUCTION);
     } finally {
       setGridMaxForTesting(null);
-      setElementwiseScalar(gpu, false);
+      gpu.vec4Forms = true;
     }
   }
 });
@@ -163,7 +162,7 @@ gpuTest(
     const xb = gpu.bufferFrom("test.elementwise.x", x);
     const out: Float32Array[][] = [];
     for (const scalar of [false, true]) {
-      setElementwiseScalar(gpu, scalar);
+      gpu.vec4Forms = !scalar;
       const ya = gpu.bufferFrom("test.elementwise.axpy", y0);
       const ys = nanBuffer(gpu, "test.elementwise.scale_copy", N);
       const yc = nanBuffer(gpu, "test.elementwise.copy", N);
@@ -183,7 +182,7 @@ gpuTest(
         b.destroy();
       }
     }
-    setElementwiseScalar(gpu, false);
+    gpu.vec4Forms = true;
     assert.deepEqual(out[0], out[1]);
     xb.destroy();
   },

@@ -136,7 +136,12 @@ const SHAPES: [number, number][] = [
 ];
 
 /** Both forms run everywhere (the adapter's default is only a launch-time choice). */
-const VARIANTS: RmsnormVariant[] = ["tree", "rows", "rows1"];
+/** The forms under test: name, variant, and whether the vec4 row kernels may run. */
+const VARIANTS: [string, RmsnormVariant, boolean][] = [
+  ["tree", "tree", true],
+  ["rows", "rows", true],
+  ["rows1", "rows", false], // the one-channel row kernels at every shape
+];
 
 gpuTest("rmsnorm: the vec4 row kernels equal the one-channel ones bit for bit", async (gpu) => {
   const arena = new ParamArena(gpu, "test.rmsnorm.rows4");
@@ -144,8 +149,8 @@ gpuTest("rmsnorm: the vec4 row kernels equal the one-channel ones bit for bit", 
     for (const [T, C] of [[70, 300], [9, 8], [3, 64]]) {
       for (const acc of [false, true]) {
         const out: Float32Array[][] = [];
-        for (const v of ["rows", "rows1"] as const) {
-          await withVariant(gpu, v, async () => {
+        for (const vec4 of [true, false]) {
+          await withVariant(gpu, "rows", vec4, async () => {
             out.push((await runCase(gpu, arena, T, C, 1e-5, acc, 7)).values);
           });
         }
@@ -157,21 +162,28 @@ gpuTest("rmsnorm: the vec4 row kernels equal the one-channel ones bit for bit", 
   }
 });
 
-/** Run `fn` with the rmsnorm variant forced, restoring the default afterwards. */
-async function withVariant(gpu: Gpu, v: RmsnormVariant, fn: () => Promise<void>) {
+/** Run `fn` with the rmsnorm variant (and vec4 forms) forced, restoring the defaults afterwards. */
+async function withVariant(
+  gpu: Gpu,
+  v: RmsnormVariant,
+  vec4: boolean,
+  fn: () => Promise<void>,
+) {
   setRmsnormVariant(gpu, v);
+  gpu.vec4Forms = vec4;
   try {
     await fn();
   } finally {
     setRmsnormVariant(gpu, null);
+    gpu.vec4Forms = true;
   }
 }
 
-for (const v of VARIANTS) {
+for (const [v, variant, vec4] of VARIANTS) {
   gpuTest(
     `rmsnorm[${v}]: forward and backward match the reference at odd shapes`,
     (gpu) =>
-      withVariant(gpu, v, async () => {
+      withVariant(gpu, variant, vec4, async () => {
         const arena = new ParamArena(gpu, "test.rmsnorm");
         for (const [k, [T, C]] of SHAPES.entries()) {
           for (const acc of [false, true]) {
@@ -197,7 +209,7 @@ for (const v of VARIANTS) {
   gpuTest(
     `rmsnorm[${v}]: a 2-D grid of workgroups covers every row and block`,
     (gpu) =>
-      withVariant(gpu, v, async () => {
+      withVariant(gpu, variant, vec4, async () => {
         const arena = new ParamArena(gpu, "test.rmsnorm.grid");
         setGridMaxForTesting(16);
         try {

@@ -1,12 +1,6 @@
 // RoPE tests: Llama-3 inverse frequencies, the cos/sin table, and the GPU rotation forward/backward.
 import assert from "node:assert/strict";
-import {
-  ropeBackward,
-  ropeForward,
-  ropeInvFreq,
-  ropeTable,
-  setRopeScalar,
-} from "../../kernels/rope.ts";
+import { ropeBackward, ropeForward, ropeInvFreq, ropeTable } from "../../kernels/rope.ts";
 import { ParamArena } from "../../kernels/runtime.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import { invFreqRef, ropeRef } from "../reference/rope.ts";
@@ -190,7 +184,7 @@ gpuTest("rope: the vec4 in-place kernels equal the one-pair ones bit for bit", a
       const s = { buffer: buf };
       const results: Float32Array[] = [];
       for (const scalar of [false, true]) {
-        setRopeScalar(gpu, scalar);
+        gpu.vec4Forms = !scalar;
         gpu.write(buf, x);
         const ds = [
           ...ropeForward(gpu, arena, { out: s, x: s, ...args }),
@@ -205,7 +199,7 @@ gpuTest("rope: the vec4 in-place kernels equal the one-pair ones bit for bit", a
       for (const b of [posBuf, table, buf]) b.destroy();
     }
   } finally {
-    setRopeScalar(gpu, false);
+    gpu.vec4Forms = true;
     arena.buffer.destroy();
   }
 });

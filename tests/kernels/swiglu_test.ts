@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { setGridMaxForTesting } from "../../kernels/elementwise.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
-import { setSwigluScalar, swigluBackward, swigluForward } from "../../kernels/swiglu.ts";
+import { swigluBackward, swigluForward } from "../../kernels/swiglu.ts";
 import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import { swigluBackwardRef, swigluForwardRef } from "../reference/swiglu.ts";
 
@@ -125,14 +125,14 @@ gpuTest(
       for (const [T, I] of [[10, 100], [7, 172], [33, 4]]) {
         for (const fused of [false, true]) {
           const v4 = await runSwiglu(gpu, arena, T, I, 5, fused);
-          setSwigluScalar(gpu, true);
+          gpu.vec4Forms = false;
           const scalar = await runSwiglu(gpu, arena, T, I, 5, fused);
-          setSwigluScalar(gpu, false);
+          gpu.vec4Forms = true;
           assert.deepEqual(v4.values, scalar.values, `T=${T} I=${I} fused=${fused}`);
         }
       }
     } finally {
-      setSwigluScalar(gpu, false);
+      gpu.vec4Forms = true;
       arena.buffer.destroy();
     }
   },
