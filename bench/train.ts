@@ -7,7 +7,7 @@ import {
   median,
 } from "../kernels/matmul_tune.ts";
 import { setAttentionVariant } from "../kernels/attention.ts";
-import { matmulTuning, setMatmulTuning } from "../kernels/matmul.ts";
+import { isCpuAdapter, matmulTuning, setMatmulTuning } from "../kernels/matmul.ts";
 import { acquireGpu, type AdapterSummary, type Dispatch, type Gpu } from "../kernels/runtime.ts";
 import { type ModelConfig, parameterCount, parseModelConfig } from "../model/config.ts";
 import { loadHfModel, saveHfModel } from "../model/hf_dir.ts";
@@ -487,9 +487,13 @@ async function runOurs(
       ...(opts.gpuKernels ? { variant: "gpu" } : {}),
     });
     if (opts.gpuKernels) setAttentionVariant(gpu, "gpu");
-    const tuned = await buildWithTunedMatmul(gpu, () => new LlamaGraph(gpu, cfg, { tokens: T }), {
-      log,
-    });
+    const tuned = await buildWithTunedMatmul(
+      gpu,
+      () => new LlamaGraph(gpu, cfg, { tokens: T, maxSampleTokens: S }),
+      {
+        log,
+      },
+    );
     graph = tuned.graph;
     if (tuned.report.shapes > 0) log(describeTune(tuned.report));
     graph.upload(tensors);
@@ -548,6 +552,7 @@ async function runOurs(
     const plan = planMemory(cfg, {
       microBatchTokens: T,
       recompute: false,
+      kvCopies: isCpuAdapter(gpu),
       limits: gpu.limits as unknown as {
         maxBufferSize: number;
         maxStorageBufferBindingSize: number;
@@ -677,10 +682,10 @@ export async function benchTrain(opts: TrainBenchOptions): Promise<TrainBenchRes
     throw new UserError(`--micro-rows ${opts.microRows} does not divide --batch ${B}`);
   }
   const gpu = opts.gpu ?? await acquireGpu();
-  // Default micro-batch: every row of the step up to a token cap. On lavapipe 512-token
-  // micro-batches ran fastest (bench/RESULTS.md); on GPUs larger ones fill the device better.
-  const cpuAdapter = /llvmpipe|lavapipe|swiftshader/i.test(gpu.summary.description);
-  const cap = Math.max(S, cpuAdapter ? 512 : 4096);
+  // Default micro-batch: every row of the step up to 4096 tokens (the trainer's default
+  // micro_batch_tokens). On lavapipe one 2,048-token micro-batch of stories260K now runs ~12 %
+  // faster than four of 512 (bench/RESULTS.md, 2026-11-23 session 7): fewer dispatches.
+  const cap = Math.max(S, 4096);
   let microRows = opts.microRows ?? 0;
   if (!microRows) {
     microRows = 1;

@@ -74,42 +74,128 @@ export function denseQkvLayout(a: { Hq: number; Hkv: number; D: number }): QkvLa
 /**
  * Dense (T, Hkv, D) copies of K and V (after RoPE) that the row kernels' forward and dQ read
  * through 64 KiB uniform windows (`_u` entry points; on lavapipe a uniform load is a branch-free
- * gather, a storage load a per-lane loop): each from its offset to the end of its buffer spans at
- * least 64 KiB. Used when `kvWindowsTake` says so; otherwise ignored.
+ * gather, a storage load a per-lane loop): kvDenseFloats(T, Hkv, D) floats each. Used when
+ * `kvWindowsTake` says so; otherwise ignored.
  */
 export interface KvDense {
   k: BufferSlice;
   v: BufferSlice;
+  /**
+   * Longest sample of a micro-batch in tokens, padding segments included: when T·Hkv·D floats
+   * exceed one window, the forward and dQ run in chunks of queries whose keys all fit one window,
+   * which needs this bound. Unset: only micro-batches within one window use the windows.
+   */
+  maxSample?: number;
+  /** Tokens one window holds (default and cap: 64 KiB / (Hkv·D·4)); tests lower it. */
+  windowTokens?: number;
+}
+
+/** One dispatch of the windowed row kernels: queries [qBase, qEnd) see keys from token w on. */
+interface KvChunk {
+  qBase: number;
+  qEnd: number;
+  w: number;
+}
+
+/**
+ * The query chunks of the windowed forward and dQ, or null when windows do not apply: one chunk
+ * when all T keys fit one window; otherwise chunks of whole 64-query blocks (ROW_RR·ROW_WG) whose
+ * earliest visible key (at most maxSample − 1 tokens before the chunk) and last query both fall in
+ * the window of windowTokens keys from w.
+ */
+function kvChunks(
+  a: { T: number; Hkv: number; D: number },
+  kv: { maxSample?: number; windowTokens?: number },
+): KvChunk[] | null {
+  const cap = Math.floor(UNIFORM_WINDOW_BYTES / (4 * a.Hkv * a.D));
+  const W = Math.min(kv.windowTokens ?? cap, cap);
+  if (a.T <= W) return [{ qBase: 0, qEnd: a.T, w: 0 }];
+  if (!kv.maxSample) return null;
+  const block = ROW_RR * ROW_WG;
+  const C = Math.floor((W - (kv.maxSample - 1)) / block) * block;
+  if (C < block) return null;
+  const chunks: KvChunk[] = [];
+  for (let q = 0; q < a.T; q += C) {
+    // no later than T − cap, so that the 64 KiB binding ends inside a copy of max(T, cap) tokens
+    const w = Math.max(0, Math.min(q - (W - C), a.T - cap));
+    chunks.push({ qBase: q, qEnd: Math.min(a.T, q + C), w });
+  }
+  return chunks;
 }
 
 /**
  * Whether the row kernels read K and V through uniform windows (their `_u` entry points): a head
- * dim they take, the `_v4` conditions (head dim, strides and offsets multiples of 4), and dense K
- * (T·Hkv·D floats) within one window.
+ * dim they take, the `_v4` conditions (head dim, strides and offsets multiples of 4), and every
+ * query's keys in one window: all T keys, or chunks of queries when maxSample bounds how far back
+ * a query sees (KvDense).
  */
 export function kvWindowsTake(
   gpu: Gpu,
-  a: { T: number; Hkv: number; D: number; layout?: QkvLayout },
+  a: {
+    T: number;
+    Hkv: number;
+    D: number;
+    layout?: QkvLayout;
+    maxSample?: number;
+    windowTokens?: number;
+  },
 ): boolean {
   return attentionRowTakes(a.D) && attentionGpuTakes(a.D, a.layout) && gpu.vec4Forms &&
-    a.T * a.Hkv * a.D * 4 <= UNIFORM_WINDOW_BYTES;
+    kvChunks(a, a) !== null;
 }
 
-/** The 64 KiB window bindings of `kv`, or null when a buffer is too short for one. */
-function kvWindows(kv: KvDense): Record<number, BufferSlice> | null {
-  const w = (x: BufferSlice) => ({
+/** Floats of each dense K or V copy (KvDense): T tokens, and at least one whole window. */
+export function kvDenseFloats(T: number, Hkv: number, D: number): number {
+  return Math.max(T * Hkv * D, UNIFORM_WINDOW_BYTES / 4);
+}
+
+/**
+ * The windowed dispatches of a row-attention `_u` entry point, one per chunk (kvChunks), or null
+ * when the windows do not apply or a copy is too short for them; `bindings` are the chunk-free
+ * ones.
+ */
+function windowedDispatches(
+  gpu: Gpu,
+  arena: ParamArena,
+  entry: string,
+  args: {
+    T: number;
+    Hq: number;
+    Hkv: number;
+    D: number;
+    scale: number;
+    layout?: QkvLayout;
+    kvDense?: KvDense;
+  },
+  bindings: Record<number, BufferSlice>,
+): Dispatch[] | null {
+  const kv = args.kvDense;
+  if (!kv || !kvWindowsTake(gpu, { ...args, ...kv })) return null;
+  const chunks = kvChunks(args, kv)!;
+  const row = args.Hkv * args.D * 4;
+  const fits = (x: BufferSlice, w: number) =>
+    x.buffer.size - (x.offset ?? 0) - w * row >= UNIFORM_WINDOW_BYTES;
+  if (!chunks.every((c) => fits(kv.k, c.w) && fits(kv.v, c.w))) return null;
+  const win = (x: BufferSlice, w: number) => ({
     buffer: x.buffer,
-    offset: x.offset ?? 0,
+    offset: (x.offset ?? 0) + w * row,
     size: UNIFORM_WINDOW_BYTES,
   });
-  const fits = (x: BufferSlice) => x.buffer.size - (x.offset ?? 0) >= UNIFORM_WINDOW_BYTES;
-  return fits(kv.k) && fits(kv.v) ? { 12: w(kv.k), 13: w(kv.v) } : null;
-}
-
-/** The layout the `_u` entry points see: q as given, K and V dense from offset 0. */
-function windowLayout(a: { Hq: number; Hkv: number; D: number; layout?: QkvLayout }): QkvLayout {
-  const l = a.layout ?? denseQkvLayout(a);
-  return { ...l, ldKv: a.Hkv * a.D, kOff: 0, vOff: 0 };
+  const kernel = gpu.kernel("attention_row", entry, rowConfig(args.D));
+  const l = args.layout ?? denseQkvLayout(args);
+  return chunks.map((c) => {
+    // key j sits at window row j − w: the offsets −w·Hkv·D wrap around in u32 (attention_row.wgsl)
+    const off = (2 ** 32 - c.w * args.Hkv * args.D) % 2 ** 32;
+    const layout = { ...l, ldKv: args.Hkv * args.D, kOff: off, vOff: off };
+    const bindGroup = gpu.bind(kernel, {
+      0: params(arena, { ...args, layout }, undefined, c),
+      ...bindings,
+      12: win(kv.k, c.w),
+      13: win(kv.v, c.w),
+    });
+    const blocks = Math.ceil((c.qEnd - c.qBase) / (ROW_RR * ROW_WG));
+    return { kernel, bindGroup, workgroups: [blocks, args.Hq, 1] as [number, number, number] };
+  });
 }
 
 /** Buffers and shape of the attention forward. */
@@ -447,16 +533,19 @@ export function gpuTileConfig(
 
 /**
  * Uniform parameters shared by the attention entry points (Params in attention.wgsl): shape, the
- * dK/dV split's parts and dV partials offset (attention_gpu.wgsl) when given, the Q/K/V layout.
+ * dK/dV split's parts and dV partials offset (attention_gpu.wgsl) when given, the Q/K/V layout,
+ * the queries of a chunked row-attention dispatch.
  */
 function params(
   arena: ParamArena,
   a: { T: number; Hq: number; Hkv: number; D: number; scale: number; layout?: QkvLayout },
   split = { parts: 0, dvOff: 0 },
+  rows = { qBase: 0, qEnd: a.T },
 ) {
   const l = a.layout ?? denseQkvLayout(a);
   const v = [a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, a.D, split.parts, split.dvOff];
-  return arena.alloc(packParams([...v, l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff, 0, 0, 0], [4]));
+  const tail = [l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff, rows.qBase, rows.qEnd, 0];
+  return arena.alloc(packParams([...v, ...tail], [4]));
 }
 
 /**
@@ -478,21 +567,14 @@ export function attentionForward(
   const key = attentionKey("forward", args);
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = rowVariant ? ROW_RR * ROW_WG : gpuVariant ? 4 * c.TR : 4 * c.RQ;
-  const win = rowVariant && args.kvDense && kvWindowsTake(gpu, args)
-    ? kvWindows(args.kvDense)
-    : null;
-  if (win) {
-    const k = gpu.kernel("attention_row", "attention_row_forward_u", rowConfig(D));
-    const bindGroup = gpu.bind(k, {
-      0: params(arena, { ...args, layout: windowLayout(args) }),
+  const windowed = rowVariant &&
+    windowedDispatches(gpu, arena, "attention_row_forward_u", args, {
       1: args.o,
       2: args.lse,
       3: args.q,
       6: args.seqStart,
-      ...win,
     });
-    return [{ kernel: k, bindGroup, workgroups: [Math.ceil(T / rowsPerGroup), Hq, 1] }];
-  }
+  if (windowed) return windowed;
   const kernel = rowVariant
     ? gpu.kernel(
       "attention_row",
@@ -562,31 +644,19 @@ export function attentionBackward(
     const kDq = gpu.kernel("attention_row", dq, rowConfig(D));
     const kDkv = gpu.kernel("attention_row", dkv, rowConfig(D));
     const inputs = { 3: args.q, 4: args.k, 5: args.v, 8: args.dout, 9: args.lse, 10: delta };
-    const win = args.kvDense && kvWindowsTake(gpu, args) ? kvWindows(args.kvDense) : null;
-    const kDqU = win
-      ? gpu.kernel("attention_row", "attention_row_backward_dq_u", rowConfig(D))
-      : null;
-    const dqDispatch: Dispatch = win
-      ? {
-        kernel: kDqU!,
-        bindGroup: gpu.bind(kDqU!, {
-          0: params(arena, { ...args, layout: windowLayout(args) }),
-          1: args.dq,
-          3: args.q,
-          6: args.seqStart,
-          8: args.dout,
-          9: args.lse,
-          10: delta,
-          ...win,
-        }),
-        workgroups: [blocks, Hq, 1],
-      }
-      : {
-        kernel: kDq,
-        bindGroup: gpu.bind(kDq, { 0: prm, 1: args.dq, 6: args.seqStart, ...inputs }),
-        workgroups: [blocks, Hq, 1],
-      };
-    return [dDelta, dqDispatch, {
+    const dqDispatches = windowedDispatches(gpu, arena, "attention_row_backward_dq_u", args, {
+      1: args.dq,
+      3: args.q,
+      6: args.seqStart,
+      8: args.dout,
+      9: args.lse,
+      10: delta,
+    }) ?? [{
+      kernel: kDq,
+      bindGroup: gpu.bind(kDq, { 0: prm, 1: args.dq, 6: args.seqStart, ...inputs }),
+      workgroups: [blocks, Hq, 1] as [number, number, number],
+    }];
+    return [dDelta, ...dqDispatches, {
       kernel: kDkv,
       bindGroup: gpu.bind(kDkv, { 0: prm, 1: args.dk, 2: args.dv, 7: args.seqEnd, ...inputs }),
       workgroups: [blocks, Hkv, 1],

@@ -14,9 +14,9 @@ struct Params {
   q_off: u32, // element offsets of token 0 of Q (dQ), K (dK), V (dV)
   k_off: u32,
   v_off: u32,
+  q_base: u32, // row attention: first query (forward, dQ) of the dispatch
+  q_end: u32, // row attention: one past its last query (forward, dQ); T unless chunked
   _pad0: u32,
-  _pad1: u32,
-  _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -32,10 +32,11 @@ fn attention_row_forward(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let T = p.t;
+  let T = p.t; // tokens: rows of lse and delta
+  let TE = p.q_end; // one past the dispatch's last query (T unless chunked)
   let h = wid.y;
   let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;
+  let q0 = p.q_base + wid.x * WG * RR;
   var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var o0_0 = 0.0; var o0_1 = 0.0; var o0_2 = 0.0; var o0_3 = 0.0; var o0_4 = 0.0; var o0_5 = 0.0; var o0_6 = 0.0; var o0_7 = 0.0;
   var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var o1_0 = 0.0; var o1_1 = 0.0; var o1_2 = 0.0; var o1_3 = 0.0; var o1_4 = 0.0; var o1_5 = 0.0; var o1_6 = 0.0; var o1_7 = 0.0;
   var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var o2_0 = 0.0; var o2_1 = 0.0; var o2_2 = 0.0; var o2_3 = 0.0; var o2_4 = 0.0; var o2_5 = 0.0; var o2_6 = 0.0; var o2_7 = 0.0;
@@ -47,7 +48,7 @@ fn attention_row_forward(
   var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
   var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();
   {
-    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    let i = min(q0 + 0u * WG + lid.x, TE - 1u);
     row.x = i;
     st.x = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -61,7 +62,7 @@ fn attention_row_forward(
     if (HD > 7u) { q0_7 = in_q[qo + 7u] * p.scale; }
   }
   if (RR > 1u) {
-    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    let i = min(q0 + 1u * WG + lid.x, TE - 1u);
     row.y = i;
     st.y = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -75,7 +76,7 @@ fn attention_row_forward(
     if (HD > 7u) { q1_7 = in_q[qo + 7u] * p.scale; }
   }
   if (RR > 2u) {
-    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    let i = min(q0 + 2u * WG + lid.x, TE - 1u);
     row.z = i;
     st.z = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -89,7 +90,7 @@ fn attention_row_forward(
     if (HD > 7u) { q2_7 = in_q[qo + 7u] * p.scale; }
   }
   if (RR > 3u) {
-    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    let i = min(q0 + 3u * WG + lid.x, TE - 1u);
     row.w = i;
     st.w = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -103,7 +104,7 @@ fn attention_row_forward(
     if (HD > 7u) { q3_7 = in_q[qo + 7u] * p.scale; }
   }
   if (RR > 4u) {
-    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    let i = min(q0 + 4u * WG + lid.x, TE - 1u);
     row2.x = i;
     st2.x = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -117,7 +118,7 @@ fn attention_row_forward(
     if (HD > 7u) { q4_7 = in_q[qo + 7u] * p.scale; }
   }
   if (RR > 5u) {
-    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    let i = min(q0 + 5u * WG + lid.x, TE - 1u);
     row2.y = i;
     st2.y = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -131,7 +132,7 @@ fn attention_row_forward(
     if (HD > 7u) { q5_7 = in_q[qo + 7u] * p.scale; }
   }
   if (RR > 6u) {
-    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    let i = min(q0 + 6u * WG + lid.x, TE - 1u);
     row2.z = i;
     st2.z = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -145,7 +146,7 @@ fn attention_row_forward(
     if (HD > 7u) { q6_7 = in_q[qo + 7u] * p.scale; }
   }
   if (RR > 7u) {
-    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    let i = min(q0 + 7u * WG + lid.x, TE - 1u);
     row2.w = i;
     st2.w = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -159,9 +160,9 @@ fn attention_row_forward(
     if (HD > 7u) { q7_7 = in_q[qo + 7u] * p.scale; }
   }
   let jLo = in_start[q0];
-  let jHi = min(q0 + WG * RR, T); // one past the last key any row sees
+  let jHi = min(q0 + WG * RR, TE); // one past the last key any row sees
   for (var j = jLo; j < jHi; j += 4u) {
-    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(T - 1u));
+    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(TE - 1u));
     let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
     let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
     let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
@@ -256,7 +257,7 @@ fn attention_row_forward(
     if (HD > 7u) { let vx = vec4<f32>(in_v[vo.x + 7u], in_v[vo.y + 7u], in_v[vo.z + 7u], in_v[vo.w + 7u]); o0_7 = o0_7 * a0 + dot(p0, vx); if (RR > 1u) { o1_7 = o1_7 * a1 + dot(p1, vx); } if (RR > 2u) { o2_7 = o2_7 * a2 + dot(p2, vx); } if (RR > 3u) { o3_7 = o3_7 * a3 + dot(p3, vx); } if (RR > 4u) { o4_7 = o4_7 * a4 + dot(p4, vx); } if (RR > 5u) { o5_7 = o5_7 * a5 + dot(p5, vx); } if (RR > 6u) { o6_7 = o6_7 * a6 + dot(p6, vx); } if (RR > 7u) { o7_7 = o7_7 * a7 + dot(p7, vx); } }
   }
   {
-    if (q0 + 0u * WG + lid.x < T) {
+    if (q0 + 0u * WG + lid.x < TE) {
       let i = row.x;
       let inv = 1.0 / l.x;
       let oo = (i * p.hq + h) * HD;
@@ -272,7 +273,7 @@ fn attention_row_forward(
     }
   }
   if (RR > 1u) {
-    if (q0 + 1u * WG + lid.x < T) {
+    if (q0 + 1u * WG + lid.x < TE) {
       let i = row.y;
       let inv = 1.0 / l.y;
       let oo = (i * p.hq + h) * HD;
@@ -288,7 +289,7 @@ fn attention_row_forward(
     }
   }
   if (RR > 2u) {
-    if (q0 + 2u * WG + lid.x < T) {
+    if (q0 + 2u * WG + lid.x < TE) {
       let i = row.z;
       let inv = 1.0 / l.z;
       let oo = (i * p.hq + h) * HD;
@@ -304,7 +305,7 @@ fn attention_row_forward(
     }
   }
   if (RR > 3u) {
-    if (q0 + 3u * WG + lid.x < T) {
+    if (q0 + 3u * WG + lid.x < TE) {
       let i = row.w;
       let inv = 1.0 / l.w;
       let oo = (i * p.hq + h) * HD;
@@ -320,7 +321,7 @@ fn attention_row_forward(
     }
   }
   if (RR > 4u) {
-    if (q0 + 4u * WG + lid.x < T) {
+    if (q0 + 4u * WG + lid.x < TE) {
       let i = row2.x;
       let inv = 1.0 / l2.x;
       let oo = (i * p.hq + h) * HD;
@@ -336,7 +337,7 @@ fn attention_row_forward(
     }
   }
   if (RR > 5u) {
-    if (q0 + 5u * WG + lid.x < T) {
+    if (q0 + 5u * WG + lid.x < TE) {
       let i = row2.y;
       let inv = 1.0 / l2.y;
       let oo = (i * p.hq + h) * HD;
@@ -352,7 +353,7 @@ fn attention_row_forward(
     }
   }
   if (RR > 6u) {
-    if (q0 + 6u * WG + lid.x < T) {
+    if (q0 + 6u * WG + lid.x < TE) {
       let i = row2.z;
       let inv = 1.0 / l2.z;
       let oo = (i * p.hq + h) * HD;
@@ -368,7 +369,7 @@ fn attention_row_forward(
     }
   }
   if (RR > 7u) {
-    if (q0 + 7u * WG + lid.x < T) {
+    if (q0 + 7u * WG + lid.x < TE) {
       let i = row2.w;
       let inv = 1.0 / l2.w;
       let oo = (i * p.hq + h) * HD;
@@ -392,10 +393,11 @@ fn attention_row_backward_dq(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let T = p.t;
+  let T = p.t; // tokens: rows of lse and delta
+  let TE = p.q_end; // one past the dispatch's last query (T unless chunked)
   let h = wid.y;
   let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;
+  let q0 = p.q_base + wid.x * WG * RR;
   var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var g0_0 = 0.0; var g0_1 = 0.0; var g0_2 = 0.0; var g0_3 = 0.0; var g0_4 = 0.0; var g0_5 = 0.0; var g0_6 = 0.0; var g0_7 = 0.0; var a0_0 = 0.0; var a0_1 = 0.0; var a0_2 = 0.0; var a0_3 = 0.0; var a0_4 = 0.0; var a0_5 = 0.0; var a0_6 = 0.0; var a0_7 = 0.0;
   var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var g1_0 = 0.0; var g1_1 = 0.0; var g1_2 = 0.0; var g1_3 = 0.0; var g1_4 = 0.0; var g1_5 = 0.0; var g1_6 = 0.0; var g1_7 = 0.0; var a1_0 = 0.0; var a1_1 = 0.0; var a1_2 = 0.0; var a1_3 = 0.0; var a1_4 = 0.0; var a1_5 = 0.0; var a1_6 = 0.0; var a1_7 = 0.0;
   var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var g2_0 = 0.0; var g2_1 = 0.0; var g2_2 = 0.0; var g2_3 = 0.0; var g2_4 = 0.0; var g2_5 = 0.0; var g2_6 = 0.0; var g2_7 = 0.0; var a2_0 = 0.0; var a2_1 = 0.0; var a2_2 = 0.0; var a2_3 = 0.0; var a2_4 = 0.0; var a2_5 = 0.0; var a2_6 = 0.0; var a2_7 = 0.0;
@@ -407,7 +409,7 @@ fn attention_row_backward_dq(
   var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
   var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();
   {
-    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    let i = min(q0 + 0u * WG + lid.x, TE - 1u);
     row.x = i;
     st.x = in_start[i];
     lse.x = in_lse[h * T + i];
@@ -432,7 +434,7 @@ fn attention_row_backward_dq(
     if (HD > 7u) { g0_7 = in_dout[go + 7u]; }
   }
   if (RR > 1u) {
-    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    let i = min(q0 + 1u * WG + lid.x, TE - 1u);
     row.y = i;
     st.y = in_start[i];
     lse.y = in_lse[h * T + i];
@@ -457,7 +459,7 @@ fn attention_row_backward_dq(
     if (HD > 7u) { g1_7 = in_dout[go + 7u]; }
   }
   if (RR > 2u) {
-    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    let i = min(q0 + 2u * WG + lid.x, TE - 1u);
     row.z = i;
     st.z = in_start[i];
     lse.z = in_lse[h * T + i];
@@ -482,7 +484,7 @@ fn attention_row_backward_dq(
     if (HD > 7u) { g2_7 = in_dout[go + 7u]; }
   }
   if (RR > 3u) {
-    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    let i = min(q0 + 3u * WG + lid.x, TE - 1u);
     row.w = i;
     st.w = in_start[i];
     lse.w = in_lse[h * T + i];
@@ -507,7 +509,7 @@ fn attention_row_backward_dq(
     if (HD > 7u) { g3_7 = in_dout[go + 7u]; }
   }
   if (RR > 4u) {
-    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    let i = min(q0 + 4u * WG + lid.x, TE - 1u);
     row2.x = i;
     st2.x = in_start[i];
     lse2.x = in_lse[h * T + i];
@@ -532,7 +534,7 @@ fn attention_row_backward_dq(
     if (HD > 7u) { g4_7 = in_dout[go + 7u]; }
   }
   if (RR > 5u) {
-    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    let i = min(q0 + 5u * WG + lid.x, TE - 1u);
     row2.y = i;
     st2.y = in_start[i];
     lse2.y = in_lse[h * T + i];
@@ -557,7 +559,7 @@ fn attention_row_backward_dq(
     if (HD > 7u) { g5_7 = in_dout[go + 7u]; }
   }
   if (RR > 6u) {
-    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    let i = min(q0 + 6u * WG + lid.x, TE - 1u);
     row2.z = i;
     st2.z = in_start[i];
     lse2.z = in_lse[h * T + i];
@@ -582,7 +584,7 @@ fn attention_row_backward_dq(
     if (HD > 7u) { g6_7 = in_dout[go + 7u]; }
   }
   if (RR > 7u) {
-    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    let i = min(q0 + 7u * WG + lid.x, TE - 1u);
     row2.w = i;
     st2.w = in_start[i];
     lse2.w = in_lse[h * T + i];
@@ -607,7 +609,7 @@ fn attention_row_backward_dq(
     if (HD > 7u) { g7_7 = in_dout[go + 7u]; }
   }
   let jLo = in_start[q0];
-  let jHi = min(q0 + WG * RR, T);
+  let jHi = min(q0 + WG * RR, TE);
   for (var j = jLo; j < jHi; j++) {
     let ko = j * p.ld_kv + p.k_off + kvh * HD;
     let vo = j * p.ld_kv + p.v_off + kvh * HD;
@@ -806,7 +808,7 @@ fn attention_row_backward_dq(
     }
   }
   {
-    if (q0 + 0u * WG + lid.x < T) {
+    if (q0 + 0u * WG + lid.x < TE) {
       let qo = row.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a0_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a0_1 * p.scale; }
@@ -819,7 +821,7 @@ fn attention_row_backward_dq(
     }
   }
   if (RR > 1u) {
-    if (q0 + 1u * WG + lid.x < T) {
+    if (q0 + 1u * WG + lid.x < TE) {
       let qo = row.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a1_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a1_1 * p.scale; }
@@ -832,7 +834,7 @@ fn attention_row_backward_dq(
     }
   }
   if (RR > 2u) {
-    if (q0 + 2u * WG + lid.x < T) {
+    if (q0 + 2u * WG + lid.x < TE) {
       let qo = row.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a2_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a2_1 * p.scale; }
@@ -845,7 +847,7 @@ fn attention_row_backward_dq(
     }
   }
   if (RR > 3u) {
-    if (q0 + 3u * WG + lid.x < T) {
+    if (q0 + 3u * WG + lid.x < TE) {
       let qo = row.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a3_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a3_1 * p.scale; }
@@ -858,7 +860,7 @@ fn attention_row_backward_dq(
     }
   }
   if (RR > 4u) {
-    if (q0 + 4u * WG + lid.x < T) {
+    if (q0 + 4u * WG + lid.x < TE) {
       let qo = row2.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a4_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a4_1 * p.scale; }
@@ -871,7 +873,7 @@ fn attention_row_backward_dq(
     }
   }
   if (RR > 5u) {
-    if (q0 + 5u * WG + lid.x < T) {
+    if (q0 + 5u * WG + lid.x < TE) {
       let qo = row2.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a5_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a5_1 * p.scale; }
@@ -884,7 +886,7 @@ fn attention_row_backward_dq(
     }
   }
   if (RR > 6u) {
-    if (q0 + 6u * WG + lid.x < T) {
+    if (q0 + 6u * WG + lid.x < TE) {
       let qo = row2.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a6_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a6_1 * p.scale; }
@@ -897,7 +899,7 @@ fn attention_row_backward_dq(
     }
   }
   if (RR > 7u) {
-    if (q0 + 7u * WG + lid.x < T) {
+    if (q0 + 7u * WG + lid.x < TE) {
       let qo = row2.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a7_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a7_1 * p.scale; }
@@ -1422,10 +1424,11 @@ fn attention_row_forward_v4(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let T = p.t;
+  let T = p.t; // tokens: rows of lse and delta
+  let TE = p.q_end; // one past the dispatch's last query (T unless chunked)
   let h = wid.y;
   let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;
+  let q0 = p.q_base + wid.x * WG * RR;
   var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var o0_0 = 0.0; var o0_1 = 0.0; var o0_2 = 0.0; var o0_3 = 0.0; var o0_4 = 0.0; var o0_5 = 0.0; var o0_6 = 0.0; var o0_7 = 0.0;
   var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var o1_0 = 0.0; var o1_1 = 0.0; var o1_2 = 0.0; var o1_3 = 0.0; var o1_4 = 0.0; var o1_5 = 0.0; var o1_6 = 0.0; var o1_7 = 0.0;
   var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var o2_0 = 0.0; var o2_1 = 0.0; var o2_2 = 0.0; var o2_3 = 0.0; var o2_4 = 0.0; var o2_5 = 0.0; var o2_6 = 0.0; var o2_7 = 0.0;
@@ -1437,7 +1440,7 @@ fn attention_row_forward_v4(
   var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
   var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();
   {
-    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    let i = min(q0 + 0u * WG + lid.x, TE - 1u);
     row.x = i;
     st.x = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -1445,7 +1448,7 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q0_4 = t.x * p.scale; q0_5 = t.y * p.scale; q0_6 = t.z * p.scale; q0_7 = t.w * p.scale; }
   }
   if (RR > 1u) {
-    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    let i = min(q0 + 1u * WG + lid.x, TE - 1u);
     row.y = i;
     st.y = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -1453,7 +1456,7 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q1_4 = t.x * p.scale; q1_5 = t.y * p.scale; q1_6 = t.z * p.scale; q1_7 = t.w * p.scale; }
   }
   if (RR > 2u) {
-    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    let i = min(q0 + 2u * WG + lid.x, TE - 1u);
     row.z = i;
     st.z = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -1461,7 +1464,7 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q2_4 = t.x * p.scale; q2_5 = t.y * p.scale; q2_6 = t.z * p.scale; q2_7 = t.w * p.scale; }
   }
   if (RR > 3u) {
-    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    let i = min(q0 + 3u * WG + lid.x, TE - 1u);
     row.w = i;
     st.w = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -1469,7 +1472,7 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q3_4 = t.x * p.scale; q3_5 = t.y * p.scale; q3_6 = t.z * p.scale; q3_7 = t.w * p.scale; }
   }
   if (RR > 4u) {
-    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    let i = min(q0 + 4u * WG + lid.x, TE - 1u);
     row2.x = i;
     st2.x = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -1477,7 +1480,7 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4_4 = t.x * p.scale; q4_5 = t.y * p.scale; q4_6 = t.z * p.scale; q4_7 = t.w * p.scale; }
   }
   if (RR > 5u) {
-    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    let i = min(q0 + 5u * WG + lid.x, TE - 1u);
     row2.y = i;
     st2.y = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -1485,7 +1488,7 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q5_4 = t.x * p.scale; q5_5 = t.y * p.scale; q5_6 = t.z * p.scale; q5_7 = t.w * p.scale; }
   }
   if (RR > 6u) {
-    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    let i = min(q0 + 6u * WG + lid.x, TE - 1u);
     row2.z = i;
     st2.z = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -1493,7 +1496,7 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q6_4 = t.x * p.scale; q6_5 = t.y * p.scale; q6_6 = t.z * p.scale; q6_7 = t.w * p.scale; }
   }
   if (RR > 7u) {
-    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    let i = min(q0 + 7u * WG + lid.x, TE - 1u);
     row2.w = i;
     st2.w = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -1501,9 +1504,9 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
   }
   let jLo = in_start[q0];
-  let jHi = min(q0 + WG * RR, T); // one past the last key any row sees
+  let jHi = min(q0 + WG * RR, TE); // one past the last key any row sees
   for (var j = jLo; j < jHi; j += 4u) {
-    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(T - 1u));
+    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(TE - 1u));
     let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
     let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
     let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
@@ -1586,7 +1589,7 @@ fn attention_row_forward_v4(
     if (HD > 4u) { let v0 = in_v4[vo.x / 4u + 1u]; let v1 = in_v4[vo.y / 4u + 1u]; let v2 = in_v4[vo.z / 4u + 1u]; let v3 = in_v4[vo.w / 4u + 1u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_4 = o0_4 * a0 + dot(p0, vx); if (RR > 1u) { o1_4 = o1_4 * a1 + dot(p1, vx); } if (RR > 2u) { o2_4 = o2_4 * a2 + dot(p2, vx); } if (RR > 3u) { o3_4 = o3_4 * a3 + dot(p3, vx); } if (RR > 4u) { o4_4 = o4_4 * a4 + dot(p4, vx); } if (RR > 5u) { o5_4 = o5_4 * a5 + dot(p5, vx); } if (RR > 6u) { o6_4 = o6_4 * a6 + dot(p6, vx); } if (RR > 7u) { o7_4 = o7_4 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_5 = o0_5 * a0 + dot(p0, vx); if (RR > 1u) { o1_5 = o1_5 * a1 + dot(p1, vx); } if (RR > 2u) { o2_5 = o2_5 * a2 + dot(p2, vx); } if (RR > 3u) { o3_5 = o3_5 * a3 + dot(p3, vx); } if (RR > 4u) { o4_5 = o4_5 * a4 + dot(p4, vx); } if (RR > 5u) { o5_5 = o5_5 * a5 + dot(p5, vx); } if (RR > 6u) { o6_5 = o6_5 * a6 + dot(p6, vx); } if (RR > 7u) { o7_5 = o7_5 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_6 = o0_6 * a0 + dot(p0, vx); if (RR > 1u) { o1_6 = o1_6 * a1 + dot(p1, vx); } if (RR > 2u) { o2_6 = o2_6 * a2 + dot(p2, vx); } if (RR > 3u) { o3_6 = o3_6 * a3 + dot(p3, vx); } if (RR > 4u) { o4_6 = o4_6 * a4 + dot(p4, vx); } if (RR > 5u) { o5_6 = o5_6 * a5 + dot(p5, vx); } if (RR > 6u) { o6_6 = o6_6 * a6 + dot(p6, vx); } if (RR > 7u) { o7_6 = o7_6 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_7 = o0_7 * a0 + dot(p0, vx); if (RR > 1u) { o1_7 = o1_7 * a1 + dot(p1, vx); } if (RR > 2u) { o2_7 = o2_7 * a2 + dot(p2, vx); } if (RR > 3u) { o3_7 = o3_7 * a3 + dot(p3, vx); } if (RR > 4u) { o4_7 = o4_7 * a4 + dot(p4, vx); } if (RR > 5u) { o5_7 = o5_7 * a5 + dot(p5, vx); } if (RR > 6u) { o6_7 = o6_7 * a6 + dot(p6, vx); } if (RR > 7u) { o7_7 = o7_7 * a7 + dot(p7, vx); } } }
   }
   {
-    if (q0 + 0u * WG + lid.x < T) {
+    if (q0 + 0u * WG + lid.x < TE) {
       let i = row.x;
       let inv = 1.0 / l.x;
       let oo = (i * p.hq + h) * HD;
@@ -1602,7 +1605,7 @@ fn attention_row_forward_v4(
     }
   }
   if (RR > 1u) {
-    if (q0 + 1u * WG + lid.x < T) {
+    if (q0 + 1u * WG + lid.x < TE) {
       let i = row.y;
       let inv = 1.0 / l.y;
       let oo = (i * p.hq + h) * HD;
@@ -1618,7 +1621,7 @@ fn attention_row_forward_v4(
     }
   }
   if (RR > 2u) {
-    if (q0 + 2u * WG + lid.x < T) {
+    if (q0 + 2u * WG + lid.x < TE) {
       let i = row.z;
       let inv = 1.0 / l.z;
       let oo = (i * p.hq + h) * HD;
@@ -1634,7 +1637,7 @@ fn attention_row_forward_v4(
     }
   }
   if (RR > 3u) {
-    if (q0 + 3u * WG + lid.x < T) {
+    if (q0 + 3u * WG + lid.x < TE) {
       let i = row.w;
       let inv = 1.0 / l.w;
       let oo = (i * p.hq + h) * HD;
@@ -1650,7 +1653,7 @@ fn attention_row_forward_v4(
     }
   }
   if (RR > 4u) {
-    if (q0 + 4u * WG + lid.x < T) {
+    if (q0 + 4u * WG + lid.x < TE) {
       let i = row2.x;
       let inv = 1.0 / l2.x;
       let oo = (i * p.hq + h) * HD;
@@ -1666,7 +1669,7 @@ fn attention_row_forward_v4(
     }
   }
   if (RR > 5u) {
-    if (q0 + 5u * WG + lid.x < T) {
+    if (q0 + 5u * WG + lid.x < TE) {
       let i = row2.y;
       let inv = 1.0 / l2.y;
       let oo = (i * p.hq + h) * HD;
@@ -1682,7 +1685,7 @@ fn attention_row_forward_v4(
     }
   }
   if (RR > 6u) {
-    if (q0 + 6u * WG + lid.x < T) {
+    if (q0 + 6u * WG + lid.x < TE) {
       let i = row2.z;
       let inv = 1.0 / l2.z;
       let oo = (i * p.hq + h) * HD;
@@ -1698,7 +1701,7 @@ fn attention_row_forward_v4(
     }
   }
   if (RR > 7u) {
-    if (q0 + 7u * WG + lid.x < T) {
+    if (q0 + 7u * WG + lid.x < TE) {
       let i = row2.w;
       let inv = 1.0 / l2.w;
       let oo = (i * p.hq + h) * HD;
@@ -1723,10 +1726,11 @@ fn attention_row_backward_dq_v4(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let T = p.t;
+  let T = p.t; // tokens: rows of lse and delta
+  let TE = p.q_end; // one past the dispatch's last query (T unless chunked)
   let h = wid.y;
   let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;
+  let q0 = p.q_base + wid.x * WG * RR;
   var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var g0_0 = 0.0; var g0_1 = 0.0; var g0_2 = 0.0; var g0_3 = 0.0; var g0_4 = 0.0; var g0_5 = 0.0; var g0_6 = 0.0; var g0_7 = 0.0; var a0_0 = 0.0; var a0_1 = 0.0; var a0_2 = 0.0; var a0_3 = 0.0; var a0_4 = 0.0; var a0_5 = 0.0; var a0_6 = 0.0; var a0_7 = 0.0;
   var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var g1_0 = 0.0; var g1_1 = 0.0; var g1_2 = 0.0; var g1_3 = 0.0; var g1_4 = 0.0; var g1_5 = 0.0; var g1_6 = 0.0; var g1_7 = 0.0; var a1_0 = 0.0; var a1_1 = 0.0; var a1_2 = 0.0; var a1_3 = 0.0; var a1_4 = 0.0; var a1_5 = 0.0; var a1_6 = 0.0; var a1_7 = 0.0;
   var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var g2_0 = 0.0; var g2_1 = 0.0; var g2_2 = 0.0; var g2_3 = 0.0; var g2_4 = 0.0; var g2_5 = 0.0; var g2_6 = 0.0; var g2_7 = 0.0; var a2_0 = 0.0; var a2_1 = 0.0; var a2_2 = 0.0; var a2_3 = 0.0; var a2_4 = 0.0; var a2_5 = 0.0; var a2_6 = 0.0; var a2_7 = 0.0;
@@ -1738,7 +1742,7 @@ fn attention_row_backward_dq_v4(
   var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
   var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();
   {
-    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    let i = min(q0 + 0u * WG + lid.x, TE - 1u);
     row.x = i;
     st.x = in_start[i];
     lse.x = in_lse[h * T + i];
@@ -1751,7 +1755,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g0_4 = t.x; g0_5 = t.y; g0_6 = t.z; g0_7 = t.w; }
   }
   if (RR > 1u) {
-    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    let i = min(q0 + 1u * WG + lid.x, TE - 1u);
     row.y = i;
     st.y = in_start[i];
     lse.y = in_lse[h * T + i];
@@ -1764,7 +1768,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g1_4 = t.x; g1_5 = t.y; g1_6 = t.z; g1_7 = t.w; }
   }
   if (RR > 2u) {
-    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    let i = min(q0 + 2u * WG + lid.x, TE - 1u);
     row.z = i;
     st.z = in_start[i];
     lse.z = in_lse[h * T + i];
@@ -1777,7 +1781,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g2_4 = t.x; g2_5 = t.y; g2_6 = t.z; g2_7 = t.w; }
   }
   if (RR > 3u) {
-    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    let i = min(q0 + 3u * WG + lid.x, TE - 1u);
     row.w = i;
     st.w = in_start[i];
     lse.w = in_lse[h * T + i];
@@ -1790,7 +1794,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g3_4 = t.x; g3_5 = t.y; g3_6 = t.z; g3_7 = t.w; }
   }
   if (RR > 4u) {
-    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    let i = min(q0 + 4u * WG + lid.x, TE - 1u);
     row2.x = i;
     st2.x = in_start[i];
     lse2.x = in_lse[h * T + i];
@@ -1803,7 +1807,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g4_4 = t.x; g4_5 = t.y; g4_6 = t.z; g4_7 = t.w; }
   }
   if (RR > 5u) {
-    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    let i = min(q0 + 5u * WG + lid.x, TE - 1u);
     row2.y = i;
     st2.y = in_start[i];
     lse2.y = in_lse[h * T + i];
@@ -1816,7 +1820,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g5_4 = t.x; g5_5 = t.y; g5_6 = t.z; g5_7 = t.w; }
   }
   if (RR > 6u) {
-    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    let i = min(q0 + 6u * WG + lid.x, TE - 1u);
     row2.z = i;
     st2.z = in_start[i];
     lse2.z = in_lse[h * T + i];
@@ -1829,7 +1833,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g6_4 = t.x; g6_5 = t.y; g6_6 = t.z; g6_7 = t.w; }
   }
   if (RR > 7u) {
-    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    let i = min(q0 + 7u * WG + lid.x, TE - 1u);
     row2.w = i;
     st2.w = in_start[i];
     lse2.w = in_lse[h * T + i];
@@ -1842,7 +1846,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g7_4 = t.x; g7_5 = t.y; g7_6 = t.z; g7_7 = t.w; }
   }
   let jLo = in_start[q0];
-  let jHi = min(q0 + WG * RR, T);
+  let jHi = min(q0 + WG * RR, TE);
   for (var j = jLo; j < jHi; j++) {
     let ko = j * p.ld_kv + p.k_off + kvh * HD;
     let vo = j * p.ld_kv + p.v_off + kvh * HD;
@@ -2029,7 +2033,7 @@ fn attention_row_backward_dq_v4(
     }
   }
   {
-    if (q0 + 0u * WG + lid.x < T) {
+    if (q0 + 0u * WG + lid.x < TE) {
       let qo = row.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a0_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a0_1 * p.scale; }
@@ -2042,7 +2046,7 @@ fn attention_row_backward_dq_v4(
     }
   }
   if (RR > 1u) {
-    if (q0 + 1u * WG + lid.x < T) {
+    if (q0 + 1u * WG + lid.x < TE) {
       let qo = row.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a1_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a1_1 * p.scale; }
@@ -2055,7 +2059,7 @@ fn attention_row_backward_dq_v4(
     }
   }
   if (RR > 2u) {
-    if (q0 + 2u * WG + lid.x < T) {
+    if (q0 + 2u * WG + lid.x < TE) {
       let qo = row.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a2_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a2_1 * p.scale; }
@@ -2068,7 +2072,7 @@ fn attention_row_backward_dq_v4(
     }
   }
   if (RR > 3u) {
-    if (q0 + 3u * WG + lid.x < T) {
+    if (q0 + 3u * WG + lid.x < TE) {
       let qo = row.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a3_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a3_1 * p.scale; }
@@ -2081,7 +2085,7 @@ fn attention_row_backward_dq_v4(
     }
   }
   if (RR > 4u) {
-    if (q0 + 4u * WG + lid.x < T) {
+    if (q0 + 4u * WG + lid.x < TE) {
       let qo = row2.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a4_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a4_1 * p.scale; }
@@ -2094,7 +2098,7 @@ fn attention_row_backward_dq_v4(
     }
   }
   if (RR > 5u) {
-    if (q0 + 5u * WG + lid.x < T) {
+    if (q0 + 5u * WG + lid.x < TE) {
       let qo = row2.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a5_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a5_1 * p.scale; }
@@ -2107,7 +2111,7 @@ fn attention_row_backward_dq_v4(
     }
   }
   if (RR > 6u) {
-    if (q0 + 6u * WG + lid.x < T) {
+    if (q0 + 6u * WG + lid.x < TE) {
       let qo = row2.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a6_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a6_1 * p.scale; }
@@ -2120,7 +2124,7 @@ fn attention_row_backward_dq_v4(
     }
   }
   if (RR > 7u) {
-    if (q0 + 7u * WG + lid.x < T) {
+    if (q0 + 7u * WG + lid.x < TE) {
       let qo = row2.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a7_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a7_1 * p.scale; }
@@ -2533,23 +2537,27 @@ fn attention_row_backward_dkv_v4(
 
 // K and V through uniform bindings, read by the _u entry points (forward, dQ) only: on lavapipe a
 // uniform load is a branch-free gather, a storage load a per-lane loop with bounds checks
-// (kernels/README.md). The launcher binds 64 KiB of dense (T, Hkv, D) copies of K and V here.
+// (kernels/README.md). The launcher binds 64 KiB of dense (T, Hkv, D) copies of K and V here,
+// from the first key the dispatch's queries can see.
 @group(0) @binding(12) var<uniform> win_k: array<vec4<f32>, 4096>; // (T, Hkv, D), dense
 @group(0) @binding(13) var<uniform> win_v: array<vec4<f32>, 4096>; // (T, Hkv, D), dense
 
 
 // Forward: rows are queries of q head h; lse = max + log(sum) per query.
-// _u: as _v4, with K and V read from uniform windows (win_k, win_v): dense (T, Hkv, D)
-// copies of at most 64 KiB each, p.ld_kv = Hkv·D and p.k_off = p.v_off = 0.
+// _u: as _v4, with K and V read from uniform windows (win_k, win_v): 64 KiB of dense
+// (T, Hkv, D) copies from token w, p.ld_kv = Hkv·D and p.k_off = p.v_off = −w·Hkv·D (mod 2^32,
+// so key j sits at row j − w). A long micro-batch runs in chunks of queries from p.q_base to
+// p.t, each with the window holding every key its queries see (kernels/attention.ts).
 @compute @workgroup_size(WG)
 fn attention_row_forward_u(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let T = p.t;
+  let T = p.t; // tokens: rows of lse and delta
+  let TE = p.q_end; // one past the dispatch's last query (T unless chunked)
   let h = wid.y;
   let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;
+  let q0 = p.q_base + wid.x * WG * RR;
   var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var o0_0 = 0.0; var o0_1 = 0.0; var o0_2 = 0.0; var o0_3 = 0.0; var o0_4 = 0.0; var o0_5 = 0.0; var o0_6 = 0.0; var o0_7 = 0.0;
   var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var o1_0 = 0.0; var o1_1 = 0.0; var o1_2 = 0.0; var o1_3 = 0.0; var o1_4 = 0.0; var o1_5 = 0.0; var o1_6 = 0.0; var o1_7 = 0.0;
   var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var o2_0 = 0.0; var o2_1 = 0.0; var o2_2 = 0.0; var o2_3 = 0.0; var o2_4 = 0.0; var o2_5 = 0.0; var o2_6 = 0.0; var o2_7 = 0.0;
@@ -2561,7 +2569,7 @@ fn attention_row_forward_u(
   var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
   var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();
   {
-    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    let i = min(q0 + 0u * WG + lid.x, TE - 1u);
     row.x = i;
     st.x = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -2569,7 +2577,7 @@ fn attention_row_forward_u(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q0_4 = t.x * p.scale; q0_5 = t.y * p.scale; q0_6 = t.z * p.scale; q0_7 = t.w * p.scale; }
   }
   if (RR > 1u) {
-    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    let i = min(q0 + 1u * WG + lid.x, TE - 1u);
     row.y = i;
     st.y = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -2577,7 +2585,7 @@ fn attention_row_forward_u(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q1_4 = t.x * p.scale; q1_5 = t.y * p.scale; q1_6 = t.z * p.scale; q1_7 = t.w * p.scale; }
   }
   if (RR > 2u) {
-    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    let i = min(q0 + 2u * WG + lid.x, TE - 1u);
     row.z = i;
     st.z = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -2585,7 +2593,7 @@ fn attention_row_forward_u(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q2_4 = t.x * p.scale; q2_5 = t.y * p.scale; q2_6 = t.z * p.scale; q2_7 = t.w * p.scale; }
   }
   if (RR > 3u) {
-    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    let i = min(q0 + 3u * WG + lid.x, TE - 1u);
     row.w = i;
     st.w = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -2593,7 +2601,7 @@ fn attention_row_forward_u(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q3_4 = t.x * p.scale; q3_5 = t.y * p.scale; q3_6 = t.z * p.scale; q3_7 = t.w * p.scale; }
   }
   if (RR > 4u) {
-    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    let i = min(q0 + 4u * WG + lid.x, TE - 1u);
     row2.x = i;
     st2.x = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -2601,7 +2609,7 @@ fn attention_row_forward_u(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4_4 = t.x * p.scale; q4_5 = t.y * p.scale; q4_6 = t.z * p.scale; q4_7 = t.w * p.scale; }
   }
   if (RR > 5u) {
-    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    let i = min(q0 + 5u * WG + lid.x, TE - 1u);
     row2.y = i;
     st2.y = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -2609,7 +2617,7 @@ fn attention_row_forward_u(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q5_4 = t.x * p.scale; q5_5 = t.y * p.scale; q5_6 = t.z * p.scale; q5_7 = t.w * p.scale; }
   }
   if (RR > 6u) {
-    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    let i = min(q0 + 6u * WG + lid.x, TE - 1u);
     row2.z = i;
     st2.z = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -2617,7 +2625,7 @@ fn attention_row_forward_u(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q6_4 = t.x * p.scale; q6_5 = t.y * p.scale; q6_6 = t.z * p.scale; q6_7 = t.w * p.scale; }
   }
   if (RR > 7u) {
-    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    let i = min(q0 + 7u * WG + lid.x, TE - 1u);
     row2.w = i;
     st2.w = in_start[i];
     let qo = i * p.ld_q + p.q_off + h * HD;
@@ -2625,9 +2633,9 @@ fn attention_row_forward_u(
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
   }
   let jLo = in_start[q0];
-  let jHi = min(q0 + WG * RR, T); // one past the last key any row sees
+  let jHi = min(q0 + WG * RR, TE); // one past the last key any row sees
   for (var j = jLo; j < jHi; j += 4u) {
-    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(T - 1u));
+    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(TE - 1u));
     let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
     let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
     let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
@@ -2710,7 +2718,7 @@ fn attention_row_forward_u(
     if (HD > 4u) { let v0 = win_v[vo.x / 4u + 1u]; let v1 = win_v[vo.y / 4u + 1u]; let v2 = win_v[vo.z / 4u + 1u]; let v3 = win_v[vo.w / 4u + 1u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_4 = o0_4 * a0 + dot(p0, vx); if (RR > 1u) { o1_4 = o1_4 * a1 + dot(p1, vx); } if (RR > 2u) { o2_4 = o2_4 * a2 + dot(p2, vx); } if (RR > 3u) { o3_4 = o3_4 * a3 + dot(p3, vx); } if (RR > 4u) { o4_4 = o4_4 * a4 + dot(p4, vx); } if (RR > 5u) { o5_4 = o5_4 * a5 + dot(p5, vx); } if (RR > 6u) { o6_4 = o6_4 * a6 + dot(p6, vx); } if (RR > 7u) { o7_4 = o7_4 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_5 = o0_5 * a0 + dot(p0, vx); if (RR > 1u) { o1_5 = o1_5 * a1 + dot(p1, vx); } if (RR > 2u) { o2_5 = o2_5 * a2 + dot(p2, vx); } if (RR > 3u) { o3_5 = o3_5 * a3 + dot(p3, vx); } if (RR > 4u) { o4_5 = o4_5 * a4 + dot(p4, vx); } if (RR > 5u) { o5_5 = o5_5 * a5 + dot(p5, vx); } if (RR > 6u) { o6_5 = o6_5 * a6 + dot(p6, vx); } if (RR > 7u) { o7_5 = o7_5 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_6 = o0_6 * a0 + dot(p0, vx); if (RR > 1u) { o1_6 = o1_6 * a1 + dot(p1, vx); } if (RR > 2u) { o2_6 = o2_6 * a2 + dot(p2, vx); } if (RR > 3u) { o3_6 = o3_6 * a3 + dot(p3, vx); } if (RR > 4u) { o4_6 = o4_6 * a4 + dot(p4, vx); } if (RR > 5u) { o5_6 = o5_6 * a5 + dot(p5, vx); } if (RR > 6u) { o6_6 = o6_6 * a6 + dot(p6, vx); } if (RR > 7u) { o7_6 = o7_6 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_7 = o0_7 * a0 + dot(p0, vx); if (RR > 1u) { o1_7 = o1_7 * a1 + dot(p1, vx); } if (RR > 2u) { o2_7 = o2_7 * a2 + dot(p2, vx); } if (RR > 3u) { o3_7 = o3_7 * a3 + dot(p3, vx); } if (RR > 4u) { o4_7 = o4_7 * a4 + dot(p4, vx); } if (RR > 5u) { o5_7 = o5_7 * a5 + dot(p5, vx); } if (RR > 6u) { o6_7 = o6_7 * a6 + dot(p6, vx); } if (RR > 7u) { o7_7 = o7_7 * a7 + dot(p7, vx); } } }
   }
   {
-    if (q0 + 0u * WG + lid.x < T) {
+    if (q0 + 0u * WG + lid.x < TE) {
       let i = row.x;
       let inv = 1.0 / l.x;
       let oo = (i * p.hq + h) * HD;
@@ -2726,7 +2734,7 @@ fn attention_row_forward_u(
     }
   }
   if (RR > 1u) {
-    if (q0 + 1u * WG + lid.x < T) {
+    if (q0 + 1u * WG + lid.x < TE) {
       let i = row.y;
       let inv = 1.0 / l.y;
       let oo = (i * p.hq + h) * HD;
@@ -2742,7 +2750,7 @@ fn attention_row_forward_u(
     }
   }
   if (RR > 2u) {
-    if (q0 + 2u * WG + lid.x < T) {
+    if (q0 + 2u * WG + lid.x < TE) {
       let i = row.z;
       let inv = 1.0 / l.z;
       let oo = (i * p.hq + h) * HD;
@@ -2758,7 +2766,7 @@ fn attention_row_forward_u(
     }
   }
   if (RR > 3u) {
-    if (q0 + 3u * WG + lid.x < T) {
+    if (q0 + 3u * WG + lid.x < TE) {
       let i = row.w;
       let inv = 1.0 / l.w;
       let oo = (i * p.hq + h) * HD;
@@ -2774,7 +2782,7 @@ fn attention_row_forward_u(
     }
   }
   if (RR > 4u) {
-    if (q0 + 4u * WG + lid.x < T) {
+    if (q0 + 4u * WG + lid.x < TE) {
       let i = row2.x;
       let inv = 1.0 / l2.x;
       let oo = (i * p.hq + h) * HD;
@@ -2790,7 +2798,7 @@ fn attention_row_forward_u(
     }
   }
   if (RR > 5u) {
-    if (q0 + 5u * WG + lid.x < T) {
+    if (q0 + 5u * WG + lid.x < TE) {
       let i = row2.y;
       let inv = 1.0 / l2.y;
       let oo = (i * p.hq + h) * HD;
@@ -2806,7 +2814,7 @@ fn attention_row_forward_u(
     }
   }
   if (RR > 6u) {
-    if (q0 + 6u * WG + lid.x < T) {
+    if (q0 + 6u * WG + lid.x < TE) {
       let i = row2.z;
       let inv = 1.0 / l2.z;
       let oo = (i * p.hq + h) * HD;
@@ -2822,7 +2830,7 @@ fn attention_row_forward_u(
     }
   }
   if (RR > 7u) {
-    if (q0 + 7u * WG + lid.x < T) {
+    if (q0 + 7u * WG + lid.x < TE) {
       let i = row2.w;
       let inv = 1.0 / l2.w;
       let oo = (i * p.hq + h) * HD;
@@ -2841,17 +2849,20 @@ fn attention_row_forward_u(
 
 // dQ_i = scale · Σ_j P_ij (dP_ij − delta_i) K_j with P_ij = exp(scale · q_i·k_j − lse_i),
 // dP_ij = dO_i · V_j; rows are queries of q head h.
-// _u: as _v4, with K and V read from uniform windows (win_k, win_v): dense (T, Hkv, D)
-// copies of at most 64 KiB each, p.ld_kv = Hkv·D and p.k_off = p.v_off = 0.
+// _u: as _v4, with K and V read from uniform windows (win_k, win_v): 64 KiB of dense
+// (T, Hkv, D) copies from token w, p.ld_kv = Hkv·D and p.k_off = p.v_off = −w·Hkv·D (mod 2^32,
+// so key j sits at row j − w). A long micro-batch runs in chunks of queries from p.q_base to
+// p.t, each with the window holding every key its queries see (kernels/attention.ts).
 @compute @workgroup_size(WG)
 fn attention_row_backward_dq_u(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let T = p.t;
+  let T = p.t; // tokens: rows of lse and delta
+  let TE = p.q_end; // one past the dispatch's last query (T unless chunked)
   let h = wid.y;
   let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;
+  let q0 = p.q_base + wid.x * WG * RR;
   var q0_0 = 0.0; var q0_1 = 0.0; var q0_2 = 0.0; var q0_3 = 0.0; var q0_4 = 0.0; var q0_5 = 0.0; var q0_6 = 0.0; var q0_7 = 0.0; var g0_0 = 0.0; var g0_1 = 0.0; var g0_2 = 0.0; var g0_3 = 0.0; var g0_4 = 0.0; var g0_5 = 0.0; var g0_6 = 0.0; var g0_7 = 0.0; var a0_0 = 0.0; var a0_1 = 0.0; var a0_2 = 0.0; var a0_3 = 0.0; var a0_4 = 0.0; var a0_5 = 0.0; var a0_6 = 0.0; var a0_7 = 0.0;
   var q1_0 = 0.0; var q1_1 = 0.0; var q1_2 = 0.0; var q1_3 = 0.0; var q1_4 = 0.0; var q1_5 = 0.0; var q1_6 = 0.0; var q1_7 = 0.0; var g1_0 = 0.0; var g1_1 = 0.0; var g1_2 = 0.0; var g1_3 = 0.0; var g1_4 = 0.0; var g1_5 = 0.0; var g1_6 = 0.0; var g1_7 = 0.0; var a1_0 = 0.0; var a1_1 = 0.0; var a1_2 = 0.0; var a1_3 = 0.0; var a1_4 = 0.0; var a1_5 = 0.0; var a1_6 = 0.0; var a1_7 = 0.0;
   var q2_0 = 0.0; var q2_1 = 0.0; var q2_2 = 0.0; var q2_3 = 0.0; var q2_4 = 0.0; var q2_5 = 0.0; var q2_6 = 0.0; var q2_7 = 0.0; var g2_0 = 0.0; var g2_1 = 0.0; var g2_2 = 0.0; var g2_3 = 0.0; var g2_4 = 0.0; var g2_5 = 0.0; var g2_6 = 0.0; var g2_7 = 0.0; var a2_0 = 0.0; var a2_1 = 0.0; var a2_2 = 0.0; var a2_3 = 0.0; var a2_4 = 0.0; var a2_5 = 0.0; var a2_6 = 0.0; var a2_7 = 0.0;
@@ -2863,7 +2874,7 @@ fn attention_row_backward_dq_u(
   var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
   var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();
   {
-    let i = min(q0 + 0u * WG + lid.x, T - 1u);
+    let i = min(q0 + 0u * WG + lid.x, TE - 1u);
     row.x = i;
     st.x = in_start[i];
     lse.x = in_lse[h * T + i];
@@ -2876,7 +2887,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g0_4 = t.x; g0_5 = t.y; g0_6 = t.z; g0_7 = t.w; }
   }
   if (RR > 1u) {
-    let i = min(q0 + 1u * WG + lid.x, T - 1u);
+    let i = min(q0 + 1u * WG + lid.x, TE - 1u);
     row.y = i;
     st.y = in_start[i];
     lse.y = in_lse[h * T + i];
@@ -2889,7 +2900,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g1_4 = t.x; g1_5 = t.y; g1_6 = t.z; g1_7 = t.w; }
   }
   if (RR > 2u) {
-    let i = min(q0 + 2u * WG + lid.x, T - 1u);
+    let i = min(q0 + 2u * WG + lid.x, TE - 1u);
     row.z = i;
     st.z = in_start[i];
     lse.z = in_lse[h * T + i];
@@ -2902,7 +2913,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g2_4 = t.x; g2_5 = t.y; g2_6 = t.z; g2_7 = t.w; }
   }
   if (RR > 3u) {
-    let i = min(q0 + 3u * WG + lid.x, T - 1u);
+    let i = min(q0 + 3u * WG + lid.x, TE - 1u);
     row.w = i;
     st.w = in_start[i];
     lse.w = in_lse[h * T + i];
@@ -2915,7 +2926,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g3_4 = t.x; g3_5 = t.y; g3_6 = t.z; g3_7 = t.w; }
   }
   if (RR > 4u) {
-    let i = min(q0 + 4u * WG + lid.x, T - 1u);
+    let i = min(q0 + 4u * WG + lid.x, TE - 1u);
     row2.x = i;
     st2.x = in_start[i];
     lse2.x = in_lse[h * T + i];
@@ -2928,7 +2939,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g4_4 = t.x; g4_5 = t.y; g4_6 = t.z; g4_7 = t.w; }
   }
   if (RR > 5u) {
-    let i = min(q0 + 5u * WG + lid.x, T - 1u);
+    let i = min(q0 + 5u * WG + lid.x, TE - 1u);
     row2.y = i;
     st2.y = in_start[i];
     lse2.y = in_lse[h * T + i];
@@ -2941,7 +2952,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g5_4 = t.x; g5_5 = t.y; g5_6 = t.z; g5_7 = t.w; }
   }
   if (RR > 6u) {
-    let i = min(q0 + 6u * WG + lid.x, T - 1u);
+    let i = min(q0 + 6u * WG + lid.x, TE - 1u);
     row2.z = i;
     st2.z = in_start[i];
     lse2.z = in_lse[h * T + i];
@@ -2954,7 +2965,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g6_4 = t.x; g6_5 = t.y; g6_6 = t.z; g6_7 = t.w; }
   }
   if (RR > 7u) {
-    let i = min(q0 + 7u * WG + lid.x, T - 1u);
+    let i = min(q0 + 7u * WG + lid.x, TE - 1u);
     row2.w = i;
     st2.w = in_start[i];
     lse2.w = in_lse[h * T + i];
@@ -2967,7 +2978,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g7_4 = t.x; g7_5 = t.y; g7_6 = t.z; g7_7 = t.w; }
   }
   let jLo = in_start[q0];
-  let jHi = min(q0 + WG * RR, T);
+  let jHi = min(q0 + WG * RR, TE);
   for (var j = jLo; j < jHi; j++) {
     let ko = j * p.ld_kv + p.k_off + kvh * HD;
     let vo = j * p.ld_kv + p.v_off + kvh * HD;
@@ -3154,7 +3165,7 @@ fn attention_row_backward_dq_u(
     }
   }
   {
-    if (q0 + 0u * WG + lid.x < T) {
+    if (q0 + 0u * WG + lid.x < TE) {
       let qo = row.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a0_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a0_1 * p.scale; }
@@ -3167,7 +3178,7 @@ fn attention_row_backward_dq_u(
     }
   }
   if (RR > 1u) {
-    if (q0 + 1u * WG + lid.x < T) {
+    if (q0 + 1u * WG + lid.x < TE) {
       let qo = row.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a1_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a1_1 * p.scale; }
@@ -3180,7 +3191,7 @@ fn attention_row_backward_dq_u(
     }
   }
   if (RR > 2u) {
-    if (q0 + 2u * WG + lid.x < T) {
+    if (q0 + 2u * WG + lid.x < TE) {
       let qo = row.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a2_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a2_1 * p.scale; }
@@ -3193,7 +3204,7 @@ fn attention_row_backward_dq_u(
     }
   }
   if (RR > 3u) {
-    if (q0 + 3u * WG + lid.x < T) {
+    if (q0 + 3u * WG + lid.x < TE) {
       let qo = row.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a3_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a3_1 * p.scale; }
@@ -3206,7 +3217,7 @@ fn attention_row_backward_dq_u(
     }
   }
   if (RR > 4u) {
-    if (q0 + 4u * WG + lid.x < T) {
+    if (q0 + 4u * WG + lid.x < TE) {
       let qo = row2.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a4_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a4_1 * p.scale; }
@@ -3219,7 +3230,7 @@ fn attention_row_backward_dq_u(
     }
   }
   if (RR > 5u) {
-    if (q0 + 5u * WG + lid.x < T) {
+    if (q0 + 5u * WG + lid.x < TE) {
       let qo = row2.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a5_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a5_1 * p.scale; }
@@ -3232,7 +3243,7 @@ fn attention_row_backward_dq_u(
     }
   }
   if (RR > 6u) {
-    if (q0 + 6u * WG + lid.x < T) {
+    if (q0 + 6u * WG + lid.x < TE) {
       let qo = row2.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a6_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a6_1 * p.scale; }
@@ -3245,7 +3256,7 @@ fn attention_row_backward_dq_u(
     }
   }
   if (RR > 7u) {
-    if (q0 + 7u * WG + lid.x < T) {
+    if (q0 + 7u * WG + lid.x < TE) {
       let qo = row2.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a7_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a7_1 * p.scale; }

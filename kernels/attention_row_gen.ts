@@ -88,8 +88,10 @@ const MASKED: f32 = -1.0e30; // score of a masked pair, and the running max befo
 /** The doc line of a `_v4` or `_u` entry point. */
 function V4_DOC(v4: boolean, win = false): string {
   if (win) {
-    return "\n// _u: as _v4, with K and V read from uniform windows (win_k, win_v): dense (T, Hkv, D)\n" +
-      "// copies of at most 64 KiB each, p.ld_kv = Hkv·D and p.k_off = p.v_off = 0.";
+    return "\n// _u: as _v4, with K and V read from uniform windows (win_k, win_v): 64 KiB of dense\n" +
+      "// (T, Hkv, D) copies from token w, p.ld_kv = Hkv·D and p.k_off = p.v_off = −w·Hkv·D (mod 2^32,\n" +
+      "// so key j sits at row j − w). A long micro-batch runs in chunks of queries from p.q_base to\n" +
+      "// p.t, each with the window holding every key its queries see (kernels/attention.ts).";
   }
   return v4
     ? "\n// _v4: head rows of Q, K, V and dO read as vec4s (HD, row strides and offsets multiples of 4)."
@@ -110,7 +112,8 @@ const V4_BINDINGS = `
 const WIN_BINDINGS = `
 // K and V through uniform bindings, read by the _u entry points (forward, dQ) only: on lavapipe a
 // uniform load is a branch-free gather, a storage load a per-lane loop with bounds checks
-// (kernels/README.md). The launcher binds 64 KiB of dense (T, Hkv, D) copies of K and V here.
+// (kernels/README.md). The launcher binds 64 KiB of dense (T, Hkv, D) copies of K and V here,
+// from the first key the dispatch's queries can see.
 @group(0) @binding(12) var<uniform> win_k: array<vec4<f32>, 4096>; // (T, Hkv, D), dense
 @group(0) @binding(13) var<uniform> win_v: array<vec4<f32>, 4096>; // (T, Hkv, D), dense
 `;
@@ -124,10 +127,11 @@ fn ${name}(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-  let T = p.t;
+  let T = p.t; // tokens: rows of lse and delta
+  let TE = p.q_end; // one past the dispatch's last query (T unless chunked)
   let h = wid.y;
   let kvh = h / p.group;
-  let q0 = wid.x * WG * RR;`;
+  let q0 = p.q_base + wid.x * WG * RR;`;
 }
 
 /** Forward: online softmax over keys taken four at a time (one rescale per four keys). */
@@ -148,7 +152,7 @@ function forward(v4: boolean, win = false): string {
   L.push(...rows("  ", (r) => {
     const c = comp(r);
     return [
-      `let i = min(q0 + ${r}u * WG + lid.x, T - 1u);`,
+      `let i = min(q0 + ${r}u * WG + lid.x, TE - 1u);`,
       `${c} = i;`,
       `${c.replace("row", "st")} = in_start[i];`,
       `let qo = i * p.ld_q + p.q_off + h * HD;`,
@@ -156,9 +160,9 @@ function forward(v4: boolean, win = false): string {
     ];
   }));
   L.push(`  let jLo = in_start[q0];
-  let jHi = min(q0 + WG * RR, T); // one past the last key any row sees
+  let jHi = min(q0 + WG * RR, TE); // one past the last key any row sees
   for (var j = jLo; j < jHi; j += 4u) {
-    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(T - 1u));
+    let js = min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(TE - 1u));
     let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
     let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
     let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);`);
@@ -236,7 +240,7 @@ function forward(v4: boolean, win = false): string {
     const c = comp(r);
     const mm = r < 4 ? "m" : "m2", ll = r < 4 ? "l" : "l2", lane = "xyzw"[r % 4];
     return [
-      `if (q0 + ${r}u * WG + lid.x < T) {`,
+      `if (q0 + ${r}u * WG + lid.x < TE) {`,
       `  let i = ${c};`,
       `  let inv = 1.0 / ${ll}.${lane};`,
       `  let oo = (i * p.hq + h) * HD;`,
@@ -272,7 +276,7 @@ function backwardDq(v4: boolean, win = false): string {
   L.push(...rows("  ", (r) => {
     const c = comp(r), lane = "xyzw"[r % 4], two = r < 4 ? "" : "2";
     return [
-      `let i = min(q0 + ${r}u * WG + lid.x, T - 1u);`,
+      `let i = min(q0 + ${r}u * WG + lid.x, TE - 1u);`,
       `${c} = i;`,
       `st${two}.${lane} = in_start[i];`,
       `lse${two}.${lane} = in_lse[h * T + i];`,
@@ -284,7 +288,7 @@ function backwardDq(v4: boolean, win = false): string {
     ];
   }));
   L.push(`  let jLo = in_start[q0];
-  let jHi = min(q0 + WG * RR, T);
+  let jHi = min(q0 + WG * RR, TE);
   for (var j = jLo; j < jHi; j++) {
     let ko = j * p.ld_kv + p.k_off + kvh * HD;
     let vo = j * p.ld_kv + p.v_off + kvh * HD;`);
@@ -308,7 +312,7 @@ function backwardDq(v4: boolean, win = false): string {
   }));
   L.push("  }");
   L.push(...rows("  ", (r) => [
-    `if (q0 + ${r}u * WG + lid.x < T) {`,
+    `if (q0 + ${r}u * WG + lid.x < TE) {`,
     `  let qo = ${comp(r)} * p.ld_q + p.q_off + h * HD;`,
     ...dims((d) => `out_dq[qo + ${d}u] = a${r}_${d} * p.scale;`).map((x) => "  " + x),
     `}`,

@@ -11,10 +11,10 @@ import {
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
-  attentionGpuTakes,
   attentionVariant,
   denseQkvLayout,
   type KvDense,
+  kvDenseFloats,
   kvWindowsTake,
   type QkvLayout,
 } from "../kernels/attention.ts";
@@ -40,13 +40,7 @@ import {
 } from "../kernels/matmul.ts";
 import { rmsnormBackward, rmsnormForward, rmsnormWorkspaceBytes } from "../kernels/rmsnorm.ts";
 import { ropeBackward, ropeForward, ropeTable } from "../kernels/rope.ts";
-import {
-  type BufferSlice,
-  type Dispatch,
-  type Gpu,
-  ParamArena,
-  UNIFORM_WINDOW_BYTES,
-} from "../kernels/runtime.ts";
+import { type BufferSlice, type Dispatch, type Gpu, ParamArena } from "../kernels/runtime.ts";
 import { swigluBackward, swigluForward } from "../kernels/swiglu.ts";
 import { type ModelConfig, numel, parameterShapes, rowShards } from "./config.ts";
 import { type ArenaTensor, TensorArena } from "./tensor_arena.ts";
@@ -109,6 +103,35 @@ export function packMicroBatch(samples: TokenizedSample[], T: number, padId = 0)
     mb.seqEnd[i] = T;
   }
   return mb;
+}
+
+/**
+ * The sample bounds of `mb` with no segment longer than `maxSample` tokens: a longer sample is an
+ * error (the graph was planned for shorter ones), and padding past `used` (its own segment, no
+ * labels) is cut into segments of at most maxSample tokens. Returns `mb` itself when nothing
+ * changes.
+ */
+export function boundSegments(
+  mb: MicroBatch,
+  maxSample: number,
+): { seqStart: Uint32Array; seqEnd: Uint32Array } {
+  for (let t = 0; t < mb.used; t = mb.seqEnd[t]) {
+    if (mb.seqEnd[t] <= t) throw new Error(`micro-batch seqEnd[${t}] = ${mb.seqEnd[t]} <= ${t}`);
+    if (mb.seqEnd[t] - t > maxSample) {
+      throw new Error(
+        `micro-batch sample at token ${t} has ${mb.seqEnd[t] - t} tokens, more than the ` +
+          `${maxSample} the graph was built for (maxSampleTokens)`,
+      );
+    }
+  }
+  const T = mb.seqStart.length;
+  if (T - mb.used <= maxSample) return mb;
+  const seqStart = mb.seqStart.slice(), seqEnd = mb.seqEnd.slice();
+  for (let t = mb.used; t < T; t++) {
+    seqStart[t] = mb.used + Math.floor((t - mb.used) / maxSample) * maxSample;
+    seqEnd[t] = Math.min(T, seqStart[t] + maxSample);
+  }
+  return { seqStart, seqEnd };
 }
 
 /** Per-layer weights (slices into the parameter arena), by HF name suffix. */
@@ -190,6 +213,13 @@ export interface GraphOptions {
    * binding).
    */
   fuse?: boolean;
+  /**
+   * Longest sample a micro-batch holds, in tokens (the data's max_seq_len). On CPU adapters it lets
+   * the row attention read K and V through uniform windows in chunks of queries when a micro-batch
+   * is longer than one window (kernels/attention.ts); setBatch then refuses longer samples and cuts
+   * padding into segments no longer than this.
+   */
+  maxSampleTokens?: number;
 }
 
 /**
@@ -217,6 +247,8 @@ const RING = 1024;
 /** The model on the GPU with every buffer, bind group and dispatch list built once. */
 export class LlamaGraph {
   readonly T: number;
+  /** GraphOptions.maxSampleTokens, when given. */
+  readonly maxSample?: number;
   readonly params = new Map<string, ArenaTensor>();
   readonly grads = new Map<string, ArenaTensor>();
   /** Every parameter as its row pieces (one piece unless sharded). */
@@ -253,6 +285,7 @@ export class LlamaGraph {
 
   constructor(readonly gpu: Gpu, readonly cfg: ModelConfig, opts: GraphOptions) {
     const T = (this.T = opts.tokens);
+    this.maxSample = opts.maxSampleTokens;
     this.mode = opts.mode ?? "train";
     const train = this.mode === "train";
     const { hiddenSize: C, intermediateSize: I, numHeads: Hq, numKvHeads: Hkv, headDim: D } = cfg;
@@ -410,12 +443,13 @@ export class LlamaGraph {
     };
     // the row attention reads K and V through uniform windows from dense copies of them
     const kvCopies = fusedQkv && attentionVariant(gpu) === "row" &&
-      kvWindowsTake(gpu, { T, Hkv, D, layout });
+      kvWindowsTake(gpu, { T, Hkv, D, layout, maxSample: this.maxSample });
     const kvDense = (): KvDense | undefined =>
       kvCopies
         ? {
-          k: acts.reserve("kDense", UNIFORM_WINDOW_BYTES / 4),
-          v: acts.reserve("vDense", UNIFORM_WINDOW_BYTES / 4),
+          k: acts.reserve("kDense", kvDenseFloats(T, Hkv, D)),
+          v: acts.reserve("vDense", kvDenseFloats(T, Hkv, D)),
+          maxSample: this.maxSample,
         }
         : undefined;
     const layerActs = (): LayerActs => ({
@@ -1099,11 +1133,12 @@ export class LlamaGraph {
   /** Write one micro-batch's inputs (queued before the next submit). */
   setBatch(mb: MicroBatch): void {
     const g = this.gpu, i = this.inputs;
+    const seg = this.maxSample ? boundSegments(mb, this.maxSample) : mb;
     g.write(i.ids, mb.ids);
     g.write(i.labels, mb.labels);
     g.write(i.pos, mb.pos);
-    g.write(i.seqStart, mb.seqStart);
-    g.write(i.seqEnd, mb.seqEnd);
+    g.write(i.seqStart, seg.seqStart);
+    g.write(i.seqEnd, seg.seqEnd);
     if (this.mode === "train") {
       // Padding carries no gradient (its own segments, no labels): leave it out of the index.
       g.write(

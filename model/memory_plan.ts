@@ -18,6 +18,11 @@ export interface PlanOptions {
   deviceBytes?: number;
   /** Vocabulary chunk of the fused cross-entropy (default: what fits one storage binding, ≤ 8192). */
   logitsChunk?: number;
+  /**
+   * CPU adapters: each layer also keeps dense copies of K and V (at least 64 KiB each) that the
+   * row attention reads through uniform windows (kernels/attention.ts KvDense).
+   */
+  kvCopies?: boolean;
 }
 
 /** One line of the plan. */
@@ -96,6 +101,13 @@ function planRaw(cfg: ModelConfig, o: PlanOptions): Omit<MemoryPlan, "advice" | 
     rows.push({
       what: `activations: ${fmtBytes(perLayer)} per layer × ${L} layers`,
       bytes: L * perLayer,
+    });
+  }
+  if (o.kvCopies) {
+    const copies = o.recompute ? 1 : L;
+    rows.push({
+      what: `dense K and V copies for the CPU row attention × ${copies}`,
+      bytes: copies * 2 * Math.max(T * cfg.numKvHeads * cfg.headDim, 16384) * F32,
     });
   }
   rows.push({

@@ -1,6 +1,7 @@
 // Composes a validated pipeline config into stages: synth data → init model → tokenize → bucket → train → select.
 import { join } from "node:path";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
+import { isCpuAdapter } from "../kernels/matmul.ts";
 import { type ModelConfig as HfConfig } from "../model/config.ts";
 import { readModelConfig } from "../model/hf_dir.ts";
 import { DYNAMIC_LOSS_SCALE } from "../model/llama_graph.ts";
@@ -410,6 +411,7 @@ function checkMemory(gpu: Gpu, hf: HfConfig, cfg: PipelineConfig): void {
   const plan = planMemory(hf, {
     microBatchTokens: cfg.train.micro_batch_tokens,
     recompute: cfg.train.recompute,
+    kvCopies: isCpuAdapter(gpu),
     limits: {
       maxBufferSize: gpu.limits.maxBufferSize,
       maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize,

@@ -131,6 +131,13 @@ const MIN_LOSS_SCALE = 1;
 
 const stateDir = (runDir: string, phase: string) => `${runDir}/state/${phase}`;
 
+/** Tokens of the longest sample (the graph's maxSampleTokens: windowed CPU attention). */
+function longestSample(samples: TokenizedSample[]): number {
+  let n = 1;
+  for (const s of samples) n = Math.max(n, s.ids.length);
+  return n;
+}
+
 /** Load weights of an HF directory into the graph. */
 async function uploadFromDir(graph: LlamaGraph, dir: string): Promise<void> {
   const r = await SafetensorsReader.open(dir);
@@ -242,6 +249,7 @@ export async function trainPhase(gpu: Gpu, o: TrainPhaseOptions): Promise<TrainP
       () =>
         new LlamaGraph(gpu, o.cfg, {
           tokens: o.tokens,
+          maxSampleTokens: longestSample(o.samples),
           recompute: o.recompute,
           lossScale: precision === "f16" ? (o.lossScale ?? DYNAMIC_LOSS_SCALE) : null,
         }),

@@ -67,6 +67,28 @@ export function maxRelErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e
   return m;
 }
 
+/**
+ * Assert that two lists of float arrays are equal bit for bit, naming the first differing array
+ * and element (assert.deepEqual on large typed arrays builds a diff too big to print).
+ */
+export function assertSameBits(
+  a: Float32Array[],
+  b: Float32Array[],
+  msg = "",
+): void {
+  if (a.length !== b.length) throw new Error(`${msg}: ${a.length} arrays != ${b.length}`);
+  a.forEach((x, k) => {
+    const y = b[k];
+    if (x.length !== y.length) {
+      throw new Error(`${msg}: array ${k} length ${x.length} != ${y.length}`);
+    }
+    const xb = new Uint32Array(x.buffer, x.byteOffset, x.length);
+    const yb = new Uint32Array(y.buffer, y.byteOffset, y.length);
+    const i = xb.findIndex((v, j) => v !== yb[j]);
+    if (i >= 0) throw new Error(`${msg}: array ${k} differs first at ${i}: ${x[i]} != ${y[i]}`);
+  });
+}
+
 /** Deterministic pseudo-random floats in [-scale, scale) (mulberry32). */
 export function randomArray(n: number, seed: number, scale = 1): Float32Array {
   let s = seed >>> 0;

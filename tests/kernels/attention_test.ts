@@ -13,7 +13,7 @@ import {
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
-import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
+import { assertSameBits, gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import {
   attentionBackwardRef,
   attentionRef,
@@ -459,58 +459,76 @@ gpuTest("attention[row]: the _v4 entry points equal the scalar ones bit for bit"
 });
 
 gpuTest(
-  "attention[row]: K and V through uniform windows (_u) equal the _v4 kernels bit for bit",
+  "attention[row]: K and V through uniform windows (_u), whole or in query chunks, equal _v4 bit for bit",
   async (gpu) => {
-    const lengths = [200, 1, 150, 161];
-    const T = 512, Hq = 8, Hkv = 4, D = 8; // dense K: exactly one 64 KiB window
-    const sh = { T, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
-    assert.ok(kvWindowsTake(gpu, sh));
-    const { seqStart, seqEnd } = packSamples(lengths);
-    const nq = T * Hq * D, nk = T * Hkv * D;
-    const up = (label: string, a: Float32Array | Uint32Array) => ({
-      buffer: gpu.bufferFrom(label, a),
-    });
-    const b = {
-      q: up("attention_test.q", randomArray(nq, 51)),
-      k: up("attention_test.k", randomArray(nk, 52)),
-      v: up("attention_test.v", randomArray(nk, 53)),
-      dout: up("attention_test.dout", randomArray(nq, 54)),
-      seqStart: up("attention_test.seqStart", seqStart),
-      seqEnd: up("attention_test.seqEnd", seqEnd),
-      workspace: up(
-        "attention_test.ws",
-        new Float32Array(attentionBackwardWorkspaceBytes(T, Hq) / 4),
-      ),
-    };
-    const arena = new ParamArena(gpu, "attention_test.params.u", 4096);
-    const outs: Float32Array[][] = [];
-    for (const windows of [false, true]) {
-      const o = up("attention_test.o", new Float32Array(nq)),
-        lse = up("attention_test.lse", new Float32Array(Hq * T));
-      const dq = up("attention_test.dq", new Float32Array(nq)),
-        dk = up("attention_test.dk", new Float32Array(nk));
-      const dv = up("attention_test.dv", new Float32Array(nk));
-      const kvDense = windows ? { k: b.k, v: b.v } : undefined;
-      const fwd = attentionForward(gpu, arena, { ...b, ...sh, o, lse, variant: "row", kvDense });
-      const bwd = attentionBackward(gpu, arena, {
-        ...b,
-        ...sh,
-        o,
-        lse,
-        dq,
-        dk,
-        dv,
-        variant: "row",
-        kvDense,
+    const Hq = 8, Hkv = 4, D = 8; // 512 tokens of dense K fill one 64 KiB window
+    // chunks: dispatches of the forward and of dQ
+    const cases = [
+      { lengths: [200, 1, 150, 161], kv: {}, chunks: 1 }, // T = 512: one window
+      // T = 1024: chunks of 192 queries, windows from tokens 0, 0, 64, 256, 448, 512
+      { lengths: [200, 1, 150, 161, 250, 262], kv: { maxSample: 262 }, chunks: 6 },
+      // 448-token windows: chunks of 128 queries
+      {
+        lengths: [200, 1, 150, 161, 250, 262],
+        kv: { maxSample: 262, windowTokens: 448 },
+        chunks: 8,
+      },
+      // a 300-token window leaves no whole 64-query block past the 261 keys before it: storage
+      { lengths: [200, 1, 150, 161, 250, 262], kv: { maxSample: 262, windowTokens: 300 } },
+      { lengths: [200, 1, 150, 161, 250, 262], kv: {} }, // T = 1024 and no bound: storage
+    ];
+    for (const { lengths, kv, chunks } of cases) {
+      const T = lengths.reduce((x, y) => x + y, 0);
+      const sh = { T, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
+      assert.equal(kvWindowsTake(gpu, { ...sh, ...kv }), chunks !== undefined, `T ${T}`);
+      const { seqStart, seqEnd } = packSamples(lengths);
+      const nq = T * Hq * D, nk = T * Hkv * D;
+      const up = (label: string, a: Float32Array | Uint32Array) => ({
+        buffer: gpu.bufferFrom(label, a),
       });
-      const names = [...fwd, ...bwd].map((d) => d.kernel.name).join(" ");
-      assert.equal(names.includes("_u{"), windows, names);
-      gpu.run([...fwd, ...bwd], "attention_test.u");
-      outs.push((await gpu.read([o, lse, dq, dk, dv])).map((a) => new Float32Array(a)));
-      for (const x of [o, lse, dq, dk, dv]) x.buffer.destroy();
+      const b = {
+        q: up("attention_test.q", randomArray(nq, 51)),
+        k: up("attention_test.k", randomArray(nk, 52)),
+        v: up("attention_test.v", randomArray(nk, 53)),
+        dout: up("attention_test.dout", randomArray(nq, 54)),
+        seqStart: up("attention_test.seqStart", seqStart),
+        seqEnd: up("attention_test.seqEnd", seqEnd),
+        workspace: up(
+          "attention_test.ws",
+          new Float32Array(attentionBackwardWorkspaceBytes(T, Hq) / 4),
+        ),
+      };
+      const arena = new ParamArena(gpu, "attention_test.params.u", 16384);
+      const outs: Float32Array[][] = [];
+      for (const windows of [false, true]) {
+        const o = up("attention_test.o", new Float32Array(nq)),
+          lse = up("attention_test.lse", new Float32Array(Hq * T));
+        const dq = up("attention_test.dq", new Float32Array(nq)),
+          dk = up("attention_test.dk", new Float32Array(nk));
+        const dv = up("attention_test.dv", new Float32Array(nk));
+        const kvDense = windows ? { k: b.k, v: b.v, ...kv } : undefined;
+        const fwd = attentionForward(gpu, arena, { ...b, ...sh, o, lse, variant: "row", kvDense });
+        const bwd = attentionBackward(gpu, arena, {
+          ...b,
+          ...sh,
+          o,
+          lse,
+          dq,
+          dk,
+          dv,
+          variant: "row",
+          kvDense,
+        });
+        const names = [...fwd, ...bwd].map((d) => d.kernel.name);
+        const windowed = names.filter((n) => n.includes("_u{")).length;
+        assert.equal(windowed, windows ? 2 * (chunks ?? 0) : 0, names.join(" "));
+        gpu.run([...fwd, ...bwd], "attention_test.u");
+        outs.push((await gpu.read([o, lse, dq, dk, dv])).map((a) => new Float32Array(a)));
+        for (const x of [o, lse, dq, dk, dv]) x.buffer.destroy();
+      }
+      assertSameBits(outs[1], outs[0], `T ${T}, ${JSON.stringify(kv)}`);
+      for (const x of Object.values(b)) x.buffer.destroy();
+      arena.buffer.destroy();
     }
-    assert.deepEqual(outs[1], outs[0]);
-    for (const x of Object.values(b)) x.buffer.destroy();
-    arena.buffer.destroy();
   },
 );

@@ -1,11 +1,16 @@
 // GPU training graph vs the plain-TS reference model: loss and every gradient, per model family.
 import assert from "node:assert/strict";
 import { parseModelConfig } from "../../model/config.ts";
-import { LlamaGraph, type MicroBatch, packMicroBatch } from "../../model/llama_graph.ts";
+import {
+  boundSegments,
+  LlamaGraph,
+  type MicroBatch,
+  packMicroBatch,
+} from "../../model/llama_graph.ts";
 import { type AttentionVariant, setAttentionVariant } from "../../kernels/attention.ts";
 import { type MatmulTuning, matmulTuning, setMatmulTuning } from "../../kernels/matmul.ts";
 import type { Gpu } from "../../kernels/runtime.ts";
-import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
+import { assertSameBits, gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import { referenceForwardBackward } from "../reference/llama.ts";
 import { FAMILIES, randomWeights } from "../reference/tiny_models.ts";
 
@@ -374,3 +379,37 @@ for (const family of ["llama-gqa", "llama-tied"]) {
     },
   );
 }
+
+Deno.test("graph: boundSegments cuts padding into maxSample pieces and refuses longer samples", () => {
+  const mb = testBatch(37, 2, 40); // samples of 5, 1 and 7 tokens, then 27 of padding
+  assert.equal(boundSegments(mb, 30), mb, "nothing to cut");
+  const b = boundSegments(mb, 8);
+  assert.deepEqual(Array.from(b.seqStart.subarray(0, 13)), Array.from(mb.seqStart.subarray(0, 13)));
+  assert.deepEqual(Array.from(b.seqEnd.subarray(0, 13)), Array.from(mb.seqEnd.subarray(0, 13)));
+  for (let t = 13; t < 40; t++) {
+    const start = 13 + Math.floor((t - 13) / 8) * 8;
+    assert.equal(b.seqStart[t], start, `seqStart[${t}]`);
+    assert.equal(b.seqEnd[t], Math.min(40, start + 8), `seqEnd[${t}]`);
+  }
+  assert.throws(() => boundSegments(mb, 6), /token 6 has 7 tokens, more than the 6/);
+});
+
+gpuTest("graph: maxSampleTokens changes no bit of the loss or gradients", async (gpu) => {
+  const cfg = parseModelConfig(FAMILIES["llama-gqa"], "max-sample/config.json");
+  const weights = randomWeights(cfg, 21);
+  const mb = testBatch(cfg.vocabSize, 5, 40);
+  const hyper = { lr: 0, beta1: 0.5, beta2: 0.9, eps: 1e-8, weightDecay: 0, maxGradNorm: 0 };
+  const outs: Float32Array[][] = [];
+  for (const maxSampleTokens of [undefined, 8]) {
+    const g = new LlamaGraph(gpu, cfg, { tokens: 40, maxSampleTokens });
+    g.upload(weights);
+    g.queueStep(0, [mb], hyper);
+    const loss = Float32Array.of((await g.readMetrics(0, 1))[0][0]);
+    outs.push([loss, ...(await g.download("m")).values()]);
+    g.destroy();
+  }
+  assertSameBits(outs[1], outs[0], "maxSampleTokens 8 vs none");
+  const g = new LlamaGraph(gpu, cfg, { tokens: 40, maxSampleTokens: 6 });
+  assert.throws(() => g.setBatch(mb), /more than the 6 the graph was built for/);
+  g.destroy();
+});
