@@ -8,7 +8,7 @@
 // and offsets, token i sees keys seqStart[i] <= j <= i. Masked pairs are zeroed with selects.
 
 override HD: u32 = 8u; // head dim D (1..8)
-override RR: u32 = 4u; // rows per invocation (1..8)
+override RR: u32 = 4u; // rows per invocation (1..16)
 override WG: u32 = 8u; // invocations per workgroup: one SIMD vector on llvmpipe
 
 const MASKED: f32 = -1.0e30; // score of a masked pair, and the running max before any real score
@@ -45,12 +45,21 @@ fn attention_row_forward(
   var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var o5_0 = 0.0; var o5_1 = 0.0; var o5_2 = 0.0; var o5_3 = 0.0; var o5_4 = 0.0; var o5_5 = 0.0; var o5_6 = 0.0; var o5_7 = 0.0;
   var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var o6_0 = 0.0; var o6_1 = 0.0; var o6_2 = 0.0; var o6_3 = 0.0; var o6_4 = 0.0; var o6_5 = 0.0; var o6_6 = 0.0; var o6_7 = 0.0;
   var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var o7_0 = 0.0; var o7_1 = 0.0; var o7_2 = 0.0; var o7_3 = 0.0; var o7_4 = 0.0; var o7_5 = 0.0; var o7_6 = 0.0; var o7_7 = 0.0;
-  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
-  var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();
+  var q8_0 = 0.0; var q8_1 = 0.0; var q8_2 = 0.0; var q8_3 = 0.0; var q8_4 = 0.0; var q8_5 = 0.0; var q8_6 = 0.0; var q8_7 = 0.0; var o8_0 = 0.0; var o8_1 = 0.0; var o8_2 = 0.0; var o8_3 = 0.0; var o8_4 = 0.0; var o8_5 = 0.0; var o8_6 = 0.0; var o8_7 = 0.0;
+  var q9_0 = 0.0; var q9_1 = 0.0; var q9_2 = 0.0; var q9_3 = 0.0; var q9_4 = 0.0; var q9_5 = 0.0; var q9_6 = 0.0; var q9_7 = 0.0; var o9_0 = 0.0; var o9_1 = 0.0; var o9_2 = 0.0; var o9_3 = 0.0; var o9_4 = 0.0; var o9_5 = 0.0; var o9_6 = 0.0; var o9_7 = 0.0;
+  var q10_0 = 0.0; var q10_1 = 0.0; var q10_2 = 0.0; var q10_3 = 0.0; var q10_4 = 0.0; var q10_5 = 0.0; var q10_6 = 0.0; var q10_7 = 0.0; var o10_0 = 0.0; var o10_1 = 0.0; var o10_2 = 0.0; var o10_3 = 0.0; var o10_4 = 0.0; var o10_5 = 0.0; var o10_6 = 0.0; var o10_7 = 0.0;
+  var q11_0 = 0.0; var q11_1 = 0.0; var q11_2 = 0.0; var q11_3 = 0.0; var q11_4 = 0.0; var q11_5 = 0.0; var q11_6 = 0.0; var q11_7 = 0.0; var o11_0 = 0.0; var o11_1 = 0.0; var o11_2 = 0.0; var o11_3 = 0.0; var o11_4 = 0.0; var o11_5 = 0.0; var o11_6 = 0.0; var o11_7 = 0.0;
+  var q12_0 = 0.0; var q12_1 = 0.0; var q12_2 = 0.0; var q12_3 = 0.0; var q12_4 = 0.0; var q12_5 = 0.0; var q12_6 = 0.0; var q12_7 = 0.0; var o12_0 = 0.0; var o12_1 = 0.0; var o12_2 = 0.0; var o12_3 = 0.0; var o12_4 = 0.0; var o12_5 = 0.0; var o12_6 = 0.0; var o12_7 = 0.0;
+  var q13_0 = 0.0; var q13_1 = 0.0; var q13_2 = 0.0; var q13_3 = 0.0; var q13_4 = 0.0; var q13_5 = 0.0; var q13_6 = 0.0; var q13_7 = 0.0; var o13_0 = 0.0; var o13_1 = 0.0; var o13_2 = 0.0; var o13_3 = 0.0; var o13_4 = 0.0; var o13_5 = 0.0; var o13_6 = 0.0; var o13_7 = 0.0;
+  var q14_0 = 0.0; var q14_1 = 0.0; var q14_2 = 0.0; var q14_3 = 0.0; var q14_4 = 0.0; var q14_5 = 0.0; var q14_6 = 0.0; var q14_7 = 0.0; var o14_0 = 0.0; var o14_1 = 0.0; var o14_2 = 0.0; var o14_3 = 0.0; var o14_4 = 0.0; var o14_5 = 0.0; var o14_6 = 0.0; var o14_7 = 0.0;
+  var q15_0 = 0.0; var q15_1 = 0.0; var q15_2 = 0.0; var q15_3 = 0.0; var q15_4 = 0.0; var q15_5 = 0.0; var q15_6 = 0.0; var q15_7 = 0.0; var o15_0 = 0.0; var o15_1 = 0.0; var o15_2 = 0.0; var o15_3 = 0.0; var o15_4 = 0.0; var o15_5 = 0.0; var o15_6 = 0.0; var o15_7 = 0.0;
+  var row0 = vec4<u32>(); var row1 = vec4<u32>(); var row2 = vec4<u32>(); var row3 = vec4<u32>(); var st0 = vec4<u32>(); var st1 = vec4<u32>(); var st2 = vec4<u32>(); var st3 = vec4<u32>(); var lo0 = vec4<u32>(); var lo1 = vec4<u32>(); var lo2 = vec4<u32>(); var lo3 = vec4<u32>();
+  var m0 = vec4<f32>(MASKED); var m1 = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var m3 = vec4<f32>(MASKED); var l0 = vec4<f32>(); var l1 = vec4<f32>(); var l2 = vec4<f32>(); var l3 = vec4<f32>();
   {
     let i = min(q0 + 0u * WG + lid.x, TE - 1u);
-    row.x = i;
-    st.x = in_start[i];
+    row0.x = i;
+    st0.x = in_start[i];
+    lo0.x = in_start[min(q0 + 0u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { q0_0 = in_q[qo + 0u] * p.scale; }
     if (HD > 1u) { q0_1 = in_q[qo + 1u] * p.scale; }
@@ -63,8 +72,9 @@ fn attention_row_forward(
   }
   if (RR > 1u) {
     let i = min(q0 + 1u * WG + lid.x, TE - 1u);
-    row.y = i;
-    st.y = in_start[i];
+    row0.y = i;
+    st0.y = in_start[i];
+    lo0.y = in_start[min(q0 + 1u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { q1_0 = in_q[qo + 0u] * p.scale; }
     if (HD > 1u) { q1_1 = in_q[qo + 1u] * p.scale; }
@@ -77,8 +87,9 @@ fn attention_row_forward(
   }
   if (RR > 2u) {
     let i = min(q0 + 2u * WG + lid.x, TE - 1u);
-    row.z = i;
-    st.z = in_start[i];
+    row0.z = i;
+    st0.z = in_start[i];
+    lo0.z = in_start[min(q0 + 2u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { q2_0 = in_q[qo + 0u] * p.scale; }
     if (HD > 1u) { q2_1 = in_q[qo + 1u] * p.scale; }
@@ -91,8 +102,9 @@ fn attention_row_forward(
   }
   if (RR > 3u) {
     let i = min(q0 + 3u * WG + lid.x, TE - 1u);
-    row.w = i;
-    st.w = in_start[i];
+    row0.w = i;
+    st0.w = in_start[i];
+    lo0.w = in_start[min(q0 + 3u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { q3_0 = in_q[qo + 0u] * p.scale; }
     if (HD > 1u) { q3_1 = in_q[qo + 1u] * p.scale; }
@@ -105,8 +117,9 @@ fn attention_row_forward(
   }
   if (RR > 4u) {
     let i = min(q0 + 4u * WG + lid.x, TE - 1u);
-    row2.x = i;
-    st2.x = in_start[i];
+    row1.x = i;
+    st1.x = in_start[i];
+    lo1.x = in_start[min(q0 + 4u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { q4_0 = in_q[qo + 0u] * p.scale; }
     if (HD > 1u) { q4_1 = in_q[qo + 1u] * p.scale; }
@@ -119,8 +132,9 @@ fn attention_row_forward(
   }
   if (RR > 5u) {
     let i = min(q0 + 5u * WG + lid.x, TE - 1u);
-    row2.y = i;
-    st2.y = in_start[i];
+    row1.y = i;
+    st1.y = in_start[i];
+    lo1.y = in_start[min(q0 + 5u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { q5_0 = in_q[qo + 0u] * p.scale; }
     if (HD > 1u) { q5_1 = in_q[qo + 1u] * p.scale; }
@@ -133,8 +147,9 @@ fn attention_row_forward(
   }
   if (RR > 6u) {
     let i = min(q0 + 6u * WG + lid.x, TE - 1u);
-    row2.z = i;
-    st2.z = in_start[i];
+    row1.z = i;
+    st1.z = in_start[i];
+    lo1.z = in_start[min(q0 + 6u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { q6_0 = in_q[qo + 0u] * p.scale; }
     if (HD > 1u) { q6_1 = in_q[qo + 1u] * p.scale; }
@@ -147,8 +162,9 @@ fn attention_row_forward(
   }
   if (RR > 7u) {
     let i = min(q0 + 7u * WG + lid.x, TE - 1u);
-    row2.w = i;
-    st2.w = in_start[i];
+    row1.w = i;
+    st1.w = in_start[i];
+    lo1.w = in_start[min(q0 + 7u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { q7_0 = in_q[qo + 0u] * p.scale; }
     if (HD > 1u) { q7_1 = in_q[qo + 1u] * p.scale; }
@@ -159,6 +175,126 @@ fn attention_row_forward(
     if (HD > 6u) { q7_6 = in_q[qo + 6u] * p.scale; }
     if (HD > 7u) { q7_7 = in_q[qo + 7u] * p.scale; }
   }
+  if (RR > 8u) {
+    let i = min(q0 + 8u * WG + lid.x, TE - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    lo2.x = in_start[min(q0 + 8u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { q8_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q8_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q8_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q8_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q8_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q8_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q8_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q8_7 = in_q[qo + 7u] * p.scale; }
+  }
+  if (RR > 9u) {
+    let i = min(q0 + 9u * WG + lid.x, TE - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    lo2.y = in_start[min(q0 + 9u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { q9_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q9_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q9_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q9_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q9_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q9_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q9_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q9_7 = in_q[qo + 7u] * p.scale; }
+  }
+  if (RR > 10u) {
+    let i = min(q0 + 10u * WG + lid.x, TE - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    lo2.z = in_start[min(q0 + 10u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { q10_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q10_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q10_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q10_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q10_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q10_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q10_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q10_7 = in_q[qo + 7u] * p.scale; }
+  }
+  if (RR > 11u) {
+    let i = min(q0 + 11u * WG + lid.x, TE - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    lo2.w = in_start[min(q0 + 11u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { q11_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q11_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q11_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q11_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q11_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q11_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q11_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q11_7 = in_q[qo + 7u] * p.scale; }
+  }
+  if (RR > 12u) {
+    let i = min(q0 + 12u * WG + lid.x, TE - 1u);
+    row3.x = i;
+    st3.x = in_start[i];
+    lo3.x = in_start[min(q0 + 12u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { q12_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q12_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q12_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q12_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q12_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q12_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q12_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q12_7 = in_q[qo + 7u] * p.scale; }
+  }
+  if (RR > 13u) {
+    let i = min(q0 + 13u * WG + lid.x, TE - 1u);
+    row3.y = i;
+    st3.y = in_start[i];
+    lo3.y = in_start[min(q0 + 13u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { q13_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q13_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q13_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q13_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q13_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q13_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q13_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q13_7 = in_q[qo + 7u] * p.scale; }
+  }
+  if (RR > 14u) {
+    let i = min(q0 + 14u * WG + lid.x, TE - 1u);
+    row3.z = i;
+    st3.z = in_start[i];
+    lo3.z = in_start[min(q0 + 14u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { q14_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q14_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q14_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q14_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q14_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q14_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q14_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q14_7 = in_q[qo + 7u] * p.scale; }
+  }
+  if (RR > 15u) {
+    let i = min(q0 + 15u * WG + lid.x, TE - 1u);
+    row3.w = i;
+    st3.w = in_start[i];
+    lo3.w = in_start[min(q0 + 15u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { q15_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q15_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q15_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q15_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q15_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q15_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q15_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q15_7 = in_q[qo + 7u] * p.scale; }
+  }
   let jLo = in_start[q0];
   let jHi = min(q0 + WG * RR, TE); // one past the last key any row sees
   for (var j = jLo; j < jHi; j += 4u) {
@@ -166,100 +302,444 @@ fn attention_row_forward(
     let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
     let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
     let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
-    var s0 = vec4<f32>(); var p0 = vec4<f32>(); var a0 = 1.0; var s1 = vec4<f32>(); var p1 = vec4<f32>(); var a1 = 1.0; var s2 = vec4<f32>(); var p2 = vec4<f32>(); var a2 = 1.0; var s3 = vec4<f32>(); var p3 = vec4<f32>(); var a3 = 1.0; var s4 = vec4<f32>(); var p4 = vec4<f32>(); var a4 = 1.0; var s5 = vec4<f32>(); var p5 = vec4<f32>(); var a5 = 1.0; var s6 = vec4<f32>(); var p6 = vec4<f32>(); var a6 = 1.0; var s7 = vec4<f32>(); var p7 = vec4<f32>(); var a7 = 1.0;
-    { let kx = vec4<f32>(in_k[ko.x + 0u], in_k[ko.y + 0u], in_k[ko.z + 0u], in_k[ko.w + 0u]); s0 += q0_0 * kx; if (RR > 1u) { s1 += q1_0 * kx; } if (RR > 2u) { s2 += q2_0 * kx; } if (RR > 3u) { s3 += q3_0 * kx; } if (RR > 4u) { s4 += q4_0 * kx; } if (RR > 5u) { s5 += q5_0 * kx; } if (RR > 6u) { s6 += q6_0 * kx; } if (RR > 7u) { s7 += q7_0 * kx; } }
-    if (HD > 1u) { let kx = vec4<f32>(in_k[ko.x + 1u], in_k[ko.y + 1u], in_k[ko.z + 1u], in_k[ko.w + 1u]); s0 += q0_1 * kx; if (RR > 1u) { s1 += q1_1 * kx; } if (RR > 2u) { s2 += q2_1 * kx; } if (RR > 3u) { s3 += q3_1 * kx; } if (RR > 4u) { s4 += q4_1 * kx; } if (RR > 5u) { s5 += q5_1 * kx; } if (RR > 6u) { s6 += q6_1 * kx; } if (RR > 7u) { s7 += q7_1 * kx; } }
-    if (HD > 2u) { let kx = vec4<f32>(in_k[ko.x + 2u], in_k[ko.y + 2u], in_k[ko.z + 2u], in_k[ko.w + 2u]); s0 += q0_2 * kx; if (RR > 1u) { s1 += q1_2 * kx; } if (RR > 2u) { s2 += q2_2 * kx; } if (RR > 3u) { s3 += q3_2 * kx; } if (RR > 4u) { s4 += q4_2 * kx; } if (RR > 5u) { s5 += q5_2 * kx; } if (RR > 6u) { s6 += q6_2 * kx; } if (RR > 7u) { s7 += q7_2 * kx; } }
-    if (HD > 3u) { let kx = vec4<f32>(in_k[ko.x + 3u], in_k[ko.y + 3u], in_k[ko.z + 3u], in_k[ko.w + 3u]); s0 += q0_3 * kx; if (RR > 1u) { s1 += q1_3 * kx; } if (RR > 2u) { s2 += q2_3 * kx; } if (RR > 3u) { s3 += q3_3 * kx; } if (RR > 4u) { s4 += q4_3 * kx; } if (RR > 5u) { s5 += q5_3 * kx; } if (RR > 6u) { s6 += q6_3 * kx; } if (RR > 7u) { s7 += q7_3 * kx; } }
-    if (HD > 4u) { let kx = vec4<f32>(in_k[ko.x + 4u], in_k[ko.y + 4u], in_k[ko.z + 4u], in_k[ko.w + 4u]); s0 += q0_4 * kx; if (RR > 1u) { s1 += q1_4 * kx; } if (RR > 2u) { s2 += q2_4 * kx; } if (RR > 3u) { s3 += q3_4 * kx; } if (RR > 4u) { s4 += q4_4 * kx; } if (RR > 5u) { s5 += q5_4 * kx; } if (RR > 6u) { s6 += q6_4 * kx; } if (RR > 7u) { s7 += q7_4 * kx; } }
-    if (HD > 5u) { let kx = vec4<f32>(in_k[ko.x + 5u], in_k[ko.y + 5u], in_k[ko.z + 5u], in_k[ko.w + 5u]); s0 += q0_5 * kx; if (RR > 1u) { s1 += q1_5 * kx; } if (RR > 2u) { s2 += q2_5 * kx; } if (RR > 3u) { s3 += q3_5 * kx; } if (RR > 4u) { s4 += q4_5 * kx; } if (RR > 5u) { s5 += q5_5 * kx; } if (RR > 6u) { s6 += q6_5 * kx; } if (RR > 7u) { s7 += q7_5 * kx; } }
-    if (HD > 6u) { let kx = vec4<f32>(in_k[ko.x + 6u], in_k[ko.y + 6u], in_k[ko.z + 6u], in_k[ko.w + 6u]); s0 += q0_6 * kx; if (RR > 1u) { s1 += q1_6 * kx; } if (RR > 2u) { s2 += q2_6 * kx; } if (RR > 3u) { s3 += q3_6 * kx; } if (RR > 4u) { s4 += q4_6 * kx; } if (RR > 5u) { s5 += q5_6 * kx; } if (RR > 6u) { s6 += q6_6 * kx; } if (RR > 7u) { s7 += q7_6 * kx; } }
-    if (HD > 7u) { let kx = vec4<f32>(in_k[ko.x + 7u], in_k[ko.y + 7u], in_k[ko.z + 7u], in_k[ko.w + 7u]); s0 += q0_7 * kx; if (RR > 1u) { s1 += q1_7 * kx; } if (RR > 2u) { s2 += q2_7 * kx; } if (RR > 3u) { s3 += q3_7 * kx; } if (RR > 4u) { s4 += q4_7 * kx; } if (RR > 5u) { s5 += q5_7 * kx; } if (RR > 6u) { s6 += q6_7 * kx; } if (RR > 7u) { s7 += q7_7 * kx; } }
-    {
-      let ok = jv >= vec4<u32>(st.x) & jv <= vec4<u32>(row.x);
-      let s = select(vec4<f32>(MASKED), s0, ok);
-      let mNew = max(m.x, max(max(s.x, s.y), max(s.z, s.w)));
-      a0 = exp(m.x - mNew);
-      p0 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.x = l.x * a0 + (p0.x + p0.y) + (p0.z + p0.w);
-      m.x = mNew;
+    var kx0 = vec4<f32>(); var vx0 = vec4<f32>(); var kx1 = vec4<f32>(); var vx1 = vec4<f32>(); var kx2 = vec4<f32>(); var vx2 = vec4<f32>(); var kx3 = vec4<f32>(); var vx3 = vec4<f32>(); var kx4 = vec4<f32>(); var vx4 = vec4<f32>(); var kx5 = vec4<f32>(); var vx5 = vec4<f32>(); var kx6 = vec4<f32>(); var vx6 = vec4<f32>(); var kx7 = vec4<f32>(); var vx7 = vec4<f32>();
+    { kx0 = vec4<f32>(in_k[ko.x + 0u], in_k[ko.y + 0u], in_k[ko.z + 0u], in_k[ko.w + 0u]); }
+    if (HD > 1u) { kx1 = vec4<f32>(in_k[ko.x + 1u], in_k[ko.y + 1u], in_k[ko.z + 1u], in_k[ko.w + 1u]); }
+    if (HD > 2u) { kx2 = vec4<f32>(in_k[ko.x + 2u], in_k[ko.y + 2u], in_k[ko.z + 2u], in_k[ko.w + 2u]); }
+    if (HD > 3u) { kx3 = vec4<f32>(in_k[ko.x + 3u], in_k[ko.y + 3u], in_k[ko.z + 3u], in_k[ko.w + 3u]); }
+    if (HD > 4u) { kx4 = vec4<f32>(in_k[ko.x + 4u], in_k[ko.y + 4u], in_k[ko.z + 4u], in_k[ko.w + 4u]); }
+    if (HD > 5u) { kx5 = vec4<f32>(in_k[ko.x + 5u], in_k[ko.y + 5u], in_k[ko.z + 5u], in_k[ko.w + 5u]); }
+    if (HD > 6u) { kx6 = vec4<f32>(in_k[ko.x + 6u], in_k[ko.y + 6u], in_k[ko.z + 6u], in_k[ko.w + 6u]); }
+    if (HD > 7u) { kx7 = vec4<f32>(in_k[ko.x + 7u], in_k[ko.y + 7u], in_k[ko.z + 7u], in_k[ko.w + 7u]); }
+    { vx0 = vec4<f32>(in_v[vo.x + 0u], in_v[vo.y + 0u], in_v[vo.z + 0u], in_v[vo.w + 0u]); }
+    if (HD > 1u) { vx1 = vec4<f32>(in_v[vo.x + 1u], in_v[vo.y + 1u], in_v[vo.z + 1u], in_v[vo.w + 1u]); }
+    if (HD > 2u) { vx2 = vec4<f32>(in_v[vo.x + 2u], in_v[vo.y + 2u], in_v[vo.z + 2u], in_v[vo.w + 2u]); }
+    if (HD > 3u) { vx3 = vec4<f32>(in_v[vo.x + 3u], in_v[vo.y + 3u], in_v[vo.z + 3u], in_v[vo.w + 3u]); }
+    if (HD > 4u) { vx4 = vec4<f32>(in_v[vo.x + 4u], in_v[vo.y + 4u], in_v[vo.z + 4u], in_v[vo.w + 4u]); }
+    if (HD > 5u) { vx5 = vec4<f32>(in_v[vo.x + 5u], in_v[vo.y + 5u], in_v[vo.z + 5u], in_v[vo.w + 5u]); }
+    if (HD > 6u) { vx6 = vec4<f32>(in_v[vo.x + 6u], in_v[vo.y + 6u], in_v[vo.z + 6u], in_v[vo.w + 6u]); }
+    if (HD > 7u) { vx7 = vec4<f32>(in_v[vo.x + 7u], in_v[vo.y + 7u], in_v[vo.z + 7u], in_v[vo.w + 7u]); }
+    if (j <= q0 + 0u * WG + WG - 1u && j + 3u >= lo0.x) {
+      var s = vec4<f32>();
+      { s += q0_0 * kx0; }
+      if (HD > 1u) { s += q0_1 * kx1; }
+      if (HD > 2u) { s += q0_2 * kx2; }
+      if (HD > 3u) { s += q0_3 * kx3; }
+      if (HD > 4u) { s += q0_4 * kx4; }
+      if (HD > 5u) { s += q0_5 * kx5; }
+      if (HD > 6u) { s += q0_6 * kx6; }
+      if (HD > 7u) { s += q0_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.x) & jv <= vec4<u32>(row0.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.x = l0.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.x = mNew;
+      { o0_0 = o0_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o0_1 = o0_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o0_2 = o0_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o0_3 = o0_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o0_4 = o0_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o0_5 = o0_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o0_6 = o0_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o0_7 = o0_7 * a + dot(pr, vx7); }
     }
-    if (RR > 1u) {
-      let ok = jv >= vec4<u32>(st.y) & jv <= vec4<u32>(row.y);
-      let s = select(vec4<f32>(MASKED), s1, ok);
-      let mNew = max(m.y, max(max(s.x, s.y), max(s.z, s.w)));
-      a1 = exp(m.y - mNew);
-      p1 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.y = l.y * a1 + (p1.x + p1.y) + (p1.z + p1.w);
-      m.y = mNew;
+    if (RR > 1u && j <= q0 + 1u * WG + WG - 1u && j + 3u >= lo0.y) {
+      var s = vec4<f32>();
+      { s += q1_0 * kx0; }
+      if (HD > 1u) { s += q1_1 * kx1; }
+      if (HD > 2u) { s += q1_2 * kx2; }
+      if (HD > 3u) { s += q1_3 * kx3; }
+      if (HD > 4u) { s += q1_4 * kx4; }
+      if (HD > 5u) { s += q1_5 * kx5; }
+      if (HD > 6u) { s += q1_6 * kx6; }
+      if (HD > 7u) { s += q1_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.y) & jv <= vec4<u32>(row0.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.y = l0.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.y = mNew;
+      { o1_0 = o1_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o1_1 = o1_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o1_2 = o1_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o1_3 = o1_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o1_4 = o1_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o1_5 = o1_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o1_6 = o1_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o1_7 = o1_7 * a + dot(pr, vx7); }
     }
-    if (RR > 2u) {
-      let ok = jv >= vec4<u32>(st.z) & jv <= vec4<u32>(row.z);
-      let s = select(vec4<f32>(MASKED), s2, ok);
-      let mNew = max(m.z, max(max(s.x, s.y), max(s.z, s.w)));
-      a2 = exp(m.z - mNew);
-      p2 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.z = l.z * a2 + (p2.x + p2.y) + (p2.z + p2.w);
-      m.z = mNew;
+    if (RR > 2u && j <= q0 + 2u * WG + WG - 1u && j + 3u >= lo0.z) {
+      var s = vec4<f32>();
+      { s += q2_0 * kx0; }
+      if (HD > 1u) { s += q2_1 * kx1; }
+      if (HD > 2u) { s += q2_2 * kx2; }
+      if (HD > 3u) { s += q2_3 * kx3; }
+      if (HD > 4u) { s += q2_4 * kx4; }
+      if (HD > 5u) { s += q2_5 * kx5; }
+      if (HD > 6u) { s += q2_6 * kx6; }
+      if (HD > 7u) { s += q2_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.z) & jv <= vec4<u32>(row0.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.z = l0.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.z = mNew;
+      { o2_0 = o2_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o2_1 = o2_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o2_2 = o2_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o2_3 = o2_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o2_4 = o2_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o2_5 = o2_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o2_6 = o2_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o2_7 = o2_7 * a + dot(pr, vx7); }
     }
-    if (RR > 3u) {
-      let ok = jv >= vec4<u32>(st.w) & jv <= vec4<u32>(row.w);
-      let s = select(vec4<f32>(MASKED), s3, ok);
-      let mNew = max(m.w, max(max(s.x, s.y), max(s.z, s.w)));
-      a3 = exp(m.w - mNew);
-      p3 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.w = l.w * a3 + (p3.x + p3.y) + (p3.z + p3.w);
-      m.w = mNew;
+    if (RR > 3u && j <= q0 + 3u * WG + WG - 1u && j + 3u >= lo0.w) {
+      var s = vec4<f32>();
+      { s += q3_0 * kx0; }
+      if (HD > 1u) { s += q3_1 * kx1; }
+      if (HD > 2u) { s += q3_2 * kx2; }
+      if (HD > 3u) { s += q3_3 * kx3; }
+      if (HD > 4u) { s += q3_4 * kx4; }
+      if (HD > 5u) { s += q3_5 * kx5; }
+      if (HD > 6u) { s += q3_6 * kx6; }
+      if (HD > 7u) { s += q3_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.w) & jv <= vec4<u32>(row0.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.w = l0.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.w = mNew;
+      { o3_0 = o3_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o3_1 = o3_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o3_2 = o3_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o3_3 = o3_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o3_4 = o3_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o3_5 = o3_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o3_6 = o3_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o3_7 = o3_7 * a + dot(pr, vx7); }
     }
-    if (RR > 4u) {
+    if (RR > 4u && j <= q0 + 4u * WG + WG - 1u && j + 3u >= lo1.x) {
+      var s = vec4<f32>();
+      { s += q4_0 * kx0; }
+      if (HD > 1u) { s += q4_1 * kx1; }
+      if (HD > 2u) { s += q4_2 * kx2; }
+      if (HD > 3u) { s += q4_3 * kx3; }
+      if (HD > 4u) { s += q4_4 * kx4; }
+      if (HD > 5u) { s += q4_5 * kx5; }
+      if (HD > 6u) { s += q4_6 * kx6; }
+      if (HD > 7u) { s += q4_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.x) & jv <= vec4<u32>(row1.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.x = l1.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.x = mNew;
+      { o4_0 = o4_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o4_1 = o4_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o4_2 = o4_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o4_3 = o4_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o4_4 = o4_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o4_5 = o4_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o4_6 = o4_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o4_7 = o4_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 5u && j <= q0 + 5u * WG + WG - 1u && j + 3u >= lo1.y) {
+      var s = vec4<f32>();
+      { s += q5_0 * kx0; }
+      if (HD > 1u) { s += q5_1 * kx1; }
+      if (HD > 2u) { s += q5_2 * kx2; }
+      if (HD > 3u) { s += q5_3 * kx3; }
+      if (HD > 4u) { s += q5_4 * kx4; }
+      if (HD > 5u) { s += q5_5 * kx5; }
+      if (HD > 6u) { s += q5_6 * kx6; }
+      if (HD > 7u) { s += q5_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.y) & jv <= vec4<u32>(row1.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.y = l1.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.y = mNew;
+      { o5_0 = o5_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o5_1 = o5_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o5_2 = o5_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o5_3 = o5_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o5_4 = o5_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o5_5 = o5_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o5_6 = o5_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o5_7 = o5_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 6u && j <= q0 + 6u * WG + WG - 1u && j + 3u >= lo1.z) {
+      var s = vec4<f32>();
+      { s += q6_0 * kx0; }
+      if (HD > 1u) { s += q6_1 * kx1; }
+      if (HD > 2u) { s += q6_2 * kx2; }
+      if (HD > 3u) { s += q6_3 * kx3; }
+      if (HD > 4u) { s += q6_4 * kx4; }
+      if (HD > 5u) { s += q6_5 * kx5; }
+      if (HD > 6u) { s += q6_6 * kx6; }
+      if (HD > 7u) { s += q6_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.z) & jv <= vec4<u32>(row1.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.z = l1.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.z = mNew;
+      { o6_0 = o6_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o6_1 = o6_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o6_2 = o6_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o6_3 = o6_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o6_4 = o6_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o6_5 = o6_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o6_6 = o6_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o6_7 = o6_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 7u && j <= q0 + 7u * WG + WG - 1u && j + 3u >= lo1.w) {
+      var s = vec4<f32>();
+      { s += q7_0 * kx0; }
+      if (HD > 1u) { s += q7_1 * kx1; }
+      if (HD > 2u) { s += q7_2 * kx2; }
+      if (HD > 3u) { s += q7_3 * kx3; }
+      if (HD > 4u) { s += q7_4 * kx4; }
+      if (HD > 5u) { s += q7_5 * kx5; }
+      if (HD > 6u) { s += q7_6 * kx6; }
+      if (HD > 7u) { s += q7_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.w) & jv <= vec4<u32>(row1.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.w = l1.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.w = mNew;
+      { o7_0 = o7_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o7_1 = o7_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o7_2 = o7_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o7_3 = o7_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o7_4 = o7_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o7_5 = o7_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o7_6 = o7_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o7_7 = o7_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 8u && j <= q0 + 8u * WG + WG - 1u && j + 3u >= lo2.x) {
+      var s = vec4<f32>();
+      { s += q8_0 * kx0; }
+      if (HD > 1u) { s += q8_1 * kx1; }
+      if (HD > 2u) { s += q8_2 * kx2; }
+      if (HD > 3u) { s += q8_3 * kx3; }
+      if (HD > 4u) { s += q8_4 * kx4; }
+      if (HD > 5u) { s += q8_5 * kx5; }
+      if (HD > 6u) { s += q8_6 * kx6; }
+      if (HD > 7u) { s += q8_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.x) & jv <= vec4<u32>(row2.x);
-      let s = select(vec4<f32>(MASKED), s4, ok);
-      let mNew = max(m2.x, max(max(s.x, s.y), max(s.z, s.w)));
-      a4 = exp(m2.x - mNew);
-      p4 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.x = l2.x * a4 + (p4.x + p4.y) + (p4.z + p4.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.x = l2.x * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.x = mNew;
+      { o8_0 = o8_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o8_1 = o8_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o8_2 = o8_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o8_3 = o8_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o8_4 = o8_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o8_5 = o8_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o8_6 = o8_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o8_7 = o8_7 * a + dot(pr, vx7); }
     }
-    if (RR > 5u) {
+    if (RR > 9u && j <= q0 + 9u * WG + WG - 1u && j + 3u >= lo2.y) {
+      var s = vec4<f32>();
+      { s += q9_0 * kx0; }
+      if (HD > 1u) { s += q9_1 * kx1; }
+      if (HD > 2u) { s += q9_2 * kx2; }
+      if (HD > 3u) { s += q9_3 * kx3; }
+      if (HD > 4u) { s += q9_4 * kx4; }
+      if (HD > 5u) { s += q9_5 * kx5; }
+      if (HD > 6u) { s += q9_6 * kx6; }
+      if (HD > 7u) { s += q9_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.y) & jv <= vec4<u32>(row2.y);
-      let s = select(vec4<f32>(MASKED), s5, ok);
-      let mNew = max(m2.y, max(max(s.x, s.y), max(s.z, s.w)));
-      a5 = exp(m2.y - mNew);
-      p5 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.y = l2.y * a5 + (p5.x + p5.y) + (p5.z + p5.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.y = l2.y * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.y = mNew;
+      { o9_0 = o9_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o9_1 = o9_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o9_2 = o9_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o9_3 = o9_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o9_4 = o9_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o9_5 = o9_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o9_6 = o9_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o9_7 = o9_7 * a + dot(pr, vx7); }
     }
-    if (RR > 6u) {
+    if (RR > 10u && j <= q0 + 10u * WG + WG - 1u && j + 3u >= lo2.z) {
+      var s = vec4<f32>();
+      { s += q10_0 * kx0; }
+      if (HD > 1u) { s += q10_1 * kx1; }
+      if (HD > 2u) { s += q10_2 * kx2; }
+      if (HD > 3u) { s += q10_3 * kx3; }
+      if (HD > 4u) { s += q10_4 * kx4; }
+      if (HD > 5u) { s += q10_5 * kx5; }
+      if (HD > 6u) { s += q10_6 * kx6; }
+      if (HD > 7u) { s += q10_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.z) & jv <= vec4<u32>(row2.z);
-      let s = select(vec4<f32>(MASKED), s6, ok);
-      let mNew = max(m2.z, max(max(s.x, s.y), max(s.z, s.w)));
-      a6 = exp(m2.z - mNew);
-      p6 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.z = l2.z * a6 + (p6.x + p6.y) + (p6.z + p6.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.z = l2.z * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.z = mNew;
+      { o10_0 = o10_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o10_1 = o10_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o10_2 = o10_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o10_3 = o10_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o10_4 = o10_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o10_5 = o10_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o10_6 = o10_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o10_7 = o10_7 * a + dot(pr, vx7); }
     }
-    if (RR > 7u) {
+    if (RR > 11u && j <= q0 + 11u * WG + WG - 1u && j + 3u >= lo2.w) {
+      var s = vec4<f32>();
+      { s += q11_0 * kx0; }
+      if (HD > 1u) { s += q11_1 * kx1; }
+      if (HD > 2u) { s += q11_2 * kx2; }
+      if (HD > 3u) { s += q11_3 * kx3; }
+      if (HD > 4u) { s += q11_4 * kx4; }
+      if (HD > 5u) { s += q11_5 * kx5; }
+      if (HD > 6u) { s += q11_6 * kx6; }
+      if (HD > 7u) { s += q11_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.w) & jv <= vec4<u32>(row2.w);
-      let s = select(vec4<f32>(MASKED), s7, ok);
-      let mNew = max(m2.w, max(max(s.x, s.y), max(s.z, s.w)));
-      a7 = exp(m2.w - mNew);
-      p7 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.w = l2.w * a7 + (p7.x + p7.y) + (p7.z + p7.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.w = l2.w * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.w = mNew;
+      { o11_0 = o11_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o11_1 = o11_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o11_2 = o11_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o11_3 = o11_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o11_4 = o11_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o11_5 = o11_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o11_6 = o11_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o11_7 = o11_7 * a + dot(pr, vx7); }
     }
-    { let vx = vec4<f32>(in_v[vo.x + 0u], in_v[vo.y + 0u], in_v[vo.z + 0u], in_v[vo.w + 0u]); o0_0 = o0_0 * a0 + dot(p0, vx); if (RR > 1u) { o1_0 = o1_0 * a1 + dot(p1, vx); } if (RR > 2u) { o2_0 = o2_0 * a2 + dot(p2, vx); } if (RR > 3u) { o3_0 = o3_0 * a3 + dot(p3, vx); } if (RR > 4u) { o4_0 = o4_0 * a4 + dot(p4, vx); } if (RR > 5u) { o5_0 = o5_0 * a5 + dot(p5, vx); } if (RR > 6u) { o6_0 = o6_0 * a6 + dot(p6, vx); } if (RR > 7u) { o7_0 = o7_0 * a7 + dot(p7, vx); } }
-    if (HD > 1u) { let vx = vec4<f32>(in_v[vo.x + 1u], in_v[vo.y + 1u], in_v[vo.z + 1u], in_v[vo.w + 1u]); o0_1 = o0_1 * a0 + dot(p0, vx); if (RR > 1u) { o1_1 = o1_1 * a1 + dot(p1, vx); } if (RR > 2u) { o2_1 = o2_1 * a2 + dot(p2, vx); } if (RR > 3u) { o3_1 = o3_1 * a3 + dot(p3, vx); } if (RR > 4u) { o4_1 = o4_1 * a4 + dot(p4, vx); } if (RR > 5u) { o5_1 = o5_1 * a5 + dot(p5, vx); } if (RR > 6u) { o6_1 = o6_1 * a6 + dot(p6, vx); } if (RR > 7u) { o7_1 = o7_1 * a7 + dot(p7, vx); } }
-    if (HD > 2u) { let vx = vec4<f32>(in_v[vo.x + 2u], in_v[vo.y + 2u], in_v[vo.z + 2u], in_v[vo.w + 2u]); o0_2 = o0_2 * a0 + dot(p0, vx); if (RR > 1u) { o1_2 = o1_2 * a1 + dot(p1, vx); } if (RR > 2u) { o2_2 = o2_2 * a2 + dot(p2, vx); } if (RR > 3u) { o3_2 = o3_2 * a3 + dot(p3, vx); } if (RR > 4u) { o4_2 = o4_2 * a4 + dot(p4, vx); } if (RR > 5u) { o5_2 = o5_2 * a5 + dot(p5, vx); } if (RR > 6u) { o6_2 = o6_2 * a6 + dot(p6, vx); } if (RR > 7u) { o7_2 = o7_2 * a7 + dot(p7, vx); } }
-    if (HD > 3u) { let vx = vec4<f32>(in_v[vo.x + 3u], in_v[vo.y + 3u], in_v[vo.z + 3u], in_v[vo.w + 3u]); o0_3 = o0_3 * a0 + dot(p0, vx); if (RR > 1u) { o1_3 = o1_3 * a1 + dot(p1, vx); } if (RR > 2u) { o2_3 = o2_3 * a2 + dot(p2, vx); } if (RR > 3u) { o3_3 = o3_3 * a3 + dot(p3, vx); } if (RR > 4u) { o4_3 = o4_3 * a4 + dot(p4, vx); } if (RR > 5u) { o5_3 = o5_3 * a5 + dot(p5, vx); } if (RR > 6u) { o6_3 = o6_3 * a6 + dot(p6, vx); } if (RR > 7u) { o7_3 = o7_3 * a7 + dot(p7, vx); } }
-    if (HD > 4u) { let vx = vec4<f32>(in_v[vo.x + 4u], in_v[vo.y + 4u], in_v[vo.z + 4u], in_v[vo.w + 4u]); o0_4 = o0_4 * a0 + dot(p0, vx); if (RR > 1u) { o1_4 = o1_4 * a1 + dot(p1, vx); } if (RR > 2u) { o2_4 = o2_4 * a2 + dot(p2, vx); } if (RR > 3u) { o3_4 = o3_4 * a3 + dot(p3, vx); } if (RR > 4u) { o4_4 = o4_4 * a4 + dot(p4, vx); } if (RR > 5u) { o5_4 = o5_4 * a5 + dot(p5, vx); } if (RR > 6u) { o6_4 = o6_4 * a6 + dot(p6, vx); } if (RR > 7u) { o7_4 = o7_4 * a7 + dot(p7, vx); } }
-    if (HD > 5u) { let vx = vec4<f32>(in_v[vo.x + 5u], in_v[vo.y + 5u], in_v[vo.z + 5u], in_v[vo.w + 5u]); o0_5 = o0_5 * a0 + dot(p0, vx); if (RR > 1u) { o1_5 = o1_5 * a1 + dot(p1, vx); } if (RR > 2u) { o2_5 = o2_5 * a2 + dot(p2, vx); } if (RR > 3u) { o3_5 = o3_5 * a3 + dot(p3, vx); } if (RR > 4u) { o4_5 = o4_5 * a4 + dot(p4, vx); } if (RR > 5u) { o5_5 = o5_5 * a5 + dot(p5, vx); } if (RR > 6u) { o6_5 = o6_5 * a6 + dot(p6, vx); } if (RR > 7u) { o7_5 = o7_5 * a7 + dot(p7, vx); } }
-    if (HD > 6u) { let vx = vec4<f32>(in_v[vo.x + 6u], in_v[vo.y + 6u], in_v[vo.z + 6u], in_v[vo.w + 6u]); o0_6 = o0_6 * a0 + dot(p0, vx); if (RR > 1u) { o1_6 = o1_6 * a1 + dot(p1, vx); } if (RR > 2u) { o2_6 = o2_6 * a2 + dot(p2, vx); } if (RR > 3u) { o3_6 = o3_6 * a3 + dot(p3, vx); } if (RR > 4u) { o4_6 = o4_6 * a4 + dot(p4, vx); } if (RR > 5u) { o5_6 = o5_6 * a5 + dot(p5, vx); } if (RR > 6u) { o6_6 = o6_6 * a6 + dot(p6, vx); } if (RR > 7u) { o7_6 = o7_6 * a7 + dot(p7, vx); } }
-    if (HD > 7u) { let vx = vec4<f32>(in_v[vo.x + 7u], in_v[vo.y + 7u], in_v[vo.z + 7u], in_v[vo.w + 7u]); o0_7 = o0_7 * a0 + dot(p0, vx); if (RR > 1u) { o1_7 = o1_7 * a1 + dot(p1, vx); } if (RR > 2u) { o2_7 = o2_7 * a2 + dot(p2, vx); } if (RR > 3u) { o3_7 = o3_7 * a3 + dot(p3, vx); } if (RR > 4u) { o4_7 = o4_7 * a4 + dot(p4, vx); } if (RR > 5u) { o5_7 = o5_7 * a5 + dot(p5, vx); } if (RR > 6u) { o6_7 = o6_7 * a6 + dot(p6, vx); } if (RR > 7u) { o7_7 = o7_7 * a7 + dot(p7, vx); } }
+    if (RR > 12u && j <= q0 + 12u * WG + WG - 1u && j + 3u >= lo3.x) {
+      var s = vec4<f32>();
+      { s += q12_0 * kx0; }
+      if (HD > 1u) { s += q12_1 * kx1; }
+      if (HD > 2u) { s += q12_2 * kx2; }
+      if (HD > 3u) { s += q12_3 * kx3; }
+      if (HD > 4u) { s += q12_4 * kx4; }
+      if (HD > 5u) { s += q12_5 * kx5; }
+      if (HD > 6u) { s += q12_6 * kx6; }
+      if (HD > 7u) { s += q12_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.x) & jv <= vec4<u32>(row3.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.x = l3.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.x = mNew;
+      { o12_0 = o12_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o12_1 = o12_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o12_2 = o12_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o12_3 = o12_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o12_4 = o12_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o12_5 = o12_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o12_6 = o12_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o12_7 = o12_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 13u && j <= q0 + 13u * WG + WG - 1u && j + 3u >= lo3.y) {
+      var s = vec4<f32>();
+      { s += q13_0 * kx0; }
+      if (HD > 1u) { s += q13_1 * kx1; }
+      if (HD > 2u) { s += q13_2 * kx2; }
+      if (HD > 3u) { s += q13_3 * kx3; }
+      if (HD > 4u) { s += q13_4 * kx4; }
+      if (HD > 5u) { s += q13_5 * kx5; }
+      if (HD > 6u) { s += q13_6 * kx6; }
+      if (HD > 7u) { s += q13_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.y) & jv <= vec4<u32>(row3.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.y = l3.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.y = mNew;
+      { o13_0 = o13_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o13_1 = o13_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o13_2 = o13_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o13_3 = o13_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o13_4 = o13_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o13_5 = o13_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o13_6 = o13_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o13_7 = o13_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 14u && j <= q0 + 14u * WG + WG - 1u && j + 3u >= lo3.z) {
+      var s = vec4<f32>();
+      { s += q14_0 * kx0; }
+      if (HD > 1u) { s += q14_1 * kx1; }
+      if (HD > 2u) { s += q14_2 * kx2; }
+      if (HD > 3u) { s += q14_3 * kx3; }
+      if (HD > 4u) { s += q14_4 * kx4; }
+      if (HD > 5u) { s += q14_5 * kx5; }
+      if (HD > 6u) { s += q14_6 * kx6; }
+      if (HD > 7u) { s += q14_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.z) & jv <= vec4<u32>(row3.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.z = l3.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.z = mNew;
+      { o14_0 = o14_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o14_1 = o14_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o14_2 = o14_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o14_3 = o14_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o14_4 = o14_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o14_5 = o14_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o14_6 = o14_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o14_7 = o14_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 15u && j <= q0 + 15u * WG + WG - 1u && j + 3u >= lo3.w) {
+      var s = vec4<f32>();
+      { s += q15_0 * kx0; }
+      if (HD > 1u) { s += q15_1 * kx1; }
+      if (HD > 2u) { s += q15_2 * kx2; }
+      if (HD > 3u) { s += q15_3 * kx3; }
+      if (HD > 4u) { s += q15_4 * kx4; }
+      if (HD > 5u) { s += q15_5 * kx5; }
+      if (HD > 6u) { s += q15_6 * kx6; }
+      if (HD > 7u) { s += q15_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.w) & jv <= vec4<u32>(row3.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.w = l3.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.w = mNew;
+      { o15_0 = o15_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o15_1 = o15_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o15_2 = o15_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o15_3 = o15_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o15_4 = o15_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o15_5 = o15_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o15_6 = o15_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o15_7 = o15_7 * a + dot(pr, vx7); }
+    }
   }
   {
     if (q0 + 0u * WG + lid.x < TE) {
-      let i = row.x;
-      let inv = 1.0 / l.x;
+      let i = row0.x;
+      let inv = 1.0 / l0.x;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o0_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o0_1 * inv; }
@@ -269,13 +749,13 @@ fn attention_row_forward(
       if (HD > 5u) { out_o[oo + 5u] = o0_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o0_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o0_7 * inv; }
-      out_lse[h * T + i] = m.x + log(l.x);
+      out_lse[h * T + i] = m0.x + log(l0.x);
     }
   }
   if (RR > 1u) {
     if (q0 + 1u * WG + lid.x < TE) {
-      let i = row.y;
-      let inv = 1.0 / l.y;
+      let i = row0.y;
+      let inv = 1.0 / l0.y;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o1_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o1_1 * inv; }
@@ -285,13 +765,13 @@ fn attention_row_forward(
       if (HD > 5u) { out_o[oo + 5u] = o1_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o1_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o1_7 * inv; }
-      out_lse[h * T + i] = m.y + log(l.y);
+      out_lse[h * T + i] = m0.y + log(l0.y);
     }
   }
   if (RR > 2u) {
     if (q0 + 2u * WG + lid.x < TE) {
-      let i = row.z;
-      let inv = 1.0 / l.z;
+      let i = row0.z;
+      let inv = 1.0 / l0.z;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o2_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o2_1 * inv; }
@@ -301,13 +781,13 @@ fn attention_row_forward(
       if (HD > 5u) { out_o[oo + 5u] = o2_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o2_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o2_7 * inv; }
-      out_lse[h * T + i] = m.z + log(l.z);
+      out_lse[h * T + i] = m0.z + log(l0.z);
     }
   }
   if (RR > 3u) {
     if (q0 + 3u * WG + lid.x < TE) {
-      let i = row.w;
-      let inv = 1.0 / l.w;
+      let i = row0.w;
+      let inv = 1.0 / l0.w;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o3_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o3_1 * inv; }
@@ -317,13 +797,13 @@ fn attention_row_forward(
       if (HD > 5u) { out_o[oo + 5u] = o3_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o3_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o3_7 * inv; }
-      out_lse[h * T + i] = m.w + log(l.w);
+      out_lse[h * T + i] = m0.w + log(l0.w);
     }
   }
   if (RR > 4u) {
     if (q0 + 4u * WG + lid.x < TE) {
-      let i = row2.x;
-      let inv = 1.0 / l2.x;
+      let i = row1.x;
+      let inv = 1.0 / l1.x;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o4_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o4_1 * inv; }
@@ -333,13 +813,13 @@ fn attention_row_forward(
       if (HD > 5u) { out_o[oo + 5u] = o4_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o4_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o4_7 * inv; }
-      out_lse[h * T + i] = m2.x + log(l2.x);
+      out_lse[h * T + i] = m1.x + log(l1.x);
     }
   }
   if (RR > 5u) {
     if (q0 + 5u * WG + lid.x < TE) {
-      let i = row2.y;
-      let inv = 1.0 / l2.y;
+      let i = row1.y;
+      let inv = 1.0 / l1.y;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o5_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o5_1 * inv; }
@@ -349,13 +829,13 @@ fn attention_row_forward(
       if (HD > 5u) { out_o[oo + 5u] = o5_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o5_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o5_7 * inv; }
-      out_lse[h * T + i] = m2.y + log(l2.y);
+      out_lse[h * T + i] = m1.y + log(l1.y);
     }
   }
   if (RR > 6u) {
     if (q0 + 6u * WG + lid.x < TE) {
-      let i = row2.z;
-      let inv = 1.0 / l2.z;
+      let i = row1.z;
+      let inv = 1.0 / l1.z;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o6_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o6_1 * inv; }
@@ -365,13 +845,13 @@ fn attention_row_forward(
       if (HD > 5u) { out_o[oo + 5u] = o6_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o6_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o6_7 * inv; }
-      out_lse[h * T + i] = m2.z + log(l2.z);
+      out_lse[h * T + i] = m1.z + log(l1.z);
     }
   }
   if (RR > 7u) {
     if (q0 + 7u * WG + lid.x < TE) {
-      let i = row2.w;
-      let inv = 1.0 / l2.w;
+      let i = row1.w;
+      let inv = 1.0 / l1.w;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o7_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o7_1 * inv; }
@@ -381,7 +861,135 @@ fn attention_row_forward(
       if (HD > 5u) { out_o[oo + 5u] = o7_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o7_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o7_7 * inv; }
+      out_lse[h * T + i] = m1.w + log(l1.w);
+    }
+  }
+  if (RR > 8u) {
+    if (q0 + 8u * WG + lid.x < TE) {
+      let i = row2.x;
+      let inv = 1.0 / l2.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o8_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o8_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o8_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o8_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o8_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o8_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o8_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o8_7 * inv; }
+      out_lse[h * T + i] = m2.x + log(l2.x);
+    }
+  }
+  if (RR > 9u) {
+    if (q0 + 9u * WG + lid.x < TE) {
+      let i = row2.y;
+      let inv = 1.0 / l2.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o9_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o9_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o9_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o9_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o9_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o9_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o9_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o9_7 * inv; }
+      out_lse[h * T + i] = m2.y + log(l2.y);
+    }
+  }
+  if (RR > 10u) {
+    if (q0 + 10u * WG + lid.x < TE) {
+      let i = row2.z;
+      let inv = 1.0 / l2.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o10_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o10_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o10_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o10_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o10_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o10_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o10_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o10_7 * inv; }
+      out_lse[h * T + i] = m2.z + log(l2.z);
+    }
+  }
+  if (RR > 11u) {
+    if (q0 + 11u * WG + lid.x < TE) {
+      let i = row2.w;
+      let inv = 1.0 / l2.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o11_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o11_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o11_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o11_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o11_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o11_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o11_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o11_7 * inv; }
       out_lse[h * T + i] = m2.w + log(l2.w);
+    }
+  }
+  if (RR > 12u) {
+    if (q0 + 12u * WG + lid.x < TE) {
+      let i = row3.x;
+      let inv = 1.0 / l3.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o12_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o12_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o12_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o12_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o12_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o12_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o12_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o12_7 * inv; }
+      out_lse[h * T + i] = m3.x + log(l3.x);
+    }
+  }
+  if (RR > 13u) {
+    if (q0 + 13u * WG + lid.x < TE) {
+      let i = row3.y;
+      let inv = 1.0 / l3.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o13_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o13_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o13_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o13_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o13_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o13_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o13_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o13_7 * inv; }
+      out_lse[h * T + i] = m3.y + log(l3.y);
+    }
+  }
+  if (RR > 14u) {
+    if (q0 + 14u * WG + lid.x < TE) {
+      let i = row3.z;
+      let inv = 1.0 / l3.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o14_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o14_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o14_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o14_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o14_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o14_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o14_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o14_7 * inv; }
+      out_lse[h * T + i] = m3.z + log(l3.z);
+    }
+  }
+  if (RR > 15u) {
+    if (q0 + 15u * WG + lid.x < TE) {
+      let i = row3.w;
+      let inv = 1.0 / l3.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o15_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o15_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o15_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o15_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o15_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o15_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o15_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o15_7 * inv; }
+      out_lse[h * T + i] = m3.w + log(l3.w);
     }
   }
 }
@@ -406,14 +1014,23 @@ fn attention_row_backward_dq(
   var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var g5_0 = 0.0; var g5_1 = 0.0; var g5_2 = 0.0; var g5_3 = 0.0; var g5_4 = 0.0; var g5_5 = 0.0; var g5_6 = 0.0; var g5_7 = 0.0; var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0; var a5_4 = 0.0; var a5_5 = 0.0; var a5_6 = 0.0; var a5_7 = 0.0;
   var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var g6_0 = 0.0; var g6_1 = 0.0; var g6_2 = 0.0; var g6_3 = 0.0; var g6_4 = 0.0; var g6_5 = 0.0; var g6_6 = 0.0; var g6_7 = 0.0; var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0; var a6_4 = 0.0; var a6_5 = 0.0; var a6_6 = 0.0; var a6_7 = 0.0;
   var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var g7_0 = 0.0; var g7_1 = 0.0; var g7_2 = 0.0; var g7_3 = 0.0; var g7_4 = 0.0; var g7_5 = 0.0; var g7_6 = 0.0; var g7_7 = 0.0; var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0; var a7_4 = 0.0; var a7_5 = 0.0; var a7_6 = 0.0; var a7_7 = 0.0;
-  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
-  var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();
+  var q8_0 = 0.0; var q8_1 = 0.0; var q8_2 = 0.0; var q8_3 = 0.0; var q8_4 = 0.0; var q8_5 = 0.0; var q8_6 = 0.0; var q8_7 = 0.0; var g8_0 = 0.0; var g8_1 = 0.0; var g8_2 = 0.0; var g8_3 = 0.0; var g8_4 = 0.0; var g8_5 = 0.0; var g8_6 = 0.0; var g8_7 = 0.0; var a8_0 = 0.0; var a8_1 = 0.0; var a8_2 = 0.0; var a8_3 = 0.0; var a8_4 = 0.0; var a8_5 = 0.0; var a8_6 = 0.0; var a8_7 = 0.0;
+  var q9_0 = 0.0; var q9_1 = 0.0; var q9_2 = 0.0; var q9_3 = 0.0; var q9_4 = 0.0; var q9_5 = 0.0; var q9_6 = 0.0; var q9_7 = 0.0; var g9_0 = 0.0; var g9_1 = 0.0; var g9_2 = 0.0; var g9_3 = 0.0; var g9_4 = 0.0; var g9_5 = 0.0; var g9_6 = 0.0; var g9_7 = 0.0; var a9_0 = 0.0; var a9_1 = 0.0; var a9_2 = 0.0; var a9_3 = 0.0; var a9_4 = 0.0; var a9_5 = 0.0; var a9_6 = 0.0; var a9_7 = 0.0;
+  var q10_0 = 0.0; var q10_1 = 0.0; var q10_2 = 0.0; var q10_3 = 0.0; var q10_4 = 0.0; var q10_5 = 0.0; var q10_6 = 0.0; var q10_7 = 0.0; var g10_0 = 0.0; var g10_1 = 0.0; var g10_2 = 0.0; var g10_3 = 0.0; var g10_4 = 0.0; var g10_5 = 0.0; var g10_6 = 0.0; var g10_7 = 0.0; var a10_0 = 0.0; var a10_1 = 0.0; var a10_2 = 0.0; var a10_3 = 0.0; var a10_4 = 0.0; var a10_5 = 0.0; var a10_6 = 0.0; var a10_7 = 0.0;
+  var q11_0 = 0.0; var q11_1 = 0.0; var q11_2 = 0.0; var q11_3 = 0.0; var q11_4 = 0.0; var q11_5 = 0.0; var q11_6 = 0.0; var q11_7 = 0.0; var g11_0 = 0.0; var g11_1 = 0.0; var g11_2 = 0.0; var g11_3 = 0.0; var g11_4 = 0.0; var g11_5 = 0.0; var g11_6 = 0.0; var g11_7 = 0.0; var a11_0 = 0.0; var a11_1 = 0.0; var a11_2 = 0.0; var a11_3 = 0.0; var a11_4 = 0.0; var a11_5 = 0.0; var a11_6 = 0.0; var a11_7 = 0.0;
+  var q12_0 = 0.0; var q12_1 = 0.0; var q12_2 = 0.0; var q12_3 = 0.0; var q12_4 = 0.0; var q12_5 = 0.0; var q12_6 = 0.0; var q12_7 = 0.0; var g12_0 = 0.0; var g12_1 = 0.0; var g12_2 = 0.0; var g12_3 = 0.0; var g12_4 = 0.0; var g12_5 = 0.0; var g12_6 = 0.0; var g12_7 = 0.0; var a12_0 = 0.0; var a12_1 = 0.0; var a12_2 = 0.0; var a12_3 = 0.0; var a12_4 = 0.0; var a12_5 = 0.0; var a12_6 = 0.0; var a12_7 = 0.0;
+  var q13_0 = 0.0; var q13_1 = 0.0; var q13_2 = 0.0; var q13_3 = 0.0; var q13_4 = 0.0; var q13_5 = 0.0; var q13_6 = 0.0; var q13_7 = 0.0; var g13_0 = 0.0; var g13_1 = 0.0; var g13_2 = 0.0; var g13_3 = 0.0; var g13_4 = 0.0; var g13_5 = 0.0; var g13_6 = 0.0; var g13_7 = 0.0; var a13_0 = 0.0; var a13_1 = 0.0; var a13_2 = 0.0; var a13_3 = 0.0; var a13_4 = 0.0; var a13_5 = 0.0; var a13_6 = 0.0; var a13_7 = 0.0;
+  var q14_0 = 0.0; var q14_1 = 0.0; var q14_2 = 0.0; var q14_3 = 0.0; var q14_4 = 0.0; var q14_5 = 0.0; var q14_6 = 0.0; var q14_7 = 0.0; var g14_0 = 0.0; var g14_1 = 0.0; var g14_2 = 0.0; var g14_3 = 0.0; var g14_4 = 0.0; var g14_5 = 0.0; var g14_6 = 0.0; var g14_7 = 0.0; var a14_0 = 0.0; var a14_1 = 0.0; var a14_2 = 0.0; var a14_3 = 0.0; var a14_4 = 0.0; var a14_5 = 0.0; var a14_6 = 0.0; var a14_7 = 0.0;
+  var q15_0 = 0.0; var q15_1 = 0.0; var q15_2 = 0.0; var q15_3 = 0.0; var q15_4 = 0.0; var q15_5 = 0.0; var q15_6 = 0.0; var q15_7 = 0.0; var g15_0 = 0.0; var g15_1 = 0.0; var g15_2 = 0.0; var g15_3 = 0.0; var g15_4 = 0.0; var g15_5 = 0.0; var g15_6 = 0.0; var g15_7 = 0.0; var a15_0 = 0.0; var a15_1 = 0.0; var a15_2 = 0.0; var a15_3 = 0.0; var a15_4 = 0.0; var a15_5 = 0.0; var a15_6 = 0.0; var a15_7 = 0.0;
+  var row0 = vec4<u32>(); var row1 = vec4<u32>(); var row2 = vec4<u32>(); var row3 = vec4<u32>(); var st0 = vec4<u32>(); var st1 = vec4<u32>(); var st2 = vec4<u32>(); var st3 = vec4<u32>(); var lo0 = vec4<u32>(); var lo1 = vec4<u32>(); var lo2 = vec4<u32>(); var lo3 = vec4<u32>();
+  var lse0 = vec4<f32>(); var lse1 = vec4<f32>(); var lse2 = vec4<f32>(); var lse3 = vec4<f32>(); var dl0 = vec4<f32>(); var dl1 = vec4<f32>(); var dl2 = vec4<f32>(); var dl3 = vec4<f32>();
   {
     let i = min(q0 + 0u * WG + lid.x, TE - 1u);
-    row.x = i;
-    st.x = in_start[i];
-    lse.x = in_lse[h * T + i];
-    dl.x = in_delta[h * T + i];
+    row0.x = i;
+    st0.x = in_start[i];
+    lo0.x = in_start[min(q0 + 0u * WG, TE - 1u)]; // the row group's first start
+    lse0.x = in_lse[h * T + i];
+    dl0.x = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { q0_0 = in_q[qo + 0u] * p.scale; }
@@ -435,10 +1052,11 @@ fn attention_row_backward_dq(
   }
   if (RR > 1u) {
     let i = min(q0 + 1u * WG + lid.x, TE - 1u);
-    row.y = i;
-    st.y = in_start[i];
-    lse.y = in_lse[h * T + i];
-    dl.y = in_delta[h * T + i];
+    row0.y = i;
+    st0.y = in_start[i];
+    lo0.y = in_start[min(q0 + 1u * WG, TE - 1u)]; // the row group's first start
+    lse0.y = in_lse[h * T + i];
+    dl0.y = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { q1_0 = in_q[qo + 0u] * p.scale; }
@@ -460,10 +1078,11 @@ fn attention_row_backward_dq(
   }
   if (RR > 2u) {
     let i = min(q0 + 2u * WG + lid.x, TE - 1u);
-    row.z = i;
-    st.z = in_start[i];
-    lse.z = in_lse[h * T + i];
-    dl.z = in_delta[h * T + i];
+    row0.z = i;
+    st0.z = in_start[i];
+    lo0.z = in_start[min(q0 + 2u * WG, TE - 1u)]; // the row group's first start
+    lse0.z = in_lse[h * T + i];
+    dl0.z = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { q2_0 = in_q[qo + 0u] * p.scale; }
@@ -485,10 +1104,11 @@ fn attention_row_backward_dq(
   }
   if (RR > 3u) {
     let i = min(q0 + 3u * WG + lid.x, TE - 1u);
-    row.w = i;
-    st.w = in_start[i];
-    lse.w = in_lse[h * T + i];
-    dl.w = in_delta[h * T + i];
+    row0.w = i;
+    st0.w = in_start[i];
+    lo0.w = in_start[min(q0 + 3u * WG, TE - 1u)]; // the row group's first start
+    lse0.w = in_lse[h * T + i];
+    dl0.w = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { q3_0 = in_q[qo + 0u] * p.scale; }
@@ -510,10 +1130,11 @@ fn attention_row_backward_dq(
   }
   if (RR > 4u) {
     let i = min(q0 + 4u * WG + lid.x, TE - 1u);
-    row2.x = i;
-    st2.x = in_start[i];
-    lse2.x = in_lse[h * T + i];
-    dl2.x = in_delta[h * T + i];
+    row1.x = i;
+    st1.x = in_start[i];
+    lo1.x = in_start[min(q0 + 4u * WG, TE - 1u)]; // the row group's first start
+    lse1.x = in_lse[h * T + i];
+    dl1.x = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { q4_0 = in_q[qo + 0u] * p.scale; }
@@ -535,10 +1156,11 @@ fn attention_row_backward_dq(
   }
   if (RR > 5u) {
     let i = min(q0 + 5u * WG + lid.x, TE - 1u);
-    row2.y = i;
-    st2.y = in_start[i];
-    lse2.y = in_lse[h * T + i];
-    dl2.y = in_delta[h * T + i];
+    row1.y = i;
+    st1.y = in_start[i];
+    lo1.y = in_start[min(q0 + 5u * WG, TE - 1u)]; // the row group's first start
+    lse1.y = in_lse[h * T + i];
+    dl1.y = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { q5_0 = in_q[qo + 0u] * p.scale; }
@@ -560,10 +1182,11 @@ fn attention_row_backward_dq(
   }
   if (RR > 6u) {
     let i = min(q0 + 6u * WG + lid.x, TE - 1u);
-    row2.z = i;
-    st2.z = in_start[i];
-    lse2.z = in_lse[h * T + i];
-    dl2.z = in_delta[h * T + i];
+    row1.z = i;
+    st1.z = in_start[i];
+    lo1.z = in_start[min(q0 + 6u * WG, TE - 1u)]; // the row group's first start
+    lse1.z = in_lse[h * T + i];
+    dl1.z = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { q6_0 = in_q[qo + 0u] * p.scale; }
@@ -585,10 +1208,11 @@ fn attention_row_backward_dq(
   }
   if (RR > 7u) {
     let i = min(q0 + 7u * WG + lid.x, TE - 1u);
-    row2.w = i;
-    st2.w = in_start[i];
-    lse2.w = in_lse[h * T + i];
-    dl2.w = in_delta[h * T + i];
+    row1.w = i;
+    st1.w = in_start[i];
+    lo1.w = in_start[min(q0 + 7u * WG, TE - 1u)]; // the row group's first start
+    lse1.w = in_lse[h * T + i];
+    dl1.w = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { q7_0 = in_q[qo + 0u] * p.scale; }
@@ -607,6 +1231,214 @@ fn attention_row_backward_dq(
     if (HD > 5u) { g7_5 = in_dout[go + 5u]; }
     if (HD > 6u) { g7_6 = in_dout[go + 6u]; }
     if (HD > 7u) { g7_7 = in_dout[go + 7u]; }
+  }
+  if (RR > 8u) {
+    let i = min(q0 + 8u * WG + lid.x, TE - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    lo2.x = in_start[min(q0 + 8u * WG, TE - 1u)]; // the row group's first start
+    lse2.x = in_lse[h * T + i];
+    dl2.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { q8_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q8_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q8_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q8_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q8_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q8_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q8_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q8_7 = in_q[qo + 7u] * p.scale; }
+    { g8_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g8_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g8_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g8_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g8_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g8_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g8_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g8_7 = in_dout[go + 7u]; }
+  }
+  if (RR > 9u) {
+    let i = min(q0 + 9u * WG + lid.x, TE - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    lo2.y = in_start[min(q0 + 9u * WG, TE - 1u)]; // the row group's first start
+    lse2.y = in_lse[h * T + i];
+    dl2.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { q9_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q9_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q9_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q9_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q9_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q9_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q9_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q9_7 = in_q[qo + 7u] * p.scale; }
+    { g9_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g9_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g9_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g9_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g9_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g9_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g9_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g9_7 = in_dout[go + 7u]; }
+  }
+  if (RR > 10u) {
+    let i = min(q0 + 10u * WG + lid.x, TE - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    lo2.z = in_start[min(q0 + 10u * WG, TE - 1u)]; // the row group's first start
+    lse2.z = in_lse[h * T + i];
+    dl2.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { q10_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q10_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q10_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q10_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q10_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q10_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q10_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q10_7 = in_q[qo + 7u] * p.scale; }
+    { g10_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g10_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g10_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g10_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g10_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g10_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g10_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g10_7 = in_dout[go + 7u]; }
+  }
+  if (RR > 11u) {
+    let i = min(q0 + 11u * WG + lid.x, TE - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    lo2.w = in_start[min(q0 + 11u * WG, TE - 1u)]; // the row group's first start
+    lse2.w = in_lse[h * T + i];
+    dl2.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { q11_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q11_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q11_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q11_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q11_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q11_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q11_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q11_7 = in_q[qo + 7u] * p.scale; }
+    { g11_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g11_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g11_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g11_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g11_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g11_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g11_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g11_7 = in_dout[go + 7u]; }
+  }
+  if (RR > 12u) {
+    let i = min(q0 + 12u * WG + lid.x, TE - 1u);
+    row3.x = i;
+    st3.x = in_start[i];
+    lo3.x = in_start[min(q0 + 12u * WG, TE - 1u)]; // the row group's first start
+    lse3.x = in_lse[h * T + i];
+    dl3.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { q12_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q12_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q12_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q12_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q12_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q12_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q12_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q12_7 = in_q[qo + 7u] * p.scale; }
+    { g12_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g12_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g12_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g12_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g12_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g12_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g12_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g12_7 = in_dout[go + 7u]; }
+  }
+  if (RR > 13u) {
+    let i = min(q0 + 13u * WG + lid.x, TE - 1u);
+    row3.y = i;
+    st3.y = in_start[i];
+    lo3.y = in_start[min(q0 + 13u * WG, TE - 1u)]; // the row group's first start
+    lse3.y = in_lse[h * T + i];
+    dl3.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { q13_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q13_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q13_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q13_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q13_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q13_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q13_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q13_7 = in_q[qo + 7u] * p.scale; }
+    { g13_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g13_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g13_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g13_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g13_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g13_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g13_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g13_7 = in_dout[go + 7u]; }
+  }
+  if (RR > 14u) {
+    let i = min(q0 + 14u * WG + lid.x, TE - 1u);
+    row3.z = i;
+    st3.z = in_start[i];
+    lo3.z = in_start[min(q0 + 14u * WG, TE - 1u)]; // the row group's first start
+    lse3.z = in_lse[h * T + i];
+    dl3.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { q14_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q14_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q14_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q14_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q14_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q14_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q14_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q14_7 = in_q[qo + 7u] * p.scale; }
+    { g14_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g14_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g14_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g14_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g14_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g14_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g14_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g14_7 = in_dout[go + 7u]; }
+  }
+  if (RR > 15u) {
+    let i = min(q0 + 15u * WG + lid.x, TE - 1u);
+    row3.w = i;
+    st3.w = in_start[i];
+    lo3.w = in_start[min(q0 + 15u * WG, TE - 1u)]; // the row group's first start
+    lse3.w = in_lse[h * T + i];
+    dl3.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { q15_0 = in_q[qo + 0u] * p.scale; }
+    if (HD > 1u) { q15_1 = in_q[qo + 1u] * p.scale; }
+    if (HD > 2u) { q15_2 = in_q[qo + 2u] * p.scale; }
+    if (HD > 3u) { q15_3 = in_q[qo + 3u] * p.scale; }
+    if (HD > 4u) { q15_4 = in_q[qo + 4u] * p.scale; }
+    if (HD > 5u) { q15_5 = in_q[qo + 5u] * p.scale; }
+    if (HD > 6u) { q15_6 = in_q[qo + 6u] * p.scale; }
+    if (HD > 7u) { q15_7 = in_q[qo + 7u] * p.scale; }
+    { g15_0 = in_dout[go + 0u]; }
+    if (HD > 1u) { g15_1 = in_dout[go + 1u]; }
+    if (HD > 2u) { g15_2 = in_dout[go + 2u]; }
+    if (HD > 3u) { g15_3 = in_dout[go + 3u]; }
+    if (HD > 4u) { g15_4 = in_dout[go + 4u]; }
+    if (HD > 5u) { g15_5 = in_dout[go + 5u]; }
+    if (HD > 6u) { g15_6 = in_dout[go + 6u]; }
+    if (HD > 7u) { g15_7 = in_dout[go + 7u]; }
   }
   let jLo = in_start[q0];
   let jHi = min(q0 + WG * RR, TE);
@@ -630,7 +1462,7 @@ fn attention_row_backward_dq(
     if (HD > 5u) { v5 = in_v[vo + 5u]; }
     if (HD > 6u) { v6 = in_v[vo + 6u]; }
     if (HD > 7u) { v7 = in_v[vo + 7u]; }
-    {
+    if (j <= q0 + 0u * WG + WG - 1u && j >= lo0.x) {
       var s = 0.0;
       var dp = 0.0;
       { s += q0_0 * k0; dp += g0_0 * v0; }
@@ -641,8 +1473,8 @@ fn attention_row_backward_dq(
       if (HD > 5u) { s += q0_5 * k5; dp += g0_5 * v5; }
       if (HD > 6u) { s += q0_6 * k6; dp += g0_6 * v6; }
       if (HD > 7u) { s += q0_7 * k7; dp += g0_7 * v7; }
-      let pr = select(0.0, exp(s - lse.x), j >= st.x && j <= row.x);
-      let ds = pr * (dp - dl.x);
+      let pr = select(0.0, exp(s - lse0.x), j >= st0.x && j <= row0.x);
+      let ds = pr * (dp - dl0.x);
       { a0_0 += ds * k0; }
       if (HD > 1u) { a0_1 += ds * k1; }
       if (HD > 2u) { a0_2 += ds * k2; }
@@ -652,7 +1484,7 @@ fn attention_row_backward_dq(
       if (HD > 6u) { a0_6 += ds * k6; }
       if (HD > 7u) { a0_7 += ds * k7; }
     }
-    if (RR > 1u) {
+    if (RR > 1u && j <= q0 + 1u * WG + WG - 1u && j >= lo0.y) {
       var s = 0.0;
       var dp = 0.0;
       { s += q1_0 * k0; dp += g1_0 * v0; }
@@ -663,8 +1495,8 @@ fn attention_row_backward_dq(
       if (HD > 5u) { s += q1_5 * k5; dp += g1_5 * v5; }
       if (HD > 6u) { s += q1_6 * k6; dp += g1_6 * v6; }
       if (HD > 7u) { s += q1_7 * k7; dp += g1_7 * v7; }
-      let pr = select(0.0, exp(s - lse.y), j >= st.y && j <= row.y);
-      let ds = pr * (dp - dl.y);
+      let pr = select(0.0, exp(s - lse0.y), j >= st0.y && j <= row0.y);
+      let ds = pr * (dp - dl0.y);
       { a1_0 += ds * k0; }
       if (HD > 1u) { a1_1 += ds * k1; }
       if (HD > 2u) { a1_2 += ds * k2; }
@@ -674,7 +1506,7 @@ fn attention_row_backward_dq(
       if (HD > 6u) { a1_6 += ds * k6; }
       if (HD > 7u) { a1_7 += ds * k7; }
     }
-    if (RR > 2u) {
+    if (RR > 2u && j <= q0 + 2u * WG + WG - 1u && j >= lo0.z) {
       var s = 0.0;
       var dp = 0.0;
       { s += q2_0 * k0; dp += g2_0 * v0; }
@@ -685,8 +1517,8 @@ fn attention_row_backward_dq(
       if (HD > 5u) { s += q2_5 * k5; dp += g2_5 * v5; }
       if (HD > 6u) { s += q2_6 * k6; dp += g2_6 * v6; }
       if (HD > 7u) { s += q2_7 * k7; dp += g2_7 * v7; }
-      let pr = select(0.0, exp(s - lse.z), j >= st.z && j <= row.z);
-      let ds = pr * (dp - dl.z);
+      let pr = select(0.0, exp(s - lse0.z), j >= st0.z && j <= row0.z);
+      let ds = pr * (dp - dl0.z);
       { a2_0 += ds * k0; }
       if (HD > 1u) { a2_1 += ds * k1; }
       if (HD > 2u) { a2_2 += ds * k2; }
@@ -696,7 +1528,7 @@ fn attention_row_backward_dq(
       if (HD > 6u) { a2_6 += ds * k6; }
       if (HD > 7u) { a2_7 += ds * k7; }
     }
-    if (RR > 3u) {
+    if (RR > 3u && j <= q0 + 3u * WG + WG - 1u && j >= lo0.w) {
       var s = 0.0;
       var dp = 0.0;
       { s += q3_0 * k0; dp += g3_0 * v0; }
@@ -707,8 +1539,8 @@ fn attention_row_backward_dq(
       if (HD > 5u) { s += q3_5 * k5; dp += g3_5 * v5; }
       if (HD > 6u) { s += q3_6 * k6; dp += g3_6 * v6; }
       if (HD > 7u) { s += q3_7 * k7; dp += g3_7 * v7; }
-      let pr = select(0.0, exp(s - lse.w), j >= st.w && j <= row.w);
-      let ds = pr * (dp - dl.w);
+      let pr = select(0.0, exp(s - lse0.w), j >= st0.w && j <= row0.w);
+      let ds = pr * (dp - dl0.w);
       { a3_0 += ds * k0; }
       if (HD > 1u) { a3_1 += ds * k1; }
       if (HD > 2u) { a3_2 += ds * k2; }
@@ -718,7 +1550,7 @@ fn attention_row_backward_dq(
       if (HD > 6u) { a3_6 += ds * k6; }
       if (HD > 7u) { a3_7 += ds * k7; }
     }
-    if (RR > 4u) {
+    if (RR > 4u && j <= q0 + 4u * WG + WG - 1u && j >= lo1.x) {
       var s = 0.0;
       var dp = 0.0;
       { s += q4_0 * k0; dp += g4_0 * v0; }
@@ -729,8 +1561,8 @@ fn attention_row_backward_dq(
       if (HD > 5u) { s += q4_5 * k5; dp += g4_5 * v5; }
       if (HD > 6u) { s += q4_6 * k6; dp += g4_6 * v6; }
       if (HD > 7u) { s += q4_7 * k7; dp += g4_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.x), j >= st2.x && j <= row2.x);
-      let ds = pr * (dp - dl2.x);
+      let pr = select(0.0, exp(s - lse1.x), j >= st1.x && j <= row1.x);
+      let ds = pr * (dp - dl1.x);
       { a4_0 += ds * k0; }
       if (HD > 1u) { a4_1 += ds * k1; }
       if (HD > 2u) { a4_2 += ds * k2; }
@@ -740,7 +1572,7 @@ fn attention_row_backward_dq(
       if (HD > 6u) { a4_6 += ds * k6; }
       if (HD > 7u) { a4_7 += ds * k7; }
     }
-    if (RR > 5u) {
+    if (RR > 5u && j <= q0 + 5u * WG + WG - 1u && j >= lo1.y) {
       var s = 0.0;
       var dp = 0.0;
       { s += q5_0 * k0; dp += g5_0 * v0; }
@@ -751,8 +1583,8 @@ fn attention_row_backward_dq(
       if (HD > 5u) { s += q5_5 * k5; dp += g5_5 * v5; }
       if (HD > 6u) { s += q5_6 * k6; dp += g5_6 * v6; }
       if (HD > 7u) { s += q5_7 * k7; dp += g5_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.y), j >= st2.y && j <= row2.y);
-      let ds = pr * (dp - dl2.y);
+      let pr = select(0.0, exp(s - lse1.y), j >= st1.y && j <= row1.y);
+      let ds = pr * (dp - dl1.y);
       { a5_0 += ds * k0; }
       if (HD > 1u) { a5_1 += ds * k1; }
       if (HD > 2u) { a5_2 += ds * k2; }
@@ -762,7 +1594,7 @@ fn attention_row_backward_dq(
       if (HD > 6u) { a5_6 += ds * k6; }
       if (HD > 7u) { a5_7 += ds * k7; }
     }
-    if (RR > 6u) {
+    if (RR > 6u && j <= q0 + 6u * WG + WG - 1u && j >= lo1.z) {
       var s = 0.0;
       var dp = 0.0;
       { s += q6_0 * k0; dp += g6_0 * v0; }
@@ -773,8 +1605,8 @@ fn attention_row_backward_dq(
       if (HD > 5u) { s += q6_5 * k5; dp += g6_5 * v5; }
       if (HD > 6u) { s += q6_6 * k6; dp += g6_6 * v6; }
       if (HD > 7u) { s += q6_7 * k7; dp += g6_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.z), j >= st2.z && j <= row2.z);
-      let ds = pr * (dp - dl2.z);
+      let pr = select(0.0, exp(s - lse1.z), j >= st1.z && j <= row1.z);
+      let ds = pr * (dp - dl1.z);
       { a6_0 += ds * k0; }
       if (HD > 1u) { a6_1 += ds * k1; }
       if (HD > 2u) { a6_2 += ds * k2; }
@@ -784,7 +1616,7 @@ fn attention_row_backward_dq(
       if (HD > 6u) { a6_6 += ds * k6; }
       if (HD > 7u) { a6_7 += ds * k7; }
     }
-    if (RR > 7u) {
+    if (RR > 7u && j <= q0 + 7u * WG + WG - 1u && j >= lo1.w) {
       var s = 0.0;
       var dp = 0.0;
       { s += q7_0 * k0; dp += g7_0 * v0; }
@@ -795,8 +1627,8 @@ fn attention_row_backward_dq(
       if (HD > 5u) { s += q7_5 * k5; dp += g7_5 * v5; }
       if (HD > 6u) { s += q7_6 * k6; dp += g7_6 * v6; }
       if (HD > 7u) { s += q7_7 * k7; dp += g7_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.w), j >= st2.w && j <= row2.w);
-      let ds = pr * (dp - dl2.w);
+      let pr = select(0.0, exp(s - lse1.w), j >= st1.w && j <= row1.w);
+      let ds = pr * (dp - dl1.w);
       { a7_0 += ds * k0; }
       if (HD > 1u) { a7_1 += ds * k1; }
       if (HD > 2u) { a7_2 += ds * k2; }
@@ -806,10 +1638,186 @@ fn attention_row_backward_dq(
       if (HD > 6u) { a7_6 += ds * k6; }
       if (HD > 7u) { a7_7 += ds * k7; }
     }
+    if (RR > 8u && j <= q0 + 8u * WG + WG - 1u && j >= lo2.x) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q8_0 * k0; dp += g8_0 * v0; }
+      if (HD > 1u) { s += q8_1 * k1; dp += g8_1 * v1; }
+      if (HD > 2u) { s += q8_2 * k2; dp += g8_2 * v2; }
+      if (HD > 3u) { s += q8_3 * k3; dp += g8_3 * v3; }
+      if (HD > 4u) { s += q8_4 * k4; dp += g8_4 * v4; }
+      if (HD > 5u) { s += q8_5 * k5; dp += g8_5 * v5; }
+      if (HD > 6u) { s += q8_6 * k6; dp += g8_6 * v6; }
+      if (HD > 7u) { s += q8_7 * k7; dp += g8_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.x), j >= st2.x && j <= row2.x);
+      let ds = pr * (dp - dl2.x);
+      { a8_0 += ds * k0; }
+      if (HD > 1u) { a8_1 += ds * k1; }
+      if (HD > 2u) { a8_2 += ds * k2; }
+      if (HD > 3u) { a8_3 += ds * k3; }
+      if (HD > 4u) { a8_4 += ds * k4; }
+      if (HD > 5u) { a8_5 += ds * k5; }
+      if (HD > 6u) { a8_6 += ds * k6; }
+      if (HD > 7u) { a8_7 += ds * k7; }
+    }
+    if (RR > 9u && j <= q0 + 9u * WG + WG - 1u && j >= lo2.y) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q9_0 * k0; dp += g9_0 * v0; }
+      if (HD > 1u) { s += q9_1 * k1; dp += g9_1 * v1; }
+      if (HD > 2u) { s += q9_2 * k2; dp += g9_2 * v2; }
+      if (HD > 3u) { s += q9_3 * k3; dp += g9_3 * v3; }
+      if (HD > 4u) { s += q9_4 * k4; dp += g9_4 * v4; }
+      if (HD > 5u) { s += q9_5 * k5; dp += g9_5 * v5; }
+      if (HD > 6u) { s += q9_6 * k6; dp += g9_6 * v6; }
+      if (HD > 7u) { s += q9_7 * k7; dp += g9_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.y), j >= st2.y && j <= row2.y);
+      let ds = pr * (dp - dl2.y);
+      { a9_0 += ds * k0; }
+      if (HD > 1u) { a9_1 += ds * k1; }
+      if (HD > 2u) { a9_2 += ds * k2; }
+      if (HD > 3u) { a9_3 += ds * k3; }
+      if (HD > 4u) { a9_4 += ds * k4; }
+      if (HD > 5u) { a9_5 += ds * k5; }
+      if (HD > 6u) { a9_6 += ds * k6; }
+      if (HD > 7u) { a9_7 += ds * k7; }
+    }
+    if (RR > 10u && j <= q0 + 10u * WG + WG - 1u && j >= lo2.z) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q10_0 * k0; dp += g10_0 * v0; }
+      if (HD > 1u) { s += q10_1 * k1; dp += g10_1 * v1; }
+      if (HD > 2u) { s += q10_2 * k2; dp += g10_2 * v2; }
+      if (HD > 3u) { s += q10_3 * k3; dp += g10_3 * v3; }
+      if (HD > 4u) { s += q10_4 * k4; dp += g10_4 * v4; }
+      if (HD > 5u) { s += q10_5 * k5; dp += g10_5 * v5; }
+      if (HD > 6u) { s += q10_6 * k6; dp += g10_6 * v6; }
+      if (HD > 7u) { s += q10_7 * k7; dp += g10_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.z), j >= st2.z && j <= row2.z);
+      let ds = pr * (dp - dl2.z);
+      { a10_0 += ds * k0; }
+      if (HD > 1u) { a10_1 += ds * k1; }
+      if (HD > 2u) { a10_2 += ds * k2; }
+      if (HD > 3u) { a10_3 += ds * k3; }
+      if (HD > 4u) { a10_4 += ds * k4; }
+      if (HD > 5u) { a10_5 += ds * k5; }
+      if (HD > 6u) { a10_6 += ds * k6; }
+      if (HD > 7u) { a10_7 += ds * k7; }
+    }
+    if (RR > 11u && j <= q0 + 11u * WG + WG - 1u && j >= lo2.w) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q11_0 * k0; dp += g11_0 * v0; }
+      if (HD > 1u) { s += q11_1 * k1; dp += g11_1 * v1; }
+      if (HD > 2u) { s += q11_2 * k2; dp += g11_2 * v2; }
+      if (HD > 3u) { s += q11_3 * k3; dp += g11_3 * v3; }
+      if (HD > 4u) { s += q11_4 * k4; dp += g11_4 * v4; }
+      if (HD > 5u) { s += q11_5 * k5; dp += g11_5 * v5; }
+      if (HD > 6u) { s += q11_6 * k6; dp += g11_6 * v6; }
+      if (HD > 7u) { s += q11_7 * k7; dp += g11_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.w), j >= st2.w && j <= row2.w);
+      let ds = pr * (dp - dl2.w);
+      { a11_0 += ds * k0; }
+      if (HD > 1u) { a11_1 += ds * k1; }
+      if (HD > 2u) { a11_2 += ds * k2; }
+      if (HD > 3u) { a11_3 += ds * k3; }
+      if (HD > 4u) { a11_4 += ds * k4; }
+      if (HD > 5u) { a11_5 += ds * k5; }
+      if (HD > 6u) { a11_6 += ds * k6; }
+      if (HD > 7u) { a11_7 += ds * k7; }
+    }
+    if (RR > 12u && j <= q0 + 12u * WG + WG - 1u && j >= lo3.x) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q12_0 * k0; dp += g12_0 * v0; }
+      if (HD > 1u) { s += q12_1 * k1; dp += g12_1 * v1; }
+      if (HD > 2u) { s += q12_2 * k2; dp += g12_2 * v2; }
+      if (HD > 3u) { s += q12_3 * k3; dp += g12_3 * v3; }
+      if (HD > 4u) { s += q12_4 * k4; dp += g12_4 * v4; }
+      if (HD > 5u) { s += q12_5 * k5; dp += g12_5 * v5; }
+      if (HD > 6u) { s += q12_6 * k6; dp += g12_6 * v6; }
+      if (HD > 7u) { s += q12_7 * k7; dp += g12_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.x), j >= st3.x && j <= row3.x);
+      let ds = pr * (dp - dl3.x);
+      { a12_0 += ds * k0; }
+      if (HD > 1u) { a12_1 += ds * k1; }
+      if (HD > 2u) { a12_2 += ds * k2; }
+      if (HD > 3u) { a12_3 += ds * k3; }
+      if (HD > 4u) { a12_4 += ds * k4; }
+      if (HD > 5u) { a12_5 += ds * k5; }
+      if (HD > 6u) { a12_6 += ds * k6; }
+      if (HD > 7u) { a12_7 += ds * k7; }
+    }
+    if (RR > 13u && j <= q0 + 13u * WG + WG - 1u && j >= lo3.y) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q13_0 * k0; dp += g13_0 * v0; }
+      if (HD > 1u) { s += q13_1 * k1; dp += g13_1 * v1; }
+      if (HD > 2u) { s += q13_2 * k2; dp += g13_2 * v2; }
+      if (HD > 3u) { s += q13_3 * k3; dp += g13_3 * v3; }
+      if (HD > 4u) { s += q13_4 * k4; dp += g13_4 * v4; }
+      if (HD > 5u) { s += q13_5 * k5; dp += g13_5 * v5; }
+      if (HD > 6u) { s += q13_6 * k6; dp += g13_6 * v6; }
+      if (HD > 7u) { s += q13_7 * k7; dp += g13_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.y), j >= st3.y && j <= row3.y);
+      let ds = pr * (dp - dl3.y);
+      { a13_0 += ds * k0; }
+      if (HD > 1u) { a13_1 += ds * k1; }
+      if (HD > 2u) { a13_2 += ds * k2; }
+      if (HD > 3u) { a13_3 += ds * k3; }
+      if (HD > 4u) { a13_4 += ds * k4; }
+      if (HD > 5u) { a13_5 += ds * k5; }
+      if (HD > 6u) { a13_6 += ds * k6; }
+      if (HD > 7u) { a13_7 += ds * k7; }
+    }
+    if (RR > 14u && j <= q0 + 14u * WG + WG - 1u && j >= lo3.z) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q14_0 * k0; dp += g14_0 * v0; }
+      if (HD > 1u) { s += q14_1 * k1; dp += g14_1 * v1; }
+      if (HD > 2u) { s += q14_2 * k2; dp += g14_2 * v2; }
+      if (HD > 3u) { s += q14_3 * k3; dp += g14_3 * v3; }
+      if (HD > 4u) { s += q14_4 * k4; dp += g14_4 * v4; }
+      if (HD > 5u) { s += q14_5 * k5; dp += g14_5 * v5; }
+      if (HD > 6u) { s += q14_6 * k6; dp += g14_6 * v6; }
+      if (HD > 7u) { s += q14_7 * k7; dp += g14_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.z), j >= st3.z && j <= row3.z);
+      let ds = pr * (dp - dl3.z);
+      { a14_0 += ds * k0; }
+      if (HD > 1u) { a14_1 += ds * k1; }
+      if (HD > 2u) { a14_2 += ds * k2; }
+      if (HD > 3u) { a14_3 += ds * k3; }
+      if (HD > 4u) { a14_4 += ds * k4; }
+      if (HD > 5u) { a14_5 += ds * k5; }
+      if (HD > 6u) { a14_6 += ds * k6; }
+      if (HD > 7u) { a14_7 += ds * k7; }
+    }
+    if (RR > 15u && j <= q0 + 15u * WG + WG - 1u && j >= lo3.w) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q15_0 * k0; dp += g15_0 * v0; }
+      if (HD > 1u) { s += q15_1 * k1; dp += g15_1 * v1; }
+      if (HD > 2u) { s += q15_2 * k2; dp += g15_2 * v2; }
+      if (HD > 3u) { s += q15_3 * k3; dp += g15_3 * v3; }
+      if (HD > 4u) { s += q15_4 * k4; dp += g15_4 * v4; }
+      if (HD > 5u) { s += q15_5 * k5; dp += g15_5 * v5; }
+      if (HD > 6u) { s += q15_6 * k6; dp += g15_6 * v6; }
+      if (HD > 7u) { s += q15_7 * k7; dp += g15_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.w), j >= st3.w && j <= row3.w);
+      let ds = pr * (dp - dl3.w);
+      { a15_0 += ds * k0; }
+      if (HD > 1u) { a15_1 += ds * k1; }
+      if (HD > 2u) { a15_2 += ds * k2; }
+      if (HD > 3u) { a15_3 += ds * k3; }
+      if (HD > 4u) { a15_4 += ds * k4; }
+      if (HD > 5u) { a15_5 += ds * k5; }
+      if (HD > 6u) { a15_6 += ds * k6; }
+      if (HD > 7u) { a15_7 += ds * k7; }
+    }
   }
   {
     if (q0 + 0u * WG + lid.x < TE) {
-      let qo = row.x * p.ld_q + p.q_off + h * HD;
+      let qo = row0.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a0_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a0_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a0_2 * p.scale; }
@@ -822,7 +1830,7 @@ fn attention_row_backward_dq(
   }
   if (RR > 1u) {
     if (q0 + 1u * WG + lid.x < TE) {
-      let qo = row.y * p.ld_q + p.q_off + h * HD;
+      let qo = row0.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a1_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a1_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a1_2 * p.scale; }
@@ -835,7 +1843,7 @@ fn attention_row_backward_dq(
   }
   if (RR > 2u) {
     if (q0 + 2u * WG + lid.x < TE) {
-      let qo = row.z * p.ld_q + p.q_off + h * HD;
+      let qo = row0.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a2_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a2_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a2_2 * p.scale; }
@@ -848,7 +1856,7 @@ fn attention_row_backward_dq(
   }
   if (RR > 3u) {
     if (q0 + 3u * WG + lid.x < TE) {
-      let qo = row.w * p.ld_q + p.q_off + h * HD;
+      let qo = row0.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a3_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a3_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a3_2 * p.scale; }
@@ -861,7 +1869,7 @@ fn attention_row_backward_dq(
   }
   if (RR > 4u) {
     if (q0 + 4u * WG + lid.x < TE) {
-      let qo = row2.x * p.ld_q + p.q_off + h * HD;
+      let qo = row1.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a4_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a4_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a4_2 * p.scale; }
@@ -874,7 +1882,7 @@ fn attention_row_backward_dq(
   }
   if (RR > 5u) {
     if (q0 + 5u * WG + lid.x < TE) {
-      let qo = row2.y * p.ld_q + p.q_off + h * HD;
+      let qo = row1.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a5_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a5_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a5_2 * p.scale; }
@@ -887,7 +1895,7 @@ fn attention_row_backward_dq(
   }
   if (RR > 6u) {
     if (q0 + 6u * WG + lid.x < TE) {
-      let qo = row2.z * p.ld_q + p.q_off + h * HD;
+      let qo = row1.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a6_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a6_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a6_2 * p.scale; }
@@ -900,7 +1908,7 @@ fn attention_row_backward_dq(
   }
   if (RR > 7u) {
     if (q0 + 7u * WG + lid.x < TE) {
-      let qo = row2.w * p.ld_q + p.q_off + h * HD;
+      let qo = row1.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a7_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a7_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a7_2 * p.scale; }
@@ -909,6 +1917,110 @@ fn attention_row_backward_dq(
       if (HD > 5u) { out_dq[qo + 5u] = a7_5 * p.scale; }
       if (HD > 6u) { out_dq[qo + 6u] = a7_6 * p.scale; }
       if (HD > 7u) { out_dq[qo + 7u] = a7_7 * p.scale; }
+    }
+  }
+  if (RR > 8u) {
+    if (q0 + 8u * WG + lid.x < TE) {
+      let qo = row2.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a8_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a8_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a8_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a8_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a8_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a8_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a8_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a8_7 * p.scale; }
+    }
+  }
+  if (RR > 9u) {
+    if (q0 + 9u * WG + lid.x < TE) {
+      let qo = row2.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a9_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a9_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a9_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a9_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a9_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a9_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a9_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a9_7 * p.scale; }
+    }
+  }
+  if (RR > 10u) {
+    if (q0 + 10u * WG + lid.x < TE) {
+      let qo = row2.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a10_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a10_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a10_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a10_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a10_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a10_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a10_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a10_7 * p.scale; }
+    }
+  }
+  if (RR > 11u) {
+    if (q0 + 11u * WG + lid.x < TE) {
+      let qo = row2.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a11_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a11_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a11_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a11_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a11_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a11_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a11_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a11_7 * p.scale; }
+    }
+  }
+  if (RR > 12u) {
+    if (q0 + 12u * WG + lid.x < TE) {
+      let qo = row3.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a12_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a12_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a12_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a12_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a12_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a12_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a12_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a12_7 * p.scale; }
+    }
+  }
+  if (RR > 13u) {
+    if (q0 + 13u * WG + lid.x < TE) {
+      let qo = row3.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a13_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a13_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a13_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a13_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a13_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a13_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a13_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a13_7 * p.scale; }
+    }
+  }
+  if (RR > 14u) {
+    if (q0 + 14u * WG + lid.x < TE) {
+      let qo = row3.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a14_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a14_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a14_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a14_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a14_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a14_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a14_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a14_7 * p.scale; }
+    }
+  }
+  if (RR > 15u) {
+    if (q0 + 15u * WG + lid.x < TE) {
+      let qo = row3.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a15_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a15_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a15_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a15_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a15_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a15_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a15_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a15_7 * p.scale; }
     }
   }
 }
@@ -931,11 +2043,20 @@ fn attention_row_backward_dkv(
   var k5_0 = 0.0; var k5_1 = 0.0; var k5_2 = 0.0; var k5_3 = 0.0; var k5_4 = 0.0; var k5_5 = 0.0; var k5_6 = 0.0; var k5_7 = 0.0; var v5_0 = 0.0; var v5_1 = 0.0; var v5_2 = 0.0; var v5_3 = 0.0; var v5_4 = 0.0; var v5_5 = 0.0; var v5_6 = 0.0; var v5_7 = 0.0; var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0; var a5_4 = 0.0; var a5_5 = 0.0; var a5_6 = 0.0; var a5_7 = 0.0; var b5_0 = 0.0; var b5_1 = 0.0; var b5_2 = 0.0; var b5_3 = 0.0; var b5_4 = 0.0; var b5_5 = 0.0; var b5_6 = 0.0; var b5_7 = 0.0;
   var k6_0 = 0.0; var k6_1 = 0.0; var k6_2 = 0.0; var k6_3 = 0.0; var k6_4 = 0.0; var k6_5 = 0.0; var k6_6 = 0.0; var k6_7 = 0.0; var v6_0 = 0.0; var v6_1 = 0.0; var v6_2 = 0.0; var v6_3 = 0.0; var v6_4 = 0.0; var v6_5 = 0.0; var v6_6 = 0.0; var v6_7 = 0.0; var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0; var a6_4 = 0.0; var a6_5 = 0.0; var a6_6 = 0.0; var a6_7 = 0.0; var b6_0 = 0.0; var b6_1 = 0.0; var b6_2 = 0.0; var b6_3 = 0.0; var b6_4 = 0.0; var b6_5 = 0.0; var b6_6 = 0.0; var b6_7 = 0.0;
   var k7_0 = 0.0; var k7_1 = 0.0; var k7_2 = 0.0; var k7_3 = 0.0; var k7_4 = 0.0; var k7_5 = 0.0; var k7_6 = 0.0; var k7_7 = 0.0; var v7_0 = 0.0; var v7_1 = 0.0; var v7_2 = 0.0; var v7_3 = 0.0; var v7_4 = 0.0; var v7_5 = 0.0; var v7_6 = 0.0; var v7_7 = 0.0; var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0; var a7_4 = 0.0; var a7_5 = 0.0; var a7_6 = 0.0; var a7_7 = 0.0; var b7_0 = 0.0; var b7_1 = 0.0; var b7_2 = 0.0; var b7_3 = 0.0; var b7_4 = 0.0; var b7_5 = 0.0; var b7_6 = 0.0; var b7_7 = 0.0;
-  var key = vec4<u32>(); var key2 = vec4<u32>(); var ke = vec4<u32>(); var ke2 = vec4<u32>();
+  var k8_0 = 0.0; var k8_1 = 0.0; var k8_2 = 0.0; var k8_3 = 0.0; var k8_4 = 0.0; var k8_5 = 0.0; var k8_6 = 0.0; var k8_7 = 0.0; var v8_0 = 0.0; var v8_1 = 0.0; var v8_2 = 0.0; var v8_3 = 0.0; var v8_4 = 0.0; var v8_5 = 0.0; var v8_6 = 0.0; var v8_7 = 0.0; var a8_0 = 0.0; var a8_1 = 0.0; var a8_2 = 0.0; var a8_3 = 0.0; var a8_4 = 0.0; var a8_5 = 0.0; var a8_6 = 0.0; var a8_7 = 0.0; var b8_0 = 0.0; var b8_1 = 0.0; var b8_2 = 0.0; var b8_3 = 0.0; var b8_4 = 0.0; var b8_5 = 0.0; var b8_6 = 0.0; var b8_7 = 0.0;
+  var k9_0 = 0.0; var k9_1 = 0.0; var k9_2 = 0.0; var k9_3 = 0.0; var k9_4 = 0.0; var k9_5 = 0.0; var k9_6 = 0.0; var k9_7 = 0.0; var v9_0 = 0.0; var v9_1 = 0.0; var v9_2 = 0.0; var v9_3 = 0.0; var v9_4 = 0.0; var v9_5 = 0.0; var v9_6 = 0.0; var v9_7 = 0.0; var a9_0 = 0.0; var a9_1 = 0.0; var a9_2 = 0.0; var a9_3 = 0.0; var a9_4 = 0.0; var a9_5 = 0.0; var a9_6 = 0.0; var a9_7 = 0.0; var b9_0 = 0.0; var b9_1 = 0.0; var b9_2 = 0.0; var b9_3 = 0.0; var b9_4 = 0.0; var b9_5 = 0.0; var b9_6 = 0.0; var b9_7 = 0.0;
+  var k10_0 = 0.0; var k10_1 = 0.0; var k10_2 = 0.0; var k10_3 = 0.0; var k10_4 = 0.0; var k10_5 = 0.0; var k10_6 = 0.0; var k10_7 = 0.0; var v10_0 = 0.0; var v10_1 = 0.0; var v10_2 = 0.0; var v10_3 = 0.0; var v10_4 = 0.0; var v10_5 = 0.0; var v10_6 = 0.0; var v10_7 = 0.0; var a10_0 = 0.0; var a10_1 = 0.0; var a10_2 = 0.0; var a10_3 = 0.0; var a10_4 = 0.0; var a10_5 = 0.0; var a10_6 = 0.0; var a10_7 = 0.0; var b10_0 = 0.0; var b10_1 = 0.0; var b10_2 = 0.0; var b10_3 = 0.0; var b10_4 = 0.0; var b10_5 = 0.0; var b10_6 = 0.0; var b10_7 = 0.0;
+  var k11_0 = 0.0; var k11_1 = 0.0; var k11_2 = 0.0; var k11_3 = 0.0; var k11_4 = 0.0; var k11_5 = 0.0; var k11_6 = 0.0; var k11_7 = 0.0; var v11_0 = 0.0; var v11_1 = 0.0; var v11_2 = 0.0; var v11_3 = 0.0; var v11_4 = 0.0; var v11_5 = 0.0; var v11_6 = 0.0; var v11_7 = 0.0; var a11_0 = 0.0; var a11_1 = 0.0; var a11_2 = 0.0; var a11_3 = 0.0; var a11_4 = 0.0; var a11_5 = 0.0; var a11_6 = 0.0; var a11_7 = 0.0; var b11_0 = 0.0; var b11_1 = 0.0; var b11_2 = 0.0; var b11_3 = 0.0; var b11_4 = 0.0; var b11_5 = 0.0; var b11_6 = 0.0; var b11_7 = 0.0;
+  var k12_0 = 0.0; var k12_1 = 0.0; var k12_2 = 0.0; var k12_3 = 0.0; var k12_4 = 0.0; var k12_5 = 0.0; var k12_6 = 0.0; var k12_7 = 0.0; var v12_0 = 0.0; var v12_1 = 0.0; var v12_2 = 0.0; var v12_3 = 0.0; var v12_4 = 0.0; var v12_5 = 0.0; var v12_6 = 0.0; var v12_7 = 0.0; var a12_0 = 0.0; var a12_1 = 0.0; var a12_2 = 0.0; var a12_3 = 0.0; var a12_4 = 0.0; var a12_5 = 0.0; var a12_6 = 0.0; var a12_7 = 0.0; var b12_0 = 0.0; var b12_1 = 0.0; var b12_2 = 0.0; var b12_3 = 0.0; var b12_4 = 0.0; var b12_5 = 0.0; var b12_6 = 0.0; var b12_7 = 0.0;
+  var k13_0 = 0.0; var k13_1 = 0.0; var k13_2 = 0.0; var k13_3 = 0.0; var k13_4 = 0.0; var k13_5 = 0.0; var k13_6 = 0.0; var k13_7 = 0.0; var v13_0 = 0.0; var v13_1 = 0.0; var v13_2 = 0.0; var v13_3 = 0.0; var v13_4 = 0.0; var v13_5 = 0.0; var v13_6 = 0.0; var v13_7 = 0.0; var a13_0 = 0.0; var a13_1 = 0.0; var a13_2 = 0.0; var a13_3 = 0.0; var a13_4 = 0.0; var a13_5 = 0.0; var a13_6 = 0.0; var a13_7 = 0.0; var b13_0 = 0.0; var b13_1 = 0.0; var b13_2 = 0.0; var b13_3 = 0.0; var b13_4 = 0.0; var b13_5 = 0.0; var b13_6 = 0.0; var b13_7 = 0.0;
+  var k14_0 = 0.0; var k14_1 = 0.0; var k14_2 = 0.0; var k14_3 = 0.0; var k14_4 = 0.0; var k14_5 = 0.0; var k14_6 = 0.0; var k14_7 = 0.0; var v14_0 = 0.0; var v14_1 = 0.0; var v14_2 = 0.0; var v14_3 = 0.0; var v14_4 = 0.0; var v14_5 = 0.0; var v14_6 = 0.0; var v14_7 = 0.0; var a14_0 = 0.0; var a14_1 = 0.0; var a14_2 = 0.0; var a14_3 = 0.0; var a14_4 = 0.0; var a14_5 = 0.0; var a14_6 = 0.0; var a14_7 = 0.0; var b14_0 = 0.0; var b14_1 = 0.0; var b14_2 = 0.0; var b14_3 = 0.0; var b14_4 = 0.0; var b14_5 = 0.0; var b14_6 = 0.0; var b14_7 = 0.0;
+  var k15_0 = 0.0; var k15_1 = 0.0; var k15_2 = 0.0; var k15_3 = 0.0; var k15_4 = 0.0; var k15_5 = 0.0; var k15_6 = 0.0; var k15_7 = 0.0; var v15_0 = 0.0; var v15_1 = 0.0; var v15_2 = 0.0; var v15_3 = 0.0; var v15_4 = 0.0; var v15_5 = 0.0; var v15_6 = 0.0; var v15_7 = 0.0; var a15_0 = 0.0; var a15_1 = 0.0; var a15_2 = 0.0; var a15_3 = 0.0; var a15_4 = 0.0; var a15_5 = 0.0; var a15_6 = 0.0; var a15_7 = 0.0; var b15_0 = 0.0; var b15_1 = 0.0; var b15_2 = 0.0; var b15_3 = 0.0; var b15_4 = 0.0; var b15_5 = 0.0; var b15_6 = 0.0; var b15_7 = 0.0;
+  var key0 = vec4<u32>(); var key1 = vec4<u32>(); var key2 = vec4<u32>(); var key3 = vec4<u32>(); var ke0 = vec4<u32>(); var ke1 = vec4<u32>(); var ke2 = vec4<u32>(); var ke3 = vec4<u32>(); var hi0 = vec4<u32>(); var hi1 = vec4<u32>(); var hi2 = vec4<u32>(); var hi3 = vec4<u32>();
   {
     let j = min(k0 + 0u * WG + lid.x, T - 1u);
-    key.x = j;
-    ke.x = in_end[j];
+    key0.x = j;
+    ke0.x = in_end[j];
+    hi0.x = in_end[min(k0 + 0u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { k0_0 = in_k[p.k_off + o + 0u] * p.scale; }
     if (HD > 1u) { k0_1 = in_k[p.k_off + o + 1u] * p.scale; }
@@ -956,8 +2077,9 @@ fn attention_row_backward_dkv(
   }
   if (RR > 1u) {
     let j = min(k0 + 1u * WG + lid.x, T - 1u);
-    key.y = j;
-    ke.y = in_end[j];
+    key0.y = j;
+    ke0.y = in_end[j];
+    hi0.y = in_end[min(k0 + 1u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { k1_0 = in_k[p.k_off + o + 0u] * p.scale; }
     if (HD > 1u) { k1_1 = in_k[p.k_off + o + 1u] * p.scale; }
@@ -978,8 +2100,9 @@ fn attention_row_backward_dkv(
   }
   if (RR > 2u) {
     let j = min(k0 + 2u * WG + lid.x, T - 1u);
-    key.z = j;
-    ke.z = in_end[j];
+    key0.z = j;
+    ke0.z = in_end[j];
+    hi0.z = in_end[min(k0 + 2u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { k2_0 = in_k[p.k_off + o + 0u] * p.scale; }
     if (HD > 1u) { k2_1 = in_k[p.k_off + o + 1u] * p.scale; }
@@ -1000,8 +2123,9 @@ fn attention_row_backward_dkv(
   }
   if (RR > 3u) {
     let j = min(k0 + 3u * WG + lid.x, T - 1u);
-    key.w = j;
-    ke.w = in_end[j];
+    key0.w = j;
+    ke0.w = in_end[j];
+    hi0.w = in_end[min(k0 + 3u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { k3_0 = in_k[p.k_off + o + 0u] * p.scale; }
     if (HD > 1u) { k3_1 = in_k[p.k_off + o + 1u] * p.scale; }
@@ -1022,8 +2146,9 @@ fn attention_row_backward_dkv(
   }
   if (RR > 4u) {
     let j = min(k0 + 4u * WG + lid.x, T - 1u);
-    key2.x = j;
-    ke2.x = in_end[j];
+    key1.x = j;
+    ke1.x = in_end[j];
+    hi1.x = in_end[min(k0 + 4u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { k4_0 = in_k[p.k_off + o + 0u] * p.scale; }
     if (HD > 1u) { k4_1 = in_k[p.k_off + o + 1u] * p.scale; }
@@ -1044,8 +2169,9 @@ fn attention_row_backward_dkv(
   }
   if (RR > 5u) {
     let j = min(k0 + 5u * WG + lid.x, T - 1u);
-    key2.y = j;
-    ke2.y = in_end[j];
+    key1.y = j;
+    ke1.y = in_end[j];
+    hi1.y = in_end[min(k0 + 5u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { k5_0 = in_k[p.k_off + o + 0u] * p.scale; }
     if (HD > 1u) { k5_1 = in_k[p.k_off + o + 1u] * p.scale; }
@@ -1066,8 +2192,9 @@ fn attention_row_backward_dkv(
   }
   if (RR > 6u) {
     let j = min(k0 + 6u * WG + lid.x, T - 1u);
-    key2.z = j;
-    ke2.z = in_end[j];
+    key1.z = j;
+    ke1.z = in_end[j];
+    hi1.z = in_end[min(k0 + 6u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { k6_0 = in_k[p.k_off + o + 0u] * p.scale; }
     if (HD > 1u) { k6_1 = in_k[p.k_off + o + 1u] * p.scale; }
@@ -1088,8 +2215,9 @@ fn attention_row_backward_dkv(
   }
   if (RR > 7u) {
     let j = min(k0 + 7u * WG + lid.x, T - 1u);
-    key2.w = j;
-    ke2.w = in_end[j];
+    key1.w = j;
+    ke1.w = in_end[j];
+    hi1.w = in_end[min(k0 + 7u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { k7_0 = in_k[p.k_off + o + 0u] * p.scale; }
     if (HD > 1u) { k7_1 = in_k[p.k_off + o + 1u] * p.scale; }
@@ -1107,6 +2235,190 @@ fn attention_row_backward_dkv(
     if (HD > 5u) { v7_5 = in_v[p.v_off + o + 5u]; }
     if (HD > 6u) { v7_6 = in_v[p.v_off + o + 6u]; }
     if (HD > 7u) { v7_7 = in_v[p.v_off + o + 7u]; }
+  }
+  if (RR > 8u) {
+    let j = min(k0 + 8u * WG + lid.x, T - 1u);
+    key2.x = j;
+    ke2.x = in_end[j];
+    hi2.x = in_end[min(k0 + 8u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { k8_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k8_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k8_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k8_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k8_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k8_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k8_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k8_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v8_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v8_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v8_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v8_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v8_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v8_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v8_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v8_7 = in_v[p.v_off + o + 7u]; }
+  }
+  if (RR > 9u) {
+    let j = min(k0 + 9u * WG + lid.x, T - 1u);
+    key2.y = j;
+    ke2.y = in_end[j];
+    hi2.y = in_end[min(k0 + 9u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { k9_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k9_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k9_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k9_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k9_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k9_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k9_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k9_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v9_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v9_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v9_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v9_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v9_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v9_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v9_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v9_7 = in_v[p.v_off + o + 7u]; }
+  }
+  if (RR > 10u) {
+    let j = min(k0 + 10u * WG + lid.x, T - 1u);
+    key2.z = j;
+    ke2.z = in_end[j];
+    hi2.z = in_end[min(k0 + 10u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { k10_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k10_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k10_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k10_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k10_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k10_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k10_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k10_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v10_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v10_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v10_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v10_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v10_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v10_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v10_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v10_7 = in_v[p.v_off + o + 7u]; }
+  }
+  if (RR > 11u) {
+    let j = min(k0 + 11u * WG + lid.x, T - 1u);
+    key2.w = j;
+    ke2.w = in_end[j];
+    hi2.w = in_end[min(k0 + 11u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { k11_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k11_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k11_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k11_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k11_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k11_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k11_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k11_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v11_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v11_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v11_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v11_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v11_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v11_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v11_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v11_7 = in_v[p.v_off + o + 7u]; }
+  }
+  if (RR > 12u) {
+    let j = min(k0 + 12u * WG + lid.x, T - 1u);
+    key3.x = j;
+    ke3.x = in_end[j];
+    hi3.x = in_end[min(k0 + 12u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { k12_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k12_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k12_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k12_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k12_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k12_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k12_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k12_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v12_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v12_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v12_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v12_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v12_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v12_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v12_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v12_7 = in_v[p.v_off + o + 7u]; }
+  }
+  if (RR > 13u) {
+    let j = min(k0 + 13u * WG + lid.x, T - 1u);
+    key3.y = j;
+    ke3.y = in_end[j];
+    hi3.y = in_end[min(k0 + 13u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { k13_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k13_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k13_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k13_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k13_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k13_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k13_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k13_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v13_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v13_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v13_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v13_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v13_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v13_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v13_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v13_7 = in_v[p.v_off + o + 7u]; }
+  }
+  if (RR > 14u) {
+    let j = min(k0 + 14u * WG + lid.x, T - 1u);
+    key3.z = j;
+    ke3.z = in_end[j];
+    hi3.z = in_end[min(k0 + 14u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { k14_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k14_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k14_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k14_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k14_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k14_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k14_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k14_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v14_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v14_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v14_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v14_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v14_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v14_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v14_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v14_7 = in_v[p.v_off + o + 7u]; }
+  }
+  if (RR > 15u) {
+    let j = min(k0 + 15u * WG + lid.x, T - 1u);
+    key3.w = j;
+    ke3.w = in_end[j];
+    hi3.w = in_end[min(k0 + 15u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { k15_0 = in_k[p.k_off + o + 0u] * p.scale; }
+    if (HD > 1u) { k15_1 = in_k[p.k_off + o + 1u] * p.scale; }
+    if (HD > 2u) { k15_2 = in_k[p.k_off + o + 2u] * p.scale; }
+    if (HD > 3u) { k15_3 = in_k[p.k_off + o + 3u] * p.scale; }
+    if (HD > 4u) { k15_4 = in_k[p.k_off + o + 4u] * p.scale; }
+    if (HD > 5u) { k15_5 = in_k[p.k_off + o + 5u] * p.scale; }
+    if (HD > 6u) { k15_6 = in_k[p.k_off + o + 6u] * p.scale; }
+    if (HD > 7u) { k15_7 = in_k[p.k_off + o + 7u] * p.scale; }
+    { v15_0 = in_v[p.v_off + o + 0u]; }
+    if (HD > 1u) { v15_1 = in_v[p.v_off + o + 1u]; }
+    if (HD > 2u) { v15_2 = in_v[p.v_off + o + 2u]; }
+    if (HD > 3u) { v15_3 = in_v[p.v_off + o + 3u]; }
+    if (HD > 4u) { v15_4 = in_v[p.v_off + o + 4u]; }
+    if (HD > 5u) { v15_5 = in_v[p.v_off + o + 5u]; }
+    if (HD > 6u) { v15_6 = in_v[p.v_off + o + 6u]; }
+    if (HD > 7u) { v15_7 = in_v[p.v_off + o + 7u]; }
   }
   let qEnd = in_end[min(k0 + WG * RR, T) - 1u];
   for (var gh = 0u; gh < p.group; gh++) {
@@ -1133,7 +2445,7 @@ fn attention_row_backward_dkv(
       if (HD > 5u) { g5 = in_dout[go + 5u]; }
       if (HD > 6u) { g6 = in_dout[go + 6u]; }
       if (HD > 7u) { g7 = in_dout[go + 7u]; }
-      {
+      if (i >= k0 + 0u * WG && i < hi0.x) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k0_0; dp += g0 * v0_0; }
@@ -1144,7 +2456,7 @@ fn attention_row_backward_dkv(
         if (HD > 5u) { s += q5 * k0_5; dp += g5 * v0_5; }
         if (HD > 6u) { s += q6 * k0_6; dp += g6 * v0_6; }
         if (HD > 7u) { s += q7 * k0_7; dp += g7 * v0_7; }
-        let pr = select(0.0, exp(s - lse), i >= key.x && i < ke.x);
+        let pr = select(0.0, exp(s - lse), i >= key0.x && i < ke0.x);
         let ds = pr * (dp - delta);
         { b0_0 += pr * g0; a0_0 += ds * q0; }
         if (HD > 1u) { b0_1 += pr * g1; a0_1 += ds * q1; }
@@ -1155,7 +2467,7 @@ fn attention_row_backward_dkv(
         if (HD > 6u) { b0_6 += pr * g6; a0_6 += ds * q6; }
         if (HD > 7u) { b0_7 += pr * g7; a0_7 += ds * q7; }
       }
-      if (RR > 1u) {
+      if (RR > 1u && i >= k0 + 1u * WG && i < hi0.y) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k1_0; dp += g0 * v1_0; }
@@ -1166,7 +2478,7 @@ fn attention_row_backward_dkv(
         if (HD > 5u) { s += q5 * k1_5; dp += g5 * v1_5; }
         if (HD > 6u) { s += q6 * k1_6; dp += g6 * v1_6; }
         if (HD > 7u) { s += q7 * k1_7; dp += g7 * v1_7; }
-        let pr = select(0.0, exp(s - lse), i >= key.y && i < ke.y);
+        let pr = select(0.0, exp(s - lse), i >= key0.y && i < ke0.y);
         let ds = pr * (dp - delta);
         { b1_0 += pr * g0; a1_0 += ds * q0; }
         if (HD > 1u) { b1_1 += pr * g1; a1_1 += ds * q1; }
@@ -1177,7 +2489,7 @@ fn attention_row_backward_dkv(
         if (HD > 6u) { b1_6 += pr * g6; a1_6 += ds * q6; }
         if (HD > 7u) { b1_7 += pr * g7; a1_7 += ds * q7; }
       }
-      if (RR > 2u) {
+      if (RR > 2u && i >= k0 + 2u * WG && i < hi0.z) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k2_0; dp += g0 * v2_0; }
@@ -1188,7 +2500,7 @@ fn attention_row_backward_dkv(
         if (HD > 5u) { s += q5 * k2_5; dp += g5 * v2_5; }
         if (HD > 6u) { s += q6 * k2_6; dp += g6 * v2_6; }
         if (HD > 7u) { s += q7 * k2_7; dp += g7 * v2_7; }
-        let pr = select(0.0, exp(s - lse), i >= key.z && i < ke.z);
+        let pr = select(0.0, exp(s - lse), i >= key0.z && i < ke0.z);
         let ds = pr * (dp - delta);
         { b2_0 += pr * g0; a2_0 += ds * q0; }
         if (HD > 1u) { b2_1 += pr * g1; a2_1 += ds * q1; }
@@ -1199,7 +2511,7 @@ fn attention_row_backward_dkv(
         if (HD > 6u) { b2_6 += pr * g6; a2_6 += ds * q6; }
         if (HD > 7u) { b2_7 += pr * g7; a2_7 += ds * q7; }
       }
-      if (RR > 3u) {
+      if (RR > 3u && i >= k0 + 3u * WG && i < hi0.w) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k3_0; dp += g0 * v3_0; }
@@ -1210,7 +2522,7 @@ fn attention_row_backward_dkv(
         if (HD > 5u) { s += q5 * k3_5; dp += g5 * v3_5; }
         if (HD > 6u) { s += q6 * k3_6; dp += g6 * v3_6; }
         if (HD > 7u) { s += q7 * k3_7; dp += g7 * v3_7; }
-        let pr = select(0.0, exp(s - lse), i >= key.w && i < ke.w);
+        let pr = select(0.0, exp(s - lse), i >= key0.w && i < ke0.w);
         let ds = pr * (dp - delta);
         { b3_0 += pr * g0; a3_0 += ds * q0; }
         if (HD > 1u) { b3_1 += pr * g1; a3_1 += ds * q1; }
@@ -1221,7 +2533,7 @@ fn attention_row_backward_dkv(
         if (HD > 6u) { b3_6 += pr * g6; a3_6 += ds * q6; }
         if (HD > 7u) { b3_7 += pr * g7; a3_7 += ds * q7; }
       }
-      if (RR > 4u) {
+      if (RR > 4u && i >= k0 + 4u * WG && i < hi1.x) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k4_0; dp += g0 * v4_0; }
@@ -1232,7 +2544,7 @@ fn attention_row_backward_dkv(
         if (HD > 5u) { s += q5 * k4_5; dp += g5 * v4_5; }
         if (HD > 6u) { s += q6 * k4_6; dp += g6 * v4_6; }
         if (HD > 7u) { s += q7 * k4_7; dp += g7 * v4_7; }
-        let pr = select(0.0, exp(s - lse), i >= key2.x && i < ke2.x);
+        let pr = select(0.0, exp(s - lse), i >= key1.x && i < ke1.x);
         let ds = pr * (dp - delta);
         { b4_0 += pr * g0; a4_0 += ds * q0; }
         if (HD > 1u) { b4_1 += pr * g1; a4_1 += ds * q1; }
@@ -1243,7 +2555,7 @@ fn attention_row_backward_dkv(
         if (HD > 6u) { b4_6 += pr * g6; a4_6 += ds * q6; }
         if (HD > 7u) { b4_7 += pr * g7; a4_7 += ds * q7; }
       }
-      if (RR > 5u) {
+      if (RR > 5u && i >= k0 + 5u * WG && i < hi1.y) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k5_0; dp += g0 * v5_0; }
@@ -1254,7 +2566,7 @@ fn attention_row_backward_dkv(
         if (HD > 5u) { s += q5 * k5_5; dp += g5 * v5_5; }
         if (HD > 6u) { s += q6 * k5_6; dp += g6 * v5_6; }
         if (HD > 7u) { s += q7 * k5_7; dp += g7 * v5_7; }
-        let pr = select(0.0, exp(s - lse), i >= key2.y && i < ke2.y);
+        let pr = select(0.0, exp(s - lse), i >= key1.y && i < ke1.y);
         let ds = pr * (dp - delta);
         { b5_0 += pr * g0; a5_0 += ds * q0; }
         if (HD > 1u) { b5_1 += pr * g1; a5_1 += ds * q1; }
@@ -1265,7 +2577,7 @@ fn attention_row_backward_dkv(
         if (HD > 6u) { b5_6 += pr * g6; a5_6 += ds * q6; }
         if (HD > 7u) { b5_7 += pr * g7; a5_7 += ds * q7; }
       }
-      if (RR > 6u) {
+      if (RR > 6u && i >= k0 + 6u * WG && i < hi1.z) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k6_0; dp += g0 * v6_0; }
@@ -1276,7 +2588,7 @@ fn attention_row_backward_dkv(
         if (HD > 5u) { s += q5 * k6_5; dp += g5 * v6_5; }
         if (HD > 6u) { s += q6 * k6_6; dp += g6 * v6_6; }
         if (HD > 7u) { s += q7 * k6_7; dp += g7 * v6_7; }
-        let pr = select(0.0, exp(s - lse), i >= key2.z && i < ke2.z);
+        let pr = select(0.0, exp(s - lse), i >= key1.z && i < ke1.z);
         let ds = pr * (dp - delta);
         { b6_0 += pr * g0; a6_0 += ds * q0; }
         if (HD > 1u) { b6_1 += pr * g1; a6_1 += ds * q1; }
@@ -1287,7 +2599,7 @@ fn attention_row_backward_dkv(
         if (HD > 6u) { b6_6 += pr * g6; a6_6 += ds * q6; }
         if (HD > 7u) { b6_7 += pr * g7; a6_7 += ds * q7; }
       }
-      if (RR > 7u) {
+      if (RR > 7u && i >= k0 + 7u * WG && i < hi1.w) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k7_0; dp += g0 * v7_0; }
@@ -1298,7 +2610,7 @@ fn attention_row_backward_dkv(
         if (HD > 5u) { s += q5 * k7_5; dp += g5 * v7_5; }
         if (HD > 6u) { s += q6 * k7_6; dp += g6 * v7_6; }
         if (HD > 7u) { s += q7 * k7_7; dp += g7 * v7_7; }
-        let pr = select(0.0, exp(s - lse), i >= key2.w && i < ke2.w);
+        let pr = select(0.0, exp(s - lse), i >= key1.w && i < ke1.w);
         let ds = pr * (dp - delta);
         { b7_0 += pr * g0; a7_0 += ds * q0; }
         if (HD > 1u) { b7_1 += pr * g1; a7_1 += ds * q1; }
@@ -1309,11 +2621,187 @@ fn attention_row_backward_dkv(
         if (HD > 6u) { b7_6 += pr * g6; a7_6 += ds * q6; }
         if (HD > 7u) { b7_7 += pr * g7; a7_7 += ds * q7; }
       }
+      if (RR > 8u && i >= k0 + 8u * WG && i < hi2.x) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k8_0; dp += g0 * v8_0; }
+        if (HD > 1u) { s += q1 * k8_1; dp += g1 * v8_1; }
+        if (HD > 2u) { s += q2 * k8_2; dp += g2 * v8_2; }
+        if (HD > 3u) { s += q3 * k8_3; dp += g3 * v8_3; }
+        if (HD > 4u) { s += q4 * k8_4; dp += g4 * v8_4; }
+        if (HD > 5u) { s += q5 * k8_5; dp += g5 * v8_5; }
+        if (HD > 6u) { s += q6 * k8_6; dp += g6 * v8_6; }
+        if (HD > 7u) { s += q7 * k8_7; dp += g7 * v8_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.x && i < ke2.x);
+        let ds = pr * (dp - delta);
+        { b8_0 += pr * g0; a8_0 += ds * q0; }
+        if (HD > 1u) { b8_1 += pr * g1; a8_1 += ds * q1; }
+        if (HD > 2u) { b8_2 += pr * g2; a8_2 += ds * q2; }
+        if (HD > 3u) { b8_3 += pr * g3; a8_3 += ds * q3; }
+        if (HD > 4u) { b8_4 += pr * g4; a8_4 += ds * q4; }
+        if (HD > 5u) { b8_5 += pr * g5; a8_5 += ds * q5; }
+        if (HD > 6u) { b8_6 += pr * g6; a8_6 += ds * q6; }
+        if (HD > 7u) { b8_7 += pr * g7; a8_7 += ds * q7; }
+      }
+      if (RR > 9u && i >= k0 + 9u * WG && i < hi2.y) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k9_0; dp += g0 * v9_0; }
+        if (HD > 1u) { s += q1 * k9_1; dp += g1 * v9_1; }
+        if (HD > 2u) { s += q2 * k9_2; dp += g2 * v9_2; }
+        if (HD > 3u) { s += q3 * k9_3; dp += g3 * v9_3; }
+        if (HD > 4u) { s += q4 * k9_4; dp += g4 * v9_4; }
+        if (HD > 5u) { s += q5 * k9_5; dp += g5 * v9_5; }
+        if (HD > 6u) { s += q6 * k9_6; dp += g6 * v9_6; }
+        if (HD > 7u) { s += q7 * k9_7; dp += g7 * v9_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.y && i < ke2.y);
+        let ds = pr * (dp - delta);
+        { b9_0 += pr * g0; a9_0 += ds * q0; }
+        if (HD > 1u) { b9_1 += pr * g1; a9_1 += ds * q1; }
+        if (HD > 2u) { b9_2 += pr * g2; a9_2 += ds * q2; }
+        if (HD > 3u) { b9_3 += pr * g3; a9_3 += ds * q3; }
+        if (HD > 4u) { b9_4 += pr * g4; a9_4 += ds * q4; }
+        if (HD > 5u) { b9_5 += pr * g5; a9_5 += ds * q5; }
+        if (HD > 6u) { b9_6 += pr * g6; a9_6 += ds * q6; }
+        if (HD > 7u) { b9_7 += pr * g7; a9_7 += ds * q7; }
+      }
+      if (RR > 10u && i >= k0 + 10u * WG && i < hi2.z) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k10_0; dp += g0 * v10_0; }
+        if (HD > 1u) { s += q1 * k10_1; dp += g1 * v10_1; }
+        if (HD > 2u) { s += q2 * k10_2; dp += g2 * v10_2; }
+        if (HD > 3u) { s += q3 * k10_3; dp += g3 * v10_3; }
+        if (HD > 4u) { s += q4 * k10_4; dp += g4 * v10_4; }
+        if (HD > 5u) { s += q5 * k10_5; dp += g5 * v10_5; }
+        if (HD > 6u) { s += q6 * k10_6; dp += g6 * v10_6; }
+        if (HD > 7u) { s += q7 * k10_7; dp += g7 * v10_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.z && i < ke2.z);
+        let ds = pr * (dp - delta);
+        { b10_0 += pr * g0; a10_0 += ds * q0; }
+        if (HD > 1u) { b10_1 += pr * g1; a10_1 += ds * q1; }
+        if (HD > 2u) { b10_2 += pr * g2; a10_2 += ds * q2; }
+        if (HD > 3u) { b10_3 += pr * g3; a10_3 += ds * q3; }
+        if (HD > 4u) { b10_4 += pr * g4; a10_4 += ds * q4; }
+        if (HD > 5u) { b10_5 += pr * g5; a10_5 += ds * q5; }
+        if (HD > 6u) { b10_6 += pr * g6; a10_6 += ds * q6; }
+        if (HD > 7u) { b10_7 += pr * g7; a10_7 += ds * q7; }
+      }
+      if (RR > 11u && i >= k0 + 11u * WG && i < hi2.w) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k11_0; dp += g0 * v11_0; }
+        if (HD > 1u) { s += q1 * k11_1; dp += g1 * v11_1; }
+        if (HD > 2u) { s += q2 * k11_2; dp += g2 * v11_2; }
+        if (HD > 3u) { s += q3 * k11_3; dp += g3 * v11_3; }
+        if (HD > 4u) { s += q4 * k11_4; dp += g4 * v11_4; }
+        if (HD > 5u) { s += q5 * k11_5; dp += g5 * v11_5; }
+        if (HD > 6u) { s += q6 * k11_6; dp += g6 * v11_6; }
+        if (HD > 7u) { s += q7 * k11_7; dp += g7 * v11_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.w && i < ke2.w);
+        let ds = pr * (dp - delta);
+        { b11_0 += pr * g0; a11_0 += ds * q0; }
+        if (HD > 1u) { b11_1 += pr * g1; a11_1 += ds * q1; }
+        if (HD > 2u) { b11_2 += pr * g2; a11_2 += ds * q2; }
+        if (HD > 3u) { b11_3 += pr * g3; a11_3 += ds * q3; }
+        if (HD > 4u) { b11_4 += pr * g4; a11_4 += ds * q4; }
+        if (HD > 5u) { b11_5 += pr * g5; a11_5 += ds * q5; }
+        if (HD > 6u) { b11_6 += pr * g6; a11_6 += ds * q6; }
+        if (HD > 7u) { b11_7 += pr * g7; a11_7 += ds * q7; }
+      }
+      if (RR > 12u && i >= k0 + 12u * WG && i < hi3.x) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k12_0; dp += g0 * v12_0; }
+        if (HD > 1u) { s += q1 * k12_1; dp += g1 * v12_1; }
+        if (HD > 2u) { s += q2 * k12_2; dp += g2 * v12_2; }
+        if (HD > 3u) { s += q3 * k12_3; dp += g3 * v12_3; }
+        if (HD > 4u) { s += q4 * k12_4; dp += g4 * v12_4; }
+        if (HD > 5u) { s += q5 * k12_5; dp += g5 * v12_5; }
+        if (HD > 6u) { s += q6 * k12_6; dp += g6 * v12_6; }
+        if (HD > 7u) { s += q7 * k12_7; dp += g7 * v12_7; }
+        let pr = select(0.0, exp(s - lse), i >= key3.x && i < ke3.x);
+        let ds = pr * (dp - delta);
+        { b12_0 += pr * g0; a12_0 += ds * q0; }
+        if (HD > 1u) { b12_1 += pr * g1; a12_1 += ds * q1; }
+        if (HD > 2u) { b12_2 += pr * g2; a12_2 += ds * q2; }
+        if (HD > 3u) { b12_3 += pr * g3; a12_3 += ds * q3; }
+        if (HD > 4u) { b12_4 += pr * g4; a12_4 += ds * q4; }
+        if (HD > 5u) { b12_5 += pr * g5; a12_5 += ds * q5; }
+        if (HD > 6u) { b12_6 += pr * g6; a12_6 += ds * q6; }
+        if (HD > 7u) { b12_7 += pr * g7; a12_7 += ds * q7; }
+      }
+      if (RR > 13u && i >= k0 + 13u * WG && i < hi3.y) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k13_0; dp += g0 * v13_0; }
+        if (HD > 1u) { s += q1 * k13_1; dp += g1 * v13_1; }
+        if (HD > 2u) { s += q2 * k13_2; dp += g2 * v13_2; }
+        if (HD > 3u) { s += q3 * k13_3; dp += g3 * v13_3; }
+        if (HD > 4u) { s += q4 * k13_4; dp += g4 * v13_4; }
+        if (HD > 5u) { s += q5 * k13_5; dp += g5 * v13_5; }
+        if (HD > 6u) { s += q6 * k13_6; dp += g6 * v13_6; }
+        if (HD > 7u) { s += q7 * k13_7; dp += g7 * v13_7; }
+        let pr = select(0.0, exp(s - lse), i >= key3.y && i < ke3.y);
+        let ds = pr * (dp - delta);
+        { b13_0 += pr * g0; a13_0 += ds * q0; }
+        if (HD > 1u) { b13_1 += pr * g1; a13_1 += ds * q1; }
+        if (HD > 2u) { b13_2 += pr * g2; a13_2 += ds * q2; }
+        if (HD > 3u) { b13_3 += pr * g3; a13_3 += ds * q3; }
+        if (HD > 4u) { b13_4 += pr * g4; a13_4 += ds * q4; }
+        if (HD > 5u) { b13_5 += pr * g5; a13_5 += ds * q5; }
+        if (HD > 6u) { b13_6 += pr * g6; a13_6 += ds * q6; }
+        if (HD > 7u) { b13_7 += pr * g7; a13_7 += ds * q7; }
+      }
+      if (RR > 14u && i >= k0 + 14u * WG && i < hi3.z) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k14_0; dp += g0 * v14_0; }
+        if (HD > 1u) { s += q1 * k14_1; dp += g1 * v14_1; }
+        if (HD > 2u) { s += q2 * k14_2; dp += g2 * v14_2; }
+        if (HD > 3u) { s += q3 * k14_3; dp += g3 * v14_3; }
+        if (HD > 4u) { s += q4 * k14_4; dp += g4 * v14_4; }
+        if (HD > 5u) { s += q5 * k14_5; dp += g5 * v14_5; }
+        if (HD > 6u) { s += q6 * k14_6; dp += g6 * v14_6; }
+        if (HD > 7u) { s += q7 * k14_7; dp += g7 * v14_7; }
+        let pr = select(0.0, exp(s - lse), i >= key3.z && i < ke3.z);
+        let ds = pr * (dp - delta);
+        { b14_0 += pr * g0; a14_0 += ds * q0; }
+        if (HD > 1u) { b14_1 += pr * g1; a14_1 += ds * q1; }
+        if (HD > 2u) { b14_2 += pr * g2; a14_2 += ds * q2; }
+        if (HD > 3u) { b14_3 += pr * g3; a14_3 += ds * q3; }
+        if (HD > 4u) { b14_4 += pr * g4; a14_4 += ds * q4; }
+        if (HD > 5u) { b14_5 += pr * g5; a14_5 += ds * q5; }
+        if (HD > 6u) { b14_6 += pr * g6; a14_6 += ds * q6; }
+        if (HD > 7u) { b14_7 += pr * g7; a14_7 += ds * q7; }
+      }
+      if (RR > 15u && i >= k0 + 15u * WG && i < hi3.w) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k15_0; dp += g0 * v15_0; }
+        if (HD > 1u) { s += q1 * k15_1; dp += g1 * v15_1; }
+        if (HD > 2u) { s += q2 * k15_2; dp += g2 * v15_2; }
+        if (HD > 3u) { s += q3 * k15_3; dp += g3 * v15_3; }
+        if (HD > 4u) { s += q4 * k15_4; dp += g4 * v15_4; }
+        if (HD > 5u) { s += q5 * k15_5; dp += g5 * v15_5; }
+        if (HD > 6u) { s += q6 * k15_6; dp += g6 * v15_6; }
+        if (HD > 7u) { s += q7 * k15_7; dp += g7 * v15_7; }
+        let pr = select(0.0, exp(s - lse), i >= key3.w && i < ke3.w);
+        let ds = pr * (dp - delta);
+        { b15_0 += pr * g0; a15_0 += ds * q0; }
+        if (HD > 1u) { b15_1 += pr * g1; a15_1 += ds * q1; }
+        if (HD > 2u) { b15_2 += pr * g2; a15_2 += ds * q2; }
+        if (HD > 3u) { b15_3 += pr * g3; a15_3 += ds * q3; }
+        if (HD > 4u) { b15_4 += pr * g4; a15_4 += ds * q4; }
+        if (HD > 5u) { b15_5 += pr * g5; a15_5 += ds * q5; }
+        if (HD > 6u) { b15_6 += pr * g6; a15_6 += ds * q6; }
+        if (HD > 7u) { b15_7 += pr * g7; a15_7 += ds * q7; }
+      }
     }
   }
   {
     if (k0 + 0u * WG + lid.x < T) {
-      let o = key.x * p.ld_kv + kvh * HD;
+      let o = key0.x * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a0_0 * p.scale; out_dv[p.v_off + o + 0u] = b0_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a0_1 * p.scale; out_dv[p.v_off + o + 1u] = b0_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a0_2 * p.scale; out_dv[p.v_off + o + 2u] = b0_2; }
@@ -1326,7 +2814,7 @@ fn attention_row_backward_dkv(
   }
   if (RR > 1u) {
     if (k0 + 1u * WG + lid.x < T) {
-      let o = key.y * p.ld_kv + kvh * HD;
+      let o = key0.y * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a1_0 * p.scale; out_dv[p.v_off + o + 0u] = b1_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a1_1 * p.scale; out_dv[p.v_off + o + 1u] = b1_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a1_2 * p.scale; out_dv[p.v_off + o + 2u] = b1_2; }
@@ -1339,7 +2827,7 @@ fn attention_row_backward_dkv(
   }
   if (RR > 2u) {
     if (k0 + 2u * WG + lid.x < T) {
-      let o = key.z * p.ld_kv + kvh * HD;
+      let o = key0.z * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a2_0 * p.scale; out_dv[p.v_off + o + 0u] = b2_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a2_1 * p.scale; out_dv[p.v_off + o + 1u] = b2_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a2_2 * p.scale; out_dv[p.v_off + o + 2u] = b2_2; }
@@ -1352,7 +2840,7 @@ fn attention_row_backward_dkv(
   }
   if (RR > 3u) {
     if (k0 + 3u * WG + lid.x < T) {
-      let o = key.w * p.ld_kv + kvh * HD;
+      let o = key0.w * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a3_0 * p.scale; out_dv[p.v_off + o + 0u] = b3_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a3_1 * p.scale; out_dv[p.v_off + o + 1u] = b3_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a3_2 * p.scale; out_dv[p.v_off + o + 2u] = b3_2; }
@@ -1365,7 +2853,7 @@ fn attention_row_backward_dkv(
   }
   if (RR > 4u) {
     if (k0 + 4u * WG + lid.x < T) {
-      let o = key2.x * p.ld_kv + kvh * HD;
+      let o = key1.x * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a4_0 * p.scale; out_dv[p.v_off + o + 0u] = b4_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a4_1 * p.scale; out_dv[p.v_off + o + 1u] = b4_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a4_2 * p.scale; out_dv[p.v_off + o + 2u] = b4_2; }
@@ -1378,7 +2866,7 @@ fn attention_row_backward_dkv(
   }
   if (RR > 5u) {
     if (k0 + 5u * WG + lid.x < T) {
-      let o = key2.y * p.ld_kv + kvh * HD;
+      let o = key1.y * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a5_0 * p.scale; out_dv[p.v_off + o + 0u] = b5_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a5_1 * p.scale; out_dv[p.v_off + o + 1u] = b5_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a5_2 * p.scale; out_dv[p.v_off + o + 2u] = b5_2; }
@@ -1391,7 +2879,7 @@ fn attention_row_backward_dkv(
   }
   if (RR > 6u) {
     if (k0 + 6u * WG + lid.x < T) {
-      let o = key2.z * p.ld_kv + kvh * HD;
+      let o = key1.z * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a6_0 * p.scale; out_dv[p.v_off + o + 0u] = b6_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a6_1 * p.scale; out_dv[p.v_off + o + 1u] = b6_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a6_2 * p.scale; out_dv[p.v_off + o + 2u] = b6_2; }
@@ -1404,7 +2892,7 @@ fn attention_row_backward_dkv(
   }
   if (RR > 7u) {
     if (k0 + 7u * WG + lid.x < T) {
-      let o = key2.w * p.ld_kv + kvh * HD;
+      let o = key1.w * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a7_0 * p.scale; out_dv[p.v_off + o + 0u] = b7_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a7_1 * p.scale; out_dv[p.v_off + o + 1u] = b7_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a7_2 * p.scale; out_dv[p.v_off + o + 2u] = b7_2; }
@@ -1413,6 +2901,110 @@ fn attention_row_backward_dkv(
       if (HD > 5u) { out_dk[p.k_off + o + 5u] = a7_5 * p.scale; out_dv[p.v_off + o + 5u] = b7_5; }
       if (HD > 6u) { out_dk[p.k_off + o + 6u] = a7_6 * p.scale; out_dv[p.v_off + o + 6u] = b7_6; }
       if (HD > 7u) { out_dk[p.k_off + o + 7u] = a7_7 * p.scale; out_dv[p.v_off + o + 7u] = b7_7; }
+    }
+  }
+  if (RR > 8u) {
+    if (k0 + 8u * WG + lid.x < T) {
+      let o = key2.x * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a8_0 * p.scale; out_dv[p.v_off + o + 0u] = b8_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a8_1 * p.scale; out_dv[p.v_off + o + 1u] = b8_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a8_2 * p.scale; out_dv[p.v_off + o + 2u] = b8_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a8_3 * p.scale; out_dv[p.v_off + o + 3u] = b8_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a8_4 * p.scale; out_dv[p.v_off + o + 4u] = b8_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a8_5 * p.scale; out_dv[p.v_off + o + 5u] = b8_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a8_6 * p.scale; out_dv[p.v_off + o + 6u] = b8_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a8_7 * p.scale; out_dv[p.v_off + o + 7u] = b8_7; }
+    }
+  }
+  if (RR > 9u) {
+    if (k0 + 9u * WG + lid.x < T) {
+      let o = key2.y * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a9_0 * p.scale; out_dv[p.v_off + o + 0u] = b9_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a9_1 * p.scale; out_dv[p.v_off + o + 1u] = b9_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a9_2 * p.scale; out_dv[p.v_off + o + 2u] = b9_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a9_3 * p.scale; out_dv[p.v_off + o + 3u] = b9_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a9_4 * p.scale; out_dv[p.v_off + o + 4u] = b9_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a9_5 * p.scale; out_dv[p.v_off + o + 5u] = b9_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a9_6 * p.scale; out_dv[p.v_off + o + 6u] = b9_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a9_7 * p.scale; out_dv[p.v_off + o + 7u] = b9_7; }
+    }
+  }
+  if (RR > 10u) {
+    if (k0 + 10u * WG + lid.x < T) {
+      let o = key2.z * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a10_0 * p.scale; out_dv[p.v_off + o + 0u] = b10_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a10_1 * p.scale; out_dv[p.v_off + o + 1u] = b10_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a10_2 * p.scale; out_dv[p.v_off + o + 2u] = b10_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a10_3 * p.scale; out_dv[p.v_off + o + 3u] = b10_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a10_4 * p.scale; out_dv[p.v_off + o + 4u] = b10_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a10_5 * p.scale; out_dv[p.v_off + o + 5u] = b10_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a10_6 * p.scale; out_dv[p.v_off + o + 6u] = b10_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a10_7 * p.scale; out_dv[p.v_off + o + 7u] = b10_7; }
+    }
+  }
+  if (RR > 11u) {
+    if (k0 + 11u * WG + lid.x < T) {
+      let o = key2.w * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a11_0 * p.scale; out_dv[p.v_off + o + 0u] = b11_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a11_1 * p.scale; out_dv[p.v_off + o + 1u] = b11_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a11_2 * p.scale; out_dv[p.v_off + o + 2u] = b11_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a11_3 * p.scale; out_dv[p.v_off + o + 3u] = b11_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a11_4 * p.scale; out_dv[p.v_off + o + 4u] = b11_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a11_5 * p.scale; out_dv[p.v_off + o + 5u] = b11_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a11_6 * p.scale; out_dv[p.v_off + o + 6u] = b11_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a11_7 * p.scale; out_dv[p.v_off + o + 7u] = b11_7; }
+    }
+  }
+  if (RR > 12u) {
+    if (k0 + 12u * WG + lid.x < T) {
+      let o = key3.x * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a12_0 * p.scale; out_dv[p.v_off + o + 0u] = b12_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a12_1 * p.scale; out_dv[p.v_off + o + 1u] = b12_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a12_2 * p.scale; out_dv[p.v_off + o + 2u] = b12_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a12_3 * p.scale; out_dv[p.v_off + o + 3u] = b12_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a12_4 * p.scale; out_dv[p.v_off + o + 4u] = b12_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a12_5 * p.scale; out_dv[p.v_off + o + 5u] = b12_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a12_6 * p.scale; out_dv[p.v_off + o + 6u] = b12_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a12_7 * p.scale; out_dv[p.v_off + o + 7u] = b12_7; }
+    }
+  }
+  if (RR > 13u) {
+    if (k0 + 13u * WG + lid.x < T) {
+      let o = key3.y * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a13_0 * p.scale; out_dv[p.v_off + o + 0u] = b13_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a13_1 * p.scale; out_dv[p.v_off + o + 1u] = b13_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a13_2 * p.scale; out_dv[p.v_off + o + 2u] = b13_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a13_3 * p.scale; out_dv[p.v_off + o + 3u] = b13_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a13_4 * p.scale; out_dv[p.v_off + o + 4u] = b13_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a13_5 * p.scale; out_dv[p.v_off + o + 5u] = b13_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a13_6 * p.scale; out_dv[p.v_off + o + 6u] = b13_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a13_7 * p.scale; out_dv[p.v_off + o + 7u] = b13_7; }
+    }
+  }
+  if (RR > 14u) {
+    if (k0 + 14u * WG + lid.x < T) {
+      let o = key3.z * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a14_0 * p.scale; out_dv[p.v_off + o + 0u] = b14_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a14_1 * p.scale; out_dv[p.v_off + o + 1u] = b14_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a14_2 * p.scale; out_dv[p.v_off + o + 2u] = b14_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a14_3 * p.scale; out_dv[p.v_off + o + 3u] = b14_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a14_4 * p.scale; out_dv[p.v_off + o + 4u] = b14_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a14_5 * p.scale; out_dv[p.v_off + o + 5u] = b14_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a14_6 * p.scale; out_dv[p.v_off + o + 6u] = b14_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a14_7 * p.scale; out_dv[p.v_off + o + 7u] = b14_7; }
+    }
+  }
+  if (RR > 15u) {
+    if (k0 + 15u * WG + lid.x < T) {
+      let o = key3.w * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a15_0 * p.scale; out_dv[p.v_off + o + 0u] = b15_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a15_1 * p.scale; out_dv[p.v_off + o + 1u] = b15_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a15_2 * p.scale; out_dv[p.v_off + o + 2u] = b15_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a15_3 * p.scale; out_dv[p.v_off + o + 3u] = b15_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a15_4 * p.scale; out_dv[p.v_off + o + 4u] = b15_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a15_5 * p.scale; out_dv[p.v_off + o + 5u] = b15_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a15_6 * p.scale; out_dv[p.v_off + o + 6u] = b15_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a15_7 * p.scale; out_dv[p.v_off + o + 7u] = b15_7; }
     }
   }
 }
@@ -1437,71 +3029,159 @@ fn attention_row_forward_v4(
   var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var o5_0 = 0.0; var o5_1 = 0.0; var o5_2 = 0.0; var o5_3 = 0.0; var o5_4 = 0.0; var o5_5 = 0.0; var o5_6 = 0.0; var o5_7 = 0.0;
   var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var o6_0 = 0.0; var o6_1 = 0.0; var o6_2 = 0.0; var o6_3 = 0.0; var o6_4 = 0.0; var o6_5 = 0.0; var o6_6 = 0.0; var o6_7 = 0.0;
   var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var o7_0 = 0.0; var o7_1 = 0.0; var o7_2 = 0.0; var o7_3 = 0.0; var o7_4 = 0.0; var o7_5 = 0.0; var o7_6 = 0.0; var o7_7 = 0.0;
-  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
-  var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();
+  var q8_0 = 0.0; var q8_1 = 0.0; var q8_2 = 0.0; var q8_3 = 0.0; var q8_4 = 0.0; var q8_5 = 0.0; var q8_6 = 0.0; var q8_7 = 0.0; var o8_0 = 0.0; var o8_1 = 0.0; var o8_2 = 0.0; var o8_3 = 0.0; var o8_4 = 0.0; var o8_5 = 0.0; var o8_6 = 0.0; var o8_7 = 0.0;
+  var q9_0 = 0.0; var q9_1 = 0.0; var q9_2 = 0.0; var q9_3 = 0.0; var q9_4 = 0.0; var q9_5 = 0.0; var q9_6 = 0.0; var q9_7 = 0.0; var o9_0 = 0.0; var o9_1 = 0.0; var o9_2 = 0.0; var o9_3 = 0.0; var o9_4 = 0.0; var o9_5 = 0.0; var o9_6 = 0.0; var o9_7 = 0.0;
+  var q10_0 = 0.0; var q10_1 = 0.0; var q10_2 = 0.0; var q10_3 = 0.0; var q10_4 = 0.0; var q10_5 = 0.0; var q10_6 = 0.0; var q10_7 = 0.0; var o10_0 = 0.0; var o10_1 = 0.0; var o10_2 = 0.0; var o10_3 = 0.0; var o10_4 = 0.0; var o10_5 = 0.0; var o10_6 = 0.0; var o10_7 = 0.0;
+  var q11_0 = 0.0; var q11_1 = 0.0; var q11_2 = 0.0; var q11_3 = 0.0; var q11_4 = 0.0; var q11_5 = 0.0; var q11_6 = 0.0; var q11_7 = 0.0; var o11_0 = 0.0; var o11_1 = 0.0; var o11_2 = 0.0; var o11_3 = 0.0; var o11_4 = 0.0; var o11_5 = 0.0; var o11_6 = 0.0; var o11_7 = 0.0;
+  var q12_0 = 0.0; var q12_1 = 0.0; var q12_2 = 0.0; var q12_3 = 0.0; var q12_4 = 0.0; var q12_5 = 0.0; var q12_6 = 0.0; var q12_7 = 0.0; var o12_0 = 0.0; var o12_1 = 0.0; var o12_2 = 0.0; var o12_3 = 0.0; var o12_4 = 0.0; var o12_5 = 0.0; var o12_6 = 0.0; var o12_7 = 0.0;
+  var q13_0 = 0.0; var q13_1 = 0.0; var q13_2 = 0.0; var q13_3 = 0.0; var q13_4 = 0.0; var q13_5 = 0.0; var q13_6 = 0.0; var q13_7 = 0.0; var o13_0 = 0.0; var o13_1 = 0.0; var o13_2 = 0.0; var o13_3 = 0.0; var o13_4 = 0.0; var o13_5 = 0.0; var o13_6 = 0.0; var o13_7 = 0.0;
+  var q14_0 = 0.0; var q14_1 = 0.0; var q14_2 = 0.0; var q14_3 = 0.0; var q14_4 = 0.0; var q14_5 = 0.0; var q14_6 = 0.0; var q14_7 = 0.0; var o14_0 = 0.0; var o14_1 = 0.0; var o14_2 = 0.0; var o14_3 = 0.0; var o14_4 = 0.0; var o14_5 = 0.0; var o14_6 = 0.0; var o14_7 = 0.0;
+  var q15_0 = 0.0; var q15_1 = 0.0; var q15_2 = 0.0; var q15_3 = 0.0; var q15_4 = 0.0; var q15_5 = 0.0; var q15_6 = 0.0; var q15_7 = 0.0; var o15_0 = 0.0; var o15_1 = 0.0; var o15_2 = 0.0; var o15_3 = 0.0; var o15_4 = 0.0; var o15_5 = 0.0; var o15_6 = 0.0; var o15_7 = 0.0;
+  var row0 = vec4<u32>(); var row1 = vec4<u32>(); var row2 = vec4<u32>(); var row3 = vec4<u32>(); var st0 = vec4<u32>(); var st1 = vec4<u32>(); var st2 = vec4<u32>(); var st3 = vec4<u32>(); var lo0 = vec4<u32>(); var lo1 = vec4<u32>(); var lo2 = vec4<u32>(); var lo3 = vec4<u32>();
+  var m0 = vec4<f32>(MASKED); var m1 = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var m3 = vec4<f32>(MASKED); var l0 = vec4<f32>(); var l1 = vec4<f32>(); var l2 = vec4<f32>(); var l3 = vec4<f32>();
   {
     let i = min(q0 + 0u * WG + lid.x, TE - 1u);
-    row.x = i;
-    st.x = in_start[i];
+    row0.x = i;
+    st0.x = in_start[i];
+    lo0.x = in_start[min(q0 + 0u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q0_0 = t.x * p.scale; q0_1 = t.y * p.scale; q0_2 = t.z * p.scale; q0_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q0_4 = t.x * p.scale; q0_5 = t.y * p.scale; q0_6 = t.z * p.scale; q0_7 = t.w * p.scale; }
   }
   if (RR > 1u) {
     let i = min(q0 + 1u * WG + lid.x, TE - 1u);
-    row.y = i;
-    st.y = in_start[i];
+    row0.y = i;
+    st0.y = in_start[i];
+    lo0.y = in_start[min(q0 + 1u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q1_0 = t.x * p.scale; q1_1 = t.y * p.scale; q1_2 = t.z * p.scale; q1_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q1_4 = t.x * p.scale; q1_5 = t.y * p.scale; q1_6 = t.z * p.scale; q1_7 = t.w * p.scale; }
   }
   if (RR > 2u) {
     let i = min(q0 + 2u * WG + lid.x, TE - 1u);
-    row.z = i;
-    st.z = in_start[i];
+    row0.z = i;
+    st0.z = in_start[i];
+    lo0.z = in_start[min(q0 + 2u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q2_0 = t.x * p.scale; q2_1 = t.y * p.scale; q2_2 = t.z * p.scale; q2_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q2_4 = t.x * p.scale; q2_5 = t.y * p.scale; q2_6 = t.z * p.scale; q2_7 = t.w * p.scale; }
   }
   if (RR > 3u) {
     let i = min(q0 + 3u * WG + lid.x, TE - 1u);
-    row.w = i;
-    st.w = in_start[i];
+    row0.w = i;
+    st0.w = in_start[i];
+    lo0.w = in_start[min(q0 + 3u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q3_0 = t.x * p.scale; q3_1 = t.y * p.scale; q3_2 = t.z * p.scale; q3_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q3_4 = t.x * p.scale; q3_5 = t.y * p.scale; q3_6 = t.z * p.scale; q3_7 = t.w * p.scale; }
   }
   if (RR > 4u) {
     let i = min(q0 + 4u * WG + lid.x, TE - 1u);
-    row2.x = i;
-    st2.x = in_start[i];
+    row1.x = i;
+    st1.x = in_start[i];
+    lo1.x = in_start[min(q0 + 4u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q4_0 = t.x * p.scale; q4_1 = t.y * p.scale; q4_2 = t.z * p.scale; q4_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4_4 = t.x * p.scale; q4_5 = t.y * p.scale; q4_6 = t.z * p.scale; q4_7 = t.w * p.scale; }
   }
   if (RR > 5u) {
     let i = min(q0 + 5u * WG + lid.x, TE - 1u);
-    row2.y = i;
-    st2.y = in_start[i];
+    row1.y = i;
+    st1.y = in_start[i];
+    lo1.y = in_start[min(q0 + 5u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q5_0 = t.x * p.scale; q5_1 = t.y * p.scale; q5_2 = t.z * p.scale; q5_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q5_4 = t.x * p.scale; q5_5 = t.y * p.scale; q5_6 = t.z * p.scale; q5_7 = t.w * p.scale; }
   }
   if (RR > 6u) {
     let i = min(q0 + 6u * WG + lid.x, TE - 1u);
-    row2.z = i;
-    st2.z = in_start[i];
+    row1.z = i;
+    st1.z = in_start[i];
+    lo1.z = in_start[min(q0 + 6u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q6_0 = t.x * p.scale; q6_1 = t.y * p.scale; q6_2 = t.z * p.scale; q6_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q6_4 = t.x * p.scale; q6_5 = t.y * p.scale; q6_6 = t.z * p.scale; q6_7 = t.w * p.scale; }
   }
   if (RR > 7u) {
     let i = min(q0 + 7u * WG + lid.x, TE - 1u);
-    row2.w = i;
-    st2.w = in_start[i];
+    row1.w = i;
+    st1.w = in_start[i];
+    lo1.w = in_start[min(q0 + 7u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q7_0 = t.x * p.scale; q7_1 = t.y * p.scale; q7_2 = t.z * p.scale; q7_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
+  }
+  if (RR > 8u) {
+    let i = min(q0 + 8u * WG + lid.x, TE - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    lo2.x = in_start[min(q0 + 8u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q8_0 = t.x * p.scale; q8_1 = t.y * p.scale; q8_2 = t.z * p.scale; q8_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q8_4 = t.x * p.scale; q8_5 = t.y * p.scale; q8_6 = t.z * p.scale; q8_7 = t.w * p.scale; }
+  }
+  if (RR > 9u) {
+    let i = min(q0 + 9u * WG + lid.x, TE - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    lo2.y = in_start[min(q0 + 9u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q9_0 = t.x * p.scale; q9_1 = t.y * p.scale; q9_2 = t.z * p.scale; q9_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q9_4 = t.x * p.scale; q9_5 = t.y * p.scale; q9_6 = t.z * p.scale; q9_7 = t.w * p.scale; }
+  }
+  if (RR > 10u) {
+    let i = min(q0 + 10u * WG + lid.x, TE - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    lo2.z = in_start[min(q0 + 10u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q10_0 = t.x * p.scale; q10_1 = t.y * p.scale; q10_2 = t.z * p.scale; q10_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q10_4 = t.x * p.scale; q10_5 = t.y * p.scale; q10_6 = t.z * p.scale; q10_7 = t.w * p.scale; }
+  }
+  if (RR > 11u) {
+    let i = min(q0 + 11u * WG + lid.x, TE - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    lo2.w = in_start[min(q0 + 11u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q11_0 = t.x * p.scale; q11_1 = t.y * p.scale; q11_2 = t.z * p.scale; q11_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q11_4 = t.x * p.scale; q11_5 = t.y * p.scale; q11_6 = t.z * p.scale; q11_7 = t.w * p.scale; }
+  }
+  if (RR > 12u) {
+    let i = min(q0 + 12u * WG + lid.x, TE - 1u);
+    row3.x = i;
+    st3.x = in_start[i];
+    lo3.x = in_start[min(q0 + 12u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q12_0 = t.x * p.scale; q12_1 = t.y * p.scale; q12_2 = t.z * p.scale; q12_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q12_4 = t.x * p.scale; q12_5 = t.y * p.scale; q12_6 = t.z * p.scale; q12_7 = t.w * p.scale; }
+  }
+  if (RR > 13u) {
+    let i = min(q0 + 13u * WG + lid.x, TE - 1u);
+    row3.y = i;
+    st3.y = in_start[i];
+    lo3.y = in_start[min(q0 + 13u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q13_0 = t.x * p.scale; q13_1 = t.y * p.scale; q13_2 = t.z * p.scale; q13_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q13_4 = t.x * p.scale; q13_5 = t.y * p.scale; q13_6 = t.z * p.scale; q13_7 = t.w * p.scale; }
+  }
+  if (RR > 14u) {
+    let i = min(q0 + 14u * WG + lid.x, TE - 1u);
+    row3.z = i;
+    st3.z = in_start[i];
+    lo3.z = in_start[min(q0 + 14u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q14_0 = t.x * p.scale; q14_1 = t.y * p.scale; q14_2 = t.z * p.scale; q14_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q14_4 = t.x * p.scale; q14_5 = t.y * p.scale; q14_6 = t.z * p.scale; q14_7 = t.w * p.scale; }
+  }
+  if (RR > 15u) {
+    let i = min(q0 + 15u * WG + lid.x, TE - 1u);
+    row3.w = i;
+    st3.w = in_start[i];
+    lo3.w = in_start[min(q0 + 15u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q15_0 = t.x * p.scale; q15_1 = t.y * p.scale; q15_2 = t.z * p.scale; q15_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q15_4 = t.x * p.scale; q15_5 = t.y * p.scale; q15_6 = t.z * p.scale; q15_7 = t.w * p.scale; }
   }
   let jLo = in_start[q0];
   let jHi = min(q0 + WG * RR, TE); // one past the last key any row sees
@@ -1510,88 +3190,432 @@ fn attention_row_forward_v4(
     let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
     let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
     let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
-    var s0 = vec4<f32>(); var p0 = vec4<f32>(); var a0 = 1.0; var s1 = vec4<f32>(); var p1 = vec4<f32>(); var a1 = 1.0; var s2 = vec4<f32>(); var p2 = vec4<f32>(); var a2 = 1.0; var s3 = vec4<f32>(); var p3 = vec4<f32>(); var a3 = 1.0; var s4 = vec4<f32>(); var p4 = vec4<f32>(); var a4 = 1.0; var s5 = vec4<f32>(); var p5 = vec4<f32>(); var a5 = 1.0; var s6 = vec4<f32>(); var p6 = vec4<f32>(); var a6 = 1.0; var s7 = vec4<f32>(); var p7 = vec4<f32>(); var a7 = 1.0;
-    { let k0 = in_k4[ko.x / 4u + 0u]; let k1 = in_k4[ko.y / 4u + 0u]; let k2 = in_k4[ko.z / 4u + 0u]; let k3 = in_k4[ko.w / 4u + 0u]; { let kx = vec4<f32>(k0.x, k1.x, k2.x, k3.x); s0 += q0_0 * kx; if (RR > 1u) { s1 += q1_0 * kx; } if (RR > 2u) { s2 += q2_0 * kx; } if (RR > 3u) { s3 += q3_0 * kx; } if (RR > 4u) { s4 += q4_0 * kx; } if (RR > 5u) { s5 += q5_0 * kx; } if (RR > 6u) { s6 += q6_0 * kx; } if (RR > 7u) { s7 += q7_0 * kx; } } { let kx = vec4<f32>(k0.y, k1.y, k2.y, k3.y); s0 += q0_1 * kx; if (RR > 1u) { s1 += q1_1 * kx; } if (RR > 2u) { s2 += q2_1 * kx; } if (RR > 3u) { s3 += q3_1 * kx; } if (RR > 4u) { s4 += q4_1 * kx; } if (RR > 5u) { s5 += q5_1 * kx; } if (RR > 6u) { s6 += q6_1 * kx; } if (RR > 7u) { s7 += q7_1 * kx; } } { let kx = vec4<f32>(k0.z, k1.z, k2.z, k3.z); s0 += q0_2 * kx; if (RR > 1u) { s1 += q1_2 * kx; } if (RR > 2u) { s2 += q2_2 * kx; } if (RR > 3u) { s3 += q3_2 * kx; } if (RR > 4u) { s4 += q4_2 * kx; } if (RR > 5u) { s5 += q5_2 * kx; } if (RR > 6u) { s6 += q6_2 * kx; } if (RR > 7u) { s7 += q7_2 * kx; } } { let kx = vec4<f32>(k0.w, k1.w, k2.w, k3.w); s0 += q0_3 * kx; if (RR > 1u) { s1 += q1_3 * kx; } if (RR > 2u) { s2 += q2_3 * kx; } if (RR > 3u) { s3 += q3_3 * kx; } if (RR > 4u) { s4 += q4_3 * kx; } if (RR > 5u) { s5 += q5_3 * kx; } if (RR > 6u) { s6 += q6_3 * kx; } if (RR > 7u) { s7 += q7_3 * kx; } } }
-    if (HD > 4u) { let k0 = in_k4[ko.x / 4u + 1u]; let k1 = in_k4[ko.y / 4u + 1u]; let k2 = in_k4[ko.z / 4u + 1u]; let k3 = in_k4[ko.w / 4u + 1u]; { let kx = vec4<f32>(k0.x, k1.x, k2.x, k3.x); s0 += q0_4 * kx; if (RR > 1u) { s1 += q1_4 * kx; } if (RR > 2u) { s2 += q2_4 * kx; } if (RR > 3u) { s3 += q3_4 * kx; } if (RR > 4u) { s4 += q4_4 * kx; } if (RR > 5u) { s5 += q5_4 * kx; } if (RR > 6u) { s6 += q6_4 * kx; } if (RR > 7u) { s7 += q7_4 * kx; } } { let kx = vec4<f32>(k0.y, k1.y, k2.y, k3.y); s0 += q0_5 * kx; if (RR > 1u) { s1 += q1_5 * kx; } if (RR > 2u) { s2 += q2_5 * kx; } if (RR > 3u) { s3 += q3_5 * kx; } if (RR > 4u) { s4 += q4_5 * kx; } if (RR > 5u) { s5 += q5_5 * kx; } if (RR > 6u) { s6 += q6_5 * kx; } if (RR > 7u) { s7 += q7_5 * kx; } } { let kx = vec4<f32>(k0.z, k1.z, k2.z, k3.z); s0 += q0_6 * kx; if (RR > 1u) { s1 += q1_6 * kx; } if (RR > 2u) { s2 += q2_6 * kx; } if (RR > 3u) { s3 += q3_6 * kx; } if (RR > 4u) { s4 += q4_6 * kx; } if (RR > 5u) { s5 += q5_6 * kx; } if (RR > 6u) { s6 += q6_6 * kx; } if (RR > 7u) { s7 += q7_6 * kx; } } { let kx = vec4<f32>(k0.w, k1.w, k2.w, k3.w); s0 += q0_7 * kx; if (RR > 1u) { s1 += q1_7 * kx; } if (RR > 2u) { s2 += q2_7 * kx; } if (RR > 3u) { s3 += q3_7 * kx; } if (RR > 4u) { s4 += q4_7 * kx; } if (RR > 5u) { s5 += q5_7 * kx; } if (RR > 6u) { s6 += q6_7 * kx; } if (RR > 7u) { s7 += q7_7 * kx; } } }
-    {
-      let ok = jv >= vec4<u32>(st.x) & jv <= vec4<u32>(row.x);
-      let s = select(vec4<f32>(MASKED), s0, ok);
-      let mNew = max(m.x, max(max(s.x, s.y), max(s.z, s.w)));
-      a0 = exp(m.x - mNew);
-      p0 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.x = l.x * a0 + (p0.x + p0.y) + (p0.z + p0.w);
-      m.x = mNew;
+    var kx0 = vec4<f32>(); var vx0 = vec4<f32>(); var kx1 = vec4<f32>(); var vx1 = vec4<f32>(); var kx2 = vec4<f32>(); var vx2 = vec4<f32>(); var kx3 = vec4<f32>(); var vx3 = vec4<f32>(); var kx4 = vec4<f32>(); var vx4 = vec4<f32>(); var kx5 = vec4<f32>(); var vx5 = vec4<f32>(); var kx6 = vec4<f32>(); var vx6 = vec4<f32>(); var kx7 = vec4<f32>(); var vx7 = vec4<f32>();
+    { let t0 = in_k4[ko.x / 4u + 0u]; let t1 = in_k4[ko.y / 4u + 0u]; let t2 = in_k4[ko.z / 4u + 0u]; let t3 = in_k4[ko.w / 4u + 0u]; kx0 = vec4<f32>(t0.x, t1.x, t2.x, t3.x); kx1 = vec4<f32>(t0.y, t1.y, t2.y, t3.y); kx2 = vec4<f32>(t0.z, t1.z, t2.z, t3.z); kx3 = vec4<f32>(t0.w, t1.w, t2.w, t3.w); }
+    if (HD > 4u) { let t0 = in_k4[ko.x / 4u + 1u]; let t1 = in_k4[ko.y / 4u + 1u]; let t2 = in_k4[ko.z / 4u + 1u]; let t3 = in_k4[ko.w / 4u + 1u]; kx4 = vec4<f32>(t0.x, t1.x, t2.x, t3.x); kx5 = vec4<f32>(t0.y, t1.y, t2.y, t3.y); kx6 = vec4<f32>(t0.z, t1.z, t2.z, t3.z); kx7 = vec4<f32>(t0.w, t1.w, t2.w, t3.w); }
+    { let t0 = in_v4[vo.x / 4u + 0u]; let t1 = in_v4[vo.y / 4u + 0u]; let t2 = in_v4[vo.z / 4u + 0u]; let t3 = in_v4[vo.w / 4u + 0u]; vx0 = vec4<f32>(t0.x, t1.x, t2.x, t3.x); vx1 = vec4<f32>(t0.y, t1.y, t2.y, t3.y); vx2 = vec4<f32>(t0.z, t1.z, t2.z, t3.z); vx3 = vec4<f32>(t0.w, t1.w, t2.w, t3.w); }
+    if (HD > 4u) { let t0 = in_v4[vo.x / 4u + 1u]; let t1 = in_v4[vo.y / 4u + 1u]; let t2 = in_v4[vo.z / 4u + 1u]; let t3 = in_v4[vo.w / 4u + 1u]; vx4 = vec4<f32>(t0.x, t1.x, t2.x, t3.x); vx5 = vec4<f32>(t0.y, t1.y, t2.y, t3.y); vx6 = vec4<f32>(t0.z, t1.z, t2.z, t3.z); vx7 = vec4<f32>(t0.w, t1.w, t2.w, t3.w); }
+    if (j <= q0 + 0u * WG + WG - 1u && j + 3u >= lo0.x) {
+      var s = vec4<f32>();
+      { s += q0_0 * kx0; }
+      if (HD > 1u) { s += q0_1 * kx1; }
+      if (HD > 2u) { s += q0_2 * kx2; }
+      if (HD > 3u) { s += q0_3 * kx3; }
+      if (HD > 4u) { s += q0_4 * kx4; }
+      if (HD > 5u) { s += q0_5 * kx5; }
+      if (HD > 6u) { s += q0_6 * kx6; }
+      if (HD > 7u) { s += q0_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.x) & jv <= vec4<u32>(row0.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.x = l0.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.x = mNew;
+      { o0_0 = o0_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o0_1 = o0_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o0_2 = o0_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o0_3 = o0_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o0_4 = o0_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o0_5 = o0_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o0_6 = o0_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o0_7 = o0_7 * a + dot(pr, vx7); }
     }
-    if (RR > 1u) {
-      let ok = jv >= vec4<u32>(st.y) & jv <= vec4<u32>(row.y);
-      let s = select(vec4<f32>(MASKED), s1, ok);
-      let mNew = max(m.y, max(max(s.x, s.y), max(s.z, s.w)));
-      a1 = exp(m.y - mNew);
-      p1 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.y = l.y * a1 + (p1.x + p1.y) + (p1.z + p1.w);
-      m.y = mNew;
+    if (RR > 1u && j <= q0 + 1u * WG + WG - 1u && j + 3u >= lo0.y) {
+      var s = vec4<f32>();
+      { s += q1_0 * kx0; }
+      if (HD > 1u) { s += q1_1 * kx1; }
+      if (HD > 2u) { s += q1_2 * kx2; }
+      if (HD > 3u) { s += q1_3 * kx3; }
+      if (HD > 4u) { s += q1_4 * kx4; }
+      if (HD > 5u) { s += q1_5 * kx5; }
+      if (HD > 6u) { s += q1_6 * kx6; }
+      if (HD > 7u) { s += q1_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.y) & jv <= vec4<u32>(row0.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.y = l0.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.y = mNew;
+      { o1_0 = o1_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o1_1 = o1_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o1_2 = o1_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o1_3 = o1_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o1_4 = o1_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o1_5 = o1_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o1_6 = o1_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o1_7 = o1_7 * a + dot(pr, vx7); }
     }
-    if (RR > 2u) {
-      let ok = jv >= vec4<u32>(st.z) & jv <= vec4<u32>(row.z);
-      let s = select(vec4<f32>(MASKED), s2, ok);
-      let mNew = max(m.z, max(max(s.x, s.y), max(s.z, s.w)));
-      a2 = exp(m.z - mNew);
-      p2 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.z = l.z * a2 + (p2.x + p2.y) + (p2.z + p2.w);
-      m.z = mNew;
+    if (RR > 2u && j <= q0 + 2u * WG + WG - 1u && j + 3u >= lo0.z) {
+      var s = vec4<f32>();
+      { s += q2_0 * kx0; }
+      if (HD > 1u) { s += q2_1 * kx1; }
+      if (HD > 2u) { s += q2_2 * kx2; }
+      if (HD > 3u) { s += q2_3 * kx3; }
+      if (HD > 4u) { s += q2_4 * kx4; }
+      if (HD > 5u) { s += q2_5 * kx5; }
+      if (HD > 6u) { s += q2_6 * kx6; }
+      if (HD > 7u) { s += q2_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.z) & jv <= vec4<u32>(row0.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.z = l0.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.z = mNew;
+      { o2_0 = o2_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o2_1 = o2_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o2_2 = o2_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o2_3 = o2_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o2_4 = o2_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o2_5 = o2_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o2_6 = o2_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o2_7 = o2_7 * a + dot(pr, vx7); }
     }
-    if (RR > 3u) {
-      let ok = jv >= vec4<u32>(st.w) & jv <= vec4<u32>(row.w);
-      let s = select(vec4<f32>(MASKED), s3, ok);
-      let mNew = max(m.w, max(max(s.x, s.y), max(s.z, s.w)));
-      a3 = exp(m.w - mNew);
-      p3 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.w = l.w * a3 + (p3.x + p3.y) + (p3.z + p3.w);
-      m.w = mNew;
+    if (RR > 3u && j <= q0 + 3u * WG + WG - 1u && j + 3u >= lo0.w) {
+      var s = vec4<f32>();
+      { s += q3_0 * kx0; }
+      if (HD > 1u) { s += q3_1 * kx1; }
+      if (HD > 2u) { s += q3_2 * kx2; }
+      if (HD > 3u) { s += q3_3 * kx3; }
+      if (HD > 4u) { s += q3_4 * kx4; }
+      if (HD > 5u) { s += q3_5 * kx5; }
+      if (HD > 6u) { s += q3_6 * kx6; }
+      if (HD > 7u) { s += q3_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.w) & jv <= vec4<u32>(row0.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.w = l0.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.w = mNew;
+      { o3_0 = o3_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o3_1 = o3_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o3_2 = o3_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o3_3 = o3_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o3_4 = o3_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o3_5 = o3_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o3_6 = o3_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o3_7 = o3_7 * a + dot(pr, vx7); }
     }
-    if (RR > 4u) {
+    if (RR > 4u && j <= q0 + 4u * WG + WG - 1u && j + 3u >= lo1.x) {
+      var s = vec4<f32>();
+      { s += q4_0 * kx0; }
+      if (HD > 1u) { s += q4_1 * kx1; }
+      if (HD > 2u) { s += q4_2 * kx2; }
+      if (HD > 3u) { s += q4_3 * kx3; }
+      if (HD > 4u) { s += q4_4 * kx4; }
+      if (HD > 5u) { s += q4_5 * kx5; }
+      if (HD > 6u) { s += q4_6 * kx6; }
+      if (HD > 7u) { s += q4_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.x) & jv <= vec4<u32>(row1.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.x = l1.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.x = mNew;
+      { o4_0 = o4_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o4_1 = o4_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o4_2 = o4_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o4_3 = o4_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o4_4 = o4_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o4_5 = o4_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o4_6 = o4_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o4_7 = o4_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 5u && j <= q0 + 5u * WG + WG - 1u && j + 3u >= lo1.y) {
+      var s = vec4<f32>();
+      { s += q5_0 * kx0; }
+      if (HD > 1u) { s += q5_1 * kx1; }
+      if (HD > 2u) { s += q5_2 * kx2; }
+      if (HD > 3u) { s += q5_3 * kx3; }
+      if (HD > 4u) { s += q5_4 * kx4; }
+      if (HD > 5u) { s += q5_5 * kx5; }
+      if (HD > 6u) { s += q5_6 * kx6; }
+      if (HD > 7u) { s += q5_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.y) & jv <= vec4<u32>(row1.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.y = l1.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.y = mNew;
+      { o5_0 = o5_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o5_1 = o5_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o5_2 = o5_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o5_3 = o5_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o5_4 = o5_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o5_5 = o5_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o5_6 = o5_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o5_7 = o5_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 6u && j <= q0 + 6u * WG + WG - 1u && j + 3u >= lo1.z) {
+      var s = vec4<f32>();
+      { s += q6_0 * kx0; }
+      if (HD > 1u) { s += q6_1 * kx1; }
+      if (HD > 2u) { s += q6_2 * kx2; }
+      if (HD > 3u) { s += q6_3 * kx3; }
+      if (HD > 4u) { s += q6_4 * kx4; }
+      if (HD > 5u) { s += q6_5 * kx5; }
+      if (HD > 6u) { s += q6_6 * kx6; }
+      if (HD > 7u) { s += q6_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.z) & jv <= vec4<u32>(row1.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.z = l1.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.z = mNew;
+      { o6_0 = o6_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o6_1 = o6_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o6_2 = o6_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o6_3 = o6_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o6_4 = o6_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o6_5 = o6_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o6_6 = o6_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o6_7 = o6_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 7u && j <= q0 + 7u * WG + WG - 1u && j + 3u >= lo1.w) {
+      var s = vec4<f32>();
+      { s += q7_0 * kx0; }
+      if (HD > 1u) { s += q7_1 * kx1; }
+      if (HD > 2u) { s += q7_2 * kx2; }
+      if (HD > 3u) { s += q7_3 * kx3; }
+      if (HD > 4u) { s += q7_4 * kx4; }
+      if (HD > 5u) { s += q7_5 * kx5; }
+      if (HD > 6u) { s += q7_6 * kx6; }
+      if (HD > 7u) { s += q7_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.w) & jv <= vec4<u32>(row1.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.w = l1.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.w = mNew;
+      { o7_0 = o7_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o7_1 = o7_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o7_2 = o7_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o7_3 = o7_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o7_4 = o7_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o7_5 = o7_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o7_6 = o7_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o7_7 = o7_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 8u && j <= q0 + 8u * WG + WG - 1u && j + 3u >= lo2.x) {
+      var s = vec4<f32>();
+      { s += q8_0 * kx0; }
+      if (HD > 1u) { s += q8_1 * kx1; }
+      if (HD > 2u) { s += q8_2 * kx2; }
+      if (HD > 3u) { s += q8_3 * kx3; }
+      if (HD > 4u) { s += q8_4 * kx4; }
+      if (HD > 5u) { s += q8_5 * kx5; }
+      if (HD > 6u) { s += q8_6 * kx6; }
+      if (HD > 7u) { s += q8_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.x) & jv <= vec4<u32>(row2.x);
-      let s = select(vec4<f32>(MASKED), s4, ok);
-      let mNew = max(m2.x, max(max(s.x, s.y), max(s.z, s.w)));
-      a4 = exp(m2.x - mNew);
-      p4 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.x = l2.x * a4 + (p4.x + p4.y) + (p4.z + p4.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.x = l2.x * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.x = mNew;
+      { o8_0 = o8_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o8_1 = o8_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o8_2 = o8_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o8_3 = o8_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o8_4 = o8_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o8_5 = o8_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o8_6 = o8_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o8_7 = o8_7 * a + dot(pr, vx7); }
     }
-    if (RR > 5u) {
+    if (RR > 9u && j <= q0 + 9u * WG + WG - 1u && j + 3u >= lo2.y) {
+      var s = vec4<f32>();
+      { s += q9_0 * kx0; }
+      if (HD > 1u) { s += q9_1 * kx1; }
+      if (HD > 2u) { s += q9_2 * kx2; }
+      if (HD > 3u) { s += q9_3 * kx3; }
+      if (HD > 4u) { s += q9_4 * kx4; }
+      if (HD > 5u) { s += q9_5 * kx5; }
+      if (HD > 6u) { s += q9_6 * kx6; }
+      if (HD > 7u) { s += q9_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.y) & jv <= vec4<u32>(row2.y);
-      let s = select(vec4<f32>(MASKED), s5, ok);
-      let mNew = max(m2.y, max(max(s.x, s.y), max(s.z, s.w)));
-      a5 = exp(m2.y - mNew);
-      p5 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.y = l2.y * a5 + (p5.x + p5.y) + (p5.z + p5.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.y = l2.y * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.y = mNew;
+      { o9_0 = o9_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o9_1 = o9_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o9_2 = o9_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o9_3 = o9_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o9_4 = o9_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o9_5 = o9_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o9_6 = o9_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o9_7 = o9_7 * a + dot(pr, vx7); }
     }
-    if (RR > 6u) {
+    if (RR > 10u && j <= q0 + 10u * WG + WG - 1u && j + 3u >= lo2.z) {
+      var s = vec4<f32>();
+      { s += q10_0 * kx0; }
+      if (HD > 1u) { s += q10_1 * kx1; }
+      if (HD > 2u) { s += q10_2 * kx2; }
+      if (HD > 3u) { s += q10_3 * kx3; }
+      if (HD > 4u) { s += q10_4 * kx4; }
+      if (HD > 5u) { s += q10_5 * kx5; }
+      if (HD > 6u) { s += q10_6 * kx6; }
+      if (HD > 7u) { s += q10_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.z) & jv <= vec4<u32>(row2.z);
-      let s = select(vec4<f32>(MASKED), s6, ok);
-      let mNew = max(m2.z, max(max(s.x, s.y), max(s.z, s.w)));
-      a6 = exp(m2.z - mNew);
-      p6 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.z = l2.z * a6 + (p6.x + p6.y) + (p6.z + p6.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.z = l2.z * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.z = mNew;
+      { o10_0 = o10_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o10_1 = o10_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o10_2 = o10_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o10_3 = o10_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o10_4 = o10_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o10_5 = o10_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o10_6 = o10_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o10_7 = o10_7 * a + dot(pr, vx7); }
     }
-    if (RR > 7u) {
+    if (RR > 11u && j <= q0 + 11u * WG + WG - 1u && j + 3u >= lo2.w) {
+      var s = vec4<f32>();
+      { s += q11_0 * kx0; }
+      if (HD > 1u) { s += q11_1 * kx1; }
+      if (HD > 2u) { s += q11_2 * kx2; }
+      if (HD > 3u) { s += q11_3 * kx3; }
+      if (HD > 4u) { s += q11_4 * kx4; }
+      if (HD > 5u) { s += q11_5 * kx5; }
+      if (HD > 6u) { s += q11_6 * kx6; }
+      if (HD > 7u) { s += q11_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.w) & jv <= vec4<u32>(row2.w);
-      let s = select(vec4<f32>(MASKED), s7, ok);
-      let mNew = max(m2.w, max(max(s.x, s.y), max(s.z, s.w)));
-      a7 = exp(m2.w - mNew);
-      p7 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.w = l2.w * a7 + (p7.x + p7.y) + (p7.z + p7.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.w = l2.w * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.w = mNew;
+      { o11_0 = o11_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o11_1 = o11_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o11_2 = o11_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o11_3 = o11_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o11_4 = o11_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o11_5 = o11_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o11_6 = o11_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o11_7 = o11_7 * a + dot(pr, vx7); }
     }
-    { let v0 = in_v4[vo.x / 4u + 0u]; let v1 = in_v4[vo.y / 4u + 0u]; let v2 = in_v4[vo.z / 4u + 0u]; let v3 = in_v4[vo.w / 4u + 0u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_0 = o0_0 * a0 + dot(p0, vx); if (RR > 1u) { o1_0 = o1_0 * a1 + dot(p1, vx); } if (RR > 2u) { o2_0 = o2_0 * a2 + dot(p2, vx); } if (RR > 3u) { o3_0 = o3_0 * a3 + dot(p3, vx); } if (RR > 4u) { o4_0 = o4_0 * a4 + dot(p4, vx); } if (RR > 5u) { o5_0 = o5_0 * a5 + dot(p5, vx); } if (RR > 6u) { o6_0 = o6_0 * a6 + dot(p6, vx); } if (RR > 7u) { o7_0 = o7_0 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_1 = o0_1 * a0 + dot(p0, vx); if (RR > 1u) { o1_1 = o1_1 * a1 + dot(p1, vx); } if (RR > 2u) { o2_1 = o2_1 * a2 + dot(p2, vx); } if (RR > 3u) { o3_1 = o3_1 * a3 + dot(p3, vx); } if (RR > 4u) { o4_1 = o4_1 * a4 + dot(p4, vx); } if (RR > 5u) { o5_1 = o5_1 * a5 + dot(p5, vx); } if (RR > 6u) { o6_1 = o6_1 * a6 + dot(p6, vx); } if (RR > 7u) { o7_1 = o7_1 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_2 = o0_2 * a0 + dot(p0, vx); if (RR > 1u) { o1_2 = o1_2 * a1 + dot(p1, vx); } if (RR > 2u) { o2_2 = o2_2 * a2 + dot(p2, vx); } if (RR > 3u) { o3_2 = o3_2 * a3 + dot(p3, vx); } if (RR > 4u) { o4_2 = o4_2 * a4 + dot(p4, vx); } if (RR > 5u) { o5_2 = o5_2 * a5 + dot(p5, vx); } if (RR > 6u) { o6_2 = o6_2 * a6 + dot(p6, vx); } if (RR > 7u) { o7_2 = o7_2 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_3 = o0_3 * a0 + dot(p0, vx); if (RR > 1u) { o1_3 = o1_3 * a1 + dot(p1, vx); } if (RR > 2u) { o2_3 = o2_3 * a2 + dot(p2, vx); } if (RR > 3u) { o3_3 = o3_3 * a3 + dot(p3, vx); } if (RR > 4u) { o4_3 = o4_3 * a4 + dot(p4, vx); } if (RR > 5u) { o5_3 = o5_3 * a5 + dot(p5, vx); } if (RR > 6u) { o6_3 = o6_3 * a6 + dot(p6, vx); } if (RR > 7u) { o7_3 = o7_3 * a7 + dot(p7, vx); } } }
-    if (HD > 4u) { let v0 = in_v4[vo.x / 4u + 1u]; let v1 = in_v4[vo.y / 4u + 1u]; let v2 = in_v4[vo.z / 4u + 1u]; let v3 = in_v4[vo.w / 4u + 1u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_4 = o0_4 * a0 + dot(p0, vx); if (RR > 1u) { o1_4 = o1_4 * a1 + dot(p1, vx); } if (RR > 2u) { o2_4 = o2_4 * a2 + dot(p2, vx); } if (RR > 3u) { o3_4 = o3_4 * a3 + dot(p3, vx); } if (RR > 4u) { o4_4 = o4_4 * a4 + dot(p4, vx); } if (RR > 5u) { o5_4 = o5_4 * a5 + dot(p5, vx); } if (RR > 6u) { o6_4 = o6_4 * a6 + dot(p6, vx); } if (RR > 7u) { o7_4 = o7_4 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_5 = o0_5 * a0 + dot(p0, vx); if (RR > 1u) { o1_5 = o1_5 * a1 + dot(p1, vx); } if (RR > 2u) { o2_5 = o2_5 * a2 + dot(p2, vx); } if (RR > 3u) { o3_5 = o3_5 * a3 + dot(p3, vx); } if (RR > 4u) { o4_5 = o4_5 * a4 + dot(p4, vx); } if (RR > 5u) { o5_5 = o5_5 * a5 + dot(p5, vx); } if (RR > 6u) { o6_5 = o6_5 * a6 + dot(p6, vx); } if (RR > 7u) { o7_5 = o7_5 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_6 = o0_6 * a0 + dot(p0, vx); if (RR > 1u) { o1_6 = o1_6 * a1 + dot(p1, vx); } if (RR > 2u) { o2_6 = o2_6 * a2 + dot(p2, vx); } if (RR > 3u) { o3_6 = o3_6 * a3 + dot(p3, vx); } if (RR > 4u) { o4_6 = o4_6 * a4 + dot(p4, vx); } if (RR > 5u) { o5_6 = o5_6 * a5 + dot(p5, vx); } if (RR > 6u) { o6_6 = o6_6 * a6 + dot(p6, vx); } if (RR > 7u) { o7_6 = o7_6 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_7 = o0_7 * a0 + dot(p0, vx); if (RR > 1u) { o1_7 = o1_7 * a1 + dot(p1, vx); } if (RR > 2u) { o2_7 = o2_7 * a2 + dot(p2, vx); } if (RR > 3u) { o3_7 = o3_7 * a3 + dot(p3, vx); } if (RR > 4u) { o4_7 = o4_7 * a4 + dot(p4, vx); } if (RR > 5u) { o5_7 = o5_7 * a5 + dot(p5, vx); } if (RR > 6u) { o6_7 = o6_7 * a6 + dot(p6, vx); } if (RR > 7u) { o7_7 = o7_7 * a7 + dot(p7, vx); } } }
+    if (RR > 12u && j <= q0 + 12u * WG + WG - 1u && j + 3u >= lo3.x) {
+      var s = vec4<f32>();
+      { s += q12_0 * kx0; }
+      if (HD > 1u) { s += q12_1 * kx1; }
+      if (HD > 2u) { s += q12_2 * kx2; }
+      if (HD > 3u) { s += q12_3 * kx3; }
+      if (HD > 4u) { s += q12_4 * kx4; }
+      if (HD > 5u) { s += q12_5 * kx5; }
+      if (HD > 6u) { s += q12_6 * kx6; }
+      if (HD > 7u) { s += q12_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.x) & jv <= vec4<u32>(row3.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.x = l3.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.x = mNew;
+      { o12_0 = o12_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o12_1 = o12_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o12_2 = o12_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o12_3 = o12_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o12_4 = o12_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o12_5 = o12_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o12_6 = o12_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o12_7 = o12_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 13u && j <= q0 + 13u * WG + WG - 1u && j + 3u >= lo3.y) {
+      var s = vec4<f32>();
+      { s += q13_0 * kx0; }
+      if (HD > 1u) { s += q13_1 * kx1; }
+      if (HD > 2u) { s += q13_2 * kx2; }
+      if (HD > 3u) { s += q13_3 * kx3; }
+      if (HD > 4u) { s += q13_4 * kx4; }
+      if (HD > 5u) { s += q13_5 * kx5; }
+      if (HD > 6u) { s += q13_6 * kx6; }
+      if (HD > 7u) { s += q13_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.y) & jv <= vec4<u32>(row3.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.y = l3.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.y = mNew;
+      { o13_0 = o13_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o13_1 = o13_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o13_2 = o13_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o13_3 = o13_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o13_4 = o13_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o13_5 = o13_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o13_6 = o13_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o13_7 = o13_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 14u && j <= q0 + 14u * WG + WG - 1u && j + 3u >= lo3.z) {
+      var s = vec4<f32>();
+      { s += q14_0 * kx0; }
+      if (HD > 1u) { s += q14_1 * kx1; }
+      if (HD > 2u) { s += q14_2 * kx2; }
+      if (HD > 3u) { s += q14_3 * kx3; }
+      if (HD > 4u) { s += q14_4 * kx4; }
+      if (HD > 5u) { s += q14_5 * kx5; }
+      if (HD > 6u) { s += q14_6 * kx6; }
+      if (HD > 7u) { s += q14_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.z) & jv <= vec4<u32>(row3.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.z = l3.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.z = mNew;
+      { o14_0 = o14_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o14_1 = o14_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o14_2 = o14_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o14_3 = o14_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o14_4 = o14_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o14_5 = o14_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o14_6 = o14_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o14_7 = o14_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 15u && j <= q0 + 15u * WG + WG - 1u && j + 3u >= lo3.w) {
+      var s = vec4<f32>();
+      { s += q15_0 * kx0; }
+      if (HD > 1u) { s += q15_1 * kx1; }
+      if (HD > 2u) { s += q15_2 * kx2; }
+      if (HD > 3u) { s += q15_3 * kx3; }
+      if (HD > 4u) { s += q15_4 * kx4; }
+      if (HD > 5u) { s += q15_5 * kx5; }
+      if (HD > 6u) { s += q15_6 * kx6; }
+      if (HD > 7u) { s += q15_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.w) & jv <= vec4<u32>(row3.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.w = l3.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.w = mNew;
+      { o15_0 = o15_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o15_1 = o15_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o15_2 = o15_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o15_3 = o15_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o15_4 = o15_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o15_5 = o15_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o15_6 = o15_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o15_7 = o15_7 * a + dot(pr, vx7); }
+    }
   }
   {
     if (q0 + 0u * WG + lid.x < TE) {
-      let i = row.x;
-      let inv = 1.0 / l.x;
+      let i = row0.x;
+      let inv = 1.0 / l0.x;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o0_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o0_1 * inv; }
@@ -1601,13 +3625,13 @@ fn attention_row_forward_v4(
       if (HD > 5u) { out_o[oo + 5u] = o0_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o0_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o0_7 * inv; }
-      out_lse[h * T + i] = m.x + log(l.x);
+      out_lse[h * T + i] = m0.x + log(l0.x);
     }
   }
   if (RR > 1u) {
     if (q0 + 1u * WG + lid.x < TE) {
-      let i = row.y;
-      let inv = 1.0 / l.y;
+      let i = row0.y;
+      let inv = 1.0 / l0.y;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o1_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o1_1 * inv; }
@@ -1617,13 +3641,13 @@ fn attention_row_forward_v4(
       if (HD > 5u) { out_o[oo + 5u] = o1_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o1_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o1_7 * inv; }
-      out_lse[h * T + i] = m.y + log(l.y);
+      out_lse[h * T + i] = m0.y + log(l0.y);
     }
   }
   if (RR > 2u) {
     if (q0 + 2u * WG + lid.x < TE) {
-      let i = row.z;
-      let inv = 1.0 / l.z;
+      let i = row0.z;
+      let inv = 1.0 / l0.z;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o2_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o2_1 * inv; }
@@ -1633,13 +3657,13 @@ fn attention_row_forward_v4(
       if (HD > 5u) { out_o[oo + 5u] = o2_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o2_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o2_7 * inv; }
-      out_lse[h * T + i] = m.z + log(l.z);
+      out_lse[h * T + i] = m0.z + log(l0.z);
     }
   }
   if (RR > 3u) {
     if (q0 + 3u * WG + lid.x < TE) {
-      let i = row.w;
-      let inv = 1.0 / l.w;
+      let i = row0.w;
+      let inv = 1.0 / l0.w;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o3_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o3_1 * inv; }
@@ -1649,13 +3673,13 @@ fn attention_row_forward_v4(
       if (HD > 5u) { out_o[oo + 5u] = o3_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o3_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o3_7 * inv; }
-      out_lse[h * T + i] = m.w + log(l.w);
+      out_lse[h * T + i] = m0.w + log(l0.w);
     }
   }
   if (RR > 4u) {
     if (q0 + 4u * WG + lid.x < TE) {
-      let i = row2.x;
-      let inv = 1.0 / l2.x;
+      let i = row1.x;
+      let inv = 1.0 / l1.x;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o4_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o4_1 * inv; }
@@ -1665,13 +3689,13 @@ fn attention_row_forward_v4(
       if (HD > 5u) { out_o[oo + 5u] = o4_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o4_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o4_7 * inv; }
-      out_lse[h * T + i] = m2.x + log(l2.x);
+      out_lse[h * T + i] = m1.x + log(l1.x);
     }
   }
   if (RR > 5u) {
     if (q0 + 5u * WG + lid.x < TE) {
-      let i = row2.y;
-      let inv = 1.0 / l2.y;
+      let i = row1.y;
+      let inv = 1.0 / l1.y;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o5_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o5_1 * inv; }
@@ -1681,13 +3705,13 @@ fn attention_row_forward_v4(
       if (HD > 5u) { out_o[oo + 5u] = o5_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o5_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o5_7 * inv; }
-      out_lse[h * T + i] = m2.y + log(l2.y);
+      out_lse[h * T + i] = m1.y + log(l1.y);
     }
   }
   if (RR > 6u) {
     if (q0 + 6u * WG + lid.x < TE) {
-      let i = row2.z;
-      let inv = 1.0 / l2.z;
+      let i = row1.z;
+      let inv = 1.0 / l1.z;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o6_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o6_1 * inv; }
@@ -1697,13 +3721,13 @@ fn attention_row_forward_v4(
       if (HD > 5u) { out_o[oo + 5u] = o6_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o6_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o6_7 * inv; }
-      out_lse[h * T + i] = m2.z + log(l2.z);
+      out_lse[h * T + i] = m1.z + log(l1.z);
     }
   }
   if (RR > 7u) {
     if (q0 + 7u * WG + lid.x < TE) {
-      let i = row2.w;
-      let inv = 1.0 / l2.w;
+      let i = row1.w;
+      let inv = 1.0 / l1.w;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o7_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o7_1 * inv; }
@@ -1713,7 +3737,135 @@ fn attention_row_forward_v4(
       if (HD > 5u) { out_o[oo + 5u] = o7_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o7_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o7_7 * inv; }
+      out_lse[h * T + i] = m1.w + log(l1.w);
+    }
+  }
+  if (RR > 8u) {
+    if (q0 + 8u * WG + lid.x < TE) {
+      let i = row2.x;
+      let inv = 1.0 / l2.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o8_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o8_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o8_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o8_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o8_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o8_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o8_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o8_7 * inv; }
+      out_lse[h * T + i] = m2.x + log(l2.x);
+    }
+  }
+  if (RR > 9u) {
+    if (q0 + 9u * WG + lid.x < TE) {
+      let i = row2.y;
+      let inv = 1.0 / l2.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o9_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o9_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o9_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o9_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o9_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o9_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o9_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o9_7 * inv; }
+      out_lse[h * T + i] = m2.y + log(l2.y);
+    }
+  }
+  if (RR > 10u) {
+    if (q0 + 10u * WG + lid.x < TE) {
+      let i = row2.z;
+      let inv = 1.0 / l2.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o10_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o10_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o10_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o10_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o10_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o10_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o10_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o10_7 * inv; }
+      out_lse[h * T + i] = m2.z + log(l2.z);
+    }
+  }
+  if (RR > 11u) {
+    if (q0 + 11u * WG + lid.x < TE) {
+      let i = row2.w;
+      let inv = 1.0 / l2.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o11_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o11_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o11_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o11_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o11_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o11_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o11_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o11_7 * inv; }
       out_lse[h * T + i] = m2.w + log(l2.w);
+    }
+  }
+  if (RR > 12u) {
+    if (q0 + 12u * WG + lid.x < TE) {
+      let i = row3.x;
+      let inv = 1.0 / l3.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o12_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o12_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o12_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o12_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o12_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o12_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o12_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o12_7 * inv; }
+      out_lse[h * T + i] = m3.x + log(l3.x);
+    }
+  }
+  if (RR > 13u) {
+    if (q0 + 13u * WG + lid.x < TE) {
+      let i = row3.y;
+      let inv = 1.0 / l3.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o13_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o13_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o13_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o13_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o13_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o13_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o13_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o13_7 * inv; }
+      out_lse[h * T + i] = m3.y + log(l3.y);
+    }
+  }
+  if (RR > 14u) {
+    if (q0 + 14u * WG + lid.x < TE) {
+      let i = row3.z;
+      let inv = 1.0 / l3.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o14_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o14_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o14_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o14_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o14_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o14_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o14_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o14_7 * inv; }
+      out_lse[h * T + i] = m3.z + log(l3.z);
+    }
+  }
+  if (RR > 15u) {
+    if (q0 + 15u * WG + lid.x < TE) {
+      let i = row3.w;
+      let inv = 1.0 / l3.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o15_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o15_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o15_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o15_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o15_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o15_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o15_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o15_7 * inv; }
+      out_lse[h * T + i] = m3.w + log(l3.w);
     }
   }
 }
@@ -1739,14 +3891,23 @@ fn attention_row_backward_dq_v4(
   var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var g5_0 = 0.0; var g5_1 = 0.0; var g5_2 = 0.0; var g5_3 = 0.0; var g5_4 = 0.0; var g5_5 = 0.0; var g5_6 = 0.0; var g5_7 = 0.0; var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0; var a5_4 = 0.0; var a5_5 = 0.0; var a5_6 = 0.0; var a5_7 = 0.0;
   var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var g6_0 = 0.0; var g6_1 = 0.0; var g6_2 = 0.0; var g6_3 = 0.0; var g6_4 = 0.0; var g6_5 = 0.0; var g6_6 = 0.0; var g6_7 = 0.0; var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0; var a6_4 = 0.0; var a6_5 = 0.0; var a6_6 = 0.0; var a6_7 = 0.0;
   var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var g7_0 = 0.0; var g7_1 = 0.0; var g7_2 = 0.0; var g7_3 = 0.0; var g7_4 = 0.0; var g7_5 = 0.0; var g7_6 = 0.0; var g7_7 = 0.0; var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0; var a7_4 = 0.0; var a7_5 = 0.0; var a7_6 = 0.0; var a7_7 = 0.0;
-  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
-  var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();
+  var q8_0 = 0.0; var q8_1 = 0.0; var q8_2 = 0.0; var q8_3 = 0.0; var q8_4 = 0.0; var q8_5 = 0.0; var q8_6 = 0.0; var q8_7 = 0.0; var g8_0 = 0.0; var g8_1 = 0.0; var g8_2 = 0.0; var g8_3 = 0.0; var g8_4 = 0.0; var g8_5 = 0.0; var g8_6 = 0.0; var g8_7 = 0.0; var a8_0 = 0.0; var a8_1 = 0.0; var a8_2 = 0.0; var a8_3 = 0.0; var a8_4 = 0.0; var a8_5 = 0.0; var a8_6 = 0.0; var a8_7 = 0.0;
+  var q9_0 = 0.0; var q9_1 = 0.0; var q9_2 = 0.0; var q9_3 = 0.0; var q9_4 = 0.0; var q9_5 = 0.0; var q9_6 = 0.0; var q9_7 = 0.0; var g9_0 = 0.0; var g9_1 = 0.0; var g9_2 = 0.0; var g9_3 = 0.0; var g9_4 = 0.0; var g9_5 = 0.0; var g9_6 = 0.0; var g9_7 = 0.0; var a9_0 = 0.0; var a9_1 = 0.0; var a9_2 = 0.0; var a9_3 = 0.0; var a9_4 = 0.0; var a9_5 = 0.0; var a9_6 = 0.0; var a9_7 = 0.0;
+  var q10_0 = 0.0; var q10_1 = 0.0; var q10_2 = 0.0; var q10_3 = 0.0; var q10_4 = 0.0; var q10_5 = 0.0; var q10_6 = 0.0; var q10_7 = 0.0; var g10_0 = 0.0; var g10_1 = 0.0; var g10_2 = 0.0; var g10_3 = 0.0; var g10_4 = 0.0; var g10_5 = 0.0; var g10_6 = 0.0; var g10_7 = 0.0; var a10_0 = 0.0; var a10_1 = 0.0; var a10_2 = 0.0; var a10_3 = 0.0; var a10_4 = 0.0; var a10_5 = 0.0; var a10_6 = 0.0; var a10_7 = 0.0;
+  var q11_0 = 0.0; var q11_1 = 0.0; var q11_2 = 0.0; var q11_3 = 0.0; var q11_4 = 0.0; var q11_5 = 0.0; var q11_6 = 0.0; var q11_7 = 0.0; var g11_0 = 0.0; var g11_1 = 0.0; var g11_2 = 0.0; var g11_3 = 0.0; var g11_4 = 0.0; var g11_5 = 0.0; var g11_6 = 0.0; var g11_7 = 0.0; var a11_0 = 0.0; var a11_1 = 0.0; var a11_2 = 0.0; var a11_3 = 0.0; var a11_4 = 0.0; var a11_5 = 0.0; var a11_6 = 0.0; var a11_7 = 0.0;
+  var q12_0 = 0.0; var q12_1 = 0.0; var q12_2 = 0.0; var q12_3 = 0.0; var q12_4 = 0.0; var q12_5 = 0.0; var q12_6 = 0.0; var q12_7 = 0.0; var g12_0 = 0.0; var g12_1 = 0.0; var g12_2 = 0.0; var g12_3 = 0.0; var g12_4 = 0.0; var g12_5 = 0.0; var g12_6 = 0.0; var g12_7 = 0.0; var a12_0 = 0.0; var a12_1 = 0.0; var a12_2 = 0.0; var a12_3 = 0.0; var a12_4 = 0.0; var a12_5 = 0.0; var a12_6 = 0.0; var a12_7 = 0.0;
+  var q13_0 = 0.0; var q13_1 = 0.0; var q13_2 = 0.0; var q13_3 = 0.0; var q13_4 = 0.0; var q13_5 = 0.0; var q13_6 = 0.0; var q13_7 = 0.0; var g13_0 = 0.0; var g13_1 = 0.0; var g13_2 = 0.0; var g13_3 = 0.0; var g13_4 = 0.0; var g13_5 = 0.0; var g13_6 = 0.0; var g13_7 = 0.0; var a13_0 = 0.0; var a13_1 = 0.0; var a13_2 = 0.0; var a13_3 = 0.0; var a13_4 = 0.0; var a13_5 = 0.0; var a13_6 = 0.0; var a13_7 = 0.0;
+  var q14_0 = 0.0; var q14_1 = 0.0; var q14_2 = 0.0; var q14_3 = 0.0; var q14_4 = 0.0; var q14_5 = 0.0; var q14_6 = 0.0; var q14_7 = 0.0; var g14_0 = 0.0; var g14_1 = 0.0; var g14_2 = 0.0; var g14_3 = 0.0; var g14_4 = 0.0; var g14_5 = 0.0; var g14_6 = 0.0; var g14_7 = 0.0; var a14_0 = 0.0; var a14_1 = 0.0; var a14_2 = 0.0; var a14_3 = 0.0; var a14_4 = 0.0; var a14_5 = 0.0; var a14_6 = 0.0; var a14_7 = 0.0;
+  var q15_0 = 0.0; var q15_1 = 0.0; var q15_2 = 0.0; var q15_3 = 0.0; var q15_4 = 0.0; var q15_5 = 0.0; var q15_6 = 0.0; var q15_7 = 0.0; var g15_0 = 0.0; var g15_1 = 0.0; var g15_2 = 0.0; var g15_3 = 0.0; var g15_4 = 0.0; var g15_5 = 0.0; var g15_6 = 0.0; var g15_7 = 0.0; var a15_0 = 0.0; var a15_1 = 0.0; var a15_2 = 0.0; var a15_3 = 0.0; var a15_4 = 0.0; var a15_5 = 0.0; var a15_6 = 0.0; var a15_7 = 0.0;
+  var row0 = vec4<u32>(); var row1 = vec4<u32>(); var row2 = vec4<u32>(); var row3 = vec4<u32>(); var st0 = vec4<u32>(); var st1 = vec4<u32>(); var st2 = vec4<u32>(); var st3 = vec4<u32>(); var lo0 = vec4<u32>(); var lo1 = vec4<u32>(); var lo2 = vec4<u32>(); var lo3 = vec4<u32>();
+  var lse0 = vec4<f32>(); var lse1 = vec4<f32>(); var lse2 = vec4<f32>(); var lse3 = vec4<f32>(); var dl0 = vec4<f32>(); var dl1 = vec4<f32>(); var dl2 = vec4<f32>(); var dl3 = vec4<f32>();
   {
     let i = min(q0 + 0u * WG + lid.x, TE - 1u);
-    row.x = i;
-    st.x = in_start[i];
-    lse.x = in_lse[h * T + i];
-    dl.x = in_delta[h * T + i];
+    row0.x = i;
+    st0.x = in_start[i];
+    lo0.x = in_start[min(q0 + 0u * WG, TE - 1u)]; // the row group's first start
+    lse0.x = in_lse[h * T + i];
+    dl0.x = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q0_0 = t.x * p.scale; q0_1 = t.y * p.scale; q0_2 = t.z * p.scale; q0_3 = t.w * p.scale; }
@@ -1756,10 +3917,11 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 1u) {
     let i = min(q0 + 1u * WG + lid.x, TE - 1u);
-    row.y = i;
-    st.y = in_start[i];
-    lse.y = in_lse[h * T + i];
-    dl.y = in_delta[h * T + i];
+    row0.y = i;
+    st0.y = in_start[i];
+    lo0.y = in_start[min(q0 + 1u * WG, TE - 1u)]; // the row group's first start
+    lse0.y = in_lse[h * T + i];
+    dl0.y = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q1_0 = t.x * p.scale; q1_1 = t.y * p.scale; q1_2 = t.z * p.scale; q1_3 = t.w * p.scale; }
@@ -1769,10 +3931,11 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 2u) {
     let i = min(q0 + 2u * WG + lid.x, TE - 1u);
-    row.z = i;
-    st.z = in_start[i];
-    lse.z = in_lse[h * T + i];
-    dl.z = in_delta[h * T + i];
+    row0.z = i;
+    st0.z = in_start[i];
+    lo0.z = in_start[min(q0 + 2u * WG, TE - 1u)]; // the row group's first start
+    lse0.z = in_lse[h * T + i];
+    dl0.z = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q2_0 = t.x * p.scale; q2_1 = t.y * p.scale; q2_2 = t.z * p.scale; q2_3 = t.w * p.scale; }
@@ -1782,10 +3945,11 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 3u) {
     let i = min(q0 + 3u * WG + lid.x, TE - 1u);
-    row.w = i;
-    st.w = in_start[i];
-    lse.w = in_lse[h * T + i];
-    dl.w = in_delta[h * T + i];
+    row0.w = i;
+    st0.w = in_start[i];
+    lo0.w = in_start[min(q0 + 3u * WG, TE - 1u)]; // the row group's first start
+    lse0.w = in_lse[h * T + i];
+    dl0.w = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q3_0 = t.x * p.scale; q3_1 = t.y * p.scale; q3_2 = t.z * p.scale; q3_3 = t.w * p.scale; }
@@ -1795,10 +3959,11 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 4u) {
     let i = min(q0 + 4u * WG + lid.x, TE - 1u);
-    row2.x = i;
-    st2.x = in_start[i];
-    lse2.x = in_lse[h * T + i];
-    dl2.x = in_delta[h * T + i];
+    row1.x = i;
+    st1.x = in_start[i];
+    lo1.x = in_start[min(q0 + 4u * WG, TE - 1u)]; // the row group's first start
+    lse1.x = in_lse[h * T + i];
+    dl1.x = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q4_0 = t.x * p.scale; q4_1 = t.y * p.scale; q4_2 = t.z * p.scale; q4_3 = t.w * p.scale; }
@@ -1808,10 +3973,11 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 5u) {
     let i = min(q0 + 5u * WG + lid.x, TE - 1u);
-    row2.y = i;
-    st2.y = in_start[i];
-    lse2.y = in_lse[h * T + i];
-    dl2.y = in_delta[h * T + i];
+    row1.y = i;
+    st1.y = in_start[i];
+    lo1.y = in_start[min(q0 + 5u * WG, TE - 1u)]; // the row group's first start
+    lse1.y = in_lse[h * T + i];
+    dl1.y = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q5_0 = t.x * p.scale; q5_1 = t.y * p.scale; q5_2 = t.z * p.scale; q5_3 = t.w * p.scale; }
@@ -1821,10 +3987,11 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 6u) {
     let i = min(q0 + 6u * WG + lid.x, TE - 1u);
-    row2.z = i;
-    st2.z = in_start[i];
-    lse2.z = in_lse[h * T + i];
-    dl2.z = in_delta[h * T + i];
+    row1.z = i;
+    st1.z = in_start[i];
+    lo1.z = in_start[min(q0 + 6u * WG, TE - 1u)]; // the row group's first start
+    lse1.z = in_lse[h * T + i];
+    dl1.z = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q6_0 = t.x * p.scale; q6_1 = t.y * p.scale; q6_2 = t.z * p.scale; q6_3 = t.w * p.scale; }
@@ -1834,16 +4001,129 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 7u) {
     let i = min(q0 + 7u * WG + lid.x, TE - 1u);
-    row2.w = i;
-    st2.w = in_start[i];
-    lse2.w = in_lse[h * T + i];
-    dl2.w = in_delta[h * T + i];
+    row1.w = i;
+    st1.w = in_start[i];
+    lo1.w = in_start[min(q0 + 7u * WG, TE - 1u)]; // the row group's first start
+    lse1.w = in_lse[h * T + i];
+    dl1.w = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q7_0 = t.x * p.scale; q7_1 = t.y * p.scale; q7_2 = t.z * p.scale; q7_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
     { let t = in_dout4[(go) / 4u + 0u]; g7_0 = t.x; g7_1 = t.y; g7_2 = t.z; g7_3 = t.w; }
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g7_4 = t.x; g7_5 = t.y; g7_6 = t.z; g7_7 = t.w; }
+  }
+  if (RR > 8u) {
+    let i = min(q0 + 8u * WG + lid.x, TE - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    lo2.x = in_start[min(q0 + 8u * WG, TE - 1u)]; // the row group's first start
+    lse2.x = in_lse[h * T + i];
+    dl2.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q8_0 = t.x * p.scale; q8_1 = t.y * p.scale; q8_2 = t.z * p.scale; q8_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q8_4 = t.x * p.scale; q8_5 = t.y * p.scale; q8_6 = t.z * p.scale; q8_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g8_0 = t.x; g8_1 = t.y; g8_2 = t.z; g8_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g8_4 = t.x; g8_5 = t.y; g8_6 = t.z; g8_7 = t.w; }
+  }
+  if (RR > 9u) {
+    let i = min(q0 + 9u * WG + lid.x, TE - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    lo2.y = in_start[min(q0 + 9u * WG, TE - 1u)]; // the row group's first start
+    lse2.y = in_lse[h * T + i];
+    dl2.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q9_0 = t.x * p.scale; q9_1 = t.y * p.scale; q9_2 = t.z * p.scale; q9_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q9_4 = t.x * p.scale; q9_5 = t.y * p.scale; q9_6 = t.z * p.scale; q9_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g9_0 = t.x; g9_1 = t.y; g9_2 = t.z; g9_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g9_4 = t.x; g9_5 = t.y; g9_6 = t.z; g9_7 = t.w; }
+  }
+  if (RR > 10u) {
+    let i = min(q0 + 10u * WG + lid.x, TE - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    lo2.z = in_start[min(q0 + 10u * WG, TE - 1u)]; // the row group's first start
+    lse2.z = in_lse[h * T + i];
+    dl2.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q10_0 = t.x * p.scale; q10_1 = t.y * p.scale; q10_2 = t.z * p.scale; q10_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q10_4 = t.x * p.scale; q10_5 = t.y * p.scale; q10_6 = t.z * p.scale; q10_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g10_0 = t.x; g10_1 = t.y; g10_2 = t.z; g10_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g10_4 = t.x; g10_5 = t.y; g10_6 = t.z; g10_7 = t.w; }
+  }
+  if (RR > 11u) {
+    let i = min(q0 + 11u * WG + lid.x, TE - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    lo2.w = in_start[min(q0 + 11u * WG, TE - 1u)]; // the row group's first start
+    lse2.w = in_lse[h * T + i];
+    dl2.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q11_0 = t.x * p.scale; q11_1 = t.y * p.scale; q11_2 = t.z * p.scale; q11_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q11_4 = t.x * p.scale; q11_5 = t.y * p.scale; q11_6 = t.z * p.scale; q11_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g11_0 = t.x; g11_1 = t.y; g11_2 = t.z; g11_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g11_4 = t.x; g11_5 = t.y; g11_6 = t.z; g11_7 = t.w; }
+  }
+  if (RR > 12u) {
+    let i = min(q0 + 12u * WG + lid.x, TE - 1u);
+    row3.x = i;
+    st3.x = in_start[i];
+    lo3.x = in_start[min(q0 + 12u * WG, TE - 1u)]; // the row group's first start
+    lse3.x = in_lse[h * T + i];
+    dl3.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q12_0 = t.x * p.scale; q12_1 = t.y * p.scale; q12_2 = t.z * p.scale; q12_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q12_4 = t.x * p.scale; q12_5 = t.y * p.scale; q12_6 = t.z * p.scale; q12_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g12_0 = t.x; g12_1 = t.y; g12_2 = t.z; g12_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g12_4 = t.x; g12_5 = t.y; g12_6 = t.z; g12_7 = t.w; }
+  }
+  if (RR > 13u) {
+    let i = min(q0 + 13u * WG + lid.x, TE - 1u);
+    row3.y = i;
+    st3.y = in_start[i];
+    lo3.y = in_start[min(q0 + 13u * WG, TE - 1u)]; // the row group's first start
+    lse3.y = in_lse[h * T + i];
+    dl3.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q13_0 = t.x * p.scale; q13_1 = t.y * p.scale; q13_2 = t.z * p.scale; q13_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q13_4 = t.x * p.scale; q13_5 = t.y * p.scale; q13_6 = t.z * p.scale; q13_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g13_0 = t.x; g13_1 = t.y; g13_2 = t.z; g13_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g13_4 = t.x; g13_5 = t.y; g13_6 = t.z; g13_7 = t.w; }
+  }
+  if (RR > 14u) {
+    let i = min(q0 + 14u * WG + lid.x, TE - 1u);
+    row3.z = i;
+    st3.z = in_start[i];
+    lo3.z = in_start[min(q0 + 14u * WG, TE - 1u)]; // the row group's first start
+    lse3.z = in_lse[h * T + i];
+    dl3.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q14_0 = t.x * p.scale; q14_1 = t.y * p.scale; q14_2 = t.z * p.scale; q14_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q14_4 = t.x * p.scale; q14_5 = t.y * p.scale; q14_6 = t.z * p.scale; q14_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g14_0 = t.x; g14_1 = t.y; g14_2 = t.z; g14_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g14_4 = t.x; g14_5 = t.y; g14_6 = t.z; g14_7 = t.w; }
+  }
+  if (RR > 15u) {
+    let i = min(q0 + 15u * WG + lid.x, TE - 1u);
+    row3.w = i;
+    st3.w = in_start[i];
+    lo3.w = in_start[min(q0 + 15u * WG, TE - 1u)]; // the row group's first start
+    lse3.w = in_lse[h * T + i];
+    dl3.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q15_0 = t.x * p.scale; q15_1 = t.y * p.scale; q15_2 = t.z * p.scale; q15_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q15_4 = t.x * p.scale; q15_5 = t.y * p.scale; q15_6 = t.z * p.scale; q15_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g15_0 = t.x; g15_1 = t.y; g15_2 = t.z; g15_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g15_4 = t.x; g15_5 = t.y; g15_6 = t.z; g15_7 = t.w; }
   }
   let jLo = in_start[q0];
   let jHi = min(q0 + WG * RR, TE);
@@ -1855,7 +4135,7 @@ fn attention_row_backward_dq_v4(
     if (HD > 4u) { let t = in_k4[(ko) / 4u + 1u]; k4 = t.x; k5 = t.y; k6 = t.z; k7 = t.w; }
     { let t = in_v4[(vo) / 4u + 0u]; v0 = t.x; v1 = t.y; v2 = t.z; v3 = t.w; }
     if (HD > 4u) { let t = in_v4[(vo) / 4u + 1u]; v4 = t.x; v5 = t.y; v6 = t.z; v7 = t.w; }
-    {
+    if (j <= q0 + 0u * WG + WG - 1u && j >= lo0.x) {
       var s = 0.0;
       var dp = 0.0;
       { s += q0_0 * k0; dp += g0_0 * v0; }
@@ -1866,8 +4146,8 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { s += q0_5 * k5; dp += g0_5 * v5; }
       if (HD > 6u) { s += q0_6 * k6; dp += g0_6 * v6; }
       if (HD > 7u) { s += q0_7 * k7; dp += g0_7 * v7; }
-      let pr = select(0.0, exp(s - lse.x), j >= st.x && j <= row.x);
-      let ds = pr * (dp - dl.x);
+      let pr = select(0.0, exp(s - lse0.x), j >= st0.x && j <= row0.x);
+      let ds = pr * (dp - dl0.x);
       { a0_0 += ds * k0; }
       if (HD > 1u) { a0_1 += ds * k1; }
       if (HD > 2u) { a0_2 += ds * k2; }
@@ -1877,7 +4157,7 @@ fn attention_row_backward_dq_v4(
       if (HD > 6u) { a0_6 += ds * k6; }
       if (HD > 7u) { a0_7 += ds * k7; }
     }
-    if (RR > 1u) {
+    if (RR > 1u && j <= q0 + 1u * WG + WG - 1u && j >= lo0.y) {
       var s = 0.0;
       var dp = 0.0;
       { s += q1_0 * k0; dp += g1_0 * v0; }
@@ -1888,8 +4168,8 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { s += q1_5 * k5; dp += g1_5 * v5; }
       if (HD > 6u) { s += q1_6 * k6; dp += g1_6 * v6; }
       if (HD > 7u) { s += q1_7 * k7; dp += g1_7 * v7; }
-      let pr = select(0.0, exp(s - lse.y), j >= st.y && j <= row.y);
-      let ds = pr * (dp - dl.y);
+      let pr = select(0.0, exp(s - lse0.y), j >= st0.y && j <= row0.y);
+      let ds = pr * (dp - dl0.y);
       { a1_0 += ds * k0; }
       if (HD > 1u) { a1_1 += ds * k1; }
       if (HD > 2u) { a1_2 += ds * k2; }
@@ -1899,7 +4179,7 @@ fn attention_row_backward_dq_v4(
       if (HD > 6u) { a1_6 += ds * k6; }
       if (HD > 7u) { a1_7 += ds * k7; }
     }
-    if (RR > 2u) {
+    if (RR > 2u && j <= q0 + 2u * WG + WG - 1u && j >= lo0.z) {
       var s = 0.0;
       var dp = 0.0;
       { s += q2_0 * k0; dp += g2_0 * v0; }
@@ -1910,8 +4190,8 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { s += q2_5 * k5; dp += g2_5 * v5; }
       if (HD > 6u) { s += q2_6 * k6; dp += g2_6 * v6; }
       if (HD > 7u) { s += q2_7 * k7; dp += g2_7 * v7; }
-      let pr = select(0.0, exp(s - lse.z), j >= st.z && j <= row.z);
-      let ds = pr * (dp - dl.z);
+      let pr = select(0.0, exp(s - lse0.z), j >= st0.z && j <= row0.z);
+      let ds = pr * (dp - dl0.z);
       { a2_0 += ds * k0; }
       if (HD > 1u) { a2_1 += ds * k1; }
       if (HD > 2u) { a2_2 += ds * k2; }
@@ -1921,7 +4201,7 @@ fn attention_row_backward_dq_v4(
       if (HD > 6u) { a2_6 += ds * k6; }
       if (HD > 7u) { a2_7 += ds * k7; }
     }
-    if (RR > 3u) {
+    if (RR > 3u && j <= q0 + 3u * WG + WG - 1u && j >= lo0.w) {
       var s = 0.0;
       var dp = 0.0;
       { s += q3_0 * k0; dp += g3_0 * v0; }
@@ -1932,8 +4212,8 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { s += q3_5 * k5; dp += g3_5 * v5; }
       if (HD > 6u) { s += q3_6 * k6; dp += g3_6 * v6; }
       if (HD > 7u) { s += q3_7 * k7; dp += g3_7 * v7; }
-      let pr = select(0.0, exp(s - lse.w), j >= st.w && j <= row.w);
-      let ds = pr * (dp - dl.w);
+      let pr = select(0.0, exp(s - lse0.w), j >= st0.w && j <= row0.w);
+      let ds = pr * (dp - dl0.w);
       { a3_0 += ds * k0; }
       if (HD > 1u) { a3_1 += ds * k1; }
       if (HD > 2u) { a3_2 += ds * k2; }
@@ -1943,7 +4223,7 @@ fn attention_row_backward_dq_v4(
       if (HD > 6u) { a3_6 += ds * k6; }
       if (HD > 7u) { a3_7 += ds * k7; }
     }
-    if (RR > 4u) {
+    if (RR > 4u && j <= q0 + 4u * WG + WG - 1u && j >= lo1.x) {
       var s = 0.0;
       var dp = 0.0;
       { s += q4_0 * k0; dp += g4_0 * v0; }
@@ -1954,8 +4234,8 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { s += q4_5 * k5; dp += g4_5 * v5; }
       if (HD > 6u) { s += q4_6 * k6; dp += g4_6 * v6; }
       if (HD > 7u) { s += q4_7 * k7; dp += g4_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.x), j >= st2.x && j <= row2.x);
-      let ds = pr * (dp - dl2.x);
+      let pr = select(0.0, exp(s - lse1.x), j >= st1.x && j <= row1.x);
+      let ds = pr * (dp - dl1.x);
       { a4_0 += ds * k0; }
       if (HD > 1u) { a4_1 += ds * k1; }
       if (HD > 2u) { a4_2 += ds * k2; }
@@ -1965,7 +4245,7 @@ fn attention_row_backward_dq_v4(
       if (HD > 6u) { a4_6 += ds * k6; }
       if (HD > 7u) { a4_7 += ds * k7; }
     }
-    if (RR > 5u) {
+    if (RR > 5u && j <= q0 + 5u * WG + WG - 1u && j >= lo1.y) {
       var s = 0.0;
       var dp = 0.0;
       { s += q5_0 * k0; dp += g5_0 * v0; }
@@ -1976,8 +4256,8 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { s += q5_5 * k5; dp += g5_5 * v5; }
       if (HD > 6u) { s += q5_6 * k6; dp += g5_6 * v6; }
       if (HD > 7u) { s += q5_7 * k7; dp += g5_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.y), j >= st2.y && j <= row2.y);
-      let ds = pr * (dp - dl2.y);
+      let pr = select(0.0, exp(s - lse1.y), j >= st1.y && j <= row1.y);
+      let ds = pr * (dp - dl1.y);
       { a5_0 += ds * k0; }
       if (HD > 1u) { a5_1 += ds * k1; }
       if (HD > 2u) { a5_2 += ds * k2; }
@@ -1987,7 +4267,7 @@ fn attention_row_backward_dq_v4(
       if (HD > 6u) { a5_6 += ds * k6; }
       if (HD > 7u) { a5_7 += ds * k7; }
     }
-    if (RR > 6u) {
+    if (RR > 6u && j <= q0 + 6u * WG + WG - 1u && j >= lo1.z) {
       var s = 0.0;
       var dp = 0.0;
       { s += q6_0 * k0; dp += g6_0 * v0; }
@@ -1998,8 +4278,8 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { s += q6_5 * k5; dp += g6_5 * v5; }
       if (HD > 6u) { s += q6_6 * k6; dp += g6_6 * v6; }
       if (HD > 7u) { s += q6_7 * k7; dp += g6_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.z), j >= st2.z && j <= row2.z);
-      let ds = pr * (dp - dl2.z);
+      let pr = select(0.0, exp(s - lse1.z), j >= st1.z && j <= row1.z);
+      let ds = pr * (dp - dl1.z);
       { a6_0 += ds * k0; }
       if (HD > 1u) { a6_1 += ds * k1; }
       if (HD > 2u) { a6_2 += ds * k2; }
@@ -2009,7 +4289,7 @@ fn attention_row_backward_dq_v4(
       if (HD > 6u) { a6_6 += ds * k6; }
       if (HD > 7u) { a6_7 += ds * k7; }
     }
-    if (RR > 7u) {
+    if (RR > 7u && j <= q0 + 7u * WG + WG - 1u && j >= lo1.w) {
       var s = 0.0;
       var dp = 0.0;
       { s += q7_0 * k0; dp += g7_0 * v0; }
@@ -2020,8 +4300,8 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { s += q7_5 * k5; dp += g7_5 * v5; }
       if (HD > 6u) { s += q7_6 * k6; dp += g7_6 * v6; }
       if (HD > 7u) { s += q7_7 * k7; dp += g7_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.w), j >= st2.w && j <= row2.w);
-      let ds = pr * (dp - dl2.w);
+      let pr = select(0.0, exp(s - lse1.w), j >= st1.w && j <= row1.w);
+      let ds = pr * (dp - dl1.w);
       { a7_0 += ds * k0; }
       if (HD > 1u) { a7_1 += ds * k1; }
       if (HD > 2u) { a7_2 += ds * k2; }
@@ -2031,10 +4311,186 @@ fn attention_row_backward_dq_v4(
       if (HD > 6u) { a7_6 += ds * k6; }
       if (HD > 7u) { a7_7 += ds * k7; }
     }
+    if (RR > 8u && j <= q0 + 8u * WG + WG - 1u && j >= lo2.x) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q8_0 * k0; dp += g8_0 * v0; }
+      if (HD > 1u) { s += q8_1 * k1; dp += g8_1 * v1; }
+      if (HD > 2u) { s += q8_2 * k2; dp += g8_2 * v2; }
+      if (HD > 3u) { s += q8_3 * k3; dp += g8_3 * v3; }
+      if (HD > 4u) { s += q8_4 * k4; dp += g8_4 * v4; }
+      if (HD > 5u) { s += q8_5 * k5; dp += g8_5 * v5; }
+      if (HD > 6u) { s += q8_6 * k6; dp += g8_6 * v6; }
+      if (HD > 7u) { s += q8_7 * k7; dp += g8_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.x), j >= st2.x && j <= row2.x);
+      let ds = pr * (dp - dl2.x);
+      { a8_0 += ds * k0; }
+      if (HD > 1u) { a8_1 += ds * k1; }
+      if (HD > 2u) { a8_2 += ds * k2; }
+      if (HD > 3u) { a8_3 += ds * k3; }
+      if (HD > 4u) { a8_4 += ds * k4; }
+      if (HD > 5u) { a8_5 += ds * k5; }
+      if (HD > 6u) { a8_6 += ds * k6; }
+      if (HD > 7u) { a8_7 += ds * k7; }
+    }
+    if (RR > 9u && j <= q0 + 9u * WG + WG - 1u && j >= lo2.y) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q9_0 * k0; dp += g9_0 * v0; }
+      if (HD > 1u) { s += q9_1 * k1; dp += g9_1 * v1; }
+      if (HD > 2u) { s += q9_2 * k2; dp += g9_2 * v2; }
+      if (HD > 3u) { s += q9_3 * k3; dp += g9_3 * v3; }
+      if (HD > 4u) { s += q9_4 * k4; dp += g9_4 * v4; }
+      if (HD > 5u) { s += q9_5 * k5; dp += g9_5 * v5; }
+      if (HD > 6u) { s += q9_6 * k6; dp += g9_6 * v6; }
+      if (HD > 7u) { s += q9_7 * k7; dp += g9_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.y), j >= st2.y && j <= row2.y);
+      let ds = pr * (dp - dl2.y);
+      { a9_0 += ds * k0; }
+      if (HD > 1u) { a9_1 += ds * k1; }
+      if (HD > 2u) { a9_2 += ds * k2; }
+      if (HD > 3u) { a9_3 += ds * k3; }
+      if (HD > 4u) { a9_4 += ds * k4; }
+      if (HD > 5u) { a9_5 += ds * k5; }
+      if (HD > 6u) { a9_6 += ds * k6; }
+      if (HD > 7u) { a9_7 += ds * k7; }
+    }
+    if (RR > 10u && j <= q0 + 10u * WG + WG - 1u && j >= lo2.z) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q10_0 * k0; dp += g10_0 * v0; }
+      if (HD > 1u) { s += q10_1 * k1; dp += g10_1 * v1; }
+      if (HD > 2u) { s += q10_2 * k2; dp += g10_2 * v2; }
+      if (HD > 3u) { s += q10_3 * k3; dp += g10_3 * v3; }
+      if (HD > 4u) { s += q10_4 * k4; dp += g10_4 * v4; }
+      if (HD > 5u) { s += q10_5 * k5; dp += g10_5 * v5; }
+      if (HD > 6u) { s += q10_6 * k6; dp += g10_6 * v6; }
+      if (HD > 7u) { s += q10_7 * k7; dp += g10_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.z), j >= st2.z && j <= row2.z);
+      let ds = pr * (dp - dl2.z);
+      { a10_0 += ds * k0; }
+      if (HD > 1u) { a10_1 += ds * k1; }
+      if (HD > 2u) { a10_2 += ds * k2; }
+      if (HD > 3u) { a10_3 += ds * k3; }
+      if (HD > 4u) { a10_4 += ds * k4; }
+      if (HD > 5u) { a10_5 += ds * k5; }
+      if (HD > 6u) { a10_6 += ds * k6; }
+      if (HD > 7u) { a10_7 += ds * k7; }
+    }
+    if (RR > 11u && j <= q0 + 11u * WG + WG - 1u && j >= lo2.w) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q11_0 * k0; dp += g11_0 * v0; }
+      if (HD > 1u) { s += q11_1 * k1; dp += g11_1 * v1; }
+      if (HD > 2u) { s += q11_2 * k2; dp += g11_2 * v2; }
+      if (HD > 3u) { s += q11_3 * k3; dp += g11_3 * v3; }
+      if (HD > 4u) { s += q11_4 * k4; dp += g11_4 * v4; }
+      if (HD > 5u) { s += q11_5 * k5; dp += g11_5 * v5; }
+      if (HD > 6u) { s += q11_6 * k6; dp += g11_6 * v6; }
+      if (HD > 7u) { s += q11_7 * k7; dp += g11_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.w), j >= st2.w && j <= row2.w);
+      let ds = pr * (dp - dl2.w);
+      { a11_0 += ds * k0; }
+      if (HD > 1u) { a11_1 += ds * k1; }
+      if (HD > 2u) { a11_2 += ds * k2; }
+      if (HD > 3u) { a11_3 += ds * k3; }
+      if (HD > 4u) { a11_4 += ds * k4; }
+      if (HD > 5u) { a11_5 += ds * k5; }
+      if (HD > 6u) { a11_6 += ds * k6; }
+      if (HD > 7u) { a11_7 += ds * k7; }
+    }
+    if (RR > 12u && j <= q0 + 12u * WG + WG - 1u && j >= lo3.x) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q12_0 * k0; dp += g12_0 * v0; }
+      if (HD > 1u) { s += q12_1 * k1; dp += g12_1 * v1; }
+      if (HD > 2u) { s += q12_2 * k2; dp += g12_2 * v2; }
+      if (HD > 3u) { s += q12_3 * k3; dp += g12_3 * v3; }
+      if (HD > 4u) { s += q12_4 * k4; dp += g12_4 * v4; }
+      if (HD > 5u) { s += q12_5 * k5; dp += g12_5 * v5; }
+      if (HD > 6u) { s += q12_6 * k6; dp += g12_6 * v6; }
+      if (HD > 7u) { s += q12_7 * k7; dp += g12_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.x), j >= st3.x && j <= row3.x);
+      let ds = pr * (dp - dl3.x);
+      { a12_0 += ds * k0; }
+      if (HD > 1u) { a12_1 += ds * k1; }
+      if (HD > 2u) { a12_2 += ds * k2; }
+      if (HD > 3u) { a12_3 += ds * k3; }
+      if (HD > 4u) { a12_4 += ds * k4; }
+      if (HD > 5u) { a12_5 += ds * k5; }
+      if (HD > 6u) { a12_6 += ds * k6; }
+      if (HD > 7u) { a12_7 += ds * k7; }
+    }
+    if (RR > 13u && j <= q0 + 13u * WG + WG - 1u && j >= lo3.y) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q13_0 * k0; dp += g13_0 * v0; }
+      if (HD > 1u) { s += q13_1 * k1; dp += g13_1 * v1; }
+      if (HD > 2u) { s += q13_2 * k2; dp += g13_2 * v2; }
+      if (HD > 3u) { s += q13_3 * k3; dp += g13_3 * v3; }
+      if (HD > 4u) { s += q13_4 * k4; dp += g13_4 * v4; }
+      if (HD > 5u) { s += q13_5 * k5; dp += g13_5 * v5; }
+      if (HD > 6u) { s += q13_6 * k6; dp += g13_6 * v6; }
+      if (HD > 7u) { s += q13_7 * k7; dp += g13_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.y), j >= st3.y && j <= row3.y);
+      let ds = pr * (dp - dl3.y);
+      { a13_0 += ds * k0; }
+      if (HD > 1u) { a13_1 += ds * k1; }
+      if (HD > 2u) { a13_2 += ds * k2; }
+      if (HD > 3u) { a13_3 += ds * k3; }
+      if (HD > 4u) { a13_4 += ds * k4; }
+      if (HD > 5u) { a13_5 += ds * k5; }
+      if (HD > 6u) { a13_6 += ds * k6; }
+      if (HD > 7u) { a13_7 += ds * k7; }
+    }
+    if (RR > 14u && j <= q0 + 14u * WG + WG - 1u && j >= lo3.z) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q14_0 * k0; dp += g14_0 * v0; }
+      if (HD > 1u) { s += q14_1 * k1; dp += g14_1 * v1; }
+      if (HD > 2u) { s += q14_2 * k2; dp += g14_2 * v2; }
+      if (HD > 3u) { s += q14_3 * k3; dp += g14_3 * v3; }
+      if (HD > 4u) { s += q14_4 * k4; dp += g14_4 * v4; }
+      if (HD > 5u) { s += q14_5 * k5; dp += g14_5 * v5; }
+      if (HD > 6u) { s += q14_6 * k6; dp += g14_6 * v6; }
+      if (HD > 7u) { s += q14_7 * k7; dp += g14_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.z), j >= st3.z && j <= row3.z);
+      let ds = pr * (dp - dl3.z);
+      { a14_0 += ds * k0; }
+      if (HD > 1u) { a14_1 += ds * k1; }
+      if (HD > 2u) { a14_2 += ds * k2; }
+      if (HD > 3u) { a14_3 += ds * k3; }
+      if (HD > 4u) { a14_4 += ds * k4; }
+      if (HD > 5u) { a14_5 += ds * k5; }
+      if (HD > 6u) { a14_6 += ds * k6; }
+      if (HD > 7u) { a14_7 += ds * k7; }
+    }
+    if (RR > 15u && j <= q0 + 15u * WG + WG - 1u && j >= lo3.w) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q15_0 * k0; dp += g15_0 * v0; }
+      if (HD > 1u) { s += q15_1 * k1; dp += g15_1 * v1; }
+      if (HD > 2u) { s += q15_2 * k2; dp += g15_2 * v2; }
+      if (HD > 3u) { s += q15_3 * k3; dp += g15_3 * v3; }
+      if (HD > 4u) { s += q15_4 * k4; dp += g15_4 * v4; }
+      if (HD > 5u) { s += q15_5 * k5; dp += g15_5 * v5; }
+      if (HD > 6u) { s += q15_6 * k6; dp += g15_6 * v6; }
+      if (HD > 7u) { s += q15_7 * k7; dp += g15_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.w), j >= st3.w && j <= row3.w);
+      let ds = pr * (dp - dl3.w);
+      { a15_0 += ds * k0; }
+      if (HD > 1u) { a15_1 += ds * k1; }
+      if (HD > 2u) { a15_2 += ds * k2; }
+      if (HD > 3u) { a15_3 += ds * k3; }
+      if (HD > 4u) { a15_4 += ds * k4; }
+      if (HD > 5u) { a15_5 += ds * k5; }
+      if (HD > 6u) { a15_6 += ds * k6; }
+      if (HD > 7u) { a15_7 += ds * k7; }
+    }
   }
   {
     if (q0 + 0u * WG + lid.x < TE) {
-      let qo = row.x * p.ld_q + p.q_off + h * HD;
+      let qo = row0.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a0_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a0_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a0_2 * p.scale; }
@@ -2047,7 +4503,7 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 1u) {
     if (q0 + 1u * WG + lid.x < TE) {
-      let qo = row.y * p.ld_q + p.q_off + h * HD;
+      let qo = row0.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a1_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a1_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a1_2 * p.scale; }
@@ -2060,7 +4516,7 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 2u) {
     if (q0 + 2u * WG + lid.x < TE) {
-      let qo = row.z * p.ld_q + p.q_off + h * HD;
+      let qo = row0.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a2_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a2_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a2_2 * p.scale; }
@@ -2073,7 +4529,7 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 3u) {
     if (q0 + 3u * WG + lid.x < TE) {
-      let qo = row.w * p.ld_q + p.q_off + h * HD;
+      let qo = row0.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a3_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a3_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a3_2 * p.scale; }
@@ -2086,7 +4542,7 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 4u) {
     if (q0 + 4u * WG + lid.x < TE) {
-      let qo = row2.x * p.ld_q + p.q_off + h * HD;
+      let qo = row1.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a4_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a4_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a4_2 * p.scale; }
@@ -2099,7 +4555,7 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 5u) {
     if (q0 + 5u * WG + lid.x < TE) {
-      let qo = row2.y * p.ld_q + p.q_off + h * HD;
+      let qo = row1.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a5_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a5_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a5_2 * p.scale; }
@@ -2112,7 +4568,7 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 6u) {
     if (q0 + 6u * WG + lid.x < TE) {
-      let qo = row2.z * p.ld_q + p.q_off + h * HD;
+      let qo = row1.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a6_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a6_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a6_2 * p.scale; }
@@ -2125,7 +4581,7 @@ fn attention_row_backward_dq_v4(
   }
   if (RR > 7u) {
     if (q0 + 7u * WG + lid.x < TE) {
-      let qo = row2.w * p.ld_q + p.q_off + h * HD;
+      let qo = row1.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a7_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a7_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a7_2 * p.scale; }
@@ -2134,6 +4590,110 @@ fn attention_row_backward_dq_v4(
       if (HD > 5u) { out_dq[qo + 5u] = a7_5 * p.scale; }
       if (HD > 6u) { out_dq[qo + 6u] = a7_6 * p.scale; }
       if (HD > 7u) { out_dq[qo + 7u] = a7_7 * p.scale; }
+    }
+  }
+  if (RR > 8u) {
+    if (q0 + 8u * WG + lid.x < TE) {
+      let qo = row2.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a8_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a8_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a8_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a8_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a8_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a8_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a8_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a8_7 * p.scale; }
+    }
+  }
+  if (RR > 9u) {
+    if (q0 + 9u * WG + lid.x < TE) {
+      let qo = row2.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a9_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a9_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a9_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a9_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a9_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a9_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a9_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a9_7 * p.scale; }
+    }
+  }
+  if (RR > 10u) {
+    if (q0 + 10u * WG + lid.x < TE) {
+      let qo = row2.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a10_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a10_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a10_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a10_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a10_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a10_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a10_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a10_7 * p.scale; }
+    }
+  }
+  if (RR > 11u) {
+    if (q0 + 11u * WG + lid.x < TE) {
+      let qo = row2.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a11_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a11_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a11_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a11_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a11_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a11_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a11_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a11_7 * p.scale; }
+    }
+  }
+  if (RR > 12u) {
+    if (q0 + 12u * WG + lid.x < TE) {
+      let qo = row3.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a12_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a12_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a12_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a12_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a12_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a12_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a12_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a12_7 * p.scale; }
+    }
+  }
+  if (RR > 13u) {
+    if (q0 + 13u * WG + lid.x < TE) {
+      let qo = row3.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a13_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a13_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a13_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a13_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a13_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a13_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a13_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a13_7 * p.scale; }
+    }
+  }
+  if (RR > 14u) {
+    if (q0 + 14u * WG + lid.x < TE) {
+      let qo = row3.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a14_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a14_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a14_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a14_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a14_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a14_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a14_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a14_7 * p.scale; }
+    }
+  }
+  if (RR > 15u) {
+    if (q0 + 15u * WG + lid.x < TE) {
+      let qo = row3.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a15_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a15_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a15_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a15_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a15_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a15_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a15_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a15_7 * p.scale; }
     }
   }
 }
@@ -2157,11 +4717,20 @@ fn attention_row_backward_dkv_v4(
   var k5_0 = 0.0; var k5_1 = 0.0; var k5_2 = 0.0; var k5_3 = 0.0; var k5_4 = 0.0; var k5_5 = 0.0; var k5_6 = 0.0; var k5_7 = 0.0; var v5_0 = 0.0; var v5_1 = 0.0; var v5_2 = 0.0; var v5_3 = 0.0; var v5_4 = 0.0; var v5_5 = 0.0; var v5_6 = 0.0; var v5_7 = 0.0; var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0; var a5_4 = 0.0; var a5_5 = 0.0; var a5_6 = 0.0; var a5_7 = 0.0; var b5_0 = 0.0; var b5_1 = 0.0; var b5_2 = 0.0; var b5_3 = 0.0; var b5_4 = 0.0; var b5_5 = 0.0; var b5_6 = 0.0; var b5_7 = 0.0;
   var k6_0 = 0.0; var k6_1 = 0.0; var k6_2 = 0.0; var k6_3 = 0.0; var k6_4 = 0.0; var k6_5 = 0.0; var k6_6 = 0.0; var k6_7 = 0.0; var v6_0 = 0.0; var v6_1 = 0.0; var v6_2 = 0.0; var v6_3 = 0.0; var v6_4 = 0.0; var v6_5 = 0.0; var v6_6 = 0.0; var v6_7 = 0.0; var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0; var a6_4 = 0.0; var a6_5 = 0.0; var a6_6 = 0.0; var a6_7 = 0.0; var b6_0 = 0.0; var b6_1 = 0.0; var b6_2 = 0.0; var b6_3 = 0.0; var b6_4 = 0.0; var b6_5 = 0.0; var b6_6 = 0.0; var b6_7 = 0.0;
   var k7_0 = 0.0; var k7_1 = 0.0; var k7_2 = 0.0; var k7_3 = 0.0; var k7_4 = 0.0; var k7_5 = 0.0; var k7_6 = 0.0; var k7_7 = 0.0; var v7_0 = 0.0; var v7_1 = 0.0; var v7_2 = 0.0; var v7_3 = 0.0; var v7_4 = 0.0; var v7_5 = 0.0; var v7_6 = 0.0; var v7_7 = 0.0; var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0; var a7_4 = 0.0; var a7_5 = 0.0; var a7_6 = 0.0; var a7_7 = 0.0; var b7_0 = 0.0; var b7_1 = 0.0; var b7_2 = 0.0; var b7_3 = 0.0; var b7_4 = 0.0; var b7_5 = 0.0; var b7_6 = 0.0; var b7_7 = 0.0;
-  var key = vec4<u32>(); var key2 = vec4<u32>(); var ke = vec4<u32>(); var ke2 = vec4<u32>();
+  var k8_0 = 0.0; var k8_1 = 0.0; var k8_2 = 0.0; var k8_3 = 0.0; var k8_4 = 0.0; var k8_5 = 0.0; var k8_6 = 0.0; var k8_7 = 0.0; var v8_0 = 0.0; var v8_1 = 0.0; var v8_2 = 0.0; var v8_3 = 0.0; var v8_4 = 0.0; var v8_5 = 0.0; var v8_6 = 0.0; var v8_7 = 0.0; var a8_0 = 0.0; var a8_1 = 0.0; var a8_2 = 0.0; var a8_3 = 0.0; var a8_4 = 0.0; var a8_5 = 0.0; var a8_6 = 0.0; var a8_7 = 0.0; var b8_0 = 0.0; var b8_1 = 0.0; var b8_2 = 0.0; var b8_3 = 0.0; var b8_4 = 0.0; var b8_5 = 0.0; var b8_6 = 0.0; var b8_7 = 0.0;
+  var k9_0 = 0.0; var k9_1 = 0.0; var k9_2 = 0.0; var k9_3 = 0.0; var k9_4 = 0.0; var k9_5 = 0.0; var k9_6 = 0.0; var k9_7 = 0.0; var v9_0 = 0.0; var v9_1 = 0.0; var v9_2 = 0.0; var v9_3 = 0.0; var v9_4 = 0.0; var v9_5 = 0.0; var v9_6 = 0.0; var v9_7 = 0.0; var a9_0 = 0.0; var a9_1 = 0.0; var a9_2 = 0.0; var a9_3 = 0.0; var a9_4 = 0.0; var a9_5 = 0.0; var a9_6 = 0.0; var a9_7 = 0.0; var b9_0 = 0.0; var b9_1 = 0.0; var b9_2 = 0.0; var b9_3 = 0.0; var b9_4 = 0.0; var b9_5 = 0.0; var b9_6 = 0.0; var b9_7 = 0.0;
+  var k10_0 = 0.0; var k10_1 = 0.0; var k10_2 = 0.0; var k10_3 = 0.0; var k10_4 = 0.0; var k10_5 = 0.0; var k10_6 = 0.0; var k10_7 = 0.0; var v10_0 = 0.0; var v10_1 = 0.0; var v10_2 = 0.0; var v10_3 = 0.0; var v10_4 = 0.0; var v10_5 = 0.0; var v10_6 = 0.0; var v10_7 = 0.0; var a10_0 = 0.0; var a10_1 = 0.0; var a10_2 = 0.0; var a10_3 = 0.0; var a10_4 = 0.0; var a10_5 = 0.0; var a10_6 = 0.0; var a10_7 = 0.0; var b10_0 = 0.0; var b10_1 = 0.0; var b10_2 = 0.0; var b10_3 = 0.0; var b10_4 = 0.0; var b10_5 = 0.0; var b10_6 = 0.0; var b10_7 = 0.0;
+  var k11_0 = 0.0; var k11_1 = 0.0; var k11_2 = 0.0; var k11_3 = 0.0; var k11_4 = 0.0; var k11_5 = 0.0; var k11_6 = 0.0; var k11_7 = 0.0; var v11_0 = 0.0; var v11_1 = 0.0; var v11_2 = 0.0; var v11_3 = 0.0; var v11_4 = 0.0; var v11_5 = 0.0; var v11_6 = 0.0; var v11_7 = 0.0; var a11_0 = 0.0; var a11_1 = 0.0; var a11_2 = 0.0; var a11_3 = 0.0; var a11_4 = 0.0; var a11_5 = 0.0; var a11_6 = 0.0; var a11_7 = 0.0; var b11_0 = 0.0; var b11_1 = 0.0; var b11_2 = 0.0; var b11_3 = 0.0; var b11_4 = 0.0; var b11_5 = 0.0; var b11_6 = 0.0; var b11_7 = 0.0;
+  var k12_0 = 0.0; var k12_1 = 0.0; var k12_2 = 0.0; var k12_3 = 0.0; var k12_4 = 0.0; var k12_5 = 0.0; var k12_6 = 0.0; var k12_7 = 0.0; var v12_0 = 0.0; var v12_1 = 0.0; var v12_2 = 0.0; var v12_3 = 0.0; var v12_4 = 0.0; var v12_5 = 0.0; var v12_6 = 0.0; var v12_7 = 0.0; var a12_0 = 0.0; var a12_1 = 0.0; var a12_2 = 0.0; var a12_3 = 0.0; var a12_4 = 0.0; var a12_5 = 0.0; var a12_6 = 0.0; var a12_7 = 0.0; var b12_0 = 0.0; var b12_1 = 0.0; var b12_2 = 0.0; var b12_3 = 0.0; var b12_4 = 0.0; var b12_5 = 0.0; var b12_6 = 0.0; var b12_7 = 0.0;
+  var k13_0 = 0.0; var k13_1 = 0.0; var k13_2 = 0.0; var k13_3 = 0.0; var k13_4 = 0.0; var k13_5 = 0.0; var k13_6 = 0.0; var k13_7 = 0.0; var v13_0 = 0.0; var v13_1 = 0.0; var v13_2 = 0.0; var v13_3 = 0.0; var v13_4 = 0.0; var v13_5 = 0.0; var v13_6 = 0.0; var v13_7 = 0.0; var a13_0 = 0.0; var a13_1 = 0.0; var a13_2 = 0.0; var a13_3 = 0.0; var a13_4 = 0.0; var a13_5 = 0.0; var a13_6 = 0.0; var a13_7 = 0.0; var b13_0 = 0.0; var b13_1 = 0.0; var b13_2 = 0.0; var b13_3 = 0.0; var b13_4 = 0.0; var b13_5 = 0.0; var b13_6 = 0.0; var b13_7 = 0.0;
+  var k14_0 = 0.0; var k14_1 = 0.0; var k14_2 = 0.0; var k14_3 = 0.0; var k14_4 = 0.0; var k14_5 = 0.0; var k14_6 = 0.0; var k14_7 = 0.0; var v14_0 = 0.0; var v14_1 = 0.0; var v14_2 = 0.0; var v14_3 = 0.0; var v14_4 = 0.0; var v14_5 = 0.0; var v14_6 = 0.0; var v14_7 = 0.0; var a14_0 = 0.0; var a14_1 = 0.0; var a14_2 = 0.0; var a14_3 = 0.0; var a14_4 = 0.0; var a14_5 = 0.0; var a14_6 = 0.0; var a14_7 = 0.0; var b14_0 = 0.0; var b14_1 = 0.0; var b14_2 = 0.0; var b14_3 = 0.0; var b14_4 = 0.0; var b14_5 = 0.0; var b14_6 = 0.0; var b14_7 = 0.0;
+  var k15_0 = 0.0; var k15_1 = 0.0; var k15_2 = 0.0; var k15_3 = 0.0; var k15_4 = 0.0; var k15_5 = 0.0; var k15_6 = 0.0; var k15_7 = 0.0; var v15_0 = 0.0; var v15_1 = 0.0; var v15_2 = 0.0; var v15_3 = 0.0; var v15_4 = 0.0; var v15_5 = 0.0; var v15_6 = 0.0; var v15_7 = 0.0; var a15_0 = 0.0; var a15_1 = 0.0; var a15_2 = 0.0; var a15_3 = 0.0; var a15_4 = 0.0; var a15_5 = 0.0; var a15_6 = 0.0; var a15_7 = 0.0; var b15_0 = 0.0; var b15_1 = 0.0; var b15_2 = 0.0; var b15_3 = 0.0; var b15_4 = 0.0; var b15_5 = 0.0; var b15_6 = 0.0; var b15_7 = 0.0;
+  var key0 = vec4<u32>(); var key1 = vec4<u32>(); var key2 = vec4<u32>(); var key3 = vec4<u32>(); var ke0 = vec4<u32>(); var ke1 = vec4<u32>(); var ke2 = vec4<u32>(); var ke3 = vec4<u32>(); var hi0 = vec4<u32>(); var hi1 = vec4<u32>(); var hi2 = vec4<u32>(); var hi3 = vec4<u32>();
   {
     let j = min(k0 + 0u * WG + lid.x, T - 1u);
-    key.x = j;
-    ke.x = in_end[j];
+    key0.x = j;
+    ke0.x = in_end[j];
+    hi0.x = in_end[min(k0 + 0u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { let t = in_k4[(p.k_off + o) / 4u + 0u]; k0_0 = t.x * p.scale; k0_1 = t.y * p.scale; k0_2 = t.z * p.scale; k0_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k0_4 = t.x * p.scale; k0_5 = t.y * p.scale; k0_6 = t.z * p.scale; k0_7 = t.w * p.scale; }
@@ -2170,8 +4739,9 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 1u) {
     let j = min(k0 + 1u * WG + lid.x, T - 1u);
-    key.y = j;
-    ke.y = in_end[j];
+    key0.y = j;
+    ke0.y = in_end[j];
+    hi0.y = in_end[min(k0 + 1u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { let t = in_k4[(p.k_off + o) / 4u + 0u]; k1_0 = t.x * p.scale; k1_1 = t.y * p.scale; k1_2 = t.z * p.scale; k1_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k1_4 = t.x * p.scale; k1_5 = t.y * p.scale; k1_6 = t.z * p.scale; k1_7 = t.w * p.scale; }
@@ -2180,8 +4750,9 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 2u) {
     let j = min(k0 + 2u * WG + lid.x, T - 1u);
-    key.z = j;
-    ke.z = in_end[j];
+    key0.z = j;
+    ke0.z = in_end[j];
+    hi0.z = in_end[min(k0 + 2u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { let t = in_k4[(p.k_off + o) / 4u + 0u]; k2_0 = t.x * p.scale; k2_1 = t.y * p.scale; k2_2 = t.z * p.scale; k2_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k2_4 = t.x * p.scale; k2_5 = t.y * p.scale; k2_6 = t.z * p.scale; k2_7 = t.w * p.scale; }
@@ -2190,8 +4761,9 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 3u) {
     let j = min(k0 + 3u * WG + lid.x, T - 1u);
-    key.w = j;
-    ke.w = in_end[j];
+    key0.w = j;
+    ke0.w = in_end[j];
+    hi0.w = in_end[min(k0 + 3u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { let t = in_k4[(p.k_off + o) / 4u + 0u]; k3_0 = t.x * p.scale; k3_1 = t.y * p.scale; k3_2 = t.z * p.scale; k3_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k3_4 = t.x * p.scale; k3_5 = t.y * p.scale; k3_6 = t.z * p.scale; k3_7 = t.w * p.scale; }
@@ -2200,8 +4772,9 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 4u) {
     let j = min(k0 + 4u * WG + lid.x, T - 1u);
-    key2.x = j;
-    ke2.x = in_end[j];
+    key1.x = j;
+    ke1.x = in_end[j];
+    hi1.x = in_end[min(k0 + 4u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { let t = in_k4[(p.k_off + o) / 4u + 0u]; k4_0 = t.x * p.scale; k4_1 = t.y * p.scale; k4_2 = t.z * p.scale; k4_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k4_4 = t.x * p.scale; k4_5 = t.y * p.scale; k4_6 = t.z * p.scale; k4_7 = t.w * p.scale; }
@@ -2210,8 +4783,9 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 5u) {
     let j = min(k0 + 5u * WG + lid.x, T - 1u);
-    key2.y = j;
-    ke2.y = in_end[j];
+    key1.y = j;
+    ke1.y = in_end[j];
+    hi1.y = in_end[min(k0 + 5u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { let t = in_k4[(p.k_off + o) / 4u + 0u]; k5_0 = t.x * p.scale; k5_1 = t.y * p.scale; k5_2 = t.z * p.scale; k5_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k5_4 = t.x * p.scale; k5_5 = t.y * p.scale; k5_6 = t.z * p.scale; k5_7 = t.w * p.scale; }
@@ -2220,8 +4794,9 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 6u) {
     let j = min(k0 + 6u * WG + lid.x, T - 1u);
-    key2.z = j;
-    ke2.z = in_end[j];
+    key1.z = j;
+    ke1.z = in_end[j];
+    hi1.z = in_end[min(k0 + 6u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { let t = in_k4[(p.k_off + o) / 4u + 0u]; k6_0 = t.x * p.scale; k6_1 = t.y * p.scale; k6_2 = t.z * p.scale; k6_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k6_4 = t.x * p.scale; k6_5 = t.y * p.scale; k6_6 = t.z * p.scale; k6_7 = t.w * p.scale; }
@@ -2230,13 +4805,102 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 7u) {
     let j = min(k0 + 7u * WG + lid.x, T - 1u);
-    key2.w = j;
-    ke2.w = in_end[j];
+    key1.w = j;
+    ke1.w = in_end[j];
+    hi1.w = in_end[min(k0 + 7u * WG + WG - 1u, T - 1u)]; // the row group's last end
     let o = j * p.ld_kv + kvh * HD;
     { let t = in_k4[(p.k_off + o) / 4u + 0u]; k7_0 = t.x * p.scale; k7_1 = t.y * p.scale; k7_2 = t.z * p.scale; k7_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k7_4 = t.x * p.scale; k7_5 = t.y * p.scale; k7_6 = t.z * p.scale; k7_7 = t.w * p.scale; }
     { let t = in_v4[(p.v_off + o) / 4u + 0u]; v7_0 = t.x; v7_1 = t.y; v7_2 = t.z; v7_3 = t.w; }
     if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v7_4 = t.x; v7_5 = t.y; v7_6 = t.z; v7_7 = t.w; }
+  }
+  if (RR > 8u) {
+    let j = min(k0 + 8u * WG + lid.x, T - 1u);
+    key2.x = j;
+    ke2.x = in_end[j];
+    hi2.x = in_end[min(k0 + 8u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k8_0 = t.x * p.scale; k8_1 = t.y * p.scale; k8_2 = t.z * p.scale; k8_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k8_4 = t.x * p.scale; k8_5 = t.y * p.scale; k8_6 = t.z * p.scale; k8_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v8_0 = t.x; v8_1 = t.y; v8_2 = t.z; v8_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v8_4 = t.x; v8_5 = t.y; v8_6 = t.z; v8_7 = t.w; }
+  }
+  if (RR > 9u) {
+    let j = min(k0 + 9u * WG + lid.x, T - 1u);
+    key2.y = j;
+    ke2.y = in_end[j];
+    hi2.y = in_end[min(k0 + 9u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k9_0 = t.x * p.scale; k9_1 = t.y * p.scale; k9_2 = t.z * p.scale; k9_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k9_4 = t.x * p.scale; k9_5 = t.y * p.scale; k9_6 = t.z * p.scale; k9_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v9_0 = t.x; v9_1 = t.y; v9_2 = t.z; v9_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v9_4 = t.x; v9_5 = t.y; v9_6 = t.z; v9_7 = t.w; }
+  }
+  if (RR > 10u) {
+    let j = min(k0 + 10u * WG + lid.x, T - 1u);
+    key2.z = j;
+    ke2.z = in_end[j];
+    hi2.z = in_end[min(k0 + 10u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k10_0 = t.x * p.scale; k10_1 = t.y * p.scale; k10_2 = t.z * p.scale; k10_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k10_4 = t.x * p.scale; k10_5 = t.y * p.scale; k10_6 = t.z * p.scale; k10_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v10_0 = t.x; v10_1 = t.y; v10_2 = t.z; v10_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v10_4 = t.x; v10_5 = t.y; v10_6 = t.z; v10_7 = t.w; }
+  }
+  if (RR > 11u) {
+    let j = min(k0 + 11u * WG + lid.x, T - 1u);
+    key2.w = j;
+    ke2.w = in_end[j];
+    hi2.w = in_end[min(k0 + 11u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k11_0 = t.x * p.scale; k11_1 = t.y * p.scale; k11_2 = t.z * p.scale; k11_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k11_4 = t.x * p.scale; k11_5 = t.y * p.scale; k11_6 = t.z * p.scale; k11_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v11_0 = t.x; v11_1 = t.y; v11_2 = t.z; v11_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v11_4 = t.x; v11_5 = t.y; v11_6 = t.z; v11_7 = t.w; }
+  }
+  if (RR > 12u) {
+    let j = min(k0 + 12u * WG + lid.x, T - 1u);
+    key3.x = j;
+    ke3.x = in_end[j];
+    hi3.x = in_end[min(k0 + 12u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k12_0 = t.x * p.scale; k12_1 = t.y * p.scale; k12_2 = t.z * p.scale; k12_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k12_4 = t.x * p.scale; k12_5 = t.y * p.scale; k12_6 = t.z * p.scale; k12_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v12_0 = t.x; v12_1 = t.y; v12_2 = t.z; v12_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v12_4 = t.x; v12_5 = t.y; v12_6 = t.z; v12_7 = t.w; }
+  }
+  if (RR > 13u) {
+    let j = min(k0 + 13u * WG + lid.x, T - 1u);
+    key3.y = j;
+    ke3.y = in_end[j];
+    hi3.y = in_end[min(k0 + 13u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k13_0 = t.x * p.scale; k13_1 = t.y * p.scale; k13_2 = t.z * p.scale; k13_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k13_4 = t.x * p.scale; k13_5 = t.y * p.scale; k13_6 = t.z * p.scale; k13_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v13_0 = t.x; v13_1 = t.y; v13_2 = t.z; v13_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v13_4 = t.x; v13_5 = t.y; v13_6 = t.z; v13_7 = t.w; }
+  }
+  if (RR > 14u) {
+    let j = min(k0 + 14u * WG + lid.x, T - 1u);
+    key3.z = j;
+    ke3.z = in_end[j];
+    hi3.z = in_end[min(k0 + 14u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k14_0 = t.x * p.scale; k14_1 = t.y * p.scale; k14_2 = t.z * p.scale; k14_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k14_4 = t.x * p.scale; k14_5 = t.y * p.scale; k14_6 = t.z * p.scale; k14_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v14_0 = t.x; v14_1 = t.y; v14_2 = t.z; v14_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v14_4 = t.x; v14_5 = t.y; v14_6 = t.z; v14_7 = t.w; }
+  }
+  if (RR > 15u) {
+    let j = min(k0 + 15u * WG + lid.x, T - 1u);
+    key3.w = j;
+    ke3.w = in_end[j];
+    hi3.w = in_end[min(k0 + 15u * WG + WG - 1u, T - 1u)]; // the row group's last end
+    let o = j * p.ld_kv + kvh * HD;
+    { let t = in_k4[(p.k_off + o) / 4u + 0u]; k15_0 = t.x * p.scale; k15_1 = t.y * p.scale; k15_2 = t.z * p.scale; k15_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_k4[(p.k_off + o) / 4u + 1u]; k15_4 = t.x * p.scale; k15_5 = t.y * p.scale; k15_6 = t.z * p.scale; k15_7 = t.w * p.scale; }
+    { let t = in_v4[(p.v_off + o) / 4u + 0u]; v15_0 = t.x; v15_1 = t.y; v15_2 = t.z; v15_3 = t.w; }
+    if (HD > 4u) { let t = in_v4[(p.v_off + o) / 4u + 1u]; v15_4 = t.x; v15_5 = t.y; v15_6 = t.z; v15_7 = t.w; }
   }
   let qEnd = in_end[min(k0 + WG * RR, T) - 1u];
   for (var gh = 0u; gh < p.group; gh++) {
@@ -2251,7 +4915,7 @@ fn attention_row_backward_dkv_v4(
       if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4 = t.x; q5 = t.y; q6 = t.z; q7 = t.w; }
       { let t = in_dout4[(go) / 4u + 0u]; g0 = t.x; g1 = t.y; g2 = t.z; g3 = t.w; }
       if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g4 = t.x; g5 = t.y; g6 = t.z; g7 = t.w; }
-      {
+      if (i >= k0 + 0u * WG && i < hi0.x) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k0_0; dp += g0 * v0_0; }
@@ -2262,7 +4926,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 5u) { s += q5 * k0_5; dp += g5 * v0_5; }
         if (HD > 6u) { s += q6 * k0_6; dp += g6 * v0_6; }
         if (HD > 7u) { s += q7 * k0_7; dp += g7 * v0_7; }
-        let pr = select(0.0, exp(s - lse), i >= key.x && i < ke.x);
+        let pr = select(0.0, exp(s - lse), i >= key0.x && i < ke0.x);
         let ds = pr * (dp - delta);
         { b0_0 += pr * g0; a0_0 += ds * q0; }
         if (HD > 1u) { b0_1 += pr * g1; a0_1 += ds * q1; }
@@ -2273,7 +4937,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 6u) { b0_6 += pr * g6; a0_6 += ds * q6; }
         if (HD > 7u) { b0_7 += pr * g7; a0_7 += ds * q7; }
       }
-      if (RR > 1u) {
+      if (RR > 1u && i >= k0 + 1u * WG && i < hi0.y) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k1_0; dp += g0 * v1_0; }
@@ -2284,7 +4948,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 5u) { s += q5 * k1_5; dp += g5 * v1_5; }
         if (HD > 6u) { s += q6 * k1_6; dp += g6 * v1_6; }
         if (HD > 7u) { s += q7 * k1_7; dp += g7 * v1_7; }
-        let pr = select(0.0, exp(s - lse), i >= key.y && i < ke.y);
+        let pr = select(0.0, exp(s - lse), i >= key0.y && i < ke0.y);
         let ds = pr * (dp - delta);
         { b1_0 += pr * g0; a1_0 += ds * q0; }
         if (HD > 1u) { b1_1 += pr * g1; a1_1 += ds * q1; }
@@ -2295,7 +4959,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 6u) { b1_6 += pr * g6; a1_6 += ds * q6; }
         if (HD > 7u) { b1_7 += pr * g7; a1_7 += ds * q7; }
       }
-      if (RR > 2u) {
+      if (RR > 2u && i >= k0 + 2u * WG && i < hi0.z) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k2_0; dp += g0 * v2_0; }
@@ -2306,7 +4970,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 5u) { s += q5 * k2_5; dp += g5 * v2_5; }
         if (HD > 6u) { s += q6 * k2_6; dp += g6 * v2_6; }
         if (HD > 7u) { s += q7 * k2_7; dp += g7 * v2_7; }
-        let pr = select(0.0, exp(s - lse), i >= key.z && i < ke.z);
+        let pr = select(0.0, exp(s - lse), i >= key0.z && i < ke0.z);
         let ds = pr * (dp - delta);
         { b2_0 += pr * g0; a2_0 += ds * q0; }
         if (HD > 1u) { b2_1 += pr * g1; a2_1 += ds * q1; }
@@ -2317,7 +4981,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 6u) { b2_6 += pr * g6; a2_6 += ds * q6; }
         if (HD > 7u) { b2_7 += pr * g7; a2_7 += ds * q7; }
       }
-      if (RR > 3u) {
+      if (RR > 3u && i >= k0 + 3u * WG && i < hi0.w) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k3_0; dp += g0 * v3_0; }
@@ -2328,7 +4992,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 5u) { s += q5 * k3_5; dp += g5 * v3_5; }
         if (HD > 6u) { s += q6 * k3_6; dp += g6 * v3_6; }
         if (HD > 7u) { s += q7 * k3_7; dp += g7 * v3_7; }
-        let pr = select(0.0, exp(s - lse), i >= key.w && i < ke.w);
+        let pr = select(0.0, exp(s - lse), i >= key0.w && i < ke0.w);
         let ds = pr * (dp - delta);
         { b3_0 += pr * g0; a3_0 += ds * q0; }
         if (HD > 1u) { b3_1 += pr * g1; a3_1 += ds * q1; }
@@ -2339,7 +5003,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 6u) { b3_6 += pr * g6; a3_6 += ds * q6; }
         if (HD > 7u) { b3_7 += pr * g7; a3_7 += ds * q7; }
       }
-      if (RR > 4u) {
+      if (RR > 4u && i >= k0 + 4u * WG && i < hi1.x) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k4_0; dp += g0 * v4_0; }
@@ -2350,7 +5014,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 5u) { s += q5 * k4_5; dp += g5 * v4_5; }
         if (HD > 6u) { s += q6 * k4_6; dp += g6 * v4_6; }
         if (HD > 7u) { s += q7 * k4_7; dp += g7 * v4_7; }
-        let pr = select(0.0, exp(s - lse), i >= key2.x && i < ke2.x);
+        let pr = select(0.0, exp(s - lse), i >= key1.x && i < ke1.x);
         let ds = pr * (dp - delta);
         { b4_0 += pr * g0; a4_0 += ds * q0; }
         if (HD > 1u) { b4_1 += pr * g1; a4_1 += ds * q1; }
@@ -2361,7 +5025,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 6u) { b4_6 += pr * g6; a4_6 += ds * q6; }
         if (HD > 7u) { b4_7 += pr * g7; a4_7 += ds * q7; }
       }
-      if (RR > 5u) {
+      if (RR > 5u && i >= k0 + 5u * WG && i < hi1.y) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k5_0; dp += g0 * v5_0; }
@@ -2372,7 +5036,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 5u) { s += q5 * k5_5; dp += g5 * v5_5; }
         if (HD > 6u) { s += q6 * k5_6; dp += g6 * v5_6; }
         if (HD > 7u) { s += q7 * k5_7; dp += g7 * v5_7; }
-        let pr = select(0.0, exp(s - lse), i >= key2.y && i < ke2.y);
+        let pr = select(0.0, exp(s - lse), i >= key1.y && i < ke1.y);
         let ds = pr * (dp - delta);
         { b5_0 += pr * g0; a5_0 += ds * q0; }
         if (HD > 1u) { b5_1 += pr * g1; a5_1 += ds * q1; }
@@ -2383,7 +5047,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 6u) { b5_6 += pr * g6; a5_6 += ds * q6; }
         if (HD > 7u) { b5_7 += pr * g7; a5_7 += ds * q7; }
       }
-      if (RR > 6u) {
+      if (RR > 6u && i >= k0 + 6u * WG && i < hi1.z) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k6_0; dp += g0 * v6_0; }
@@ -2394,7 +5058,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 5u) { s += q5 * k6_5; dp += g5 * v6_5; }
         if (HD > 6u) { s += q6 * k6_6; dp += g6 * v6_6; }
         if (HD > 7u) { s += q7 * k6_7; dp += g7 * v6_7; }
-        let pr = select(0.0, exp(s - lse), i >= key2.z && i < ke2.z);
+        let pr = select(0.0, exp(s - lse), i >= key1.z && i < ke1.z);
         let ds = pr * (dp - delta);
         { b6_0 += pr * g0; a6_0 += ds * q0; }
         if (HD > 1u) { b6_1 += pr * g1; a6_1 += ds * q1; }
@@ -2405,7 +5069,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 6u) { b6_6 += pr * g6; a6_6 += ds * q6; }
         if (HD > 7u) { b6_7 += pr * g7; a6_7 += ds * q7; }
       }
-      if (RR > 7u) {
+      if (RR > 7u && i >= k0 + 7u * WG && i < hi1.w) {
         var s = 0.0;
         var dp = 0.0;
         { s += q0 * k7_0; dp += g0 * v7_0; }
@@ -2416,7 +5080,7 @@ fn attention_row_backward_dkv_v4(
         if (HD > 5u) { s += q5 * k7_5; dp += g5 * v7_5; }
         if (HD > 6u) { s += q6 * k7_6; dp += g6 * v7_6; }
         if (HD > 7u) { s += q7 * k7_7; dp += g7 * v7_7; }
-        let pr = select(0.0, exp(s - lse), i >= key2.w && i < ke2.w);
+        let pr = select(0.0, exp(s - lse), i >= key1.w && i < ke1.w);
         let ds = pr * (dp - delta);
         { b7_0 += pr * g0; a7_0 += ds * q0; }
         if (HD > 1u) { b7_1 += pr * g1; a7_1 += ds * q1; }
@@ -2427,11 +5091,187 @@ fn attention_row_backward_dkv_v4(
         if (HD > 6u) { b7_6 += pr * g6; a7_6 += ds * q6; }
         if (HD > 7u) { b7_7 += pr * g7; a7_7 += ds * q7; }
       }
+      if (RR > 8u && i >= k0 + 8u * WG && i < hi2.x) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k8_0; dp += g0 * v8_0; }
+        if (HD > 1u) { s += q1 * k8_1; dp += g1 * v8_1; }
+        if (HD > 2u) { s += q2 * k8_2; dp += g2 * v8_2; }
+        if (HD > 3u) { s += q3 * k8_3; dp += g3 * v8_3; }
+        if (HD > 4u) { s += q4 * k8_4; dp += g4 * v8_4; }
+        if (HD > 5u) { s += q5 * k8_5; dp += g5 * v8_5; }
+        if (HD > 6u) { s += q6 * k8_6; dp += g6 * v8_6; }
+        if (HD > 7u) { s += q7 * k8_7; dp += g7 * v8_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.x && i < ke2.x);
+        let ds = pr * (dp - delta);
+        { b8_0 += pr * g0; a8_0 += ds * q0; }
+        if (HD > 1u) { b8_1 += pr * g1; a8_1 += ds * q1; }
+        if (HD > 2u) { b8_2 += pr * g2; a8_2 += ds * q2; }
+        if (HD > 3u) { b8_3 += pr * g3; a8_3 += ds * q3; }
+        if (HD > 4u) { b8_4 += pr * g4; a8_4 += ds * q4; }
+        if (HD > 5u) { b8_5 += pr * g5; a8_5 += ds * q5; }
+        if (HD > 6u) { b8_6 += pr * g6; a8_6 += ds * q6; }
+        if (HD > 7u) { b8_7 += pr * g7; a8_7 += ds * q7; }
+      }
+      if (RR > 9u && i >= k0 + 9u * WG && i < hi2.y) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k9_0; dp += g0 * v9_0; }
+        if (HD > 1u) { s += q1 * k9_1; dp += g1 * v9_1; }
+        if (HD > 2u) { s += q2 * k9_2; dp += g2 * v9_2; }
+        if (HD > 3u) { s += q3 * k9_3; dp += g3 * v9_3; }
+        if (HD > 4u) { s += q4 * k9_4; dp += g4 * v9_4; }
+        if (HD > 5u) { s += q5 * k9_5; dp += g5 * v9_5; }
+        if (HD > 6u) { s += q6 * k9_6; dp += g6 * v9_6; }
+        if (HD > 7u) { s += q7 * k9_7; dp += g7 * v9_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.y && i < ke2.y);
+        let ds = pr * (dp - delta);
+        { b9_0 += pr * g0; a9_0 += ds * q0; }
+        if (HD > 1u) { b9_1 += pr * g1; a9_1 += ds * q1; }
+        if (HD > 2u) { b9_2 += pr * g2; a9_2 += ds * q2; }
+        if (HD > 3u) { b9_3 += pr * g3; a9_3 += ds * q3; }
+        if (HD > 4u) { b9_4 += pr * g4; a9_4 += ds * q4; }
+        if (HD > 5u) { b9_5 += pr * g5; a9_5 += ds * q5; }
+        if (HD > 6u) { b9_6 += pr * g6; a9_6 += ds * q6; }
+        if (HD > 7u) { b9_7 += pr * g7; a9_7 += ds * q7; }
+      }
+      if (RR > 10u && i >= k0 + 10u * WG && i < hi2.z) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k10_0; dp += g0 * v10_0; }
+        if (HD > 1u) { s += q1 * k10_1; dp += g1 * v10_1; }
+        if (HD > 2u) { s += q2 * k10_2; dp += g2 * v10_2; }
+        if (HD > 3u) { s += q3 * k10_3; dp += g3 * v10_3; }
+        if (HD > 4u) { s += q4 * k10_4; dp += g4 * v10_4; }
+        if (HD > 5u) { s += q5 * k10_5; dp += g5 * v10_5; }
+        if (HD > 6u) { s += q6 * k10_6; dp += g6 * v10_6; }
+        if (HD > 7u) { s += q7 * k10_7; dp += g7 * v10_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.z && i < ke2.z);
+        let ds = pr * (dp - delta);
+        { b10_0 += pr * g0; a10_0 += ds * q0; }
+        if (HD > 1u) { b10_1 += pr * g1; a10_1 += ds * q1; }
+        if (HD > 2u) { b10_2 += pr * g2; a10_2 += ds * q2; }
+        if (HD > 3u) { b10_3 += pr * g3; a10_3 += ds * q3; }
+        if (HD > 4u) { b10_4 += pr * g4; a10_4 += ds * q4; }
+        if (HD > 5u) { b10_5 += pr * g5; a10_5 += ds * q5; }
+        if (HD > 6u) { b10_6 += pr * g6; a10_6 += ds * q6; }
+        if (HD > 7u) { b10_7 += pr * g7; a10_7 += ds * q7; }
+      }
+      if (RR > 11u && i >= k0 + 11u * WG && i < hi2.w) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k11_0; dp += g0 * v11_0; }
+        if (HD > 1u) { s += q1 * k11_1; dp += g1 * v11_1; }
+        if (HD > 2u) { s += q2 * k11_2; dp += g2 * v11_2; }
+        if (HD > 3u) { s += q3 * k11_3; dp += g3 * v11_3; }
+        if (HD > 4u) { s += q4 * k11_4; dp += g4 * v11_4; }
+        if (HD > 5u) { s += q5 * k11_5; dp += g5 * v11_5; }
+        if (HD > 6u) { s += q6 * k11_6; dp += g6 * v11_6; }
+        if (HD > 7u) { s += q7 * k11_7; dp += g7 * v11_7; }
+        let pr = select(0.0, exp(s - lse), i >= key2.w && i < ke2.w);
+        let ds = pr * (dp - delta);
+        { b11_0 += pr * g0; a11_0 += ds * q0; }
+        if (HD > 1u) { b11_1 += pr * g1; a11_1 += ds * q1; }
+        if (HD > 2u) { b11_2 += pr * g2; a11_2 += ds * q2; }
+        if (HD > 3u) { b11_3 += pr * g3; a11_3 += ds * q3; }
+        if (HD > 4u) { b11_4 += pr * g4; a11_4 += ds * q4; }
+        if (HD > 5u) { b11_5 += pr * g5; a11_5 += ds * q5; }
+        if (HD > 6u) { b11_6 += pr * g6; a11_6 += ds * q6; }
+        if (HD > 7u) { b11_7 += pr * g7; a11_7 += ds * q7; }
+      }
+      if (RR > 12u && i >= k0 + 12u * WG && i < hi3.x) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k12_0; dp += g0 * v12_0; }
+        if (HD > 1u) { s += q1 * k12_1; dp += g1 * v12_1; }
+        if (HD > 2u) { s += q2 * k12_2; dp += g2 * v12_2; }
+        if (HD > 3u) { s += q3 * k12_3; dp += g3 * v12_3; }
+        if (HD > 4u) { s += q4 * k12_4; dp += g4 * v12_4; }
+        if (HD > 5u) { s += q5 * k12_5; dp += g5 * v12_5; }
+        if (HD > 6u) { s += q6 * k12_6; dp += g6 * v12_6; }
+        if (HD > 7u) { s += q7 * k12_7; dp += g7 * v12_7; }
+        let pr = select(0.0, exp(s - lse), i >= key3.x && i < ke3.x);
+        let ds = pr * (dp - delta);
+        { b12_0 += pr * g0; a12_0 += ds * q0; }
+        if (HD > 1u) { b12_1 += pr * g1; a12_1 += ds * q1; }
+        if (HD > 2u) { b12_2 += pr * g2; a12_2 += ds * q2; }
+        if (HD > 3u) { b12_3 += pr * g3; a12_3 += ds * q3; }
+        if (HD > 4u) { b12_4 += pr * g4; a12_4 += ds * q4; }
+        if (HD > 5u) { b12_5 += pr * g5; a12_5 += ds * q5; }
+        if (HD > 6u) { b12_6 += pr * g6; a12_6 += ds * q6; }
+        if (HD > 7u) { b12_7 += pr * g7; a12_7 += ds * q7; }
+      }
+      if (RR > 13u && i >= k0 + 13u * WG && i < hi3.y) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k13_0; dp += g0 * v13_0; }
+        if (HD > 1u) { s += q1 * k13_1; dp += g1 * v13_1; }
+        if (HD > 2u) { s += q2 * k13_2; dp += g2 * v13_2; }
+        if (HD > 3u) { s += q3 * k13_3; dp += g3 * v13_3; }
+        if (HD > 4u) { s += q4 * k13_4; dp += g4 * v13_4; }
+        if (HD > 5u) { s += q5 * k13_5; dp += g5 * v13_5; }
+        if (HD > 6u) { s += q6 * k13_6; dp += g6 * v13_6; }
+        if (HD > 7u) { s += q7 * k13_7; dp += g7 * v13_7; }
+        let pr = select(0.0, exp(s - lse), i >= key3.y && i < ke3.y);
+        let ds = pr * (dp - delta);
+        { b13_0 += pr * g0; a13_0 += ds * q0; }
+        if (HD > 1u) { b13_1 += pr * g1; a13_1 += ds * q1; }
+        if (HD > 2u) { b13_2 += pr * g2; a13_2 += ds * q2; }
+        if (HD > 3u) { b13_3 += pr * g3; a13_3 += ds * q3; }
+        if (HD > 4u) { b13_4 += pr * g4; a13_4 += ds * q4; }
+        if (HD > 5u) { b13_5 += pr * g5; a13_5 += ds * q5; }
+        if (HD > 6u) { b13_6 += pr * g6; a13_6 += ds * q6; }
+        if (HD > 7u) { b13_7 += pr * g7; a13_7 += ds * q7; }
+      }
+      if (RR > 14u && i >= k0 + 14u * WG && i < hi3.z) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k14_0; dp += g0 * v14_0; }
+        if (HD > 1u) { s += q1 * k14_1; dp += g1 * v14_1; }
+        if (HD > 2u) { s += q2 * k14_2; dp += g2 * v14_2; }
+        if (HD > 3u) { s += q3 * k14_3; dp += g3 * v14_3; }
+        if (HD > 4u) { s += q4 * k14_4; dp += g4 * v14_4; }
+        if (HD > 5u) { s += q5 * k14_5; dp += g5 * v14_5; }
+        if (HD > 6u) { s += q6 * k14_6; dp += g6 * v14_6; }
+        if (HD > 7u) { s += q7 * k14_7; dp += g7 * v14_7; }
+        let pr = select(0.0, exp(s - lse), i >= key3.z && i < ke3.z);
+        let ds = pr * (dp - delta);
+        { b14_0 += pr * g0; a14_0 += ds * q0; }
+        if (HD > 1u) { b14_1 += pr * g1; a14_1 += ds * q1; }
+        if (HD > 2u) { b14_2 += pr * g2; a14_2 += ds * q2; }
+        if (HD > 3u) { b14_3 += pr * g3; a14_3 += ds * q3; }
+        if (HD > 4u) { b14_4 += pr * g4; a14_4 += ds * q4; }
+        if (HD > 5u) { b14_5 += pr * g5; a14_5 += ds * q5; }
+        if (HD > 6u) { b14_6 += pr * g6; a14_6 += ds * q6; }
+        if (HD > 7u) { b14_7 += pr * g7; a14_7 += ds * q7; }
+      }
+      if (RR > 15u && i >= k0 + 15u * WG && i < hi3.w) {
+        var s = 0.0;
+        var dp = 0.0;
+        { s += q0 * k15_0; dp += g0 * v15_0; }
+        if (HD > 1u) { s += q1 * k15_1; dp += g1 * v15_1; }
+        if (HD > 2u) { s += q2 * k15_2; dp += g2 * v15_2; }
+        if (HD > 3u) { s += q3 * k15_3; dp += g3 * v15_3; }
+        if (HD > 4u) { s += q4 * k15_4; dp += g4 * v15_4; }
+        if (HD > 5u) { s += q5 * k15_5; dp += g5 * v15_5; }
+        if (HD > 6u) { s += q6 * k15_6; dp += g6 * v15_6; }
+        if (HD > 7u) { s += q7 * k15_7; dp += g7 * v15_7; }
+        let pr = select(0.0, exp(s - lse), i >= key3.w && i < ke3.w);
+        let ds = pr * (dp - delta);
+        { b15_0 += pr * g0; a15_0 += ds * q0; }
+        if (HD > 1u) { b15_1 += pr * g1; a15_1 += ds * q1; }
+        if (HD > 2u) { b15_2 += pr * g2; a15_2 += ds * q2; }
+        if (HD > 3u) { b15_3 += pr * g3; a15_3 += ds * q3; }
+        if (HD > 4u) { b15_4 += pr * g4; a15_4 += ds * q4; }
+        if (HD > 5u) { b15_5 += pr * g5; a15_5 += ds * q5; }
+        if (HD > 6u) { b15_6 += pr * g6; a15_6 += ds * q6; }
+        if (HD > 7u) { b15_7 += pr * g7; a15_7 += ds * q7; }
+      }
     }
   }
   {
     if (k0 + 0u * WG + lid.x < T) {
-      let o = key.x * p.ld_kv + kvh * HD;
+      let o = key0.x * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a0_0 * p.scale; out_dv[p.v_off + o + 0u] = b0_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a0_1 * p.scale; out_dv[p.v_off + o + 1u] = b0_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a0_2 * p.scale; out_dv[p.v_off + o + 2u] = b0_2; }
@@ -2444,7 +5284,7 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 1u) {
     if (k0 + 1u * WG + lid.x < T) {
-      let o = key.y * p.ld_kv + kvh * HD;
+      let o = key0.y * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a1_0 * p.scale; out_dv[p.v_off + o + 0u] = b1_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a1_1 * p.scale; out_dv[p.v_off + o + 1u] = b1_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a1_2 * p.scale; out_dv[p.v_off + o + 2u] = b1_2; }
@@ -2457,7 +5297,7 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 2u) {
     if (k0 + 2u * WG + lid.x < T) {
-      let o = key.z * p.ld_kv + kvh * HD;
+      let o = key0.z * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a2_0 * p.scale; out_dv[p.v_off + o + 0u] = b2_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a2_1 * p.scale; out_dv[p.v_off + o + 1u] = b2_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a2_2 * p.scale; out_dv[p.v_off + o + 2u] = b2_2; }
@@ -2470,7 +5310,7 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 3u) {
     if (k0 + 3u * WG + lid.x < T) {
-      let o = key.w * p.ld_kv + kvh * HD;
+      let o = key0.w * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a3_0 * p.scale; out_dv[p.v_off + o + 0u] = b3_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a3_1 * p.scale; out_dv[p.v_off + o + 1u] = b3_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a3_2 * p.scale; out_dv[p.v_off + o + 2u] = b3_2; }
@@ -2483,7 +5323,7 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 4u) {
     if (k0 + 4u * WG + lid.x < T) {
-      let o = key2.x * p.ld_kv + kvh * HD;
+      let o = key1.x * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a4_0 * p.scale; out_dv[p.v_off + o + 0u] = b4_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a4_1 * p.scale; out_dv[p.v_off + o + 1u] = b4_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a4_2 * p.scale; out_dv[p.v_off + o + 2u] = b4_2; }
@@ -2496,7 +5336,7 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 5u) {
     if (k0 + 5u * WG + lid.x < T) {
-      let o = key2.y * p.ld_kv + kvh * HD;
+      let o = key1.y * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a5_0 * p.scale; out_dv[p.v_off + o + 0u] = b5_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a5_1 * p.scale; out_dv[p.v_off + o + 1u] = b5_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a5_2 * p.scale; out_dv[p.v_off + o + 2u] = b5_2; }
@@ -2509,7 +5349,7 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 6u) {
     if (k0 + 6u * WG + lid.x < T) {
-      let o = key2.z * p.ld_kv + kvh * HD;
+      let o = key1.z * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a6_0 * p.scale; out_dv[p.v_off + o + 0u] = b6_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a6_1 * p.scale; out_dv[p.v_off + o + 1u] = b6_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a6_2 * p.scale; out_dv[p.v_off + o + 2u] = b6_2; }
@@ -2522,7 +5362,7 @@ fn attention_row_backward_dkv_v4(
   }
   if (RR > 7u) {
     if (k0 + 7u * WG + lid.x < T) {
-      let o = key2.w * p.ld_kv + kvh * HD;
+      let o = key1.w * p.ld_kv + kvh * HD;
       { out_dk[p.k_off + o + 0u] = a7_0 * p.scale; out_dv[p.v_off + o + 0u] = b7_0; }
       if (HD > 1u) { out_dk[p.k_off + o + 1u] = a7_1 * p.scale; out_dv[p.v_off + o + 1u] = b7_1; }
       if (HD > 2u) { out_dk[p.k_off + o + 2u] = a7_2 * p.scale; out_dv[p.v_off + o + 2u] = b7_2; }
@@ -2531,6 +5371,110 @@ fn attention_row_backward_dkv_v4(
       if (HD > 5u) { out_dk[p.k_off + o + 5u] = a7_5 * p.scale; out_dv[p.v_off + o + 5u] = b7_5; }
       if (HD > 6u) { out_dk[p.k_off + o + 6u] = a7_6 * p.scale; out_dv[p.v_off + o + 6u] = b7_6; }
       if (HD > 7u) { out_dk[p.k_off + o + 7u] = a7_7 * p.scale; out_dv[p.v_off + o + 7u] = b7_7; }
+    }
+  }
+  if (RR > 8u) {
+    if (k0 + 8u * WG + lid.x < T) {
+      let o = key2.x * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a8_0 * p.scale; out_dv[p.v_off + o + 0u] = b8_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a8_1 * p.scale; out_dv[p.v_off + o + 1u] = b8_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a8_2 * p.scale; out_dv[p.v_off + o + 2u] = b8_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a8_3 * p.scale; out_dv[p.v_off + o + 3u] = b8_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a8_4 * p.scale; out_dv[p.v_off + o + 4u] = b8_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a8_5 * p.scale; out_dv[p.v_off + o + 5u] = b8_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a8_6 * p.scale; out_dv[p.v_off + o + 6u] = b8_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a8_7 * p.scale; out_dv[p.v_off + o + 7u] = b8_7; }
+    }
+  }
+  if (RR > 9u) {
+    if (k0 + 9u * WG + lid.x < T) {
+      let o = key2.y * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a9_0 * p.scale; out_dv[p.v_off + o + 0u] = b9_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a9_1 * p.scale; out_dv[p.v_off + o + 1u] = b9_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a9_2 * p.scale; out_dv[p.v_off + o + 2u] = b9_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a9_3 * p.scale; out_dv[p.v_off + o + 3u] = b9_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a9_4 * p.scale; out_dv[p.v_off + o + 4u] = b9_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a9_5 * p.scale; out_dv[p.v_off + o + 5u] = b9_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a9_6 * p.scale; out_dv[p.v_off + o + 6u] = b9_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a9_7 * p.scale; out_dv[p.v_off + o + 7u] = b9_7; }
+    }
+  }
+  if (RR > 10u) {
+    if (k0 + 10u * WG + lid.x < T) {
+      let o = key2.z * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a10_0 * p.scale; out_dv[p.v_off + o + 0u] = b10_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a10_1 * p.scale; out_dv[p.v_off + o + 1u] = b10_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a10_2 * p.scale; out_dv[p.v_off + o + 2u] = b10_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a10_3 * p.scale; out_dv[p.v_off + o + 3u] = b10_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a10_4 * p.scale; out_dv[p.v_off + o + 4u] = b10_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a10_5 * p.scale; out_dv[p.v_off + o + 5u] = b10_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a10_6 * p.scale; out_dv[p.v_off + o + 6u] = b10_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a10_7 * p.scale; out_dv[p.v_off + o + 7u] = b10_7; }
+    }
+  }
+  if (RR > 11u) {
+    if (k0 + 11u * WG + lid.x < T) {
+      let o = key2.w * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a11_0 * p.scale; out_dv[p.v_off + o + 0u] = b11_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a11_1 * p.scale; out_dv[p.v_off + o + 1u] = b11_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a11_2 * p.scale; out_dv[p.v_off + o + 2u] = b11_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a11_3 * p.scale; out_dv[p.v_off + o + 3u] = b11_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a11_4 * p.scale; out_dv[p.v_off + o + 4u] = b11_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a11_5 * p.scale; out_dv[p.v_off + o + 5u] = b11_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a11_6 * p.scale; out_dv[p.v_off + o + 6u] = b11_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a11_7 * p.scale; out_dv[p.v_off + o + 7u] = b11_7; }
+    }
+  }
+  if (RR > 12u) {
+    if (k0 + 12u * WG + lid.x < T) {
+      let o = key3.x * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a12_0 * p.scale; out_dv[p.v_off + o + 0u] = b12_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a12_1 * p.scale; out_dv[p.v_off + o + 1u] = b12_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a12_2 * p.scale; out_dv[p.v_off + o + 2u] = b12_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a12_3 * p.scale; out_dv[p.v_off + o + 3u] = b12_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a12_4 * p.scale; out_dv[p.v_off + o + 4u] = b12_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a12_5 * p.scale; out_dv[p.v_off + o + 5u] = b12_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a12_6 * p.scale; out_dv[p.v_off + o + 6u] = b12_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a12_7 * p.scale; out_dv[p.v_off + o + 7u] = b12_7; }
+    }
+  }
+  if (RR > 13u) {
+    if (k0 + 13u * WG + lid.x < T) {
+      let o = key3.y * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a13_0 * p.scale; out_dv[p.v_off + o + 0u] = b13_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a13_1 * p.scale; out_dv[p.v_off + o + 1u] = b13_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a13_2 * p.scale; out_dv[p.v_off + o + 2u] = b13_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a13_3 * p.scale; out_dv[p.v_off + o + 3u] = b13_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a13_4 * p.scale; out_dv[p.v_off + o + 4u] = b13_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a13_5 * p.scale; out_dv[p.v_off + o + 5u] = b13_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a13_6 * p.scale; out_dv[p.v_off + o + 6u] = b13_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a13_7 * p.scale; out_dv[p.v_off + o + 7u] = b13_7; }
+    }
+  }
+  if (RR > 14u) {
+    if (k0 + 14u * WG + lid.x < T) {
+      let o = key3.z * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a14_0 * p.scale; out_dv[p.v_off + o + 0u] = b14_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a14_1 * p.scale; out_dv[p.v_off + o + 1u] = b14_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a14_2 * p.scale; out_dv[p.v_off + o + 2u] = b14_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a14_3 * p.scale; out_dv[p.v_off + o + 3u] = b14_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a14_4 * p.scale; out_dv[p.v_off + o + 4u] = b14_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a14_5 * p.scale; out_dv[p.v_off + o + 5u] = b14_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a14_6 * p.scale; out_dv[p.v_off + o + 6u] = b14_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a14_7 * p.scale; out_dv[p.v_off + o + 7u] = b14_7; }
+    }
+  }
+  if (RR > 15u) {
+    if (k0 + 15u * WG + lid.x < T) {
+      let o = key3.w * p.ld_kv + kvh * HD;
+      { out_dk[p.k_off + o + 0u] = a15_0 * p.scale; out_dv[p.v_off + o + 0u] = b15_0; }
+      if (HD > 1u) { out_dk[p.k_off + o + 1u] = a15_1 * p.scale; out_dv[p.v_off + o + 1u] = b15_1; }
+      if (HD > 2u) { out_dk[p.k_off + o + 2u] = a15_2 * p.scale; out_dv[p.v_off + o + 2u] = b15_2; }
+      if (HD > 3u) { out_dk[p.k_off + o + 3u] = a15_3 * p.scale; out_dv[p.v_off + o + 3u] = b15_3; }
+      if (HD > 4u) { out_dk[p.k_off + o + 4u] = a15_4 * p.scale; out_dv[p.v_off + o + 4u] = b15_4; }
+      if (HD > 5u) { out_dk[p.k_off + o + 5u] = a15_5 * p.scale; out_dv[p.v_off + o + 5u] = b15_5; }
+      if (HD > 6u) { out_dk[p.k_off + o + 6u] = a15_6 * p.scale; out_dv[p.v_off + o + 6u] = b15_6; }
+      if (HD > 7u) { out_dk[p.k_off + o + 7u] = a15_7 * p.scale; out_dv[p.v_off + o + 7u] = b15_7; }
     }
   }
 }
@@ -2566,71 +5510,159 @@ fn attention_row_forward_u(
   var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var o5_0 = 0.0; var o5_1 = 0.0; var o5_2 = 0.0; var o5_3 = 0.0; var o5_4 = 0.0; var o5_5 = 0.0; var o5_6 = 0.0; var o5_7 = 0.0;
   var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var o6_0 = 0.0; var o6_1 = 0.0; var o6_2 = 0.0; var o6_3 = 0.0; var o6_4 = 0.0; var o6_5 = 0.0; var o6_6 = 0.0; var o6_7 = 0.0;
   var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var o7_0 = 0.0; var o7_1 = 0.0; var o7_2 = 0.0; var o7_3 = 0.0; var o7_4 = 0.0; var o7_5 = 0.0; var o7_6 = 0.0; var o7_7 = 0.0;
-  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
-  var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();
+  var q8_0 = 0.0; var q8_1 = 0.0; var q8_2 = 0.0; var q8_3 = 0.0; var q8_4 = 0.0; var q8_5 = 0.0; var q8_6 = 0.0; var q8_7 = 0.0; var o8_0 = 0.0; var o8_1 = 0.0; var o8_2 = 0.0; var o8_3 = 0.0; var o8_4 = 0.0; var o8_5 = 0.0; var o8_6 = 0.0; var o8_7 = 0.0;
+  var q9_0 = 0.0; var q9_1 = 0.0; var q9_2 = 0.0; var q9_3 = 0.0; var q9_4 = 0.0; var q9_5 = 0.0; var q9_6 = 0.0; var q9_7 = 0.0; var o9_0 = 0.0; var o9_1 = 0.0; var o9_2 = 0.0; var o9_3 = 0.0; var o9_4 = 0.0; var o9_5 = 0.0; var o9_6 = 0.0; var o9_7 = 0.0;
+  var q10_0 = 0.0; var q10_1 = 0.0; var q10_2 = 0.0; var q10_3 = 0.0; var q10_4 = 0.0; var q10_5 = 0.0; var q10_6 = 0.0; var q10_7 = 0.0; var o10_0 = 0.0; var o10_1 = 0.0; var o10_2 = 0.0; var o10_3 = 0.0; var o10_4 = 0.0; var o10_5 = 0.0; var o10_6 = 0.0; var o10_7 = 0.0;
+  var q11_0 = 0.0; var q11_1 = 0.0; var q11_2 = 0.0; var q11_3 = 0.0; var q11_4 = 0.0; var q11_5 = 0.0; var q11_6 = 0.0; var q11_7 = 0.0; var o11_0 = 0.0; var o11_1 = 0.0; var o11_2 = 0.0; var o11_3 = 0.0; var o11_4 = 0.0; var o11_5 = 0.0; var o11_6 = 0.0; var o11_7 = 0.0;
+  var q12_0 = 0.0; var q12_1 = 0.0; var q12_2 = 0.0; var q12_3 = 0.0; var q12_4 = 0.0; var q12_5 = 0.0; var q12_6 = 0.0; var q12_7 = 0.0; var o12_0 = 0.0; var o12_1 = 0.0; var o12_2 = 0.0; var o12_3 = 0.0; var o12_4 = 0.0; var o12_5 = 0.0; var o12_6 = 0.0; var o12_7 = 0.0;
+  var q13_0 = 0.0; var q13_1 = 0.0; var q13_2 = 0.0; var q13_3 = 0.0; var q13_4 = 0.0; var q13_5 = 0.0; var q13_6 = 0.0; var q13_7 = 0.0; var o13_0 = 0.0; var o13_1 = 0.0; var o13_2 = 0.0; var o13_3 = 0.0; var o13_4 = 0.0; var o13_5 = 0.0; var o13_6 = 0.0; var o13_7 = 0.0;
+  var q14_0 = 0.0; var q14_1 = 0.0; var q14_2 = 0.0; var q14_3 = 0.0; var q14_4 = 0.0; var q14_5 = 0.0; var q14_6 = 0.0; var q14_7 = 0.0; var o14_0 = 0.0; var o14_1 = 0.0; var o14_2 = 0.0; var o14_3 = 0.0; var o14_4 = 0.0; var o14_5 = 0.0; var o14_6 = 0.0; var o14_7 = 0.0;
+  var q15_0 = 0.0; var q15_1 = 0.0; var q15_2 = 0.0; var q15_3 = 0.0; var q15_4 = 0.0; var q15_5 = 0.0; var q15_6 = 0.0; var q15_7 = 0.0; var o15_0 = 0.0; var o15_1 = 0.0; var o15_2 = 0.0; var o15_3 = 0.0; var o15_4 = 0.0; var o15_5 = 0.0; var o15_6 = 0.0; var o15_7 = 0.0;
+  var row0 = vec4<u32>(); var row1 = vec4<u32>(); var row2 = vec4<u32>(); var row3 = vec4<u32>(); var st0 = vec4<u32>(); var st1 = vec4<u32>(); var st2 = vec4<u32>(); var st3 = vec4<u32>(); var lo0 = vec4<u32>(); var lo1 = vec4<u32>(); var lo2 = vec4<u32>(); var lo3 = vec4<u32>();
+  var m0 = vec4<f32>(MASKED); var m1 = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var m3 = vec4<f32>(MASKED); var l0 = vec4<f32>(); var l1 = vec4<f32>(); var l2 = vec4<f32>(); var l3 = vec4<f32>();
   {
     let i = min(q0 + 0u * WG + lid.x, TE - 1u);
-    row.x = i;
-    st.x = in_start[i];
+    row0.x = i;
+    st0.x = in_start[i];
+    lo0.x = in_start[min(q0 + 0u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q0_0 = t.x * p.scale; q0_1 = t.y * p.scale; q0_2 = t.z * p.scale; q0_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q0_4 = t.x * p.scale; q0_5 = t.y * p.scale; q0_6 = t.z * p.scale; q0_7 = t.w * p.scale; }
   }
   if (RR > 1u) {
     let i = min(q0 + 1u * WG + lid.x, TE - 1u);
-    row.y = i;
-    st.y = in_start[i];
+    row0.y = i;
+    st0.y = in_start[i];
+    lo0.y = in_start[min(q0 + 1u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q1_0 = t.x * p.scale; q1_1 = t.y * p.scale; q1_2 = t.z * p.scale; q1_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q1_4 = t.x * p.scale; q1_5 = t.y * p.scale; q1_6 = t.z * p.scale; q1_7 = t.w * p.scale; }
   }
   if (RR > 2u) {
     let i = min(q0 + 2u * WG + lid.x, TE - 1u);
-    row.z = i;
-    st.z = in_start[i];
+    row0.z = i;
+    st0.z = in_start[i];
+    lo0.z = in_start[min(q0 + 2u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q2_0 = t.x * p.scale; q2_1 = t.y * p.scale; q2_2 = t.z * p.scale; q2_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q2_4 = t.x * p.scale; q2_5 = t.y * p.scale; q2_6 = t.z * p.scale; q2_7 = t.w * p.scale; }
   }
   if (RR > 3u) {
     let i = min(q0 + 3u * WG + lid.x, TE - 1u);
-    row.w = i;
-    st.w = in_start[i];
+    row0.w = i;
+    st0.w = in_start[i];
+    lo0.w = in_start[min(q0 + 3u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q3_0 = t.x * p.scale; q3_1 = t.y * p.scale; q3_2 = t.z * p.scale; q3_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q3_4 = t.x * p.scale; q3_5 = t.y * p.scale; q3_6 = t.z * p.scale; q3_7 = t.w * p.scale; }
   }
   if (RR > 4u) {
     let i = min(q0 + 4u * WG + lid.x, TE - 1u);
-    row2.x = i;
-    st2.x = in_start[i];
+    row1.x = i;
+    st1.x = in_start[i];
+    lo1.x = in_start[min(q0 + 4u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q4_0 = t.x * p.scale; q4_1 = t.y * p.scale; q4_2 = t.z * p.scale; q4_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q4_4 = t.x * p.scale; q4_5 = t.y * p.scale; q4_6 = t.z * p.scale; q4_7 = t.w * p.scale; }
   }
   if (RR > 5u) {
     let i = min(q0 + 5u * WG + lid.x, TE - 1u);
-    row2.y = i;
-    st2.y = in_start[i];
+    row1.y = i;
+    st1.y = in_start[i];
+    lo1.y = in_start[min(q0 + 5u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q5_0 = t.x * p.scale; q5_1 = t.y * p.scale; q5_2 = t.z * p.scale; q5_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q5_4 = t.x * p.scale; q5_5 = t.y * p.scale; q5_6 = t.z * p.scale; q5_7 = t.w * p.scale; }
   }
   if (RR > 6u) {
     let i = min(q0 + 6u * WG + lid.x, TE - 1u);
-    row2.z = i;
-    st2.z = in_start[i];
+    row1.z = i;
+    st1.z = in_start[i];
+    lo1.z = in_start[min(q0 + 6u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q6_0 = t.x * p.scale; q6_1 = t.y * p.scale; q6_2 = t.z * p.scale; q6_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q6_4 = t.x * p.scale; q6_5 = t.y * p.scale; q6_6 = t.z * p.scale; q6_7 = t.w * p.scale; }
   }
   if (RR > 7u) {
     let i = min(q0 + 7u * WG + lid.x, TE - 1u);
-    row2.w = i;
-    st2.w = in_start[i];
+    row1.w = i;
+    st1.w = in_start[i];
+    lo1.w = in_start[min(q0 + 7u * WG, TE - 1u)]; // the row group's first start
     let qo = i * p.ld_q + p.q_off + h * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q7_0 = t.x * p.scale; q7_1 = t.y * p.scale; q7_2 = t.z * p.scale; q7_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
+  }
+  if (RR > 8u) {
+    let i = min(q0 + 8u * WG + lid.x, TE - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    lo2.x = in_start[min(q0 + 8u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q8_0 = t.x * p.scale; q8_1 = t.y * p.scale; q8_2 = t.z * p.scale; q8_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q8_4 = t.x * p.scale; q8_5 = t.y * p.scale; q8_6 = t.z * p.scale; q8_7 = t.w * p.scale; }
+  }
+  if (RR > 9u) {
+    let i = min(q0 + 9u * WG + lid.x, TE - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    lo2.y = in_start[min(q0 + 9u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q9_0 = t.x * p.scale; q9_1 = t.y * p.scale; q9_2 = t.z * p.scale; q9_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q9_4 = t.x * p.scale; q9_5 = t.y * p.scale; q9_6 = t.z * p.scale; q9_7 = t.w * p.scale; }
+  }
+  if (RR > 10u) {
+    let i = min(q0 + 10u * WG + lid.x, TE - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    lo2.z = in_start[min(q0 + 10u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q10_0 = t.x * p.scale; q10_1 = t.y * p.scale; q10_2 = t.z * p.scale; q10_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q10_4 = t.x * p.scale; q10_5 = t.y * p.scale; q10_6 = t.z * p.scale; q10_7 = t.w * p.scale; }
+  }
+  if (RR > 11u) {
+    let i = min(q0 + 11u * WG + lid.x, TE - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    lo2.w = in_start[min(q0 + 11u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q11_0 = t.x * p.scale; q11_1 = t.y * p.scale; q11_2 = t.z * p.scale; q11_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q11_4 = t.x * p.scale; q11_5 = t.y * p.scale; q11_6 = t.z * p.scale; q11_7 = t.w * p.scale; }
+  }
+  if (RR > 12u) {
+    let i = min(q0 + 12u * WG + lid.x, TE - 1u);
+    row3.x = i;
+    st3.x = in_start[i];
+    lo3.x = in_start[min(q0 + 12u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q12_0 = t.x * p.scale; q12_1 = t.y * p.scale; q12_2 = t.z * p.scale; q12_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q12_4 = t.x * p.scale; q12_5 = t.y * p.scale; q12_6 = t.z * p.scale; q12_7 = t.w * p.scale; }
+  }
+  if (RR > 13u) {
+    let i = min(q0 + 13u * WG + lid.x, TE - 1u);
+    row3.y = i;
+    st3.y = in_start[i];
+    lo3.y = in_start[min(q0 + 13u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q13_0 = t.x * p.scale; q13_1 = t.y * p.scale; q13_2 = t.z * p.scale; q13_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q13_4 = t.x * p.scale; q13_5 = t.y * p.scale; q13_6 = t.z * p.scale; q13_7 = t.w * p.scale; }
+  }
+  if (RR > 14u) {
+    let i = min(q0 + 14u * WG + lid.x, TE - 1u);
+    row3.z = i;
+    st3.z = in_start[i];
+    lo3.z = in_start[min(q0 + 14u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q14_0 = t.x * p.scale; q14_1 = t.y * p.scale; q14_2 = t.z * p.scale; q14_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q14_4 = t.x * p.scale; q14_5 = t.y * p.scale; q14_6 = t.z * p.scale; q14_7 = t.w * p.scale; }
+  }
+  if (RR > 15u) {
+    let i = min(q0 + 15u * WG + lid.x, TE - 1u);
+    row3.w = i;
+    st3.w = in_start[i];
+    lo3.w = in_start[min(q0 + 15u * WG, TE - 1u)]; // the row group's first start
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q15_0 = t.x * p.scale; q15_1 = t.y * p.scale; q15_2 = t.z * p.scale; q15_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q15_4 = t.x * p.scale; q15_5 = t.y * p.scale; q15_6 = t.z * p.scale; q15_7 = t.w * p.scale; }
   }
   let jLo = in_start[q0];
   let jHi = min(q0 + WG * RR, TE); // one past the last key any row sees
@@ -2639,88 +5671,432 @@ fn attention_row_forward_u(
     let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
     let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
     let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
-    var s0 = vec4<f32>(); var p0 = vec4<f32>(); var a0 = 1.0; var s1 = vec4<f32>(); var p1 = vec4<f32>(); var a1 = 1.0; var s2 = vec4<f32>(); var p2 = vec4<f32>(); var a2 = 1.0; var s3 = vec4<f32>(); var p3 = vec4<f32>(); var a3 = 1.0; var s4 = vec4<f32>(); var p4 = vec4<f32>(); var a4 = 1.0; var s5 = vec4<f32>(); var p5 = vec4<f32>(); var a5 = 1.0; var s6 = vec4<f32>(); var p6 = vec4<f32>(); var a6 = 1.0; var s7 = vec4<f32>(); var p7 = vec4<f32>(); var a7 = 1.0;
-    { let k0 = win_k[ko.x / 4u + 0u]; let k1 = win_k[ko.y / 4u + 0u]; let k2 = win_k[ko.z / 4u + 0u]; let k3 = win_k[ko.w / 4u + 0u]; { let kx = vec4<f32>(k0.x, k1.x, k2.x, k3.x); s0 += q0_0 * kx; if (RR > 1u) { s1 += q1_0 * kx; } if (RR > 2u) { s2 += q2_0 * kx; } if (RR > 3u) { s3 += q3_0 * kx; } if (RR > 4u) { s4 += q4_0 * kx; } if (RR > 5u) { s5 += q5_0 * kx; } if (RR > 6u) { s6 += q6_0 * kx; } if (RR > 7u) { s7 += q7_0 * kx; } } { let kx = vec4<f32>(k0.y, k1.y, k2.y, k3.y); s0 += q0_1 * kx; if (RR > 1u) { s1 += q1_1 * kx; } if (RR > 2u) { s2 += q2_1 * kx; } if (RR > 3u) { s3 += q3_1 * kx; } if (RR > 4u) { s4 += q4_1 * kx; } if (RR > 5u) { s5 += q5_1 * kx; } if (RR > 6u) { s6 += q6_1 * kx; } if (RR > 7u) { s7 += q7_1 * kx; } } { let kx = vec4<f32>(k0.z, k1.z, k2.z, k3.z); s0 += q0_2 * kx; if (RR > 1u) { s1 += q1_2 * kx; } if (RR > 2u) { s2 += q2_2 * kx; } if (RR > 3u) { s3 += q3_2 * kx; } if (RR > 4u) { s4 += q4_2 * kx; } if (RR > 5u) { s5 += q5_2 * kx; } if (RR > 6u) { s6 += q6_2 * kx; } if (RR > 7u) { s7 += q7_2 * kx; } } { let kx = vec4<f32>(k0.w, k1.w, k2.w, k3.w); s0 += q0_3 * kx; if (RR > 1u) { s1 += q1_3 * kx; } if (RR > 2u) { s2 += q2_3 * kx; } if (RR > 3u) { s3 += q3_3 * kx; } if (RR > 4u) { s4 += q4_3 * kx; } if (RR > 5u) { s5 += q5_3 * kx; } if (RR > 6u) { s6 += q6_3 * kx; } if (RR > 7u) { s7 += q7_3 * kx; } } }
-    if (HD > 4u) { let k0 = win_k[ko.x / 4u + 1u]; let k1 = win_k[ko.y / 4u + 1u]; let k2 = win_k[ko.z / 4u + 1u]; let k3 = win_k[ko.w / 4u + 1u]; { let kx = vec4<f32>(k0.x, k1.x, k2.x, k3.x); s0 += q0_4 * kx; if (RR > 1u) { s1 += q1_4 * kx; } if (RR > 2u) { s2 += q2_4 * kx; } if (RR > 3u) { s3 += q3_4 * kx; } if (RR > 4u) { s4 += q4_4 * kx; } if (RR > 5u) { s5 += q5_4 * kx; } if (RR > 6u) { s6 += q6_4 * kx; } if (RR > 7u) { s7 += q7_4 * kx; } } { let kx = vec4<f32>(k0.y, k1.y, k2.y, k3.y); s0 += q0_5 * kx; if (RR > 1u) { s1 += q1_5 * kx; } if (RR > 2u) { s2 += q2_5 * kx; } if (RR > 3u) { s3 += q3_5 * kx; } if (RR > 4u) { s4 += q4_5 * kx; } if (RR > 5u) { s5 += q5_5 * kx; } if (RR > 6u) { s6 += q6_5 * kx; } if (RR > 7u) { s7 += q7_5 * kx; } } { let kx = vec4<f32>(k0.z, k1.z, k2.z, k3.z); s0 += q0_6 * kx; if (RR > 1u) { s1 += q1_6 * kx; } if (RR > 2u) { s2 += q2_6 * kx; } if (RR > 3u) { s3 += q3_6 * kx; } if (RR > 4u) { s4 += q4_6 * kx; } if (RR > 5u) { s5 += q5_6 * kx; } if (RR > 6u) { s6 += q6_6 * kx; } if (RR > 7u) { s7 += q7_6 * kx; } } { let kx = vec4<f32>(k0.w, k1.w, k2.w, k3.w); s0 += q0_7 * kx; if (RR > 1u) { s1 += q1_7 * kx; } if (RR > 2u) { s2 += q2_7 * kx; } if (RR > 3u) { s3 += q3_7 * kx; } if (RR > 4u) { s4 += q4_7 * kx; } if (RR > 5u) { s5 += q5_7 * kx; } if (RR > 6u) { s6 += q6_7 * kx; } if (RR > 7u) { s7 += q7_7 * kx; } } }
-    {
-      let ok = jv >= vec4<u32>(st.x) & jv <= vec4<u32>(row.x);
-      let s = select(vec4<f32>(MASKED), s0, ok);
-      let mNew = max(m.x, max(max(s.x, s.y), max(s.z, s.w)));
-      a0 = exp(m.x - mNew);
-      p0 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.x = l.x * a0 + (p0.x + p0.y) + (p0.z + p0.w);
-      m.x = mNew;
+    var kx0 = vec4<f32>(); var vx0 = vec4<f32>(); var kx1 = vec4<f32>(); var vx1 = vec4<f32>(); var kx2 = vec4<f32>(); var vx2 = vec4<f32>(); var kx3 = vec4<f32>(); var vx3 = vec4<f32>(); var kx4 = vec4<f32>(); var vx4 = vec4<f32>(); var kx5 = vec4<f32>(); var vx5 = vec4<f32>(); var kx6 = vec4<f32>(); var vx6 = vec4<f32>(); var kx7 = vec4<f32>(); var vx7 = vec4<f32>();
+    { let t0 = win_k[ko.x / 4u + 0u]; let t1 = win_k[ko.y / 4u + 0u]; let t2 = win_k[ko.z / 4u + 0u]; let t3 = win_k[ko.w / 4u + 0u]; kx0 = vec4<f32>(t0.x, t1.x, t2.x, t3.x); kx1 = vec4<f32>(t0.y, t1.y, t2.y, t3.y); kx2 = vec4<f32>(t0.z, t1.z, t2.z, t3.z); kx3 = vec4<f32>(t0.w, t1.w, t2.w, t3.w); }
+    if (HD > 4u) { let t0 = win_k[ko.x / 4u + 1u]; let t1 = win_k[ko.y / 4u + 1u]; let t2 = win_k[ko.z / 4u + 1u]; let t3 = win_k[ko.w / 4u + 1u]; kx4 = vec4<f32>(t0.x, t1.x, t2.x, t3.x); kx5 = vec4<f32>(t0.y, t1.y, t2.y, t3.y); kx6 = vec4<f32>(t0.z, t1.z, t2.z, t3.z); kx7 = vec4<f32>(t0.w, t1.w, t2.w, t3.w); }
+    { let t0 = win_v[vo.x / 4u + 0u]; let t1 = win_v[vo.y / 4u + 0u]; let t2 = win_v[vo.z / 4u + 0u]; let t3 = win_v[vo.w / 4u + 0u]; vx0 = vec4<f32>(t0.x, t1.x, t2.x, t3.x); vx1 = vec4<f32>(t0.y, t1.y, t2.y, t3.y); vx2 = vec4<f32>(t0.z, t1.z, t2.z, t3.z); vx3 = vec4<f32>(t0.w, t1.w, t2.w, t3.w); }
+    if (HD > 4u) { let t0 = win_v[vo.x / 4u + 1u]; let t1 = win_v[vo.y / 4u + 1u]; let t2 = win_v[vo.z / 4u + 1u]; let t3 = win_v[vo.w / 4u + 1u]; vx4 = vec4<f32>(t0.x, t1.x, t2.x, t3.x); vx5 = vec4<f32>(t0.y, t1.y, t2.y, t3.y); vx6 = vec4<f32>(t0.z, t1.z, t2.z, t3.z); vx7 = vec4<f32>(t0.w, t1.w, t2.w, t3.w); }
+    if (j <= q0 + 0u * WG + WG - 1u && j + 3u >= lo0.x) {
+      var s = vec4<f32>();
+      { s += q0_0 * kx0; }
+      if (HD > 1u) { s += q0_1 * kx1; }
+      if (HD > 2u) { s += q0_2 * kx2; }
+      if (HD > 3u) { s += q0_3 * kx3; }
+      if (HD > 4u) { s += q0_4 * kx4; }
+      if (HD > 5u) { s += q0_5 * kx5; }
+      if (HD > 6u) { s += q0_6 * kx6; }
+      if (HD > 7u) { s += q0_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.x) & jv <= vec4<u32>(row0.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.x = l0.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.x = mNew;
+      { o0_0 = o0_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o0_1 = o0_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o0_2 = o0_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o0_3 = o0_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o0_4 = o0_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o0_5 = o0_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o0_6 = o0_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o0_7 = o0_7 * a + dot(pr, vx7); }
     }
-    if (RR > 1u) {
-      let ok = jv >= vec4<u32>(st.y) & jv <= vec4<u32>(row.y);
-      let s = select(vec4<f32>(MASKED), s1, ok);
-      let mNew = max(m.y, max(max(s.x, s.y), max(s.z, s.w)));
-      a1 = exp(m.y - mNew);
-      p1 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.y = l.y * a1 + (p1.x + p1.y) + (p1.z + p1.w);
-      m.y = mNew;
+    if (RR > 1u && j <= q0 + 1u * WG + WG - 1u && j + 3u >= lo0.y) {
+      var s = vec4<f32>();
+      { s += q1_0 * kx0; }
+      if (HD > 1u) { s += q1_1 * kx1; }
+      if (HD > 2u) { s += q1_2 * kx2; }
+      if (HD > 3u) { s += q1_3 * kx3; }
+      if (HD > 4u) { s += q1_4 * kx4; }
+      if (HD > 5u) { s += q1_5 * kx5; }
+      if (HD > 6u) { s += q1_6 * kx6; }
+      if (HD > 7u) { s += q1_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.y) & jv <= vec4<u32>(row0.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.y = l0.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.y = mNew;
+      { o1_0 = o1_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o1_1 = o1_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o1_2 = o1_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o1_3 = o1_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o1_4 = o1_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o1_5 = o1_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o1_6 = o1_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o1_7 = o1_7 * a + dot(pr, vx7); }
     }
-    if (RR > 2u) {
-      let ok = jv >= vec4<u32>(st.z) & jv <= vec4<u32>(row.z);
-      let s = select(vec4<f32>(MASKED), s2, ok);
-      let mNew = max(m.z, max(max(s.x, s.y), max(s.z, s.w)));
-      a2 = exp(m.z - mNew);
-      p2 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.z = l.z * a2 + (p2.x + p2.y) + (p2.z + p2.w);
-      m.z = mNew;
+    if (RR > 2u && j <= q0 + 2u * WG + WG - 1u && j + 3u >= lo0.z) {
+      var s = vec4<f32>();
+      { s += q2_0 * kx0; }
+      if (HD > 1u) { s += q2_1 * kx1; }
+      if (HD > 2u) { s += q2_2 * kx2; }
+      if (HD > 3u) { s += q2_3 * kx3; }
+      if (HD > 4u) { s += q2_4 * kx4; }
+      if (HD > 5u) { s += q2_5 * kx5; }
+      if (HD > 6u) { s += q2_6 * kx6; }
+      if (HD > 7u) { s += q2_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.z) & jv <= vec4<u32>(row0.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.z = l0.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.z = mNew;
+      { o2_0 = o2_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o2_1 = o2_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o2_2 = o2_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o2_3 = o2_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o2_4 = o2_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o2_5 = o2_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o2_6 = o2_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o2_7 = o2_7 * a + dot(pr, vx7); }
     }
-    if (RR > 3u) {
-      let ok = jv >= vec4<u32>(st.w) & jv <= vec4<u32>(row.w);
-      let s = select(vec4<f32>(MASKED), s3, ok);
-      let mNew = max(m.w, max(max(s.x, s.y), max(s.z, s.w)));
-      a3 = exp(m.w - mNew);
-      p3 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l.w = l.w * a3 + (p3.x + p3.y) + (p3.z + p3.w);
-      m.w = mNew;
+    if (RR > 3u && j <= q0 + 3u * WG + WG - 1u && j + 3u >= lo0.w) {
+      var s = vec4<f32>();
+      { s += q3_0 * kx0; }
+      if (HD > 1u) { s += q3_1 * kx1; }
+      if (HD > 2u) { s += q3_2 * kx2; }
+      if (HD > 3u) { s += q3_3 * kx3; }
+      if (HD > 4u) { s += q3_4 * kx4; }
+      if (HD > 5u) { s += q3_5 * kx5; }
+      if (HD > 6u) { s += q3_6 * kx6; }
+      if (HD > 7u) { s += q3_7 * kx7; }
+      let ok = jv >= vec4<u32>(st0.w) & jv <= vec4<u32>(row0.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m0.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m0.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l0.w = l0.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m0.w = mNew;
+      { o3_0 = o3_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o3_1 = o3_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o3_2 = o3_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o3_3 = o3_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o3_4 = o3_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o3_5 = o3_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o3_6 = o3_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o3_7 = o3_7 * a + dot(pr, vx7); }
     }
-    if (RR > 4u) {
+    if (RR > 4u && j <= q0 + 4u * WG + WG - 1u && j + 3u >= lo1.x) {
+      var s = vec4<f32>();
+      { s += q4_0 * kx0; }
+      if (HD > 1u) { s += q4_1 * kx1; }
+      if (HD > 2u) { s += q4_2 * kx2; }
+      if (HD > 3u) { s += q4_3 * kx3; }
+      if (HD > 4u) { s += q4_4 * kx4; }
+      if (HD > 5u) { s += q4_5 * kx5; }
+      if (HD > 6u) { s += q4_6 * kx6; }
+      if (HD > 7u) { s += q4_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.x) & jv <= vec4<u32>(row1.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.x = l1.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.x = mNew;
+      { o4_0 = o4_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o4_1 = o4_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o4_2 = o4_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o4_3 = o4_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o4_4 = o4_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o4_5 = o4_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o4_6 = o4_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o4_7 = o4_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 5u && j <= q0 + 5u * WG + WG - 1u && j + 3u >= lo1.y) {
+      var s = vec4<f32>();
+      { s += q5_0 * kx0; }
+      if (HD > 1u) { s += q5_1 * kx1; }
+      if (HD > 2u) { s += q5_2 * kx2; }
+      if (HD > 3u) { s += q5_3 * kx3; }
+      if (HD > 4u) { s += q5_4 * kx4; }
+      if (HD > 5u) { s += q5_5 * kx5; }
+      if (HD > 6u) { s += q5_6 * kx6; }
+      if (HD > 7u) { s += q5_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.y) & jv <= vec4<u32>(row1.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.y = l1.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.y = mNew;
+      { o5_0 = o5_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o5_1 = o5_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o5_2 = o5_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o5_3 = o5_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o5_4 = o5_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o5_5 = o5_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o5_6 = o5_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o5_7 = o5_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 6u && j <= q0 + 6u * WG + WG - 1u && j + 3u >= lo1.z) {
+      var s = vec4<f32>();
+      { s += q6_0 * kx0; }
+      if (HD > 1u) { s += q6_1 * kx1; }
+      if (HD > 2u) { s += q6_2 * kx2; }
+      if (HD > 3u) { s += q6_3 * kx3; }
+      if (HD > 4u) { s += q6_4 * kx4; }
+      if (HD > 5u) { s += q6_5 * kx5; }
+      if (HD > 6u) { s += q6_6 * kx6; }
+      if (HD > 7u) { s += q6_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.z) & jv <= vec4<u32>(row1.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.z = l1.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.z = mNew;
+      { o6_0 = o6_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o6_1 = o6_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o6_2 = o6_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o6_3 = o6_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o6_4 = o6_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o6_5 = o6_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o6_6 = o6_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o6_7 = o6_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 7u && j <= q0 + 7u * WG + WG - 1u && j + 3u >= lo1.w) {
+      var s = vec4<f32>();
+      { s += q7_0 * kx0; }
+      if (HD > 1u) { s += q7_1 * kx1; }
+      if (HD > 2u) { s += q7_2 * kx2; }
+      if (HD > 3u) { s += q7_3 * kx3; }
+      if (HD > 4u) { s += q7_4 * kx4; }
+      if (HD > 5u) { s += q7_5 * kx5; }
+      if (HD > 6u) { s += q7_6 * kx6; }
+      if (HD > 7u) { s += q7_7 * kx7; }
+      let ok = jv >= vec4<u32>(st1.w) & jv <= vec4<u32>(row1.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m1.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m1.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l1.w = l1.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m1.w = mNew;
+      { o7_0 = o7_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o7_1 = o7_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o7_2 = o7_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o7_3 = o7_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o7_4 = o7_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o7_5 = o7_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o7_6 = o7_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o7_7 = o7_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 8u && j <= q0 + 8u * WG + WG - 1u && j + 3u >= lo2.x) {
+      var s = vec4<f32>();
+      { s += q8_0 * kx0; }
+      if (HD > 1u) { s += q8_1 * kx1; }
+      if (HD > 2u) { s += q8_2 * kx2; }
+      if (HD > 3u) { s += q8_3 * kx3; }
+      if (HD > 4u) { s += q8_4 * kx4; }
+      if (HD > 5u) { s += q8_5 * kx5; }
+      if (HD > 6u) { s += q8_6 * kx6; }
+      if (HD > 7u) { s += q8_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.x) & jv <= vec4<u32>(row2.x);
-      let s = select(vec4<f32>(MASKED), s4, ok);
-      let mNew = max(m2.x, max(max(s.x, s.y), max(s.z, s.w)));
-      a4 = exp(m2.x - mNew);
-      p4 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.x = l2.x * a4 + (p4.x + p4.y) + (p4.z + p4.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.x = l2.x * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.x = mNew;
+      { o8_0 = o8_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o8_1 = o8_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o8_2 = o8_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o8_3 = o8_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o8_4 = o8_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o8_5 = o8_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o8_6 = o8_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o8_7 = o8_7 * a + dot(pr, vx7); }
     }
-    if (RR > 5u) {
+    if (RR > 9u && j <= q0 + 9u * WG + WG - 1u && j + 3u >= lo2.y) {
+      var s = vec4<f32>();
+      { s += q9_0 * kx0; }
+      if (HD > 1u) { s += q9_1 * kx1; }
+      if (HD > 2u) { s += q9_2 * kx2; }
+      if (HD > 3u) { s += q9_3 * kx3; }
+      if (HD > 4u) { s += q9_4 * kx4; }
+      if (HD > 5u) { s += q9_5 * kx5; }
+      if (HD > 6u) { s += q9_6 * kx6; }
+      if (HD > 7u) { s += q9_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.y) & jv <= vec4<u32>(row2.y);
-      let s = select(vec4<f32>(MASKED), s5, ok);
-      let mNew = max(m2.y, max(max(s.x, s.y), max(s.z, s.w)));
-      a5 = exp(m2.y - mNew);
-      p5 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.y = l2.y * a5 + (p5.x + p5.y) + (p5.z + p5.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.y = l2.y * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.y = mNew;
+      { o9_0 = o9_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o9_1 = o9_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o9_2 = o9_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o9_3 = o9_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o9_4 = o9_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o9_5 = o9_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o9_6 = o9_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o9_7 = o9_7 * a + dot(pr, vx7); }
     }
-    if (RR > 6u) {
+    if (RR > 10u && j <= q0 + 10u * WG + WG - 1u && j + 3u >= lo2.z) {
+      var s = vec4<f32>();
+      { s += q10_0 * kx0; }
+      if (HD > 1u) { s += q10_1 * kx1; }
+      if (HD > 2u) { s += q10_2 * kx2; }
+      if (HD > 3u) { s += q10_3 * kx3; }
+      if (HD > 4u) { s += q10_4 * kx4; }
+      if (HD > 5u) { s += q10_5 * kx5; }
+      if (HD > 6u) { s += q10_6 * kx6; }
+      if (HD > 7u) { s += q10_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.z) & jv <= vec4<u32>(row2.z);
-      let s = select(vec4<f32>(MASKED), s6, ok);
-      let mNew = max(m2.z, max(max(s.x, s.y), max(s.z, s.w)));
-      a6 = exp(m2.z - mNew);
-      p6 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.z = l2.z * a6 + (p6.x + p6.y) + (p6.z + p6.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.z = l2.z * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.z = mNew;
+      { o10_0 = o10_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o10_1 = o10_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o10_2 = o10_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o10_3 = o10_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o10_4 = o10_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o10_5 = o10_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o10_6 = o10_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o10_7 = o10_7 * a + dot(pr, vx7); }
     }
-    if (RR > 7u) {
+    if (RR > 11u && j <= q0 + 11u * WG + WG - 1u && j + 3u >= lo2.w) {
+      var s = vec4<f32>();
+      { s += q11_0 * kx0; }
+      if (HD > 1u) { s += q11_1 * kx1; }
+      if (HD > 2u) { s += q11_2 * kx2; }
+      if (HD > 3u) { s += q11_3 * kx3; }
+      if (HD > 4u) { s += q11_4 * kx4; }
+      if (HD > 5u) { s += q11_5 * kx5; }
+      if (HD > 6u) { s += q11_6 * kx6; }
+      if (HD > 7u) { s += q11_7 * kx7; }
       let ok = jv >= vec4<u32>(st2.w) & jv <= vec4<u32>(row2.w);
-      let s = select(vec4<f32>(MASKED), s7, ok);
-      let mNew = max(m2.w, max(max(s.x, s.y), max(s.z, s.w)));
-      a7 = exp(m2.w - mNew);
-      p7 = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);
-      l2.w = l2.w * a7 + (p7.x + p7.y) + (p7.z + p7.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m2.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m2.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l2.w = l2.w * a + (pr.x + pr.y) + (pr.z + pr.w);
       m2.w = mNew;
+      { o11_0 = o11_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o11_1 = o11_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o11_2 = o11_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o11_3 = o11_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o11_4 = o11_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o11_5 = o11_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o11_6 = o11_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o11_7 = o11_7 * a + dot(pr, vx7); }
     }
-    { let v0 = win_v[vo.x / 4u + 0u]; let v1 = win_v[vo.y / 4u + 0u]; let v2 = win_v[vo.z / 4u + 0u]; let v3 = win_v[vo.w / 4u + 0u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_0 = o0_0 * a0 + dot(p0, vx); if (RR > 1u) { o1_0 = o1_0 * a1 + dot(p1, vx); } if (RR > 2u) { o2_0 = o2_0 * a2 + dot(p2, vx); } if (RR > 3u) { o3_0 = o3_0 * a3 + dot(p3, vx); } if (RR > 4u) { o4_0 = o4_0 * a4 + dot(p4, vx); } if (RR > 5u) { o5_0 = o5_0 * a5 + dot(p5, vx); } if (RR > 6u) { o6_0 = o6_0 * a6 + dot(p6, vx); } if (RR > 7u) { o7_0 = o7_0 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_1 = o0_1 * a0 + dot(p0, vx); if (RR > 1u) { o1_1 = o1_1 * a1 + dot(p1, vx); } if (RR > 2u) { o2_1 = o2_1 * a2 + dot(p2, vx); } if (RR > 3u) { o3_1 = o3_1 * a3 + dot(p3, vx); } if (RR > 4u) { o4_1 = o4_1 * a4 + dot(p4, vx); } if (RR > 5u) { o5_1 = o5_1 * a5 + dot(p5, vx); } if (RR > 6u) { o6_1 = o6_1 * a6 + dot(p6, vx); } if (RR > 7u) { o7_1 = o7_1 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_2 = o0_2 * a0 + dot(p0, vx); if (RR > 1u) { o1_2 = o1_2 * a1 + dot(p1, vx); } if (RR > 2u) { o2_2 = o2_2 * a2 + dot(p2, vx); } if (RR > 3u) { o3_2 = o3_2 * a3 + dot(p3, vx); } if (RR > 4u) { o4_2 = o4_2 * a4 + dot(p4, vx); } if (RR > 5u) { o5_2 = o5_2 * a5 + dot(p5, vx); } if (RR > 6u) { o6_2 = o6_2 * a6 + dot(p6, vx); } if (RR > 7u) { o7_2 = o7_2 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_3 = o0_3 * a0 + dot(p0, vx); if (RR > 1u) { o1_3 = o1_3 * a1 + dot(p1, vx); } if (RR > 2u) { o2_3 = o2_3 * a2 + dot(p2, vx); } if (RR > 3u) { o3_3 = o3_3 * a3 + dot(p3, vx); } if (RR > 4u) { o4_3 = o4_3 * a4 + dot(p4, vx); } if (RR > 5u) { o5_3 = o5_3 * a5 + dot(p5, vx); } if (RR > 6u) { o6_3 = o6_3 * a6 + dot(p6, vx); } if (RR > 7u) { o7_3 = o7_3 * a7 + dot(p7, vx); } } }
-    if (HD > 4u) { let v0 = win_v[vo.x / 4u + 1u]; let v1 = win_v[vo.y / 4u + 1u]; let v2 = win_v[vo.z / 4u + 1u]; let v3 = win_v[vo.w / 4u + 1u]; { let vx = vec4<f32>(v0.x, v1.x, v2.x, v3.x); o0_4 = o0_4 * a0 + dot(p0, vx); if (RR > 1u) { o1_4 = o1_4 * a1 + dot(p1, vx); } if (RR > 2u) { o2_4 = o2_4 * a2 + dot(p2, vx); } if (RR > 3u) { o3_4 = o3_4 * a3 + dot(p3, vx); } if (RR > 4u) { o4_4 = o4_4 * a4 + dot(p4, vx); } if (RR > 5u) { o5_4 = o5_4 * a5 + dot(p5, vx); } if (RR > 6u) { o6_4 = o6_4 * a6 + dot(p6, vx); } if (RR > 7u) { o7_4 = o7_4 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.y, v1.y, v2.y, v3.y); o0_5 = o0_5 * a0 + dot(p0, vx); if (RR > 1u) { o1_5 = o1_5 * a1 + dot(p1, vx); } if (RR > 2u) { o2_5 = o2_5 * a2 + dot(p2, vx); } if (RR > 3u) { o3_5 = o3_5 * a3 + dot(p3, vx); } if (RR > 4u) { o4_5 = o4_5 * a4 + dot(p4, vx); } if (RR > 5u) { o5_5 = o5_5 * a5 + dot(p5, vx); } if (RR > 6u) { o6_5 = o6_5 * a6 + dot(p6, vx); } if (RR > 7u) { o7_5 = o7_5 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.z, v1.z, v2.z, v3.z); o0_6 = o0_6 * a0 + dot(p0, vx); if (RR > 1u) { o1_6 = o1_6 * a1 + dot(p1, vx); } if (RR > 2u) { o2_6 = o2_6 * a2 + dot(p2, vx); } if (RR > 3u) { o3_6 = o3_6 * a3 + dot(p3, vx); } if (RR > 4u) { o4_6 = o4_6 * a4 + dot(p4, vx); } if (RR > 5u) { o5_6 = o5_6 * a5 + dot(p5, vx); } if (RR > 6u) { o6_6 = o6_6 * a6 + dot(p6, vx); } if (RR > 7u) { o7_6 = o7_6 * a7 + dot(p7, vx); } } { let vx = vec4<f32>(v0.w, v1.w, v2.w, v3.w); o0_7 = o0_7 * a0 + dot(p0, vx); if (RR > 1u) { o1_7 = o1_7 * a1 + dot(p1, vx); } if (RR > 2u) { o2_7 = o2_7 * a2 + dot(p2, vx); } if (RR > 3u) { o3_7 = o3_7 * a3 + dot(p3, vx); } if (RR > 4u) { o4_7 = o4_7 * a4 + dot(p4, vx); } if (RR > 5u) { o5_7 = o5_7 * a5 + dot(p5, vx); } if (RR > 6u) { o6_7 = o6_7 * a6 + dot(p6, vx); } if (RR > 7u) { o7_7 = o7_7 * a7 + dot(p7, vx); } } }
+    if (RR > 12u && j <= q0 + 12u * WG + WG - 1u && j + 3u >= lo3.x) {
+      var s = vec4<f32>();
+      { s += q12_0 * kx0; }
+      if (HD > 1u) { s += q12_1 * kx1; }
+      if (HD > 2u) { s += q12_2 * kx2; }
+      if (HD > 3u) { s += q12_3 * kx3; }
+      if (HD > 4u) { s += q12_4 * kx4; }
+      if (HD > 5u) { s += q12_5 * kx5; }
+      if (HD > 6u) { s += q12_6 * kx6; }
+      if (HD > 7u) { s += q12_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.x) & jv <= vec4<u32>(row3.x);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.x, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.x - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.x = l3.x * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.x = mNew;
+      { o12_0 = o12_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o12_1 = o12_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o12_2 = o12_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o12_3 = o12_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o12_4 = o12_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o12_5 = o12_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o12_6 = o12_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o12_7 = o12_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 13u && j <= q0 + 13u * WG + WG - 1u && j + 3u >= lo3.y) {
+      var s = vec4<f32>();
+      { s += q13_0 * kx0; }
+      if (HD > 1u) { s += q13_1 * kx1; }
+      if (HD > 2u) { s += q13_2 * kx2; }
+      if (HD > 3u) { s += q13_3 * kx3; }
+      if (HD > 4u) { s += q13_4 * kx4; }
+      if (HD > 5u) { s += q13_5 * kx5; }
+      if (HD > 6u) { s += q13_6 * kx6; }
+      if (HD > 7u) { s += q13_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.y) & jv <= vec4<u32>(row3.y);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.y, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.y - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.y = l3.y * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.y = mNew;
+      { o13_0 = o13_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o13_1 = o13_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o13_2 = o13_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o13_3 = o13_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o13_4 = o13_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o13_5 = o13_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o13_6 = o13_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o13_7 = o13_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 14u && j <= q0 + 14u * WG + WG - 1u && j + 3u >= lo3.z) {
+      var s = vec4<f32>();
+      { s += q14_0 * kx0; }
+      if (HD > 1u) { s += q14_1 * kx1; }
+      if (HD > 2u) { s += q14_2 * kx2; }
+      if (HD > 3u) { s += q14_3 * kx3; }
+      if (HD > 4u) { s += q14_4 * kx4; }
+      if (HD > 5u) { s += q14_5 * kx5; }
+      if (HD > 6u) { s += q14_6 * kx6; }
+      if (HD > 7u) { s += q14_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.z) & jv <= vec4<u32>(row3.z);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.z, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.z - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.z = l3.z * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.z = mNew;
+      { o14_0 = o14_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o14_1 = o14_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o14_2 = o14_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o14_3 = o14_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o14_4 = o14_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o14_5 = o14_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o14_6 = o14_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o14_7 = o14_7 * a + dot(pr, vx7); }
+    }
+    if (RR > 15u && j <= q0 + 15u * WG + WG - 1u && j + 3u >= lo3.w) {
+      var s = vec4<f32>();
+      { s += q15_0 * kx0; }
+      if (HD > 1u) { s += q15_1 * kx1; }
+      if (HD > 2u) { s += q15_2 * kx2; }
+      if (HD > 3u) { s += q15_3 * kx3; }
+      if (HD > 4u) { s += q15_4 * kx4; }
+      if (HD > 5u) { s += q15_5 * kx5; }
+      if (HD > 6u) { s += q15_6 * kx6; }
+      if (HD > 7u) { s += q15_7 * kx7; }
+      let ok = jv >= vec4<u32>(st3.w) & jv <= vec4<u32>(row3.w);
+      let sm = select(vec4<f32>(MASKED), s, ok);
+      let mNew = max(m3.w, max(max(sm.x, sm.y), max(sm.z, sm.w)));
+      let a = exp(m3.w - mNew);
+      let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);
+      l3.w = l3.w * a + (pr.x + pr.y) + (pr.z + pr.w);
+      m3.w = mNew;
+      { o15_0 = o15_0 * a + dot(pr, vx0); }
+      if (HD > 1u) { o15_1 = o15_1 * a + dot(pr, vx1); }
+      if (HD > 2u) { o15_2 = o15_2 * a + dot(pr, vx2); }
+      if (HD > 3u) { o15_3 = o15_3 * a + dot(pr, vx3); }
+      if (HD > 4u) { o15_4 = o15_4 * a + dot(pr, vx4); }
+      if (HD > 5u) { o15_5 = o15_5 * a + dot(pr, vx5); }
+      if (HD > 6u) { o15_6 = o15_6 * a + dot(pr, vx6); }
+      if (HD > 7u) { o15_7 = o15_7 * a + dot(pr, vx7); }
+    }
   }
   {
     if (q0 + 0u * WG + lid.x < TE) {
-      let i = row.x;
-      let inv = 1.0 / l.x;
+      let i = row0.x;
+      let inv = 1.0 / l0.x;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o0_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o0_1 * inv; }
@@ -2730,13 +6106,13 @@ fn attention_row_forward_u(
       if (HD > 5u) { out_o[oo + 5u] = o0_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o0_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o0_7 * inv; }
-      out_lse[h * T + i] = m.x + log(l.x);
+      out_lse[h * T + i] = m0.x + log(l0.x);
     }
   }
   if (RR > 1u) {
     if (q0 + 1u * WG + lid.x < TE) {
-      let i = row.y;
-      let inv = 1.0 / l.y;
+      let i = row0.y;
+      let inv = 1.0 / l0.y;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o1_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o1_1 * inv; }
@@ -2746,13 +6122,13 @@ fn attention_row_forward_u(
       if (HD > 5u) { out_o[oo + 5u] = o1_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o1_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o1_7 * inv; }
-      out_lse[h * T + i] = m.y + log(l.y);
+      out_lse[h * T + i] = m0.y + log(l0.y);
     }
   }
   if (RR > 2u) {
     if (q0 + 2u * WG + lid.x < TE) {
-      let i = row.z;
-      let inv = 1.0 / l.z;
+      let i = row0.z;
+      let inv = 1.0 / l0.z;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o2_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o2_1 * inv; }
@@ -2762,13 +6138,13 @@ fn attention_row_forward_u(
       if (HD > 5u) { out_o[oo + 5u] = o2_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o2_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o2_7 * inv; }
-      out_lse[h * T + i] = m.z + log(l.z);
+      out_lse[h * T + i] = m0.z + log(l0.z);
     }
   }
   if (RR > 3u) {
     if (q0 + 3u * WG + lid.x < TE) {
-      let i = row.w;
-      let inv = 1.0 / l.w;
+      let i = row0.w;
+      let inv = 1.0 / l0.w;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o3_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o3_1 * inv; }
@@ -2778,13 +6154,13 @@ fn attention_row_forward_u(
       if (HD > 5u) { out_o[oo + 5u] = o3_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o3_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o3_7 * inv; }
-      out_lse[h * T + i] = m.w + log(l.w);
+      out_lse[h * T + i] = m0.w + log(l0.w);
     }
   }
   if (RR > 4u) {
     if (q0 + 4u * WG + lid.x < TE) {
-      let i = row2.x;
-      let inv = 1.0 / l2.x;
+      let i = row1.x;
+      let inv = 1.0 / l1.x;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o4_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o4_1 * inv; }
@@ -2794,13 +6170,13 @@ fn attention_row_forward_u(
       if (HD > 5u) { out_o[oo + 5u] = o4_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o4_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o4_7 * inv; }
-      out_lse[h * T + i] = m2.x + log(l2.x);
+      out_lse[h * T + i] = m1.x + log(l1.x);
     }
   }
   if (RR > 5u) {
     if (q0 + 5u * WG + lid.x < TE) {
-      let i = row2.y;
-      let inv = 1.0 / l2.y;
+      let i = row1.y;
+      let inv = 1.0 / l1.y;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o5_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o5_1 * inv; }
@@ -2810,13 +6186,13 @@ fn attention_row_forward_u(
       if (HD > 5u) { out_o[oo + 5u] = o5_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o5_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o5_7 * inv; }
-      out_lse[h * T + i] = m2.y + log(l2.y);
+      out_lse[h * T + i] = m1.y + log(l1.y);
     }
   }
   if (RR > 6u) {
     if (q0 + 6u * WG + lid.x < TE) {
-      let i = row2.z;
-      let inv = 1.0 / l2.z;
+      let i = row1.z;
+      let inv = 1.0 / l1.z;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o6_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o6_1 * inv; }
@@ -2826,13 +6202,13 @@ fn attention_row_forward_u(
       if (HD > 5u) { out_o[oo + 5u] = o6_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o6_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o6_7 * inv; }
-      out_lse[h * T + i] = m2.z + log(l2.z);
+      out_lse[h * T + i] = m1.z + log(l1.z);
     }
   }
   if (RR > 7u) {
     if (q0 + 7u * WG + lid.x < TE) {
-      let i = row2.w;
-      let inv = 1.0 / l2.w;
+      let i = row1.w;
+      let inv = 1.0 / l1.w;
       let oo = (i * p.hq + h) * HD;
       { out_o[oo + 0u] = o7_0 * inv; }
       if (HD > 1u) { out_o[oo + 1u] = o7_1 * inv; }
@@ -2842,7 +6218,135 @@ fn attention_row_forward_u(
       if (HD > 5u) { out_o[oo + 5u] = o7_5 * inv; }
       if (HD > 6u) { out_o[oo + 6u] = o7_6 * inv; }
       if (HD > 7u) { out_o[oo + 7u] = o7_7 * inv; }
+      out_lse[h * T + i] = m1.w + log(l1.w);
+    }
+  }
+  if (RR > 8u) {
+    if (q0 + 8u * WG + lid.x < TE) {
+      let i = row2.x;
+      let inv = 1.0 / l2.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o8_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o8_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o8_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o8_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o8_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o8_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o8_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o8_7 * inv; }
+      out_lse[h * T + i] = m2.x + log(l2.x);
+    }
+  }
+  if (RR > 9u) {
+    if (q0 + 9u * WG + lid.x < TE) {
+      let i = row2.y;
+      let inv = 1.0 / l2.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o9_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o9_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o9_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o9_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o9_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o9_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o9_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o9_7 * inv; }
+      out_lse[h * T + i] = m2.y + log(l2.y);
+    }
+  }
+  if (RR > 10u) {
+    if (q0 + 10u * WG + lid.x < TE) {
+      let i = row2.z;
+      let inv = 1.0 / l2.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o10_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o10_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o10_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o10_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o10_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o10_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o10_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o10_7 * inv; }
+      out_lse[h * T + i] = m2.z + log(l2.z);
+    }
+  }
+  if (RR > 11u) {
+    if (q0 + 11u * WG + lid.x < TE) {
+      let i = row2.w;
+      let inv = 1.0 / l2.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o11_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o11_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o11_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o11_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o11_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o11_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o11_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o11_7 * inv; }
       out_lse[h * T + i] = m2.w + log(l2.w);
+    }
+  }
+  if (RR > 12u) {
+    if (q0 + 12u * WG + lid.x < TE) {
+      let i = row3.x;
+      let inv = 1.0 / l3.x;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o12_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o12_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o12_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o12_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o12_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o12_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o12_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o12_7 * inv; }
+      out_lse[h * T + i] = m3.x + log(l3.x);
+    }
+  }
+  if (RR > 13u) {
+    if (q0 + 13u * WG + lid.x < TE) {
+      let i = row3.y;
+      let inv = 1.0 / l3.y;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o13_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o13_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o13_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o13_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o13_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o13_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o13_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o13_7 * inv; }
+      out_lse[h * T + i] = m3.y + log(l3.y);
+    }
+  }
+  if (RR > 14u) {
+    if (q0 + 14u * WG + lid.x < TE) {
+      let i = row3.z;
+      let inv = 1.0 / l3.z;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o14_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o14_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o14_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o14_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o14_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o14_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o14_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o14_7 * inv; }
+      out_lse[h * T + i] = m3.z + log(l3.z);
+    }
+  }
+  if (RR > 15u) {
+    if (q0 + 15u * WG + lid.x < TE) {
+      let i = row3.w;
+      let inv = 1.0 / l3.w;
+      let oo = (i * p.hq + h) * HD;
+      { out_o[oo + 0u] = o15_0 * inv; }
+      if (HD > 1u) { out_o[oo + 1u] = o15_1 * inv; }
+      if (HD > 2u) { out_o[oo + 2u] = o15_2 * inv; }
+      if (HD > 3u) { out_o[oo + 3u] = o15_3 * inv; }
+      if (HD > 4u) { out_o[oo + 4u] = o15_4 * inv; }
+      if (HD > 5u) { out_o[oo + 5u] = o15_5 * inv; }
+      if (HD > 6u) { out_o[oo + 6u] = o15_6 * inv; }
+      if (HD > 7u) { out_o[oo + 7u] = o15_7 * inv; }
+      out_lse[h * T + i] = m3.w + log(l3.w);
     }
   }
 }
@@ -2871,14 +6375,23 @@ fn attention_row_backward_dq_u(
   var q5_0 = 0.0; var q5_1 = 0.0; var q5_2 = 0.0; var q5_3 = 0.0; var q5_4 = 0.0; var q5_5 = 0.0; var q5_6 = 0.0; var q5_7 = 0.0; var g5_0 = 0.0; var g5_1 = 0.0; var g5_2 = 0.0; var g5_3 = 0.0; var g5_4 = 0.0; var g5_5 = 0.0; var g5_6 = 0.0; var g5_7 = 0.0; var a5_0 = 0.0; var a5_1 = 0.0; var a5_2 = 0.0; var a5_3 = 0.0; var a5_4 = 0.0; var a5_5 = 0.0; var a5_6 = 0.0; var a5_7 = 0.0;
   var q6_0 = 0.0; var q6_1 = 0.0; var q6_2 = 0.0; var q6_3 = 0.0; var q6_4 = 0.0; var q6_5 = 0.0; var q6_6 = 0.0; var q6_7 = 0.0; var g6_0 = 0.0; var g6_1 = 0.0; var g6_2 = 0.0; var g6_3 = 0.0; var g6_4 = 0.0; var g6_5 = 0.0; var g6_6 = 0.0; var g6_7 = 0.0; var a6_0 = 0.0; var a6_1 = 0.0; var a6_2 = 0.0; var a6_3 = 0.0; var a6_4 = 0.0; var a6_5 = 0.0; var a6_6 = 0.0; var a6_7 = 0.0;
   var q7_0 = 0.0; var q7_1 = 0.0; var q7_2 = 0.0; var q7_3 = 0.0; var q7_4 = 0.0; var q7_5 = 0.0; var q7_6 = 0.0; var q7_7 = 0.0; var g7_0 = 0.0; var g7_1 = 0.0; var g7_2 = 0.0; var g7_3 = 0.0; var g7_4 = 0.0; var g7_5 = 0.0; var g7_6 = 0.0; var g7_7 = 0.0; var a7_0 = 0.0; var a7_1 = 0.0; var a7_2 = 0.0; var a7_3 = 0.0; var a7_4 = 0.0; var a7_5 = 0.0; var a7_6 = 0.0; var a7_7 = 0.0;
-  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();
-  var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();
+  var q8_0 = 0.0; var q8_1 = 0.0; var q8_2 = 0.0; var q8_3 = 0.0; var q8_4 = 0.0; var q8_5 = 0.0; var q8_6 = 0.0; var q8_7 = 0.0; var g8_0 = 0.0; var g8_1 = 0.0; var g8_2 = 0.0; var g8_3 = 0.0; var g8_4 = 0.0; var g8_5 = 0.0; var g8_6 = 0.0; var g8_7 = 0.0; var a8_0 = 0.0; var a8_1 = 0.0; var a8_2 = 0.0; var a8_3 = 0.0; var a8_4 = 0.0; var a8_5 = 0.0; var a8_6 = 0.0; var a8_7 = 0.0;
+  var q9_0 = 0.0; var q9_1 = 0.0; var q9_2 = 0.0; var q9_3 = 0.0; var q9_4 = 0.0; var q9_5 = 0.0; var q9_6 = 0.0; var q9_7 = 0.0; var g9_0 = 0.0; var g9_1 = 0.0; var g9_2 = 0.0; var g9_3 = 0.0; var g9_4 = 0.0; var g9_5 = 0.0; var g9_6 = 0.0; var g9_7 = 0.0; var a9_0 = 0.0; var a9_1 = 0.0; var a9_2 = 0.0; var a9_3 = 0.0; var a9_4 = 0.0; var a9_5 = 0.0; var a9_6 = 0.0; var a9_7 = 0.0;
+  var q10_0 = 0.0; var q10_1 = 0.0; var q10_2 = 0.0; var q10_3 = 0.0; var q10_4 = 0.0; var q10_5 = 0.0; var q10_6 = 0.0; var q10_7 = 0.0; var g10_0 = 0.0; var g10_1 = 0.0; var g10_2 = 0.0; var g10_3 = 0.0; var g10_4 = 0.0; var g10_5 = 0.0; var g10_6 = 0.0; var g10_7 = 0.0; var a10_0 = 0.0; var a10_1 = 0.0; var a10_2 = 0.0; var a10_3 = 0.0; var a10_4 = 0.0; var a10_5 = 0.0; var a10_6 = 0.0; var a10_7 = 0.0;
+  var q11_0 = 0.0; var q11_1 = 0.0; var q11_2 = 0.0; var q11_3 = 0.0; var q11_4 = 0.0; var q11_5 = 0.0; var q11_6 = 0.0; var q11_7 = 0.0; var g11_0 = 0.0; var g11_1 = 0.0; var g11_2 = 0.0; var g11_3 = 0.0; var g11_4 = 0.0; var g11_5 = 0.0; var g11_6 = 0.0; var g11_7 = 0.0; var a11_0 = 0.0; var a11_1 = 0.0; var a11_2 = 0.0; var a11_3 = 0.0; var a11_4 = 0.0; var a11_5 = 0.0; var a11_6 = 0.0; var a11_7 = 0.0;
+  var q12_0 = 0.0; var q12_1 = 0.0; var q12_2 = 0.0; var q12_3 = 0.0; var q12_4 = 0.0; var q12_5 = 0.0; var q12_6 = 0.0; var q12_7 = 0.0; var g12_0 = 0.0; var g12_1 = 0.0; var g12_2 = 0.0; var g12_3 = 0.0; var g12_4 = 0.0; var g12_5 = 0.0; var g12_6 = 0.0; var g12_7 = 0.0; var a12_0 = 0.0; var a12_1 = 0.0; var a12_2 = 0.0; var a12_3 = 0.0; var a12_4 = 0.0; var a12_5 = 0.0; var a12_6 = 0.0; var a12_7 = 0.0;
+  var q13_0 = 0.0; var q13_1 = 0.0; var q13_2 = 0.0; var q13_3 = 0.0; var q13_4 = 0.0; var q13_5 = 0.0; var q13_6 = 0.0; var q13_7 = 0.0; var g13_0 = 0.0; var g13_1 = 0.0; var g13_2 = 0.0; var g13_3 = 0.0; var g13_4 = 0.0; var g13_5 = 0.0; var g13_6 = 0.0; var g13_7 = 0.0; var a13_0 = 0.0; var a13_1 = 0.0; var a13_2 = 0.0; var a13_3 = 0.0; var a13_4 = 0.0; var a13_5 = 0.0; var a13_6 = 0.0; var a13_7 = 0.0;
+  var q14_0 = 0.0; var q14_1 = 0.0; var q14_2 = 0.0; var q14_3 = 0.0; var q14_4 = 0.0; var q14_5 = 0.0; var q14_6 = 0.0; var q14_7 = 0.0; var g14_0 = 0.0; var g14_1 = 0.0; var g14_2 = 0.0; var g14_3 = 0.0; var g14_4 = 0.0; var g14_5 = 0.0; var g14_6 = 0.0; var g14_7 = 0.0; var a14_0 = 0.0; var a14_1 = 0.0; var a14_2 = 0.0; var a14_3 = 0.0; var a14_4 = 0.0; var a14_5 = 0.0; var a14_6 = 0.0; var a14_7 = 0.0;
+  var q15_0 = 0.0; var q15_1 = 0.0; var q15_2 = 0.0; var q15_3 = 0.0; var q15_4 = 0.0; var q15_5 = 0.0; var q15_6 = 0.0; var q15_7 = 0.0; var g15_0 = 0.0; var g15_1 = 0.0; var g15_2 = 0.0; var g15_3 = 0.0; var g15_4 = 0.0; var g15_5 = 0.0; var g15_6 = 0.0; var g15_7 = 0.0; var a15_0 = 0.0; var a15_1 = 0.0; var a15_2 = 0.0; var a15_3 = 0.0; var a15_4 = 0.0; var a15_5 = 0.0; var a15_6 = 0.0; var a15_7 = 0.0;
+  var row0 = vec4<u32>(); var row1 = vec4<u32>(); var row2 = vec4<u32>(); var row3 = vec4<u32>(); var st0 = vec4<u32>(); var st1 = vec4<u32>(); var st2 = vec4<u32>(); var st3 = vec4<u32>(); var lo0 = vec4<u32>(); var lo1 = vec4<u32>(); var lo2 = vec4<u32>(); var lo3 = vec4<u32>();
+  var lse0 = vec4<f32>(); var lse1 = vec4<f32>(); var lse2 = vec4<f32>(); var lse3 = vec4<f32>(); var dl0 = vec4<f32>(); var dl1 = vec4<f32>(); var dl2 = vec4<f32>(); var dl3 = vec4<f32>();
   {
     let i = min(q0 + 0u * WG + lid.x, TE - 1u);
-    row.x = i;
-    st.x = in_start[i];
-    lse.x = in_lse[h * T + i];
-    dl.x = in_delta[h * T + i];
+    row0.x = i;
+    st0.x = in_start[i];
+    lo0.x = in_start[min(q0 + 0u * WG, TE - 1u)]; // the row group's first start
+    lse0.x = in_lse[h * T + i];
+    dl0.x = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q0_0 = t.x * p.scale; q0_1 = t.y * p.scale; q0_2 = t.z * p.scale; q0_3 = t.w * p.scale; }
@@ -2888,10 +6401,11 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 1u) {
     let i = min(q0 + 1u * WG + lid.x, TE - 1u);
-    row.y = i;
-    st.y = in_start[i];
-    lse.y = in_lse[h * T + i];
-    dl.y = in_delta[h * T + i];
+    row0.y = i;
+    st0.y = in_start[i];
+    lo0.y = in_start[min(q0 + 1u * WG, TE - 1u)]; // the row group's first start
+    lse0.y = in_lse[h * T + i];
+    dl0.y = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q1_0 = t.x * p.scale; q1_1 = t.y * p.scale; q1_2 = t.z * p.scale; q1_3 = t.w * p.scale; }
@@ -2901,10 +6415,11 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 2u) {
     let i = min(q0 + 2u * WG + lid.x, TE - 1u);
-    row.z = i;
-    st.z = in_start[i];
-    lse.z = in_lse[h * T + i];
-    dl.z = in_delta[h * T + i];
+    row0.z = i;
+    st0.z = in_start[i];
+    lo0.z = in_start[min(q0 + 2u * WG, TE - 1u)]; // the row group's first start
+    lse0.z = in_lse[h * T + i];
+    dl0.z = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q2_0 = t.x * p.scale; q2_1 = t.y * p.scale; q2_2 = t.z * p.scale; q2_3 = t.w * p.scale; }
@@ -2914,10 +6429,11 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 3u) {
     let i = min(q0 + 3u * WG + lid.x, TE - 1u);
-    row.w = i;
-    st.w = in_start[i];
-    lse.w = in_lse[h * T + i];
-    dl.w = in_delta[h * T + i];
+    row0.w = i;
+    st0.w = in_start[i];
+    lo0.w = in_start[min(q0 + 3u * WG, TE - 1u)]; // the row group's first start
+    lse0.w = in_lse[h * T + i];
+    dl0.w = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q3_0 = t.x * p.scale; q3_1 = t.y * p.scale; q3_2 = t.z * p.scale; q3_3 = t.w * p.scale; }
@@ -2927,10 +6443,11 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 4u) {
     let i = min(q0 + 4u * WG + lid.x, TE - 1u);
-    row2.x = i;
-    st2.x = in_start[i];
-    lse2.x = in_lse[h * T + i];
-    dl2.x = in_delta[h * T + i];
+    row1.x = i;
+    st1.x = in_start[i];
+    lo1.x = in_start[min(q0 + 4u * WG, TE - 1u)]; // the row group's first start
+    lse1.x = in_lse[h * T + i];
+    dl1.x = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q4_0 = t.x * p.scale; q4_1 = t.y * p.scale; q4_2 = t.z * p.scale; q4_3 = t.w * p.scale; }
@@ -2940,10 +6457,11 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 5u) {
     let i = min(q0 + 5u * WG + lid.x, TE - 1u);
-    row2.y = i;
-    st2.y = in_start[i];
-    lse2.y = in_lse[h * T + i];
-    dl2.y = in_delta[h * T + i];
+    row1.y = i;
+    st1.y = in_start[i];
+    lo1.y = in_start[min(q0 + 5u * WG, TE - 1u)]; // the row group's first start
+    lse1.y = in_lse[h * T + i];
+    dl1.y = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q5_0 = t.x * p.scale; q5_1 = t.y * p.scale; q5_2 = t.z * p.scale; q5_3 = t.w * p.scale; }
@@ -2953,10 +6471,11 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 6u) {
     let i = min(q0 + 6u * WG + lid.x, TE - 1u);
-    row2.z = i;
-    st2.z = in_start[i];
-    lse2.z = in_lse[h * T + i];
-    dl2.z = in_delta[h * T + i];
+    row1.z = i;
+    st1.z = in_start[i];
+    lo1.z = in_start[min(q0 + 6u * WG, TE - 1u)]; // the row group's first start
+    lse1.z = in_lse[h * T + i];
+    dl1.z = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q6_0 = t.x * p.scale; q6_1 = t.y * p.scale; q6_2 = t.z * p.scale; q6_3 = t.w * p.scale; }
@@ -2966,16 +6485,129 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 7u) {
     let i = min(q0 + 7u * WG + lid.x, TE - 1u);
-    row2.w = i;
-    st2.w = in_start[i];
-    lse2.w = in_lse[h * T + i];
-    dl2.w = in_delta[h * T + i];
+    row1.w = i;
+    st1.w = in_start[i];
+    lo1.w = in_start[min(q0 + 7u * WG, TE - 1u)]; // the row group's first start
+    lse1.w = in_lse[h * T + i];
+    dl1.w = in_delta[h * T + i];
     let qo = i * p.ld_q + p.q_off + h * HD;
     let go = (i * p.hq + h) * HD;
     { let t = in_q4[(qo) / 4u + 0u]; q7_0 = t.x * p.scale; q7_1 = t.y * p.scale; q7_2 = t.z * p.scale; q7_3 = t.w * p.scale; }
     if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q7_4 = t.x * p.scale; q7_5 = t.y * p.scale; q7_6 = t.z * p.scale; q7_7 = t.w * p.scale; }
     { let t = in_dout4[(go) / 4u + 0u]; g7_0 = t.x; g7_1 = t.y; g7_2 = t.z; g7_3 = t.w; }
     if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g7_4 = t.x; g7_5 = t.y; g7_6 = t.z; g7_7 = t.w; }
+  }
+  if (RR > 8u) {
+    let i = min(q0 + 8u * WG + lid.x, TE - 1u);
+    row2.x = i;
+    st2.x = in_start[i];
+    lo2.x = in_start[min(q0 + 8u * WG, TE - 1u)]; // the row group's first start
+    lse2.x = in_lse[h * T + i];
+    dl2.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q8_0 = t.x * p.scale; q8_1 = t.y * p.scale; q8_2 = t.z * p.scale; q8_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q8_4 = t.x * p.scale; q8_5 = t.y * p.scale; q8_6 = t.z * p.scale; q8_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g8_0 = t.x; g8_1 = t.y; g8_2 = t.z; g8_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g8_4 = t.x; g8_5 = t.y; g8_6 = t.z; g8_7 = t.w; }
+  }
+  if (RR > 9u) {
+    let i = min(q0 + 9u * WG + lid.x, TE - 1u);
+    row2.y = i;
+    st2.y = in_start[i];
+    lo2.y = in_start[min(q0 + 9u * WG, TE - 1u)]; // the row group's first start
+    lse2.y = in_lse[h * T + i];
+    dl2.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q9_0 = t.x * p.scale; q9_1 = t.y * p.scale; q9_2 = t.z * p.scale; q9_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q9_4 = t.x * p.scale; q9_5 = t.y * p.scale; q9_6 = t.z * p.scale; q9_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g9_0 = t.x; g9_1 = t.y; g9_2 = t.z; g9_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g9_4 = t.x; g9_5 = t.y; g9_6 = t.z; g9_7 = t.w; }
+  }
+  if (RR > 10u) {
+    let i = min(q0 + 10u * WG + lid.x, TE - 1u);
+    row2.z = i;
+    st2.z = in_start[i];
+    lo2.z = in_start[min(q0 + 10u * WG, TE - 1u)]; // the row group's first start
+    lse2.z = in_lse[h * T + i];
+    dl2.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q10_0 = t.x * p.scale; q10_1 = t.y * p.scale; q10_2 = t.z * p.scale; q10_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q10_4 = t.x * p.scale; q10_5 = t.y * p.scale; q10_6 = t.z * p.scale; q10_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g10_0 = t.x; g10_1 = t.y; g10_2 = t.z; g10_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g10_4 = t.x; g10_5 = t.y; g10_6 = t.z; g10_7 = t.w; }
+  }
+  if (RR > 11u) {
+    let i = min(q0 + 11u * WG + lid.x, TE - 1u);
+    row2.w = i;
+    st2.w = in_start[i];
+    lo2.w = in_start[min(q0 + 11u * WG, TE - 1u)]; // the row group's first start
+    lse2.w = in_lse[h * T + i];
+    dl2.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q11_0 = t.x * p.scale; q11_1 = t.y * p.scale; q11_2 = t.z * p.scale; q11_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q11_4 = t.x * p.scale; q11_5 = t.y * p.scale; q11_6 = t.z * p.scale; q11_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g11_0 = t.x; g11_1 = t.y; g11_2 = t.z; g11_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g11_4 = t.x; g11_5 = t.y; g11_6 = t.z; g11_7 = t.w; }
+  }
+  if (RR > 12u) {
+    let i = min(q0 + 12u * WG + lid.x, TE - 1u);
+    row3.x = i;
+    st3.x = in_start[i];
+    lo3.x = in_start[min(q0 + 12u * WG, TE - 1u)]; // the row group's first start
+    lse3.x = in_lse[h * T + i];
+    dl3.x = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q12_0 = t.x * p.scale; q12_1 = t.y * p.scale; q12_2 = t.z * p.scale; q12_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q12_4 = t.x * p.scale; q12_5 = t.y * p.scale; q12_6 = t.z * p.scale; q12_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g12_0 = t.x; g12_1 = t.y; g12_2 = t.z; g12_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g12_4 = t.x; g12_5 = t.y; g12_6 = t.z; g12_7 = t.w; }
+  }
+  if (RR > 13u) {
+    let i = min(q0 + 13u * WG + lid.x, TE - 1u);
+    row3.y = i;
+    st3.y = in_start[i];
+    lo3.y = in_start[min(q0 + 13u * WG, TE - 1u)]; // the row group's first start
+    lse3.y = in_lse[h * T + i];
+    dl3.y = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q13_0 = t.x * p.scale; q13_1 = t.y * p.scale; q13_2 = t.z * p.scale; q13_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q13_4 = t.x * p.scale; q13_5 = t.y * p.scale; q13_6 = t.z * p.scale; q13_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g13_0 = t.x; g13_1 = t.y; g13_2 = t.z; g13_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g13_4 = t.x; g13_5 = t.y; g13_6 = t.z; g13_7 = t.w; }
+  }
+  if (RR > 14u) {
+    let i = min(q0 + 14u * WG + lid.x, TE - 1u);
+    row3.z = i;
+    st3.z = in_start[i];
+    lo3.z = in_start[min(q0 + 14u * WG, TE - 1u)]; // the row group's first start
+    lse3.z = in_lse[h * T + i];
+    dl3.z = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q14_0 = t.x * p.scale; q14_1 = t.y * p.scale; q14_2 = t.z * p.scale; q14_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q14_4 = t.x * p.scale; q14_5 = t.y * p.scale; q14_6 = t.z * p.scale; q14_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g14_0 = t.x; g14_1 = t.y; g14_2 = t.z; g14_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g14_4 = t.x; g14_5 = t.y; g14_6 = t.z; g14_7 = t.w; }
+  }
+  if (RR > 15u) {
+    let i = min(q0 + 15u * WG + lid.x, TE - 1u);
+    row3.w = i;
+    st3.w = in_start[i];
+    lo3.w = in_start[min(q0 + 15u * WG, TE - 1u)]; // the row group's first start
+    lse3.w = in_lse[h * T + i];
+    dl3.w = in_delta[h * T + i];
+    let qo = i * p.ld_q + p.q_off + h * HD;
+    let go = (i * p.hq + h) * HD;
+    { let t = in_q4[(qo) / 4u + 0u]; q15_0 = t.x * p.scale; q15_1 = t.y * p.scale; q15_2 = t.z * p.scale; q15_3 = t.w * p.scale; }
+    if (HD > 4u) { let t = in_q4[(qo) / 4u + 1u]; q15_4 = t.x * p.scale; q15_5 = t.y * p.scale; q15_6 = t.z * p.scale; q15_7 = t.w * p.scale; }
+    { let t = in_dout4[(go) / 4u + 0u]; g15_0 = t.x; g15_1 = t.y; g15_2 = t.z; g15_3 = t.w; }
+    if (HD > 4u) { let t = in_dout4[(go) / 4u + 1u]; g15_4 = t.x; g15_5 = t.y; g15_6 = t.z; g15_7 = t.w; }
   }
   let jLo = in_start[q0];
   let jHi = min(q0 + WG * RR, TE);
@@ -2987,7 +6619,7 @@ fn attention_row_backward_dq_u(
     if (HD > 4u) { let t = win_k[(ko) / 4u + 1u]; k4 = t.x; k5 = t.y; k6 = t.z; k7 = t.w; }
     { let t = win_v[(vo) / 4u + 0u]; v0 = t.x; v1 = t.y; v2 = t.z; v3 = t.w; }
     if (HD > 4u) { let t = win_v[(vo) / 4u + 1u]; v4 = t.x; v5 = t.y; v6 = t.z; v7 = t.w; }
-    {
+    if (j <= q0 + 0u * WG + WG - 1u && j >= lo0.x) {
       var s = 0.0;
       var dp = 0.0;
       { s += q0_0 * k0; dp += g0_0 * v0; }
@@ -2998,8 +6630,8 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { s += q0_5 * k5; dp += g0_5 * v5; }
       if (HD > 6u) { s += q0_6 * k6; dp += g0_6 * v6; }
       if (HD > 7u) { s += q0_7 * k7; dp += g0_7 * v7; }
-      let pr = select(0.0, exp(s - lse.x), j >= st.x && j <= row.x);
-      let ds = pr * (dp - dl.x);
+      let pr = select(0.0, exp(s - lse0.x), j >= st0.x && j <= row0.x);
+      let ds = pr * (dp - dl0.x);
       { a0_0 += ds * k0; }
       if (HD > 1u) { a0_1 += ds * k1; }
       if (HD > 2u) { a0_2 += ds * k2; }
@@ -3009,7 +6641,7 @@ fn attention_row_backward_dq_u(
       if (HD > 6u) { a0_6 += ds * k6; }
       if (HD > 7u) { a0_7 += ds * k7; }
     }
-    if (RR > 1u) {
+    if (RR > 1u && j <= q0 + 1u * WG + WG - 1u && j >= lo0.y) {
       var s = 0.0;
       var dp = 0.0;
       { s += q1_0 * k0; dp += g1_0 * v0; }
@@ -3020,8 +6652,8 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { s += q1_5 * k5; dp += g1_5 * v5; }
       if (HD > 6u) { s += q1_6 * k6; dp += g1_6 * v6; }
       if (HD > 7u) { s += q1_7 * k7; dp += g1_7 * v7; }
-      let pr = select(0.0, exp(s - lse.y), j >= st.y && j <= row.y);
-      let ds = pr * (dp - dl.y);
+      let pr = select(0.0, exp(s - lse0.y), j >= st0.y && j <= row0.y);
+      let ds = pr * (dp - dl0.y);
       { a1_0 += ds * k0; }
       if (HD > 1u) { a1_1 += ds * k1; }
       if (HD > 2u) { a1_2 += ds * k2; }
@@ -3031,7 +6663,7 @@ fn attention_row_backward_dq_u(
       if (HD > 6u) { a1_6 += ds * k6; }
       if (HD > 7u) { a1_7 += ds * k7; }
     }
-    if (RR > 2u) {
+    if (RR > 2u && j <= q0 + 2u * WG + WG - 1u && j >= lo0.z) {
       var s = 0.0;
       var dp = 0.0;
       { s += q2_0 * k0; dp += g2_0 * v0; }
@@ -3042,8 +6674,8 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { s += q2_5 * k5; dp += g2_5 * v5; }
       if (HD > 6u) { s += q2_6 * k6; dp += g2_6 * v6; }
       if (HD > 7u) { s += q2_7 * k7; dp += g2_7 * v7; }
-      let pr = select(0.0, exp(s - lse.z), j >= st.z && j <= row.z);
-      let ds = pr * (dp - dl.z);
+      let pr = select(0.0, exp(s - lse0.z), j >= st0.z && j <= row0.z);
+      let ds = pr * (dp - dl0.z);
       { a2_0 += ds * k0; }
       if (HD > 1u) { a2_1 += ds * k1; }
       if (HD > 2u) { a2_2 += ds * k2; }
@@ -3053,7 +6685,7 @@ fn attention_row_backward_dq_u(
       if (HD > 6u) { a2_6 += ds * k6; }
       if (HD > 7u) { a2_7 += ds * k7; }
     }
-    if (RR > 3u) {
+    if (RR > 3u && j <= q0 + 3u * WG + WG - 1u && j >= lo0.w) {
       var s = 0.0;
       var dp = 0.0;
       { s += q3_0 * k0; dp += g3_0 * v0; }
@@ -3064,8 +6696,8 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { s += q3_5 * k5; dp += g3_5 * v5; }
       if (HD > 6u) { s += q3_6 * k6; dp += g3_6 * v6; }
       if (HD > 7u) { s += q3_7 * k7; dp += g3_7 * v7; }
-      let pr = select(0.0, exp(s - lse.w), j >= st.w && j <= row.w);
-      let ds = pr * (dp - dl.w);
+      let pr = select(0.0, exp(s - lse0.w), j >= st0.w && j <= row0.w);
+      let ds = pr * (dp - dl0.w);
       { a3_0 += ds * k0; }
       if (HD > 1u) { a3_1 += ds * k1; }
       if (HD > 2u) { a3_2 += ds * k2; }
@@ -3075,7 +6707,7 @@ fn attention_row_backward_dq_u(
       if (HD > 6u) { a3_6 += ds * k6; }
       if (HD > 7u) { a3_7 += ds * k7; }
     }
-    if (RR > 4u) {
+    if (RR > 4u && j <= q0 + 4u * WG + WG - 1u && j >= lo1.x) {
       var s = 0.0;
       var dp = 0.0;
       { s += q4_0 * k0; dp += g4_0 * v0; }
@@ -3086,8 +6718,8 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { s += q4_5 * k5; dp += g4_5 * v5; }
       if (HD > 6u) { s += q4_6 * k6; dp += g4_6 * v6; }
       if (HD > 7u) { s += q4_7 * k7; dp += g4_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.x), j >= st2.x && j <= row2.x);
-      let ds = pr * (dp - dl2.x);
+      let pr = select(0.0, exp(s - lse1.x), j >= st1.x && j <= row1.x);
+      let ds = pr * (dp - dl1.x);
       { a4_0 += ds * k0; }
       if (HD > 1u) { a4_1 += ds * k1; }
       if (HD > 2u) { a4_2 += ds * k2; }
@@ -3097,7 +6729,7 @@ fn attention_row_backward_dq_u(
       if (HD > 6u) { a4_6 += ds * k6; }
       if (HD > 7u) { a4_7 += ds * k7; }
     }
-    if (RR > 5u) {
+    if (RR > 5u && j <= q0 + 5u * WG + WG - 1u && j >= lo1.y) {
       var s = 0.0;
       var dp = 0.0;
       { s += q5_0 * k0; dp += g5_0 * v0; }
@@ -3108,8 +6740,8 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { s += q5_5 * k5; dp += g5_5 * v5; }
       if (HD > 6u) { s += q5_6 * k6; dp += g5_6 * v6; }
       if (HD > 7u) { s += q5_7 * k7; dp += g5_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.y), j >= st2.y && j <= row2.y);
-      let ds = pr * (dp - dl2.y);
+      let pr = select(0.0, exp(s - lse1.y), j >= st1.y && j <= row1.y);
+      let ds = pr * (dp - dl1.y);
       { a5_0 += ds * k0; }
       if (HD > 1u) { a5_1 += ds * k1; }
       if (HD > 2u) { a5_2 += ds * k2; }
@@ -3119,7 +6751,7 @@ fn attention_row_backward_dq_u(
       if (HD > 6u) { a5_6 += ds * k6; }
       if (HD > 7u) { a5_7 += ds * k7; }
     }
-    if (RR > 6u) {
+    if (RR > 6u && j <= q0 + 6u * WG + WG - 1u && j >= lo1.z) {
       var s = 0.0;
       var dp = 0.0;
       { s += q6_0 * k0; dp += g6_0 * v0; }
@@ -3130,8 +6762,8 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { s += q6_5 * k5; dp += g6_5 * v5; }
       if (HD > 6u) { s += q6_6 * k6; dp += g6_6 * v6; }
       if (HD > 7u) { s += q6_7 * k7; dp += g6_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.z), j >= st2.z && j <= row2.z);
-      let ds = pr * (dp - dl2.z);
+      let pr = select(0.0, exp(s - lse1.z), j >= st1.z && j <= row1.z);
+      let ds = pr * (dp - dl1.z);
       { a6_0 += ds * k0; }
       if (HD > 1u) { a6_1 += ds * k1; }
       if (HD > 2u) { a6_2 += ds * k2; }
@@ -3141,7 +6773,7 @@ fn attention_row_backward_dq_u(
       if (HD > 6u) { a6_6 += ds * k6; }
       if (HD > 7u) { a6_7 += ds * k7; }
     }
-    if (RR > 7u) {
+    if (RR > 7u && j <= q0 + 7u * WG + WG - 1u && j >= lo1.w) {
       var s = 0.0;
       var dp = 0.0;
       { s += q7_0 * k0; dp += g7_0 * v0; }
@@ -3152,8 +6784,8 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { s += q7_5 * k5; dp += g7_5 * v5; }
       if (HD > 6u) { s += q7_6 * k6; dp += g7_6 * v6; }
       if (HD > 7u) { s += q7_7 * k7; dp += g7_7 * v7; }
-      let pr = select(0.0, exp(s - lse2.w), j >= st2.w && j <= row2.w);
-      let ds = pr * (dp - dl2.w);
+      let pr = select(0.0, exp(s - lse1.w), j >= st1.w && j <= row1.w);
+      let ds = pr * (dp - dl1.w);
       { a7_0 += ds * k0; }
       if (HD > 1u) { a7_1 += ds * k1; }
       if (HD > 2u) { a7_2 += ds * k2; }
@@ -3163,10 +6795,186 @@ fn attention_row_backward_dq_u(
       if (HD > 6u) { a7_6 += ds * k6; }
       if (HD > 7u) { a7_7 += ds * k7; }
     }
+    if (RR > 8u && j <= q0 + 8u * WG + WG - 1u && j >= lo2.x) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q8_0 * k0; dp += g8_0 * v0; }
+      if (HD > 1u) { s += q8_1 * k1; dp += g8_1 * v1; }
+      if (HD > 2u) { s += q8_2 * k2; dp += g8_2 * v2; }
+      if (HD > 3u) { s += q8_3 * k3; dp += g8_3 * v3; }
+      if (HD > 4u) { s += q8_4 * k4; dp += g8_4 * v4; }
+      if (HD > 5u) { s += q8_5 * k5; dp += g8_5 * v5; }
+      if (HD > 6u) { s += q8_6 * k6; dp += g8_6 * v6; }
+      if (HD > 7u) { s += q8_7 * k7; dp += g8_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.x), j >= st2.x && j <= row2.x);
+      let ds = pr * (dp - dl2.x);
+      { a8_0 += ds * k0; }
+      if (HD > 1u) { a8_1 += ds * k1; }
+      if (HD > 2u) { a8_2 += ds * k2; }
+      if (HD > 3u) { a8_3 += ds * k3; }
+      if (HD > 4u) { a8_4 += ds * k4; }
+      if (HD > 5u) { a8_5 += ds * k5; }
+      if (HD > 6u) { a8_6 += ds * k6; }
+      if (HD > 7u) { a8_7 += ds * k7; }
+    }
+    if (RR > 9u && j <= q0 + 9u * WG + WG - 1u && j >= lo2.y) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q9_0 * k0; dp += g9_0 * v0; }
+      if (HD > 1u) { s += q9_1 * k1; dp += g9_1 * v1; }
+      if (HD > 2u) { s += q9_2 * k2; dp += g9_2 * v2; }
+      if (HD > 3u) { s += q9_3 * k3; dp += g9_3 * v3; }
+      if (HD > 4u) { s += q9_4 * k4; dp += g9_4 * v4; }
+      if (HD > 5u) { s += q9_5 * k5; dp += g9_5 * v5; }
+      if (HD > 6u) { s += q9_6 * k6; dp += g9_6 * v6; }
+      if (HD > 7u) { s += q9_7 * k7; dp += g9_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.y), j >= st2.y && j <= row2.y);
+      let ds = pr * (dp - dl2.y);
+      { a9_0 += ds * k0; }
+      if (HD > 1u) { a9_1 += ds * k1; }
+      if (HD > 2u) { a9_2 += ds * k2; }
+      if (HD > 3u) { a9_3 += ds * k3; }
+      if (HD > 4u) { a9_4 += ds * k4; }
+      if (HD > 5u) { a9_5 += ds * k5; }
+      if (HD > 6u) { a9_6 += ds * k6; }
+      if (HD > 7u) { a9_7 += ds * k7; }
+    }
+    if (RR > 10u && j <= q0 + 10u * WG + WG - 1u && j >= lo2.z) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q10_0 * k0; dp += g10_0 * v0; }
+      if (HD > 1u) { s += q10_1 * k1; dp += g10_1 * v1; }
+      if (HD > 2u) { s += q10_2 * k2; dp += g10_2 * v2; }
+      if (HD > 3u) { s += q10_3 * k3; dp += g10_3 * v3; }
+      if (HD > 4u) { s += q10_4 * k4; dp += g10_4 * v4; }
+      if (HD > 5u) { s += q10_5 * k5; dp += g10_5 * v5; }
+      if (HD > 6u) { s += q10_6 * k6; dp += g10_6 * v6; }
+      if (HD > 7u) { s += q10_7 * k7; dp += g10_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.z), j >= st2.z && j <= row2.z);
+      let ds = pr * (dp - dl2.z);
+      { a10_0 += ds * k0; }
+      if (HD > 1u) { a10_1 += ds * k1; }
+      if (HD > 2u) { a10_2 += ds * k2; }
+      if (HD > 3u) { a10_3 += ds * k3; }
+      if (HD > 4u) { a10_4 += ds * k4; }
+      if (HD > 5u) { a10_5 += ds * k5; }
+      if (HD > 6u) { a10_6 += ds * k6; }
+      if (HD > 7u) { a10_7 += ds * k7; }
+    }
+    if (RR > 11u && j <= q0 + 11u * WG + WG - 1u && j >= lo2.w) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q11_0 * k0; dp += g11_0 * v0; }
+      if (HD > 1u) { s += q11_1 * k1; dp += g11_1 * v1; }
+      if (HD > 2u) { s += q11_2 * k2; dp += g11_2 * v2; }
+      if (HD > 3u) { s += q11_3 * k3; dp += g11_3 * v3; }
+      if (HD > 4u) { s += q11_4 * k4; dp += g11_4 * v4; }
+      if (HD > 5u) { s += q11_5 * k5; dp += g11_5 * v5; }
+      if (HD > 6u) { s += q11_6 * k6; dp += g11_6 * v6; }
+      if (HD > 7u) { s += q11_7 * k7; dp += g11_7 * v7; }
+      let pr = select(0.0, exp(s - lse2.w), j >= st2.w && j <= row2.w);
+      let ds = pr * (dp - dl2.w);
+      { a11_0 += ds * k0; }
+      if (HD > 1u) { a11_1 += ds * k1; }
+      if (HD > 2u) { a11_2 += ds * k2; }
+      if (HD > 3u) { a11_3 += ds * k3; }
+      if (HD > 4u) { a11_4 += ds * k4; }
+      if (HD > 5u) { a11_5 += ds * k5; }
+      if (HD > 6u) { a11_6 += ds * k6; }
+      if (HD > 7u) { a11_7 += ds * k7; }
+    }
+    if (RR > 12u && j <= q0 + 12u * WG + WG - 1u && j >= lo3.x) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q12_0 * k0; dp += g12_0 * v0; }
+      if (HD > 1u) { s += q12_1 * k1; dp += g12_1 * v1; }
+      if (HD > 2u) { s += q12_2 * k2; dp += g12_2 * v2; }
+      if (HD > 3u) { s += q12_3 * k3; dp += g12_3 * v3; }
+      if (HD > 4u) { s += q12_4 * k4; dp += g12_4 * v4; }
+      if (HD > 5u) { s += q12_5 * k5; dp += g12_5 * v5; }
+      if (HD > 6u) { s += q12_6 * k6; dp += g12_6 * v6; }
+      if (HD > 7u) { s += q12_7 * k7; dp += g12_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.x), j >= st3.x && j <= row3.x);
+      let ds = pr * (dp - dl3.x);
+      { a12_0 += ds * k0; }
+      if (HD > 1u) { a12_1 += ds * k1; }
+      if (HD > 2u) { a12_2 += ds * k2; }
+      if (HD > 3u) { a12_3 += ds * k3; }
+      if (HD > 4u) { a12_4 += ds * k4; }
+      if (HD > 5u) { a12_5 += ds * k5; }
+      if (HD > 6u) { a12_6 += ds * k6; }
+      if (HD > 7u) { a12_7 += ds * k7; }
+    }
+    if (RR > 13u && j <= q0 + 13u * WG + WG - 1u && j >= lo3.y) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q13_0 * k0; dp += g13_0 * v0; }
+      if (HD > 1u) { s += q13_1 * k1; dp += g13_1 * v1; }
+      if (HD > 2u) { s += q13_2 * k2; dp += g13_2 * v2; }
+      if (HD > 3u) { s += q13_3 * k3; dp += g13_3 * v3; }
+      if (HD > 4u) { s += q13_4 * k4; dp += g13_4 * v4; }
+      if (HD > 5u) { s += q13_5 * k5; dp += g13_5 * v5; }
+      if (HD > 6u) { s += q13_6 * k6; dp += g13_6 * v6; }
+      if (HD > 7u) { s += q13_7 * k7; dp += g13_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.y), j >= st3.y && j <= row3.y);
+      let ds = pr * (dp - dl3.y);
+      { a13_0 += ds * k0; }
+      if (HD > 1u) { a13_1 += ds * k1; }
+      if (HD > 2u) { a13_2 += ds * k2; }
+      if (HD > 3u) { a13_3 += ds * k3; }
+      if (HD > 4u) { a13_4 += ds * k4; }
+      if (HD > 5u) { a13_5 += ds * k5; }
+      if (HD > 6u) { a13_6 += ds * k6; }
+      if (HD > 7u) { a13_7 += ds * k7; }
+    }
+    if (RR > 14u && j <= q0 + 14u * WG + WG - 1u && j >= lo3.z) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q14_0 * k0; dp += g14_0 * v0; }
+      if (HD > 1u) { s += q14_1 * k1; dp += g14_1 * v1; }
+      if (HD > 2u) { s += q14_2 * k2; dp += g14_2 * v2; }
+      if (HD > 3u) { s += q14_3 * k3; dp += g14_3 * v3; }
+      if (HD > 4u) { s += q14_4 * k4; dp += g14_4 * v4; }
+      if (HD > 5u) { s += q14_5 * k5; dp += g14_5 * v5; }
+      if (HD > 6u) { s += q14_6 * k6; dp += g14_6 * v6; }
+      if (HD > 7u) { s += q14_7 * k7; dp += g14_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.z), j >= st3.z && j <= row3.z);
+      let ds = pr * (dp - dl3.z);
+      { a14_0 += ds * k0; }
+      if (HD > 1u) { a14_1 += ds * k1; }
+      if (HD > 2u) { a14_2 += ds * k2; }
+      if (HD > 3u) { a14_3 += ds * k3; }
+      if (HD > 4u) { a14_4 += ds * k4; }
+      if (HD > 5u) { a14_5 += ds * k5; }
+      if (HD > 6u) { a14_6 += ds * k6; }
+      if (HD > 7u) { a14_7 += ds * k7; }
+    }
+    if (RR > 15u && j <= q0 + 15u * WG + WG - 1u && j >= lo3.w) {
+      var s = 0.0;
+      var dp = 0.0;
+      { s += q15_0 * k0; dp += g15_0 * v0; }
+      if (HD > 1u) { s += q15_1 * k1; dp += g15_1 * v1; }
+      if (HD > 2u) { s += q15_2 * k2; dp += g15_2 * v2; }
+      if (HD > 3u) { s += q15_3 * k3; dp += g15_3 * v3; }
+      if (HD > 4u) { s += q15_4 * k4; dp += g15_4 * v4; }
+      if (HD > 5u) { s += q15_5 * k5; dp += g15_5 * v5; }
+      if (HD > 6u) { s += q15_6 * k6; dp += g15_6 * v6; }
+      if (HD > 7u) { s += q15_7 * k7; dp += g15_7 * v7; }
+      let pr = select(0.0, exp(s - lse3.w), j >= st3.w && j <= row3.w);
+      let ds = pr * (dp - dl3.w);
+      { a15_0 += ds * k0; }
+      if (HD > 1u) { a15_1 += ds * k1; }
+      if (HD > 2u) { a15_2 += ds * k2; }
+      if (HD > 3u) { a15_3 += ds * k3; }
+      if (HD > 4u) { a15_4 += ds * k4; }
+      if (HD > 5u) { a15_5 += ds * k5; }
+      if (HD > 6u) { a15_6 += ds * k6; }
+      if (HD > 7u) { a15_7 += ds * k7; }
+    }
   }
   {
     if (q0 + 0u * WG + lid.x < TE) {
-      let qo = row.x * p.ld_q + p.q_off + h * HD;
+      let qo = row0.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a0_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a0_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a0_2 * p.scale; }
@@ -3179,7 +6987,7 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 1u) {
     if (q0 + 1u * WG + lid.x < TE) {
-      let qo = row.y * p.ld_q + p.q_off + h * HD;
+      let qo = row0.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a1_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a1_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a1_2 * p.scale; }
@@ -3192,7 +7000,7 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 2u) {
     if (q0 + 2u * WG + lid.x < TE) {
-      let qo = row.z * p.ld_q + p.q_off + h * HD;
+      let qo = row0.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a2_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a2_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a2_2 * p.scale; }
@@ -3205,7 +7013,7 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 3u) {
     if (q0 + 3u * WG + lid.x < TE) {
-      let qo = row.w * p.ld_q + p.q_off + h * HD;
+      let qo = row0.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a3_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a3_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a3_2 * p.scale; }
@@ -3218,7 +7026,7 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 4u) {
     if (q0 + 4u * WG + lid.x < TE) {
-      let qo = row2.x * p.ld_q + p.q_off + h * HD;
+      let qo = row1.x * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a4_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a4_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a4_2 * p.scale; }
@@ -3231,7 +7039,7 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 5u) {
     if (q0 + 5u * WG + lid.x < TE) {
-      let qo = row2.y * p.ld_q + p.q_off + h * HD;
+      let qo = row1.y * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a5_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a5_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a5_2 * p.scale; }
@@ -3244,7 +7052,7 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 6u) {
     if (q0 + 6u * WG + lid.x < TE) {
-      let qo = row2.z * p.ld_q + p.q_off + h * HD;
+      let qo = row1.z * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a6_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a6_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a6_2 * p.scale; }
@@ -3257,7 +7065,7 @@ fn attention_row_backward_dq_u(
   }
   if (RR > 7u) {
     if (q0 + 7u * WG + lid.x < TE) {
-      let qo = row2.w * p.ld_q + p.q_off + h * HD;
+      let qo = row1.w * p.ld_q + p.q_off + h * HD;
       { out_dq[qo + 0u] = a7_0 * p.scale; }
       if (HD > 1u) { out_dq[qo + 1u] = a7_1 * p.scale; }
       if (HD > 2u) { out_dq[qo + 2u] = a7_2 * p.scale; }
@@ -3266,6 +7074,110 @@ fn attention_row_backward_dq_u(
       if (HD > 5u) { out_dq[qo + 5u] = a7_5 * p.scale; }
       if (HD > 6u) { out_dq[qo + 6u] = a7_6 * p.scale; }
       if (HD > 7u) { out_dq[qo + 7u] = a7_7 * p.scale; }
+    }
+  }
+  if (RR > 8u) {
+    if (q0 + 8u * WG + lid.x < TE) {
+      let qo = row2.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a8_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a8_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a8_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a8_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a8_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a8_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a8_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a8_7 * p.scale; }
+    }
+  }
+  if (RR > 9u) {
+    if (q0 + 9u * WG + lid.x < TE) {
+      let qo = row2.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a9_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a9_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a9_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a9_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a9_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a9_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a9_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a9_7 * p.scale; }
+    }
+  }
+  if (RR > 10u) {
+    if (q0 + 10u * WG + lid.x < TE) {
+      let qo = row2.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a10_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a10_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a10_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a10_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a10_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a10_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a10_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a10_7 * p.scale; }
+    }
+  }
+  if (RR > 11u) {
+    if (q0 + 11u * WG + lid.x < TE) {
+      let qo = row2.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a11_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a11_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a11_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a11_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a11_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a11_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a11_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a11_7 * p.scale; }
+    }
+  }
+  if (RR > 12u) {
+    if (q0 + 12u * WG + lid.x < TE) {
+      let qo = row3.x * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a12_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a12_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a12_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a12_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a12_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a12_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a12_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a12_7 * p.scale; }
+    }
+  }
+  if (RR > 13u) {
+    if (q0 + 13u * WG + lid.x < TE) {
+      let qo = row3.y * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a13_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a13_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a13_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a13_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a13_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a13_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a13_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a13_7 * p.scale; }
+    }
+  }
+  if (RR > 14u) {
+    if (q0 + 14u * WG + lid.x < TE) {
+      let qo = row3.z * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a14_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a14_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a14_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a14_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a14_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a14_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a14_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a14_7 * p.scale; }
+    }
+  }
+  if (RR > 15u) {
+    if (q0 + 15u * WG + lid.x < TE) {
+      let qo = row3.w * p.ld_q + p.q_off + h * HD;
+      { out_dq[qo + 0u] = a15_0 * p.scale; }
+      if (HD > 1u) { out_dq[qo + 1u] = a15_1 * p.scale; }
+      if (HD > 2u) { out_dq[qo + 2u] = a15_2 * p.scale; }
+      if (HD > 3u) { out_dq[qo + 3u] = a15_3 * p.scale; }
+      if (HD > 4u) { out_dq[qo + 4u] = a15_4 * p.scale; }
+      if (HD > 5u) { out_dq[qo + 5u] = a15_5 * p.scale; }
+      if (HD > 6u) { out_dq[qo + 6u] = a15_6 * p.scale; }
+      if (HD > 7u) { out_dq[qo + 7u] = a15_7 * p.scale; }
     }
   }
 }

@@ -11,7 +11,7 @@
  * compiles in 20–35 s on lavapipe at D = 8 and 60 s at D = 16 (measured). */
 export const ROW_MAX_HEAD_DIM = 8;
 /** Largest number of rows per invocation. */
-export const ROW_MAX_ROWS = 8;
+export const ROW_MAX_ROWS = 16;
 
 const D = ROW_MAX_HEAD_DIM, R = ROW_MAX_ROWS;
 const range = (n: number) => [...Array(n).keys()];
@@ -22,10 +22,15 @@ function dGuard(d: number, body: string): string {
 }
 
 /** Lines of `body(r)` for every row r, each block under `if (RR > r)` unless r = 0. */
-function rows(indent: string, body: (r: number) => string[]): string[] {
+function rows(
+  indent: string,
+  body: (r: number) => string[],
+  active?: (r: number) => string,
+): string[] {
   const out: string[] = [];
   for (const r of range(R)) {
-    out.push(indent + (r === 0 ? "{" : `if (RR > ${r}u) {`));
+    const conds = [...(r === 0 ? [] : [`RR > ${r}u`]), ...(active ? [active(r)] : [])];
+    out.push(indent + (conds.length ? `if (${conds.join(" && ")}) {` : "{"));
     for (const l of body(r)) out.push(indent + "  " + l);
     out.push(indent + "}");
   }
@@ -143,18 +148,14 @@ function forward(v4: boolean, win = false): string {
     "attention_row_forward" + (win ? "_u" : v4 ? "_v4" : ""),
   ));
   L.push(...declRows(["q", "o"]).map((l) => "  " + l));
-  L.push(
-    "  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();",
-  );
-  L.push(
-    "  var m = vec4<f32>(MASKED); var m2 = vec4<f32>(MASKED); var l = vec4<f32>(); var l2 = vec4<f32>();",
-  );
+  L.push("  " + declLanes(["row", "st", "lo"], () => "vec4<u32>()"));
+  L.push("  " + declLanes(["m", "l"], (n) => n === "m" ? "vec4<f32>(MASKED)" : "vec4<f32>()"));
   L.push(...rows("  ", (r) => {
-    const c = comp(r);
     return [
       `let i = min(q0 + ${r}u * WG + lid.x, TE - 1u);`,
-      `${c} = i;`,
-      `${c.replace("row", "st")} = in_start[i];`,
+      `${comp(r)} = i;`,
+      `${lane("st", r)} = in_start[i];`,
+      `${lane("lo", r)} = in_start[min(q0 + ${r}u * WG, TE - 1u)]; // the row group's first start`,
       `let qo = i * p.ld_q + p.q_off + h * HD;`,
       ...loadRow("in_q", "qo", (d) => `q${r}_${d}`, v4, " * p.scale"),
     ];
@@ -166,86 +167,54 @@ function forward(v4: boolean, win = false): string {
     let ko = js * p.ld_kv + vec4<u32>(p.k_off + kvh * HD);
     let vo = js * p.ld_kv + vec4<u32>(p.v_off + kvh * HD);
     let jv = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);`);
+  // the four keys' K and V rows, transposed: kx{d} = (K[j].d, K[j+1].d, K[j+2].d, K[j+3].d)
   L.push(
-    "    " +
-      range(R).map((r) => `var s${r} = vec4<f32>(); var p${r} = vec4<f32>(); var a${r} = 1.0;`)
-        .join(" "),
+    "    " + range(D).map((d) => `var kx${d} = vec4<f32>(); var vx${d} = vec4<f32>();`).join(" "),
   );
-  const eachRow = (f: (r: number) => string) =>
-    range(R).map((r) => (r === 0 ? f(r) : `if (RR > ${r}u) { ${f(r)} }`)).join(" ");
   const quad = (buf: string, o: string, d: number) =>
     `vec4<f32>(${["x", "y", "z", "w"].map((c) => `${buf}[${o}.${c} + ${d}u]`).join(", ")})`;
-  if (v4) {
-    // four keys' rows as vec4s, d-group by d-group, transposed into one vec4 per d
-    L.push(
-      ...range(D / 4).map((g) => {
-        const loads = range(4).map((u) => `let k${u} = ${kv4}[ko.${"xyzw"[u]} / 4u + ${g}u];`).join(
-          " ",
-        );
-        const uses = range(4).map((c) =>
-          `{ let kx = vec4<f32>(k0.${"xyzw"[c]}, k1.${"xyzw"[c]}, k2.${"xyzw"[c]}, k3.${
-            "xyzw"[c]
-          }); ${eachRow((r) => `s${r} += q${r}_${4 * g + c} * kx;`)} }`
-        ).join(" ");
-        return "    " + dGuard(4 * g, `${loads} ${uses}`);
-      }),
-    );
-  } else {
-    L.push(
-      ...dims((d) =>
-        `let kx = ${quad("in_k", "ko", d)}; ${eachRow((r) => `s${r} += q${r}_${d} * kx;`)}`
-      )
-        .map((x) => "    " + x),
-    );
+  for (const [view, buf, x, o] of [[kv4, "in_k", "kx", "ko"], [vv4, "in_v", "vx", "vo"]]) {
+    if (v4) {
+      L.push(
+        ...range(D / 4).map((g) => {
+          const loads = range(4).map((u) => `let t${u} = ${view}[${o}.${"xyzw"[u]} / 4u + ${g}u];`);
+          const sets = range(4).map((c) => {
+            const e = "xyzw"[c];
+            return `${x}${4 * g + c} = vec4<f32>(t0.${e}, t1.${e}, t2.${e}, t3.${e});`;
+          });
+          return "    " + dGuard(4 * g, [...loads, ...sets].join(" "));
+        }),
+      );
+    } else {
+      L.push(...dims((d) => `${x}${d} = ${quad(buf, o, d)};`).map((l) => "    " + l));
+    }
   }
+  // Each row group works only on key steps where some pair is unmasked: the condition is the same
+  // for every lane, and lavapipe skips a block whose condition is false for all of them.
   L.push(...rows("    ", (r) => {
-    const c = comp(r);
-    const mm = r < 4 ? "m" : "m2", ll = r < 4 ? "l" : "l2", lane = "xyzw"[r % 4];
+    const c = comp(r), m = lane("m", r), l = lane("l", r);
     return [
-      `let ok = jv >= vec4<u32>(${c.replace("row", "st")}) & jv <= vec4<u32>(${c});`,
-      `let s = select(vec4<f32>(MASKED), s${r}, ok);`,
-      `let mNew = max(${mm}.${lane}, max(max(s.x, s.y), max(s.z, s.w)));`,
-      `a${r} = exp(${mm}.${lane} - mNew);`,
-      `p${r} = select(vec4<f32>(), exp(s - vec4<f32>(mNew)), ok);`,
-      `${ll}.${lane} = ${ll}.${lane} * a${r} + (p${r}.x + p${r}.y) + (p${r}.z + p${r}.w);`,
-      `${mm}.${lane} = mNew;`,
+      "var s = vec4<f32>();",
+      ...dims((d) => `s += q${r}_${d} * kx${d};`),
+      `let ok = jv >= vec4<u32>(${lane("st", r)}) & jv <= vec4<u32>(${c});`,
+      `let sm = select(vec4<f32>(MASKED), s, ok);`,
+      `let mNew = max(${m}, max(max(sm.x, sm.y), max(sm.z, sm.w)));`,
+      `let a = exp(${m} - mNew);`,
+      `let pr = select(vec4<f32>(), exp(sm - vec4<f32>(mNew)), ok);`,
+      `${l} = ${l} * a + (pr.x + pr.y) + (pr.z + pr.w);`,
+      `${m} = mNew;`,
+      ...dims((d) => `o${r}_${d} = o${r}_${d} * a + dot(pr, vx${d});`),
     ];
-  }));
-  if (v4) {
-    L.push(
-      ...range(D / 4).map((g) => {
-        const loads = range(4).map((u) => `let v${u} = ${vv4}[vo.${"xyzw"[u]} / 4u + ${g}u];`).join(
-          " ",
-        );
-        const uses = range(4).map((c) => {
-          const d = 4 * g + c;
-          return `{ let vx = vec4<f32>(v0.${"xyzw"[c]}, v1.${"xyzw"[c]}, v2.${"xyzw"[c]}, v3.${
-            "xyzw"[c]
-          }); ${eachRow((r) => `o${r}_${d} = o${r}_${d} * a${r} + dot(p${r}, vx);`)} }`;
-        }).join(" ");
-        return "    " + dGuard(4 * g, `${loads} ${uses}`);
-      }),
-    );
-  } else {
-    L.push(
-      ...dims((d) =>
-        `let vx = ${quad("in_v", "vo", d)}; ${
-          eachRow((r) => `o${r}_${d} = o${r}_${d} * a${r} + dot(p${r}, vx);`)
-        }`
-      ).map((x) => "    " + x),
-    );
-  }
+  }, (r) => `j <= q0 + ${r}u * WG + WG - 1u && j + 3u >= ${lane("lo", r)}`));
   L.push("  }");
   L.push(...rows("  ", (r) => {
-    const c = comp(r);
-    const mm = r < 4 ? "m" : "m2", ll = r < 4 ? "l" : "l2", lane = "xyzw"[r % 4];
     return [
       `if (q0 + ${r}u * WG + lid.x < TE) {`,
-      `  let i = ${c};`,
-      `  let inv = 1.0 / ${ll}.${lane};`,
+      `  let i = ${comp(r)};`,
+      `  let inv = 1.0 / ${lane("l", r)};`,
       `  let oo = (i * p.hq + h) * HD;`,
       ...dims((d) => `out_o[oo + ${d}u] = o${r}_${d} * inv;`).map((x) => "  " + x),
-      `  out_lse[h * T + i] = ${mm}.${lane} + log(${ll}.${lane});`,
+      `  out_lse[h * T + i] = ${lane("m", r)} + log(${lane("l", r)});`,
       `}`,
     ];
   }));
@@ -253,9 +222,19 @@ function forward(v4: boolean, win = false): string {
   return L.join("\n");
 }
 
-/** The vec4 component holding row r's index (row, row2). */
+/** Component r % 4 of vec4 number r / 4 of the per-row values `name` (row0.x holds row 0's). */
+function lane(name: string, r: number): string {
+  return `${name}${r >> 2}.${"xyzw"[r % 4]}`;
+}
+
+/** Declarations of the vec4s that hold one value per row for each of `names`. */
+function declLanes(names: string[], init: (name: string) => string): string {
+  return names.flatMap((n) => range(R / 4).map((g) => `var ${n}${g} = ${init(n)};`)).join(" ");
+}
+
+/** row r's query (forward, dQ) or key (dK/dV) index for this invocation. */
 function comp(r: number): string {
-  return `${r < 4 ? "row" : "row2"}.${"xyzw"[r % 4]}`;
+  return lane("row", r);
 }
 
 /** dQ: rows are queries of q head h; keys one at a time. */
@@ -267,20 +246,16 @@ function backwardDq(v4: boolean, win = false): string {
     "attention_row_backward_dq" + (win ? "_u" : v4 ? "_v4" : ""),
   ));
   L.push(...declRows(["q", "g", "a"]).map((l) => "  " + l));
-  L.push(
-    "  var row = vec4<u32>(); var row2 = vec4<u32>(); var st = vec4<u32>(); var st2 = vec4<u32>();",
-  );
-  L.push(
-    "  var lse = vec4<f32>(); var lse2 = vec4<f32>(); var dl = vec4<f32>(); var dl2 = vec4<f32>();",
-  );
+  L.push("  " + declLanes(["row", "st", "lo"], () => "vec4<u32>()"));
+  L.push("  " + declLanes(["lse", "dl"], () => "vec4<f32>()"));
   L.push(...rows("  ", (r) => {
-    const c = comp(r), lane = "xyzw"[r % 4], two = r < 4 ? "" : "2";
     return [
       `let i = min(q0 + ${r}u * WG + lid.x, TE - 1u);`,
-      `${c} = i;`,
-      `st${two}.${lane} = in_start[i];`,
-      `lse${two}.${lane} = in_lse[h * T + i];`,
-      `dl${two}.${lane} = in_delta[h * T + i];`,
+      `${comp(r)} = i;`,
+      `${lane("st", r)} = in_start[i];`,
+      `${lane("lo", r)} = in_start[min(q0 + ${r}u * WG, TE - 1u)]; // the row group's first start`,
+      `${lane("lse", r)} = in_lse[h * T + i];`,
+      `${lane("dl", r)} = in_delta[h * T + i];`,
       `let qo = i * p.ld_q + p.q_off + h * HD;`,
       `let go = (i * p.hq + h) * HD;`,
       ...loadRow("in_q", "qo", (d) => `q${r}_${d}`, v4, " * p.scale"),
@@ -300,16 +275,15 @@ function backwardDq(v4: boolean, win = false): string {
     ].map((x) => "    " + x),
   );
   L.push(...rows("    ", (r) => {
-    const c = comp(r), lane = "xyzw"[r % 4], two = r < 4 ? "" : "2";
     return [
       `var s = 0.0;`,
       `var dp = 0.0;`,
       ...dims((d) => `s += q${r}_${d} * k${d}; dp += g${r}_${d} * v${d};`),
-      `let pr = select(0.0, exp(s - lse${two}.${lane}), j >= st${two}.${lane} && j <= ${c});`,
-      `let ds = pr * (dp - dl${two}.${lane});`,
+      `let pr = select(0.0, exp(s - ${lane("lse", r)}), j >= ${lane("st", r)} && j <= ${comp(r)});`,
+      `let ds = pr * (dp - ${lane("dl", r)});`,
       ...dims((d) => `a${r}_${d} += ds * k${d};`),
     ];
-  }));
+  }, (r) => `j <= q0 + ${r}u * WG + WG - 1u && j >= ${lane("lo", r)}`));
   L.push("  }");
   L.push(...rows("  ", (r) => [
     `if (q0 + ${r}u * WG + lid.x < TE) {`,
@@ -338,15 +312,15 @@ fn attention_row_backward_dkv${v4 ? "_v4" : ""}(
   let kvh = wid.y;
   let k0 = wid.x * WG * RR;`);
   L.push(...declRows(["k", "v", "a", "b"]).map((l) => "  " + l));
-  L.push(
-    "  var key = vec4<u32>(); var key2 = vec4<u32>(); var ke = vec4<u32>(); var ke2 = vec4<u32>();",
-  );
+  L.push("  " + declLanes(["key", "ke", "hi"], () => "vec4<u32>()"));
   L.push(...rows("  ", (r) => {
-    const lane = "xyzw"[r % 4], two = r < 4 ? "" : "2";
     return [
       `let j = min(k0 + ${r}u * WG + lid.x, T - 1u);`,
-      `key${two}.${lane} = j;`,
-      `ke${two}.${lane} = in_end[j];`,
+      `${lane("key", r)} = j;`,
+      `${lane("ke", r)} = in_end[j];`,
+      `${
+        lane("hi", r)
+      } = in_end[min(k0 + ${r}u * WG + WG - 1u, T - 1u)]; // the row group's last end`,
       `let o = j * p.ld_kv + kvh * HD;`,
       ...loadRow("in_k", "p.k_off + o", (d) => `k${r}_${d}`, v4, " * p.scale"),
       ...loadRow("in_v", "p.v_off + o", (d) => `v${r}_${d}`, v4),
@@ -368,20 +342,19 @@ fn attention_row_backward_dkv${v4 ? "_v4" : ""}(
     ].map((x) => "      " + x),
   );
   L.push(...rows("      ", (r) => {
-    const lane = "xyzw"[r % 4], two = r < 4 ? "" : "2";
     return [
       `var s = 0.0;`,
       `var dp = 0.0;`,
       ...dims((d) => `s += q${d} * k${r}_${d}; dp += g${d} * v${r}_${d};`),
-      `let pr = select(0.0, exp(s - lse), i >= key${two}.${lane} && i < ke${two}.${lane});`,
+      `let pr = select(0.0, exp(s - lse), i >= ${lane("key", r)} && i < ${lane("ke", r)});`,
       `let ds = pr * (dp - delta);`,
       ...dims((d) => `b${r}_${d} += pr * g${d}; a${r}_${d} += ds * q${d};`),
     ];
-  }));
+  }, (r) => `i >= k0 + ${r}u * WG && i < ${lane("hi", r)}`));
   L.push("    }", "  }");
   L.push(...rows("  ", (r) => [
     `if (k0 + ${r}u * WG + lid.x < T) {`,
-    `  let o = ${r < 4 ? "key" : "key2"}.${"xyzw"[r % 4]} * p.ld_kv + kvh * HD;`,
+    `  let o = ${lane("key", r)} * p.ld_kv + kvh * HD;`,
     ...dims((d) =>
       `out_dk[p.k_off + o + ${d}u] = a${r}_${d} * p.scale; out_dv[p.v_off + o + ${d}u] = b${r}_${d};`
     )

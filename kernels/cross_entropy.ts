@@ -218,11 +218,14 @@ export function crossEntropyForwardBackward(
   const { T, C, V } = args;
   const ws = args.workspace;
   const out = forwardPart(gpu, arena, args);
-  const kGrad = gpu.kernel("cross_entropy", "cross_entropy_grad");
   const [gy, gz] = grid(gpu, T);
   for (const { v0, n, w, dw, off } of chunksOf(args, args.dw)) {
     out.push(...logitsChunk(gpu, arena, args, w, off, n));
     const params = arena.alloc(packParams([T, n, n, v0, V, 0, args.logitScale, 0], [6]));
+    // four logits per invocation when the chunk allows (bit-identical; gpu.vec4Forms = false
+    // keeps the scalar form for the tests)
+    const four = gpu.vec4Forms && n % 4 === 0;
+    const kGrad = gpu.kernel("cross_entropy", four ? "cross_entropy_grad4" : "cross_entropy_grad");
     out.push({
       kernel: kGrad,
       bindGroup: gpu.bind(kGrad, {
@@ -233,7 +236,7 @@ export function crossEntropyForwardBackward(
         4: args.invTokens,
         5: args.lossScale ?? fixedLossScale(gpu),
       }),
-      workgroups: [Math.ceil(n / 64), gy, gz],
+      workgroups: [Math.ceil(n / (four ? 256 : 64)), gy, gz],
     });
     // dh (T, C) (+)= dlogits (T, n) · w[v0 : v0 + n] (n, C)
     out.push(...matmulGemm(gpu, arena, {

@@ -174,3 +174,34 @@ fn cross_entropy_grad(
   }
   z_g[idx] = p.scale * inv_tokens[0] * loss_scale[0] * d;
 }
+
+// cross_entropy_grad with four columns per invocation (n and ldz multiples of 4): the per-row
+// loads (label, lse, scales) serve four logits and z moves as vec4s; bit-identical to the scalar
+// entry point.
+@group(0) @binding(1) var<storage, read_write> z_g4: array<vec4<f32>>; // (T, ldz / 4)
+
+@compute @workgroup_size(WG)
+fn cross_entropy_grad4(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+  let j4 = gid.x;
+  let t = wid.y + wid.z * nwg.y;
+  if (j4 * 4u >= p.n || t >= p.T) {
+    return;
+  }
+  let idx = t * (p.ldz / 4u) + j4;
+  let lab = labels_g[t];
+  if (lab == IGNORE) {
+    z_g4[idx] = vec4<f32>(0.0);
+    return;
+  }
+  var d = exp(z_g4[idx] - vec4<f32>(stats_g[t * 4u + 3u]));
+  let col = vec4<i32>(i32(p.v0 + 4u * j4)) + vec4<i32>(0, 1, 2, 3);
+  d -= select(vec4<f32>(0.0), vec4<f32>(1.0), col == vec4<i32>(lab));
+  if (lab < 0 || u32(lab) >= p.V) {
+    d = vec4<f32>(bitcast<f32>(QNAN));
+  }
+  z_g4[idx] = p.scale * inv_tokens[0] * loss_scale[0] * d;
+}

@@ -462,20 +462,17 @@ gpuTest(
   "attention[row]: K and V through uniform windows (_u), whole or in query chunks, equal _v4 bit for bit",
   async (gpu) => {
     const Hq = 8, Hkv = 4, D = 8; // 512 tokens of dense K fill one 64 KiB window
-    // chunks: dispatches of the forward and of dQ
+    // chunks: dispatches of the forward and of dQ (blocks of 128 queries)
     const cases = [
       { lengths: [200, 1, 150, 161], kv: {}, chunks: 1 }, // T = 512: one window
-      // T = 1024: chunks of 192 queries, windows from tokens 0, 0, 64, 256, 448, 512
-      { lengths: [200, 1, 150, 161, 250, 262], kv: { maxSample: 262 }, chunks: 6 },
-      // 448-token windows: chunks of 128 queries
+      // T = 1024: chunks of 128 queries, windows from tokens 0, 0, 0, 0, 128, 256, 384, 512
+      { lengths: [200, 1, 150, 161, 250, 262], kv: { maxSample: 262 }, chunks: 8 },
+      // 400-token windows: chunks of 128 queries, windows from 272 tokens before each
       {
         lengths: [200, 1, 150, 161, 250, 262],
-        kv: { maxSample: 262, windowTokens: 448 },
+        kv: { maxSample: 262, windowTokens: 400 },
         chunks: 8,
       },
-      // a 300-token window leaves no whole 64-query block past the 261 keys before it: storage
-      { lengths: [200, 1, 150, 161, 250, 262], kv: { maxSample: 262, windowTokens: 300 } },
-      { lengths: [200, 1, 150, 161, 250, 262], kv: {} }, // T = 1024 and no bound: storage
     ];
     for (const { lengths, kv, chunks } of cases) {
       const T = lengths.reduce((x, y) => x + y, 0);

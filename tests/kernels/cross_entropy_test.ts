@@ -12,7 +12,7 @@ import {
   crossEntropyWorkspaceBytes,
 } from "../../kernels/cross_entropy.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
-import { gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
+import { assertSameBits, gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import { crossEntropyLossRef, crossEntropyRef } from "../reference/cross_entropy.ts";
 
 const TOL = 1e-4;
@@ -262,3 +262,29 @@ Deno.test("cross_entropy: workspace bytes cover the logits chunk and the statist
   const b = crossEntropyWorkspaceBytes(65536, 50000);
   assert.ok(b - 65536 * 16 <= 128 * 2 ** 20);
 });
+
+gpuTest(
+  "cross_entropy: the four-column gradient equals the scalar one bit for bit",
+  async (gpu) => {
+    // chunks of 32 and 8 (multiples of 4: cross_entropy_grad4), ignored rows, labels in each chunk
+    const c: Case = {
+      T: 21,
+      C: 8,
+      V: 72,
+      chunk: 32,
+      scale: 0.5,
+      labels: makeLabels(21, 72, 9, (t) => t % 5 === 2),
+      seed: 72,
+    };
+    const four = await runCase(gpu, c);
+    compare(c, four, "grad4");
+    gpu.vec4Forms = false;
+    try {
+      const one = await runCase(gpu, c);
+      assert.equal(four.loss, one.loss);
+      assertSameBits([four.dh!, four.dw!], [one.dh!, one.dw!], "grad4 vs grad");
+    } finally {
+      gpu.vec4Forms = true;
+    }
+  },
+);
