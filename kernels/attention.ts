@@ -155,8 +155,8 @@ export function kvDenseFloats(T: number, Hkv: number, D: number): number {
 
 /**
  * The windowed dispatches of a row-attention `_u` entry point, one per chunk (kvChunks), or null
- * when the windows do not apply or a copy is too short for them; `bindings` are the chunk-free
- * ones.
+ * when the windows do not apply, a copy is too short for them or a window would start off the
+ * adapter's uniform offset alignment; `bindings` are the chunk-free ones.
  */
 function windowedDispatches(
   gpu: Gpu,
@@ -177,7 +177,9 @@ function windowedDispatches(
   if (!kv || !kvWindowsTake(gpu, { ...args, ...kv })) return null;
   const chunks = kvChunks(args, kv)!;
   const row = args.Hkv * args.D * 4;
+  const align = gpu.limits.minUniformBufferOffsetAlignment;
   const fits = (x: BufferSlice, w: number) =>
+    ((x.offset ?? 0) + w * row) % align === 0 &&
     x.buffer.size - (x.offset ?? 0) - w * row >= UNIFORM_WINDOW_BYTES;
   if (!chunks.every((c) => fits(kv.k, c.w) && fits(kv.v, c.w))) return null;
   const win = (x: BufferSlice, w: number) => ({

@@ -176,8 +176,8 @@ interface LayerActs {
   gate: ArenaTensor; // (T, I), or (T, 2I) with up when the projections are fused
   up: ArenaTensor; // (T, I), or the same (T, 2I) tensor as gate
   act: ArenaTensor; // (T, I)
-  // CPU row attention with fused q/k/v: dense (T, Hkv·D) copies of k (after RoPE) and v, each in
-  // a 64 KiB reserve, which the row kernels read through uniform windows (kernels/attention.ts)
+  // CPU row attention with fused q/k/v: dense (T, Hkv·D) copies of k (after RoPE) and v, each at
+  // least 64 KiB, which the row kernels read through uniform windows (kernels/attention.ts)
   kvDense?: KvDense;
 }
 
@@ -214,10 +214,10 @@ export interface GraphOptions {
    */
   fuse?: boolean;
   /**
-   * Longest sample a micro-batch holds, in tokens (the data's max_seq_len). On CPU adapters it lets
-   * the row attention read K and V through uniform windows in chunks of queries when a micro-batch
-   * is longer than one window (kernels/attention.ts); setBatch then refuses longer samples and cuts
-   * padding into segments no longer than this.
+   * Longest sample a micro-batch holds, in tokens (the trainer passes its longest sample, the bench
+   * its row length). On CPU adapters it lets the row attention read K and V through uniform windows
+   * in chunks of queries when a micro-batch is longer than one window (kernels/attention.ts);
+   * setBatch then refuses longer samples and cuts padding into segments no longer than this.
    */
   maxSampleTokens?: number;
 }
