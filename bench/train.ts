@@ -390,29 +390,47 @@ export function statedPeak(
   ];
   for (const [re, g, src] of known) if (re.test(d)) return { gflops: g, source: src };
   if (d.includes("llvmpipe")) {
-    const bits = Number(/(\d+) bits/.exec(description)?.[1] ?? 256);
+    const simd = Number(/(\d+) bits/.exec(description)?.[1] ?? 256);
     const cores = navigator.hardwareConcurrency;
     const ghz = cpuGhz();
     if (ghz === null) return null;
+    const fma = cpuFmaBits(readCpuinfo());
+    const bits = Math.min(simd, fma);
     const perCycle = 2 * 2 * (bits / 32); // two FMA units × 2 flops × f32 lanes
     return {
       gflops: cores * ghz * perCycle,
       source: `${cores} cores × ${ghz.toFixed(2)} GHz × ${perCycle} FP32 FLOP/cycle ` +
-        `(${bits}-bit SIMD, 2 FMA units): theoretical CPU peak, lavapipe`,
+        `(${simd}-bit SIMD, 2 FMA units of ${fma} bits): nominal CPU peak, lavapipe`,
     };
   }
   return null;
 }
 
+/** /proc/cpuinfo, or "" off Linux. */
+function readCpuinfo(): string {
+  try {
+    return Deno.readTextFileSync("/proc/cpuinfo");
+  } catch {
+    return "";
+  }
+}
+
 /** Highest "cpu MHz" of /proc/cpuinfo, in GHz (null when unreadable). */
 function cpuGhz(): number | null {
-  try {
-    const mhz = [...Deno.readTextFileSync("/proc/cpuinfo").matchAll(/cpu MHz\s*:\s*([\d.]+)/g)]
-      .map((m) => Number(m[1]));
-    return mhz.length ? Math.max(...mhz) / 1000 : null;
-  } catch {
-    return null;
-  }
+  const mhz = [...readCpuinfo().matchAll(/cpu MHz\s*:\s*([\d.]+)/g)].map((m) => Number(m[1]));
+  return mhz.length ? Math.max(...mhz) / 1000 : null;
+}
+
+/**
+ * Width of one FMA unit of the CPU described by `cpuinfo` (/proc/cpuinfo text): 128 bits on AMD
+ * Zen and Zen+ (family 23, models below 0x30), which split a 256-bit operation in two; 256 bits
+ * otherwise (what llvmpipe's vectors use at most).
+ */
+export function cpuFmaBits(cpuinfo: string): number {
+  const field = (k: string) => new RegExp(`^${k}\\s*:\\s*(.+)$`, "m").exec(cpuinfo)?.[1].trim();
+  const zen1 = field("vendor_id") === "AuthenticAMD" && Number(field("cpu family")) === 23 &&
+    Number(field("model")) < 0x30;
+  return zen1 ? 128 : 256;
 }
 
 /** Peak resident memory of this process (VmHWM), or null off Linux. */

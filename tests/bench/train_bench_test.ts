@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
   benchTrain,
+  cpuFmaBits,
   findTorchPython,
   LOSS_TOLERANCE,
   statedPeak,
@@ -42,6 +43,18 @@ Deno.test("statedPeak: the flag wins, known GPUs by name, unknown adapters give 
   assert.equal(statedPeak("Some Future GPU"), null);
   const cpu = statedPeak("llvmpipe (LLVM 15.0.6, 256 bits)");
   if (cpu) assert.ok(cpu.gflops > 1 && /lavapipe/.test(cpu.source), cpu.source);
+});
+
+Deno.test("cpuFmaBits: 128-bit FMA units on AMD Zen 1, 256 bits otherwise", () => {
+  const info = (vendor: string, family: number, model: number) =>
+    `processor\t: 0\nvendor_id\t: ${vendor}\ncpu family\t: ${family}\nmodel\t\t: ${model}\n` +
+    `model name\t: X\n`;
+  assert.equal(cpuFmaBits(info("AuthenticAMD", 23, 1)), 128); // Zen (EPYC 7001)
+  assert.equal(cpuFmaBits(info("AuthenticAMD", 23, 8)), 128); // Zen+
+  assert.equal(cpuFmaBits(info("AuthenticAMD", 23, 49)), 256); // Zen 2 (EPYC 7002)
+  assert.equal(cpuFmaBits(info("AuthenticAMD", 25, 1)), 256); // Zen 3
+  assert.equal(cpuFmaBits(info("GenuineIntel", 6, 85)), 256);
+  assert.equal(cpuFmaBits(""), 256);
 });
 
 Deno.test("trainOptionsFromFlags: defaults, and one clear error per bad flag", () => {
