@@ -441,7 +441,9 @@ for (const variant of VARIANTS) {
 gpuTest("attention[row]: the _v4 entry points equal the scalar ones bit for bit", async (gpu) => {
   const lengths = [40, 1, 33, 10];
   const T = 84;
-  for (const [Hq, Hkv, D] of [[8, 4, 8], [4, 2, 4]]) {
+  // D = 4 only: each (entry, D) pipeline of the 16-row kernels takes 10–20 s to compile cold; D = 8
+  // `_v4` entries are checked against the f64 reference and the windowed `_u` entries elsewhere
+  for (const [Hq, Hkv, D] of [[4, 2, 4]]) {
     const sh: AttnShape = { T, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
     const q = randomArray(T * Hq * D, 41), k = randomArray(T * Hkv * D, 42);
     const v = randomArray(T * Hkv * D, 43), dout = randomArray(T * Hq * D, 44);
