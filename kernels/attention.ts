@@ -102,19 +102,24 @@ interface KvChunk {
 }
 
 /**
- * The query chunks of the windowed forward and dQ, or null when windows do not apply: one chunk
- * when all T keys fit one window; otherwise chunks of whole query blocks (ROW_RR·ROW_WG) whose
- * earliest visible key (at most maxSample − 1 tokens before the chunk) and last query both fall in
- * the window of windowTokens keys from w.
+ * The query chunks of the windowed forward and dQ, or null when windows do not apply (the row
+ * kernels' `_v4` conditions; several chunks also need K rows a multiple of the uniform offset
+ * alignment): one chunk when all T keys fit one window; otherwise chunks of whole query blocks
+ * (ROW_RR·ROW_WG) whose earliest visible key (at most maxSample − 1 tokens before the chunk) and
+ * last query both fall in the window of windowTokens keys from w.
  */
 function kvChunks(
-  a: { T: number; Hkv: number; D: number },
+  gpu: Gpu,
+  a: { T: number; Hkv: number; D: number; layout?: QkvLayout },
   kv: { maxSample?: number; windowTokens?: number },
 ): KvChunk[] | null {
-  const cap = Math.floor(UNIFORM_WINDOW_BYTES / (4 * a.Hkv * a.D));
+  if (!(attentionRowTakes(a.D) && attentionGpuTakes(a.D, a.layout) && gpu.vec4Forms)) return null;
+  const row = 4 * a.Hkv * a.D;
+  const cap = Math.floor(UNIFORM_WINDOW_BYTES / row);
   const W = Math.min(kv.windowTokens ?? cap, cap);
   if (a.T <= W) return [{ qBase: 0, qEnd: a.T, w: 0 }];
-  if (!kv.maxSample) return null;
+  // windows from token w > 0 start w rows into the copy: only on aligned offsets
+  if (!kv.maxSample || row % gpu.limits.minUniformBufferOffsetAlignment !== 0) return null;
   const block = ROW_RR * ROW_WG;
   const C = Math.floor((W - (kv.maxSample - 1)) / block) * block;
   if (C < block) return null;
@@ -144,8 +149,7 @@ export function kvWindowsTake(
     windowTokens?: number;
   },
 ): boolean {
-  return attentionRowTakes(a.D) && attentionGpuTakes(a.D, a.layout) && gpu.vec4Forms &&
-    kvChunks(a, a) !== null;
+  return kvChunks(gpu, a, a) !== null;
 }
 
 /** Floats of each dense K or V copy (KvDense): T tokens, and at least one whole window. */
@@ -155,8 +159,8 @@ export function kvDenseFloats(T: number, Hkv: number, D: number): number {
 
 /**
  * The windowed dispatches of a row-attention `_u` entry point, one per chunk (kvChunks), or null
- * when the windows do not apply, a copy is too short for them or a window would start off the
- * adapter's uniform offset alignment; `bindings` are the chunk-free ones.
+ * when the windows do not apply, or a copy is too short or sits off the uniform offset alignment
+ * (not with the graph's 256-byte aligned copies); `bindings` are the chunk-free ones.
  */
 function windowedDispatches(
   gpu: Gpu,
@@ -174,8 +178,8 @@ function windowedDispatches(
   bindings: Record<number, BufferSlice>,
 ): Dispatch[] | null {
   const kv = args.kvDense;
-  if (!kv || !kvWindowsTake(gpu, { ...args, ...kv })) return null;
-  const chunks = kvChunks(args, kv)!;
+  const chunks = kv ? kvChunks(gpu, args, kv) : null;
+  if (!kv || !chunks) return null;
   const row = args.Hkv * args.D * 4;
   const align = gpu.limits.minUniformBufferOffsetAlignment;
   const fits = (x: BufferSlice, w: number) =>

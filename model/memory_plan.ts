@@ -1,4 +1,5 @@
 // GPU memory plan of a training run: weights, gradients, AdamW state, activations, workspaces, buffer sharding.
+import { kvDenseFloats } from "../kernels/attention.ts";
 import { type ModelConfig, numel, parameterCount, parameterShapes } from "./config.ts";
 
 /** Device limits that decide buffer sharding. */
@@ -107,7 +108,7 @@ function planRaw(cfg: ModelConfig, o: PlanOptions): Omit<MemoryPlan, "advice" | 
     const copies = o.recompute ? 1 : L;
     rows.push({
       what: `dense K and V copies for the CPU row attention × ${copies}`,
-      bytes: copies * 2 * Math.max(T * cfg.numKvHeads * cfg.headDim, 16384) * F32,
+      bytes: copies * 2 * kvDenseFloats(T, cfg.numKvHeads, cfg.headDim) * F32,
     });
   }
   rows.push({
