@@ -10,6 +10,7 @@
 # (`deno task train`: every stage of the pipeline on the GPU). One device call runs at most 600 s:
 #   doctor tests attention 135m  |  f16 1b  |  1b_f16 quickstart
 # (each call's $OUT/session.tgz holds the logs of every phase so far while the machine stays warm).
+# NO_TORCH=1 leaves PyTorch out of the train phases; TORCH_IMPL=hf runs transformers' model alone.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 LOGS=/tmp/gpu_session
@@ -35,7 +36,9 @@ step() { # step NAME TIMEOUT_S CMD...: run with a limit, log to $OUT/NAME.log, p
   tail -n "${TAIL:-25}" "$LOGS/$name.log"
   echo "=== $name: rc $rc, $((SECONDS - t0)) s"
 }
-vs_torch=(--vs-torch --torch-device cuda --torch-dtype fp32,bf16 --torch-impl hf,plain --python python3)
+vs_torch=(--vs-torch --torch-device cuda --torch-dtype fp32,bf16 --torch-impl "${TORCH_IMPL:-hf,plain}" --python python3)
+# NO_TORCH=1: our side alone (when a phase's PyTorch figures were taken earlier in the lease)
+[ "${NO_TORCH:-0}" = 1 ] && vs_torch=()
 for phase in "$@"; do
   case $phase in
   doctor) step doctor 60 deno task doctor ;;

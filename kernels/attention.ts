@@ -113,7 +113,10 @@ function kvChunks(
   a: { T: number; Hkv: number; D: number; layout?: QkvLayout },
   kv: { maxSample?: number; windowTokens?: number },
 ): KvChunk[] | null {
-  if (!(attentionRowTakes(a.D) && attentionGpuTakes(a.D, a.layout) && gpu.vec4Forms)) return null;
+  // the runtime gives buffers UNIFORM usage on CPU adapters only
+  if (!(gpu.isCpu && attentionRowTakes(a.D) && attentionGpuTakes(a.D, a.layout) && gpu.vec4Forms)) {
+    return null;
+  }
   const row = 4 * a.Hkv * a.D;
   const cap = Math.floor(UNIFORM_WINDOW_BYTES / row);
   const W = Math.min(kv.windowTokens ?? cap, cap);
@@ -225,6 +228,7 @@ export interface AttentionForwardArgs {
   variant?: AttentionVariant; // default: attentionVariant(gpu)
   layout?: QkvLayout; // default: denseQkvLayout
   kvDense?: KvDense; // dense copies of K and V for the row kernels' uniform windows
+  maxSample?: number; // longest sample the launch sees: the autotune times grids on such samples
 }
 
 /** Buffers and shape of the attention backward (dq, dk, dv are written, not accumulated). */
@@ -249,6 +253,7 @@ export interface AttentionBackwardArgs {
   variant?: AttentionVariant; // default: attentionVariant(gpu)
   layout?: QkvLayout; // of q, k, v and of dq, dk, dv alike; default: denseQkvLayout
   kvDense?: KvDense; // dense copies of K and V for the row kernels' uniform windows (dQ)
+  maxSample?: number; // longest sample the launch sees: the autotune times grids on such samples
 }
 
 /** Bytes of scratch the backward needs: delta = rowsum(dO∘O), (Hq, T) f32. */
@@ -416,9 +421,10 @@ function dkvPartsFor(gpu: Gpu, key: string, group: number): number {
 /** The autotune key of one attention_gpu launch: entry point and shape. */
 export function attentionKey(
   entry: AttentionGpuEntry,
-  a: { T: number; Hq: number; Hkv: number; D: number },
+  a: { T: number; Hq: number; Hkv: number; D: number; maxSample?: number },
 ): string {
-  return `${entry} T${a.T} H${a.Hq}/${a.Hkv} D${a.D}`;
+  const s = a.maxSample && a.maxSample < a.T ? ` S${a.maxSample}` : "";
+  return `${entry} T${a.T} H${a.Hq}/${a.Hkv} D${a.D}${s}`;
 }
 
 /** An attention_gpu launch seen while recording: rebuilds its entry's dispatches on demand. */
@@ -431,9 +437,23 @@ export interface RecordedAttention {
   grid: AttentionGrid;
   /** The entry's dispatches (dK/dV: with its reduce when split), grids in force now. */
   rebuild(arena: ParamArena): Dispatch[];
+  /**
+   * The launch's segment buffers, (T) u32 each, and the sample length to time on. The autotune
+   * writes samples of `sample` tokens into them before timing: a graph that has seen no batch yet
+   * holds zeros, under which dK/dV (which walks queries up to seqEnd) times no work at all, and the
+   * best grid for one T-token sample is not the best for the shorter samples a batch packs.
+   */
+  segments: { T: number; sample: number; seqStart: BufferSlice; seqEnd: BufferSlice };
 }
 
 const attnRecorders = new WeakMap<Gpu, Map<string, RecordedAttention>>();
+
+function segmentsOf(
+  a: { T: number; maxSample?: number; seqStart: BufferSlice; seqEnd: BufferSlice },
+): RecordedAttention["segments"] {
+  const sample = Math.max(1, Math.min(a.T, a.maxSample ?? a.T));
+  return { T: a.T, sample, seqStart: a.seqStart, seqEnd: a.seqEnd };
+}
 
 /** Start recording the attention_gpu launches built on `gpu`. */
 export function startAttentionRecording(gpu: Gpu): void {
@@ -610,6 +630,7 @@ export function attentionForward(
       group: args.Hq / args.Hkv,
       grid: [c.TR, c.TC],
       rebuild: (a) => attentionForward(gpu, a, { ...args, variant: "gpu" }),
+      segments: segmentsOf(args),
     });
   }
   return [{ kernel, bindGroup, workgroups: [Math.ceil(T / rowsPerGroup), Hq, 1] }];
@@ -742,6 +763,7 @@ export function attentionBackward(
       group,
       grid: [cDq.TR, cDq.TC],
       rebuild: (a) => [again(a)[1]],
+      segments: segmentsOf(args),
     });
     record(gpu, keyDkv, {
       entry: "dkv",
@@ -749,6 +771,7 @@ export function attentionBackward(
       group,
       grid: parts > 1 ? [cDkv.TR, cDkv.TC, parts] : [cDkv.TR, cDkv.TC],
       rebuild: (a) => again(a).slice(2),
+      segments: segmentsOf(args),
     });
   }
   return out;

@@ -311,6 +311,22 @@ function sameGrid(a: AttentionGrid, b: AttentionGrid): boolean {
 }
 
 /**
+ * The packed layout the attention autotune times on: T tokens cut into samples of `sample` tokens
+ * (the last one shorter), as seqStart / seqEnd arrays.
+ */
+export function tuneSegments(
+  T: number,
+  sample: number,
+): { starts: Uint32Array<ArrayBuffer>; ends: Uint32Array<ArrayBuffer> } {
+  const starts = new Uint32Array(T), ends = new Uint32Array(T);
+  for (let i = 0; i < T; i++) {
+    starts[i] = i - (i % sample);
+    ends[i] = Math.min(T, starts[i] + sample);
+  }
+  return { starts, ends };
+}
+
+/**
  * Time every fitting thread grid (and dK/dV split) of one recorded attention_gpu launch; ms per
  * call by grid, its dispatches summed.
  */
@@ -329,6 +345,13 @@ async function timeAttentionGrids(
   } finally {
     setAttentionGpuShapes(gpu, null);
   }
+  // Samples of the launch's longest length (all T tokens when unknown): what a graph holds before
+  // its first batch is zeros, under which dK/dV walks no queries and every grid times the same
+  // empty launch. setBatch overwrites both buffers.
+  const { T, sample, seqStart, seqEnd } = rec.segments;
+  const { starts, ends } = tuneSegments(T, sample);
+  gpu.device.queue.writeBuffer(seqStart.buffer, seqStart.offset ?? 0, starts);
+  gpu.device.queue.writeBuffer(seqEnd.buffer, seqEnd.offset ?? 0, ends);
   const ms = await timeLists(gpu, lists.map((l) => l.ds), reps);
   arena.buffer.destroy();
   return lists.map((l, i) => ({ grid: l.grid, ms: ms[i] }));

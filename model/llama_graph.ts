@@ -567,6 +567,7 @@ export class LlamaGraph {
           scale: cfg.attentionScale,
           layout,
           kvDense: a.kvDense,
+          maxSample: this.maxSample,
         }),
       );
       // xMid = xIn + resMult · o_proj(o)
@@ -857,6 +858,7 @@ export class LlamaGraph {
           workspace: attnWs!,
           layout,
           kvDense: a.kvDense,
+          maxSample: this.maxSample,
         }),
         ...rope(dq!, "q", "backward"),
         ...rope(dk!, "k", "backward"),

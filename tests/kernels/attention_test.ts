@@ -479,7 +479,12 @@ gpuTest(
     for (const { lengths, kv, chunks } of cases) {
       const T = lengths.reduce((x, y) => x + y, 0);
       const sh = { T, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
-      assert.equal(kvWindowsTake(gpu, { ...sh, ...kv }), chunks !== undefined, `T ${T}`);
+      // windows need UNIFORM usage, which the runtime gives buffers on CPU adapters only
+      assert.equal(
+        kvWindowsTake(gpu, { ...sh, ...kv }),
+        gpu.isCpu && chunks !== undefined,
+        `T ${T}`,
+      );
       const { seqStart, seqEnd } = packSamples(lengths);
       const nq = T * Hq * D, nk = T * Hkv * D;
       const up = (label: string, a: Float32Array | Uint32Array) => ({
@@ -520,7 +525,7 @@ gpuTest(
         });
         const names = [...fwd, ...bwd].map((d) => d.kernel.name);
         const windowed = names.filter((n) => n.includes("_u{")).length;
-        assert.equal(windowed, windows ? 2 * (chunks ?? 0) : 0, names.join(" "));
+        assert.equal(windowed, windows && gpu.isCpu ? 2 * (chunks ?? 0) : 0, names.join(" "));
         gpu.run([...fwd, ...bwd], "attention_test.u");
         outs.push((await gpu.read([o, lse, dq, dk, dv])).map((a) => new Float32Array(a)));
         for (const x of [o, lse, dq, dk, dv]) x.buffer.destroy();

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import {
   buildWithTunedMatmul,
   gemmCandidates,
+  tuneSegments,
   VEC_CANDIDATES,
   WIDE_CANDIDATES,
 } from "../../kernels/matmul_tune.ts";
@@ -74,7 +75,9 @@ gpuTest(
       const first = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
       assert.ok(first.report.shapes >= 4, `shapes ${first.report.shapes}`);
       assert.equal(first.report.measured, first.report.shapes);
-      assert.equal(builds, first.report.changed > 0 ? 2 : 1);
+      // a changed GEMM or (on GPU adapters, where attention_gpu is timed too) attention grid rebuilds
+      const changed = first.report.changed + (first.report.attention?.changed ?? 0);
+      assert.equal(builds, changed > 0 ? 2 : 1);
       const cached = JSON.parse(await Deno.readTextFile(cacheFile));
       const sig = Object.keys(cached.adapters)[0];
       assert.equal(Object.keys(cached.adapters[sig].choices).length, first.report.shapes);
@@ -149,6 +152,37 @@ gpuTest(
     }
   },
 );
+
+Deno.test("matmul tune: attention grids are timed on samples of the longest length", () => {
+  const { starts, ends } = tuneSegments(10, 4);
+  assert.deepEqual([...starts], [0, 0, 0, 0, 4, 4, 4, 4, 8, 8]);
+  assert.deepEqual([...ends], [4, 4, 4, 4, 8, 8, 8, 8, 10, 10]);
+  const one = tuneSegments(3, 3);
+  assert.deepEqual([[...one.starts], [...one.ends]], [[0, 0, 0], [3, 3, 3]]);
+});
+
+gpuTest("matmul tune: a graph's longest sample keys its attention grids", async (gpu) => {
+  const before = { ...matmulTuning(gpu) };
+  setAttentionVariant(gpu, "gpu");
+  setAttentionTunedShapes(gpu, new Map());
+  try {
+    const { cfg } = tinyCase(11, [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9]);
+    const build = () => new LlamaGraph(gpu, cfg, { tokens: 16, maxSampleTokens: 8 });
+    const { graph, report: r } = await buildWithTunedMatmul(gpu, build, {
+      cacheFile: null,
+      force: true,
+      reps: 1,
+    });
+    graph.destroy();
+    const keys = Object.keys(r.attention!.grids).sort();
+    assert.deepEqual(keys.map((k) => k.split(" ")[0]), ["dkv", "dq", "forward"]);
+    for (const k of keys) assert.ok(k.endsWith(" S8"), k);
+  } finally {
+    setAttentionVariant(gpu, null);
+    setAttentionTunedShapes(gpu, new Map());
+    setMatmulTuning(gpu, before);
+  }
+});
 
 gpuTest(
   "matmul tune: attention_gpu thread grids are timed per launch, cached, and the loss holds",
