@@ -16,6 +16,12 @@
 //   and reuses each loaded value WIDE_TC or WIDE_TR times; K is unrolled by 4 into partial sums.
 //   The body is written out for the largest block (16 x 16); the override constants cut it down at
 //   pipeline creation (constant-false branches vanish), which also keeps compile time in check.
+//
+// The GPU kernels' k loop over a staged slice is written out, TILE_K (16) steps in a row (here and
+// in matmul_f16.wgsl). Naga bounds every loop with a 64-bit iteration counter kept in a local
+// variable, so the driver cannot unroll a loop or overlap one step's loads with another's
+// multiply-adds. On an H100, writing it out took matmul_big_v4 from 23-24 to 33.8-37.0 TFLOP/s
+// (bit-identical: the same products in the same order). A changed TILE_K needs the steps rewritten.
 
 struct GemmParams {
   M: u32, // rows of C
@@ -72,7 +78,7 @@ fn storeOne(i: u32, j: u32, acc: f32) {
 // (> 1 slice), writes its partial product to C + z * sliceStride with flags 0 (the launcher
 // points C at a scratch buffer); matmul_splitk_reduce then sums the slices into the real C.
 
-const TILE_K = 16u; // reduction slice staged per step
+const TILE_K = 16u; // reduction slice staged per step (the GPU kernels write out 16 steps)
 
 /// A(i, p) with the indices clamped into range, zero outside [.., kEnd).
 fn loadA(i: u32, q: u32, kEnd: u32) -> f32 {
@@ -177,9 +183,130 @@ fn matmul_tiled(
       loadB(kn + eb2.y, j0 + eb2.x, kr.y),
       loadB(kn + eb3.y, j0 + eb3.x, kr.y),
     );
-    for (var kk = 0u; kk < TILE_K; kk++) {
-      let av = tileA[kk * TILE_ROW4 + lid.y];
-      let bv = tileB[kk * TILE_ROW4 + lid.x];
+    // TILE_K (16) k steps written out: see the note at the top of matmul.wgsl
+    { // k = 0
+      let av = tileA[0u * TILE_ROW4 + lid.y];
+      let bv = tileB[0u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 1
+      let av = tileA[1u * TILE_ROW4 + lid.y];
+      let bv = tileB[1u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 2
+      let av = tileA[2u * TILE_ROW4 + lid.y];
+      let bv = tileB[2u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 3
+      let av = tileA[3u * TILE_ROW4 + lid.y];
+      let bv = tileB[3u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 4
+      let av = tileA[4u * TILE_ROW4 + lid.y];
+      let bv = tileB[4u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 5
+      let av = tileA[5u * TILE_ROW4 + lid.y];
+      let bv = tileB[5u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 6
+      let av = tileA[6u * TILE_ROW4 + lid.y];
+      let bv = tileB[6u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 7
+      let av = tileA[7u * TILE_ROW4 + lid.y];
+      let bv = tileB[7u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 8
+      let av = tileA[8u * TILE_ROW4 + lid.y];
+      let bv = tileB[8u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 9
+      let av = tileA[9u * TILE_ROW4 + lid.y];
+      let bv = tileB[9u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 10
+      let av = tileA[10u * TILE_ROW4 + lid.y];
+      let bv = tileB[10u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 11
+      let av = tileA[11u * TILE_ROW4 + lid.y];
+      let bv = tileB[11u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 12
+      let av = tileA[12u * TILE_ROW4 + lid.y];
+      let bv = tileB[12u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 13
+      let av = tileA[13u * TILE_ROW4 + lid.y];
+      let bv = tileB[13u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 14
+      let av = tileA[14u * TILE_ROW4 + lid.y];
+      let bv = tileB[14u * TILE_ROW4 + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 15
+      let av = tileA[15u * TILE_ROW4 + lid.y];
+      let bv = tileB[15u * TILE_ROW4 + lid.x];
       c0 += av.x * bv;
       c1 += av.y * bv;
       c2 += av.z * bv;
@@ -322,11 +449,222 @@ fn matmul_big(
     ra1 = fetchBigA(li, 1u, i0, kn, kr.y, aK);
     rb0 = fetchBigB(li, 0u, j0, kn, kr.y, bK);
     rb1 = fetchBigB(li, 1u, j0, kn, kr.y, bK);
-    for (var kk = 0u; kk < TILE_K; kk++) {
-      let a0 = bigA[kk * BIG_ROW4 + lid.y];
-      let a1 = bigA[kk * BIG_ROW4 + 16u + lid.y];
-      let b0 = bigB[kk * BIG_ROW4 + lid.x];
-      let b1 = bigB[kk * BIG_ROW4 + 16u + lid.x];
+    // TILE_K (16) k steps written out: see the note at the top of matmul.wgsl
+    { // k = 0
+      let a0 = bigA[0u * BIG_ROW4 + lid.y];
+      let a1 = bigA[0u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[0u * BIG_ROW4 + lid.x];
+      let b1 = bigB[0u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 1
+      let a0 = bigA[1u * BIG_ROW4 + lid.y];
+      let a1 = bigA[1u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[1u * BIG_ROW4 + lid.x];
+      let b1 = bigB[1u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 2
+      let a0 = bigA[2u * BIG_ROW4 + lid.y];
+      let a1 = bigA[2u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[2u * BIG_ROW4 + lid.x];
+      let b1 = bigB[2u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 3
+      let a0 = bigA[3u * BIG_ROW4 + lid.y];
+      let a1 = bigA[3u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[3u * BIG_ROW4 + lid.x];
+      let b1 = bigB[3u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 4
+      let a0 = bigA[4u * BIG_ROW4 + lid.y];
+      let a1 = bigA[4u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[4u * BIG_ROW4 + lid.x];
+      let b1 = bigB[4u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 5
+      let a0 = bigA[5u * BIG_ROW4 + lid.y];
+      let a1 = bigA[5u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[5u * BIG_ROW4 + lid.x];
+      let b1 = bigB[5u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 6
+      let a0 = bigA[6u * BIG_ROW4 + lid.y];
+      let a1 = bigA[6u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[6u * BIG_ROW4 + lid.x];
+      let b1 = bigB[6u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 7
+      let a0 = bigA[7u * BIG_ROW4 + lid.y];
+      let a1 = bigA[7u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[7u * BIG_ROW4 + lid.x];
+      let b1 = bigB[7u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 8
+      let a0 = bigA[8u * BIG_ROW4 + lid.y];
+      let a1 = bigA[8u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[8u * BIG_ROW4 + lid.x];
+      let b1 = bigB[8u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 9
+      let a0 = bigA[9u * BIG_ROW4 + lid.y];
+      let a1 = bigA[9u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[9u * BIG_ROW4 + lid.x];
+      let b1 = bigB[9u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 10
+      let a0 = bigA[10u * BIG_ROW4 + lid.y];
+      let a1 = bigA[10u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[10u * BIG_ROW4 + lid.x];
+      let b1 = bigB[10u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 11
+      let a0 = bigA[11u * BIG_ROW4 + lid.y];
+      let a1 = bigA[11u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[11u * BIG_ROW4 + lid.x];
+      let b1 = bigB[11u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 12
+      let a0 = bigA[12u * BIG_ROW4 + lid.y];
+      let a1 = bigA[12u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[12u * BIG_ROW4 + lid.x];
+      let b1 = bigB[12u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 13
+      let a0 = bigA[13u * BIG_ROW4 + lid.y];
+      let a1 = bigA[13u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[13u * BIG_ROW4 + lid.x];
+      let b1 = bigB[13u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 14
+      let a0 = bigA[14u * BIG_ROW4 + lid.y];
+      let a1 = bigA[14u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[14u * BIG_ROW4 + lid.x];
+      let b1 = bigB[14u * BIG_ROW4 + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 15
+      let a0 = bigA[15u * BIG_ROW4 + lid.y];
+      let a1 = bigA[15u * BIG_ROW4 + 16u + lid.y];
+      let b0 = bigB[15u * BIG_ROW4 + lid.x];
+      let b1 = bigB[15u * BIG_ROW4 + 16u + lid.x];
       c00 += a0.x * b0; c01 += a0.x * b1;
       c10 += a0.y * b0; c11 += a0.y * b1;
       c20 += a0.z * b0; c21 += a0.z * b1;
@@ -459,8 +797,234 @@ fn matmul_big_v4(
     let na1 = fetchA4(li + 256u, i0, kn, kr.y, aK, 32u);
     let nb0 = fetchB4(li, j0, kn, kr.y, bK, 32u);
     let nb1 = fetchB4(li + 256u, j0, kn, kr.y, bK, 32u);
-    for (var kk = 0u; kk < TILE_K; kk++) {
-      let r = cur + kk * BIG_ROW4;
+    // TILE_K (16) k steps written out: see the note at the top of matmul.wgsl
+    { // k = 0
+      let r = cur + 0u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 1
+      let r = cur + 1u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 2
+      let r = cur + 2u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 3
+      let r = cur + 3u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 4
+      let r = cur + 4u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 5
+      let r = cur + 5u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 6
+      let r = cur + 6u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 7
+      let r = cur + 7u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 8
+      let r = cur + 8u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 9
+      let r = cur + 9u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 10
+      let r = cur + 10u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 11
+      let r = cur + 11u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 12
+      let r = cur + 12u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 13
+      let r = cur + 13u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 14
+      let r = cur + 14u * BIG_ROW4;
+      let a0 = v4A[r + lid.y];
+      let a1 = v4A[r + 16u + lid.y];
+      let b0 = v4B[r + lid.x];
+      let b1 = v4B[r + 16u + lid.x];
+      c00 += a0.x * b0; c01 += a0.x * b1;
+      c10 += a0.y * b0; c11 += a0.y * b1;
+      c20 += a0.z * b0; c21 += a0.z * b1;
+      c30 += a0.w * b0; c31 += a0.w * b1;
+      c40 += a1.x * b0; c41 += a1.x * b1;
+      c50 += a1.y * b0; c51 += a1.y * b1;
+      c60 += a1.z * b0; c61 += a1.z * b1;
+      c70 += a1.w * b0; c71 += a1.w * b1;
+    }
+    { // k = 15
+      let r = cur + 15u * BIG_ROW4;
       let a0 = v4A[r + lid.y];
       let a1 = v4A[r + 16u + lid.y];
       let b0 = v4B[r + lid.x];
@@ -549,8 +1113,144 @@ fn matmul_tiled_v4(
     let kn = k0 + TILE_K; // the next slice's loads, issued before this slice's arithmetic
     let na = fetchA4(li, i0, kn, kr.y, aK, 16u);
     let nb = fetchB4(li, j0, kn, kr.y, bK, 16u);
-    for (var kk = 0u; kk < TILE_K; kk++) {
-      let r = cur + kk * TILE_ROW4;
+    // TILE_K (16) k steps written out: see the note at the top of matmul.wgsl
+    { // k = 0
+      let r = cur + 0u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 1
+      let r = cur + 1u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 2
+      let r = cur + 2u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 3
+      let r = cur + 3u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 4
+      let r = cur + 4u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 5
+      let r = cur + 5u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 6
+      let r = cur + 6u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 7
+      let r = cur + 7u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 8
+      let r = cur + 8u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 9
+      let r = cur + 9u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 10
+      let r = cur + 10u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 11
+      let r = cur + 11u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 12
+      let r = cur + 12u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 13
+      let r = cur + 13u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 14
+      let r = cur + 14u * TILE_ROW4;
+      let av = t4A[r + lid.y];
+      let bv = t4B[r + lid.x];
+      c0 += av.x * bv;
+      c1 += av.y * bv;
+      c2 += av.z * bv;
+      c3 += av.w * bv;
+    }
+    { // k = 15
+      let r = cur + 15u * TILE_ROW4;
       let av = t4A[r + lid.y];
       let bv = t4B[r + lid.x];
       c0 += av.x * bv;

@@ -89,8 +89,234 @@ fn matmul_big_h(
     var h50 = vec4<f16>(); var h51 = vec4<f16>();
     var h60 = vec4<f16>(); var h61 = vec4<f16>();
     var h70 = vec4<f16>(); var h71 = vec4<f16>();
-    for (var kk = 0u; kk < TILE_K; kk++) {
-      let r = cur + kk * BIG_ROW4;
+    // TILE_K (16) k steps written out: see the note at the top of matmul.wgsl
+    { // k = 0
+      let r = cur + 0u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 1
+      let r = cur + 1u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 2
+      let r = cur + 2u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 3
+      let r = cur + 3u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 4
+      let r = cur + 4u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 5
+      let r = cur + 5u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 6
+      let r = cur + 6u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 7
+      let r = cur + 7u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 8
+      let r = cur + 8u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 9
+      let r = cur + 9u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 10
+      let r = cur + 10u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 11
+      let r = cur + 11u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 12
+      let r = cur + 12u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 13
+      let r = cur + 13u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 14
+      let r = cur + 14u * BIG_ROW4;
+      let a0 = hA[r + lid.y];
+      let a1 = hA[r + 16u + lid.y];
+      let b0 = hB[r + lid.x];
+      let b1 = hB[r + 16u + lid.x];
+      h00 += a0.x * b0; h01 += a0.x * b1;
+      h10 += a0.y * b0; h11 += a0.y * b1;
+      h20 += a0.z * b0; h21 += a0.z * b1;
+      h30 += a0.w * b0; h31 += a0.w * b1;
+      h40 += a1.x * b0; h41 += a1.x * b1;
+      h50 += a1.y * b0; h51 += a1.y * b1;
+      h60 += a1.z * b0; h61 += a1.z * b1;
+      h70 += a1.w * b0; h71 += a1.w * b1;
+    }
+    { // k = 15
+      let r = cur + 15u * BIG_ROW4;
       let a0 = hA[r + lid.y];
       let a1 = hA[r + 16u + lid.y];
       let b0 = hB[r + lid.x];
@@ -161,8 +387,144 @@ fn matmul_tiled_h(
     var h1 = vec4<f16>();
     var h2 = vec4<f16>();
     var h3 = vec4<f16>();
-    for (var kk = 0u; kk < TILE_K; kk++) {
-      let r = cur + kk * TILE_ROW4;
+    // TILE_K (16) k steps written out: see the note at the top of matmul.wgsl
+    { // k = 0
+      let r = cur + 0u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 1
+      let r = cur + 1u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 2
+      let r = cur + 2u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 3
+      let r = cur + 3u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 4
+      let r = cur + 4u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 5
+      let r = cur + 5u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 6
+      let r = cur + 6u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 7
+      let r = cur + 7u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 8
+      let r = cur + 8u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 9
+      let r = cur + 9u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 10
+      let r = cur + 10u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 11
+      let r = cur + 11u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 12
+      let r = cur + 12u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 13
+      let r = cur + 13u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 14
+      let r = cur + 14u * TILE_ROW4;
+      let av = hA[r + lid.y];
+      let bv = hB[r + lid.x];
+      h0 += av.x * bv;
+      h1 += av.y * bv;
+      h2 += av.z * bv;
+      h3 += av.w * bv;
+    }
+    { // k = 15
+      let r = cur + 15u * TILE_ROW4;
       let av = hA[r + lid.y];
       let bv = hB[r + lid.x];
       h0 += av.x * bv;
