@@ -28,6 +28,10 @@
 // the device's workgroup memory. HD is the head dim as a compile-time constant on GPUs (the loops
 // over d unroll there); 0 reads p.d at run time (lavapipe, where rolled loops compile fast).
 // A 4×4 score block that the mask hides entirely skips its dot products.
+// Loops of 4 (dims of a quad, rows of a block) are written out, and the forward's score loop takes
+// 4 dims per iteration: Naga bounds every loop with a 64-bit counter, which keeps drivers from
+// unrolling (see matmul.wgsl). Bit-identical to the rolled loops (checked on lavapipe at every
+// grid); the effect on a GPU is not measured yet.
 
 const MASKED: f32 = -1.0e30; // running max before any real score
 const NKMAX: u32 = 8u; // capacity of the accumulator arrays (NK <= NKMAX)
@@ -126,15 +130,21 @@ fn own_base(r: u32, ld: u32, off: u32, h: u32) -> vec4<u32> {
 
 // Tile row r, dims d..d+3, into oth_a / oth_b (transposed, swizzled).
 fn put_oth_a(x: vec4<f32>, r: u32, d: u32) {
-  for (var j = 0u; j < 4u; j++) {
-    oth_a[oth_at(d + j, r / 4u)][r % 4u] = x[j];
-  }
+  let q = r / 4u;
+  let c = r % 4u;
+  oth_a[oth_at(d, q)][c] = x.x;
+  oth_a[oth_at(d + 1u, q)][c] = x.y;
+  oth_a[oth_at(d + 2u, q)][c] = x.z;
+  oth_a[oth_at(d + 3u, q)][c] = x.w;
 }
 
 fn put_oth_b(x: vec4<f32>, r: u32, d: u32) {
-  for (var j = 0u; j < 4u; j++) {
-    oth_b[oth_at(d + j, r / 4u)][r % 4u] = x[j];
-  }
+  let q = r / 4u;
+  let c = r % 4u;
+  oth_b[oth_at(d, q)][c] = x.x;
+  oth_b[oth_at(d + 1u, q)][c] = x.y;
+  oth_b[oth_at(d + 2u, q)][c] = x.z;
+  oth_b[oth_at(d + 3u, q)][c] = x.w;
 }
 
 // Staging of tile rows r0..r0+4·TC−1, head h, by lane li of TR·TC. Element e is tile row
@@ -259,11 +269,18 @@ fn scores2(keys: bool, b: vec4<u32>, c: vec4<u32>, tx: u32) -> array<mat4x4<f32>
     }
     let xt = transpose(x); // column = dim, component = own row
     let yt = transpose(y);
-    for (var j = 0u; j < 4u; j++) {
-      let at = oth_at(4u * d4 + j, tx);
-      s = outer(s, xt[j], oth_a[at]);
-      t = outer(t, yt[j], oth_b[at]);
-    }
+    let a0 = oth_at(4u * d4, tx);
+    s = outer(s, xt[0], oth_a[a0]);
+    t = outer(t, yt[0], oth_b[a0]);
+    let a1 = oth_at(4u * d4 + 1u, tx);
+    s = outer(s, xt[1], oth_a[a1]);
+    t = outer(t, yt[1], oth_b[a1]);
+    let a2 = oth_at(4u * d4 + 2u, tx);
+    s = outer(s, xt[2], oth_a[a2]);
+    t = outer(t, yt[2], oth_b[a2]);
+    let a3 = oth_at(4u * d4 + 3u, tx);
+    s = outer(s, xt[3], oth_a[a3]);
+    t = outer(t, yt[3], oth_b[a3]);
   }
   return array<mat4x4<f32>, 2>(s, t);
 }
@@ -271,23 +288,28 @@ fn scores2(keys: bool, b: vec4<u32>, c: vec4<u32>, tx: u32) -> array<mat4x4<f32>
 // Masks of a score block: own query rows × tile keys from j (forward, dQ): seqStart <= key <= row.
 fn mask_keys(rows: vec4<u32>, start: vec4<u32>, j: u32) -> array<vec4<bool>, 4> {
   let live = rows < vec4<u32>(p.t);
-  var m: array<vec4<bool>, 4>;
-  for (var c = 0u; c < 4u; c++) {
-    let key = vec4<u32>(j + c);
-    m[c] = live & (key >= start) & (key <= rows);
-  }
-  return m;
+  let k0 = vec4<u32>(j);
+  let k1 = vec4<u32>(j + 1u);
+  let k2 = vec4<u32>(j + 2u);
+  let k3 = vec4<u32>(j + 3u);
+  return array<vec4<bool>, 4>(
+    live & (k0 >= start) & (k0 <= rows),
+    live & (k1 >= start) & (k1 <= rows),
+    live & (k2 >= start) & (k2 <= rows),
+    live & (k3 >= start) & (k3 <= rows),
+  );
 }
 
 // Own keys × tile queries from i (dK/dV): key < T, query < T, seqStart[query] <= key <= query.
 fn mask_queries(keys: vec4<u32>, i: u32, st: vec4<u32>) -> array<vec4<bool>, 4> {
   let live = keys < vec4<u32>(p.t);
-  var m: array<vec4<bool>, 4>;
-  for (var c = 0u; c < 4u; c++) {
-    let q = i + c;
-    m[c] = live & vec4<bool>(q < p.t) & (keys <= vec4<u32>(q)) & (keys >= vec4<u32>(st[c]));
-  }
-  return m;
+  let q = vec4<u32>(i) + vec4<u32>(0u, 1u, 2u, 3u);
+  return array<vec4<bool>, 4>(
+    live & vec4<bool>(q.x < p.t) & (keys <= vec4<u32>(q.x)) & (keys >= vec4<u32>(st.x)),
+    live & vec4<bool>(q.y < p.t) & (keys <= vec4<u32>(q.y)) & (keys >= vec4<u32>(st.y)),
+    live & vec4<bool>(q.z < p.t) & (keys <= vec4<u32>(q.z)) & (keys >= vec4<u32>(st.z)),
+    live & vec4<bool>(q.w < p.t) & (keys <= vec4<u32>(q.w)) & (keys >= vec4<u32>(st.w)),
+  );
 }
 
 // Whether any pair of a block's mask is visible.
@@ -299,16 +321,18 @@ fn any_kept(m: array<vec4<bool>, 4>) -> bool {
 // r0..r0+3, tile quad `quad`, of tile_a or tile_b.
 fn put_tile_a(s: mat4x4<f32>, r0: u32, quad: u32) {
   let t = transpose(s);
-  for (var i = 0u; i < 4u; i++) {
-    tile_a[tile_at(r0 + i, quad)] = t[i];
-  }
+  tile_a[tile_at(r0, quad)] = t[0];
+  tile_a[tile_at(r0 + 1u, quad)] = t[1];
+  tile_a[tile_at(r0 + 2u, quad)] = t[2];
+  tile_a[tile_at(r0 + 3u, quad)] = t[3];
 }
 
 fn put_tile_b(s: mat4x4<f32>, r0: u32, quad: u32) {
   let t = transpose(s);
-  for (var i = 0u; i < 4u; i++) {
-    tile_b[tile_at(r0 + i, quad)] = t[i];
-  }
+  tile_b[tile_at(r0, quad)] = t[0];
+  tile_b[tile_at(r0 + 1u, quad)] = t[1];
+  tile_b[tile_at(r0 + 2u, quad)] = t[2];
+  tile_b[tile_at(r0 + 3u, quad)] = t[3];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,9 +364,11 @@ fn attention_gpu_forward(
     let r = e % (4u * TR);
     let d = 4u * (e / (4u * TR));
     let x = ld_q(q0 + r, h, d / 4u);
-    for (var j = 0u; j < 4u; j++) {
-      own[(d + j) * TR + r / 4u][r % 4u] = x[j];
-    }
+    let o = d * TR + r / 4u;
+    own[o][r % 4u] = x.x;
+    own[o + TR][r % 4u] = x.y;
+    own[o + 2u * TR][r % 4u] = x.z;
+    own[o + 3u * TR][r % 4u] = x.w;
   }
   var m = vec4<f32>(MASKED);
   var l = vec4<f32>(); // partial over this thread's columns
@@ -355,8 +381,11 @@ fn attention_gpu_forward(
     let keep = mask_keys(rows, start, k0 + 4u * tx);
     var s = mat4x4<f32>();
     if (any_kept(keep)) {
-      for (var d = 0u; d < D; d++) {
+      for (var d = 0u; d < D; d += 4u) { // D is a multiple of 4: four steps written out
         s = outer(s, own[d * TR + ty], oth_a[oth_at(d, tx)]);
+        s = outer(s, own[(d + 1u) * TR + ty], oth_a[oth_at(d + 1u, tx)]);
+        s = outer(s, own[(d + 2u) * TR + ty], oth_a[oth_at(d + 2u, tx)]);
+        s = outer(s, own[(d + 3u) * TR + ty], oth_a[oth_at(d + 3u, tx)]);
       }
     }
     let mv = vec4<f32>(MASKED);
@@ -469,9 +498,10 @@ fn attention_gpu_backward_dq(
       sp = scores2(false, base, base_o, tx);
     }
     var ds: mat4x4<f32>;
-    for (var c = 0u; c < 4u; c++) {
-      ds[c] = select(vec4<f32>(), exp(sp[0][c] * p.scale - lse) * (sp[1][c] - delta), keep[c]);
-    }
+    ds[0] = select(vec4<f32>(), exp(sp[0][0] * p.scale - lse) * (sp[1][0] - delta), keep[0]);
+    ds[1] = select(vec4<f32>(), exp(sp[0][1] * p.scale - lse) * (sp[1][1] - delta), keep[1]);
+    ds[2] = select(vec4<f32>(), exp(sp[0][2] * p.scale - lse) * (sp[1][2] - delta), keep[2]);
+    ds[3] = select(vec4<f32>(), exp(sp[0][3] * p.scale - lse) * (sp[1][3] - delta), keep[3]);
     put_tile_a(ds, 4u * ty, tx);
     workgroupBarrier();
     for (var c = 0u; c < TC; c++) {
@@ -549,10 +579,14 @@ fn attention_gpu_backward_dkv(
       let delta = quad_delta(h, i);
       var pr: mat4x4<f32>;
       var ds: mat4x4<f32>;
-      for (var c = 0u; c < 4u; c++) {
-        pr[c] = select(vec4<f32>(), exp(sp[0][c] * p.scale - vec4<f32>(lse[c])), keep[c]);
-        ds[c] = pr[c] * (sp[1][c] - vec4<f32>(delta[c]));
-      }
+      pr[0] = select(vec4<f32>(), exp(sp[0][0] * p.scale - vec4<f32>(lse[0])), keep[0]);
+      ds[0] = pr[0] * (sp[1][0] - vec4<f32>(delta[0]));
+      pr[1] = select(vec4<f32>(), exp(sp[0][1] * p.scale - vec4<f32>(lse[1])), keep[1]);
+      ds[1] = pr[1] * (sp[1][1] - vec4<f32>(delta[1]));
+      pr[2] = select(vec4<f32>(), exp(sp[0][2] * p.scale - vec4<f32>(lse[2])), keep[2]);
+      ds[2] = pr[2] * (sp[1][2] - vec4<f32>(delta[2]));
+      pr[3] = select(vec4<f32>(), exp(sp[0][3] * p.scale - vec4<f32>(lse[3])), keep[3]);
+      ds[3] = pr[3] * (sp[1][3] - vec4<f32>(delta[3]));
       put_tile_a(pr, 4u * ty, tx);
       put_tile_b(ds, 4u * ty, tx);
       workgroupBarrier();
