@@ -360,12 +360,13 @@ async function timeAttentionGrids(
 /**
  * Keep a GPU busy for about 300 ms before timing anything: an idle GPU clocks down (an H100 sat at
  * 345 MHz, against 1,980 under load), and the first candidates timed would run at whatever clock it
- * had ramped to (a first timing measured 2.6× slower than the same GEMM a moment later).
+ * had ramped to (a first timing measured 2.6× slower than the same GEMM a moment later). `timeAll`
+ * times one pending launch's candidates `reps` times each, in one submission.
  */
-async function warmClocks(gpu: Gpu, rec: RecordedGemm): Promise<void> {
-  await timeCandidates(gpu, rec, 1); // compiles the candidates' pipelines: not counted
-  const t0 = performance.now();
-  for (let n = 0; n < 20 && performance.now() - t0 < 300; n++) await timeCandidates(gpu, rec, 3);
+async function warmClocks(timeAll: (reps: number) => Promise<{ ms: number }[]>): Promise<void> {
+  const once = await timeAll(1); // also compiles the candidates' pipelines
+  const ms = once.reduce((a, t) => a + (Number.isFinite(t.ms) ? t.ms : 0), 0);
+  if (ms > 0) await timeAll(Math.min(50, Math.ceil(300 / ms)));
 }
 
 /**
@@ -431,8 +432,12 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   }
   const report: MatmulTuneReport = { ...base, shapes: recorded.size };
   const t0 = performance.now();
-  const first = [...recorded].find(([key]) => !known(key));
-  if (first && !gpu.isCpu) await warmClocks(gpu, first[1]);
+  if (!gpu.isCpu) { // warm up on the first launch that will be timed, GEMM or attention
+    const gemm = [...recorded].find(([key]) => !known(key))?.[1];
+    const attn = [...attnRecorded].find(([key]) => !grids.has(key))?.[1];
+    if (gemm) await warmClocks((reps) => timeCandidates(gpu, gemm, reps));
+    else if (attn) await warmClocks((reps) => timeAttentionGrids(gpu, attn, reps));
+  }
   let rebuild = false;
   for (const [key, rec] of recorded) {
     if (known(key)) continue;
