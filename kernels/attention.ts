@@ -322,8 +322,9 @@ function rowEntry(gpu: Gpu, entry: string, D: number, layout?: QkvLayout): strin
 /**
  * Override constants of one attention_gpu entry point: TR × TC threads (own rows BR = 4·TR, tile
  * rows BC = 4·TC), DM the head-dim capacity, HD the head dim as a compile-time constant (0: read
- * at run time), NK dim quads per thread in the accumulators, and the vec4 counts of its workgroup
- * arrays (attention_gpu.wgsl names them).
+ * at run time), NK dim quads per thread in the accumulators, ACC_FIXED their form (1: constant
+ * indices only, see AttentionAcc; NK <= 4 only), and the vec4 counts of its workgroup arrays (attention_gpu.wgsl
+ * names them).
  */
 interface GpuTileConfig extends Record<string, number> {
   DM: number;
@@ -331,6 +332,7 @@ interface GpuTileConfig extends Record<string, number> {
   TR: number;
   TC: number;
   NK: number;
+  ACC_FIXED: number;
   OWN_N: number;
   OA_N: number;
   OB_N: number;
@@ -366,7 +368,16 @@ export type AttentionGpuEntry = "forward" | "dq" | "dkv";
  */
 export type AttentionGrid = [number, number] | [number, number, number];
 
+/**
+ * How attention_gpu indexes its per-thread accumulators (same bits either way): "loop", by the
+ * counter of a loop over the dim quads, or "fixed", by constants only (written out). The autotune
+ * times both on GPUs: wgpu's loop bounding keeps drivers from unrolling the loop, and an array
+ * indexed in a rolled loop may live in local memory instead of registers.
+ */
+export type AttentionAcc = "loop" | "fixed";
+
 const forcedShapes = new WeakMap<Gpu, Partial<Record<AttentionGpuEntry, AttentionGrid>>>();
+const forcedAcc = new WeakMap<Gpu, AttentionAcc>();
 
 /**
  * Force the thread grid of attention_gpu entry points on `gpu` (null: back to the first fitting
@@ -382,7 +393,30 @@ export function setAttentionGpuShapes(
   else forcedShapes.set(gpu, shapes);
 }
 
+/** Accumulator forms a thread grid (TR, TC, ...) offers at head dim D: "fixed" needs NK <= 4. */
+export function attentionAccForms(D: number, grid: AttentionGrid): AttentionAcc[] {
+  const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
+  return Math.ceil(DM / (4 * grid[1])) <= 4 ? ["loop", "fixed"] : ["loop"];
+}
+
+/** Force the accumulator form of every later attention_gpu launch on `gpu` (null: tuned or "loop"). */
+export function setAttentionAcc(gpu: Gpu, acc: AttentionAcc | null): void {
+  if (acc === null) forcedAcc.delete(gpu);
+  else forcedAcc.set(gpu, acc);
+}
+
 const tunedShapes = new WeakMap<Gpu, Map<string, AttentionGrid>>();
+const tunedAcc = new WeakMap<Gpu, Map<string, AttentionAcc>>();
+
+/** Accumulator forms measured by the autotune, by attentionKey (absent: "loop"). */
+export function setAttentionTunedAcc(gpu: Gpu, forms: Map<string, AttentionAcc>): void {
+  tunedAcc.set(gpu, forms);
+}
+
+/** The measured accumulator forms in use on `gpu` (empty until an autotuned build). */
+export function attentionTunedAcc(gpu: Gpu): Map<string, AttentionAcc> {
+  return tunedAcc.get(gpu) ?? new Map();
+}
 
 /** Thread grids measured by the autotune (kernels/matmul_tune.ts), by attentionKey. */
 export function setAttentionTunedShapes(gpu: Gpu, shapes: Map<string, AttentionGrid>): void {
@@ -435,6 +469,8 @@ export interface RecordedAttention {
   group: number;
   /** The grid it got. */
   grid: AttentionGrid;
+  /** The accumulator form it got. */
+  acc: AttentionAcc;
   /** The entry's dispatches (dK/dV: with its reduce when split), grids in force now. */
   rebuild(arena: ParamArena): Dispatch[];
   /**
@@ -486,16 +522,29 @@ function gpuTileFor(
   D: number,
   TR: number,
   TC: number,
+  acc: AttentionAcc = "loop",
 ): GpuTileConfig | null {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const maxThreads = gpu.limits.maxComputeInvocationsPerWorkgroup;
   const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
   const HD = D === DM && !isCpuAdapter(gpu) ? D : 0;
-  if (TR * TC > maxThreads) return null;
+  if (TR * TC > maxThreads || TC % 4 !== 0) return null; // tile loops take 4 quads per iteration
   const NK = Math.ceil(DM / (4 * TC));
   if (NK > 8) return null;
   const oth = DM * TC, tile = 4 * TR * TC;
-  const c: GpuTileConfig = { DM, HD, TR, TC, NK, OWN_N: 1, OA_N: oth, OB_N: 1, TILE_N: tile };
+  const ACC_FIXED = acc === "fixed" && NK <= 4 ? 1 : 0; // written out for 4 dim quads
+  const c: GpuTileConfig = {
+    DM,
+    HD,
+    TR,
+    TC,
+    NK,
+    ACC_FIXED,
+    OWN_N: 1,
+    OA_N: oth,
+    OB_N: 1,
+    TILE_N: tile,
+  };
   let vec4s: number;
   if (entry === "forward") {
     c.OWN_N = DM * TR;
@@ -532,9 +581,9 @@ export function attentionGpuShapeCandidates(
 /**
  * The tile configuration of `entry`: the grid forced with setAttentionGpuShapes, else the one the
  * autotune measured for `key` (attentionKey), else the first grid of ATTENTION_GPU_SHAPES that
- * fits. At D = 64 on 48 KiB: forward 16×16 (BR = BC = 64,
- * 48 KiB), dQ 16×16 (64×64, 48 KiB), dK/dV 8×16 (BR = 32, BC = 64, 48 KiB); at D = 128 8×8, 16×8
- * and 16×8.
+ * fits; the accumulator form likewise (forced, tuned, else "loop"). At D = 64 on 48 KiB: forward
+ * 16×16 (BR = BC = 64, 48 KiB), dQ 16×16 (64×64, 48 KiB), dK/dV 8×16 (BR = 32, BC = 64, 48 KiB);
+ * at D = 128 8×8, 16×8 and 16×8.
  */
 export function gpuTileConfig(
   gpu: Gpu,
@@ -542,19 +591,20 @@ export function gpuTileConfig(
   D: number,
   key?: string,
 ): GpuTileConfig {
+  const acc = forcedAcc.get(gpu) ?? (key ? tunedAcc.get(gpu)?.get(key) : undefined) ?? "loop";
   const forced = forcedShapes.get(gpu)?.[entry];
   if (forced) {
-    const c = gpuTileFor(gpu, entry, D, forced[0], forced[1]);
+    const c = gpuTileFor(gpu, entry, D, forced[0], forced[1], acc);
     if (!c) {
       throw new GpuError(`thread grid ${forced.join("×")} does not fit at head dim ${D}`, entry);
     }
     return c;
   }
   const tuned = key ? tunedShapes.get(gpu)?.get(key) : undefined;
-  const t = tuned && gpuTileFor(gpu, entry, D, tuned[0], tuned[1]);
+  const t = tuned && gpuTileFor(gpu, entry, D, tuned[0], tuned[1], acc);
   if (t) return t;
   for (const [TR, TC] of ATTENTION_GPU_SHAPES[entry]) {
-    const c = gpuTileFor(gpu, entry, D, TR, TC);
+    const c = gpuTileFor(gpu, entry, D, TR, TC, acc);
     if (c) return c;
   }
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
@@ -629,6 +679,7 @@ export function attentionForward(
       D,
       group: args.Hq / args.Hkv,
       grid: [c.TR, c.TC],
+      acc: c.ACC_FIXED ? "fixed" : "loop",
       rebuild: (a) => attentionForward(gpu, a, { ...args, variant: "gpu" }),
       segments: segmentsOf(args),
     });
@@ -762,6 +813,7 @@ export function attentionBackward(
       D,
       group,
       grid: [cDq.TR, cDq.TC],
+      acc: cDq.ACC_FIXED ? "fixed" : "loop",
       rebuild: (a) => [again(a)[1]],
       segments: segmentsOf(args),
     });
@@ -770,6 +822,7 @@ export function attentionBackward(
       D,
       group,
       grid: parts > 1 ? [cDkv.TR, cDkv.TC, parts] : [cDkv.TR, cDkv.TC],
+      acc: cDkv.ACC_FIXED ? "fixed" : "loop",
       rebuild: (a) => again(a).slice(2),
       segments: segmentsOf(args),
     });

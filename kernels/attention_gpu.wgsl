@@ -24,14 +24,14 @@
 //   own quad: tile_a / tile_b[row · TC + (quad ^ (row / 4 % TC))].
 // Score blocks are mat4x4 (column = tile row, component = own row); accumulators are
 // array<mat4x4, NKMAX> (one mat per dim quad: column = own row, component = dim). Override
-// constants (DM, HD, TR, TC, NK and the array sizes) come from the launcher, which sizes them to
-// the device's workgroup memory. HD is the head dim as a compile-time constant on GPUs (the loops
+// constants (DM, HD, TR, TC, NK, ACC_FIXED and the array sizes) come from the launcher, which sizes
+// them to the device's workgroup memory. HD is the head dim as a compile-time constant on GPUs (the loops
 // over d unroll there); 0 reads p.d at run time (lavapipe, where rolled loops compile fast).
 // A 4×4 score block that the mask hides entirely skips its dot products.
 // Loops of 4 (dims of a quad, rows of a block) are written out, and the forward's score loop takes
-// 4 dims per iteration: Naga bounds every loop with a 64-bit counter, which keeps drivers from
-// unrolling (see matmul.wgsl). Bit-identical to the rolled loops (checked on lavapipe at every
-// grid); the effect on a GPU is not measured yet.
+// 4 dims per iteration: Naga bounds every loop with a
+// 64-bit counter, which keeps drivers from unrolling (see matmul.wgsl). Bit-identical to the
+// rolled loops (checked on lavapipe at every grid); the effect on a GPU is not measured yet.
 
 const MASKED: f32 = -1.0e30; // running max before any real score
 const NKMAX: u32 = 8u; // capacity of the accumulator arrays (NK <= NKMAX)
@@ -41,6 +41,7 @@ override HD: u32 = 0u; // head dim as a constant (equal to p.d), or 0: p.d at ru
 override TR: u32 = 16u; // threads along own rows (4 rows each): BR = 4·TR
 override TC: u32 = 16u; // threads along tile rows (4 each): BC = 4·TC
 override NK: u32 = 1u; // dim quads per thread in the accumulators: ceil(DM / (4·TC)) <= NKMAX
+override ACC_FIXED: bool = false; // accumulators indexed by constants only (see acc_add_a)
 override OWN_N: u32 = 1024u; // vec4s of own (DM·TR, forward only)
 override OA_N: u32 = 1024u; // vec4s of oth_a (>= DM·TC, >= TR·TC for the forward's reductions)
 override OB_N: u32 = 1024u; // vec4s of oth_b (DM·TC)
@@ -336,6 +337,154 @@ fn put_tile_b(s: mat4x4<f32>, r0: u32, quad: u32) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Accumulators: dim quad k of a thread's rows (dims quad_d0(tx, k)..+3, k < NK) in acc[k], in one
+// of two forms the autotune times against each other (ACC_FIXED, same bits): a loop over k < NK,
+// or every access at a constant index, written out for k < 4 (the launcher asks for this form only
+// when NK <= 4), the override NK dropping the steps past it at pipeline creation. A loop index into
+// the array, in a loop that wgpu's loop bounding keeps the driver from unrolling, may send the
+// whole array to local memory.
+
+alias Acc = array<mat4x4<f32>, NKMAX>;
+
+fn quad_d0(tx: u32, k: u32) -> u32 {
+  return 4u * (tx + TC * k);
+}
+
+// Fixed form: acc[k] += dots(pr, the staged oth_a dims of quad k at tile quad c), every k < NK
+// inside D.
+fn acc_add_a(acc: ptr<function, Acc>, pr: mat4x4<f32>, tx: u32, c: u32) {
+  if (NK > 0u && quad_d0(tx, 0u) < hd()) {
+    (*acc)[0] += dots(pr, oth_dims_a(quad_d0(tx, 0u), c));
+  }
+  if (NK > 1u && quad_d0(tx, 1u) < hd()) {
+    (*acc)[1] += dots(pr, oth_dims_a(quad_d0(tx, 1u), c));
+  }
+  if (NK > 2u && quad_d0(tx, 2u) < hd()) {
+    (*acc)[2] += dots(pr, oth_dims_a(quad_d0(tx, 2u), c));
+  }
+  if (NK > 3u && quad_d0(tx, 3u) < hd()) {
+    (*acc)[3] += dots(pr, oth_dims_a(quad_d0(tx, 3u), c));
+  }
+}
+
+// The same from oth_b.
+fn acc_add_b(acc: ptr<function, Acc>, pr: mat4x4<f32>, tx: u32, c: u32) {
+  if (NK > 0u && quad_d0(tx, 0u) < hd()) {
+    (*acc)[0] += dots(pr, oth_dims_b(quad_d0(tx, 0u), c));
+  }
+  if (NK > 1u && quad_d0(tx, 1u) < hd()) {
+    (*acc)[1] += dots(pr, oth_dims_b(quad_d0(tx, 1u), c));
+  }
+  if (NK > 2u && quad_d0(tx, 2u) < hd()) {
+    (*acc)[2] += dots(pr, oth_dims_b(quad_d0(tx, 2u), c));
+  }
+  if (NK > 3u && quad_d0(tx, 3u) < hd()) {
+    (*acc)[3] += dots(pr, oth_dims_b(quad_d0(tx, 3u), c));
+  }
+}
+
+// acc += (own rows 4ty..4ty+3 of tile_a) · (the staged oth_a rows), over the whole tile: the forward's
+// O += P·V and dQ's dQ += dS·K. The loop form is the kernel as first measured on a GPU; the fixed
+// form also takes the tile quads 4 per iteration.
+fn acc_tile_a(acc: ptr<function, Acc>, ty: u32, tx: u32) {
+  if (!ACC_FIXED) {
+    for (var c = 0u; c < TC; c++) {
+      let pr = tile_rows_a(ty, c);
+      for (var k = 0u; k < NK; k++) {
+        let d0 = quad_d0(tx, k);
+        if (d0 < hd()) {
+          (*acc)[k] += dots(pr, oth_dims_a(d0, c));
+        }
+      }
+    }
+    return;
+  }
+  for (var c = 0u; c < TC; c += 4u) { // TC is a multiple of 4: four steps written out
+    acc_add_a(acc, tile_rows_a(ty, c), tx, c);
+    acc_add_a(acc, tile_rows_a(ty, c + 1u), tx, c + 1u);
+    acc_add_a(acc, tile_rows_a(ty, c + 2u), tx, c + 2u);
+    acc_add_a(acc, tile_rows_a(ty, c + 3u), tx, c + 3u);
+  }
+}
+
+// dv += Pᵀ (tile_a) · dO (oth_b) and dk += dSᵀ (tile_b) · Q (oth_a) over the whole tile (dK/dV), in
+// the two forms of acc_tile_a.
+fn acc_tile_dkv(dv: ptr<function, Acc>, dk: ptr<function, Acc>, ty: u32, tx: u32) {
+  if (!ACC_FIXED) {
+    for (var c = 0u; c < TC; c++) {
+      let pr = tile_rows_a(ty, c);
+      let gr = tile_rows_b(ty, c);
+      for (var k = 0u; k < NK; k++) {
+        let d0 = quad_d0(tx, k);
+        if (d0 < hd()) {
+          (*dv)[k] += dots(pr, oth_dims_b(d0, c));
+          (*dk)[k] += dots(gr, oth_dims_a(d0, c));
+        }
+      }
+    }
+    return;
+  }
+  for (var c = 0u; c < TC; c += 4u) { // TC is a multiple of 4: four steps written out
+    acc_add_b(dv, tile_rows_a(ty, c), tx, c);
+    acc_add_a(dk, tile_rows_b(ty, c), tx, c);
+    acc_add_b(dv, tile_rows_a(ty, c + 1u), tx, c + 1u);
+    acc_add_a(dk, tile_rows_b(ty, c + 1u), tx, c + 1u);
+    acc_add_b(dv, tile_rows_a(ty, c + 2u), tx, c + 2u);
+    acc_add_a(dk, tile_rows_b(ty, c + 2u), tx, c + 2u);
+    acc_add_b(dv, tile_rows_a(ty, c + 3u), tx, c + 3u);
+    acc_add_a(dk, tile_rows_b(ty, c + 3u), tx, c + 3u);
+  }
+}
+
+// acc[k] with row r scaled by alpha[r] (the forward's running-max correction), every k < NK.
+fn acc_rescale(acc: ptr<function, Acc>, alpha: vec4<f32>) {
+  if (!ACC_FIXED) {
+    for (var k = 0u; k < NK; k++) {
+      let a = (*acc)[k];
+      (*acc)[k] = mat4x4<f32>(a[0] * alpha.x, a[1] * alpha.y, a[2] * alpha.z, a[3] * alpha.w);
+    }
+    return;
+  }
+  if (NK > 0u) {
+    let a = (*acc)[0];
+    (*acc)[0] = mat4x4<f32>(a[0] * alpha.x, a[1] * alpha.y, a[2] * alpha.z, a[3] * alpha.w);
+  }
+  if (NK > 1u) {
+    let a = (*acc)[1];
+    (*acc)[1] = mat4x4<f32>(a[0] * alpha.x, a[1] * alpha.y, a[2] * alpha.z, a[3] * alpha.w);
+  }
+  if (NK > 2u) {
+    let a = (*acc)[2];
+    (*acc)[2] = mat4x4<f32>(a[0] * alpha.x, a[1] * alpha.y, a[2] * alpha.z, a[3] * alpha.w);
+  }
+  if (NK > 3u) {
+    let a = (*acc)[3];
+    (*acc)[3] = mat4x4<f32>(a[0] * alpha.x, a[1] * alpha.y, a[2] * alpha.z, a[3] * alpha.w);
+  }
+}
+
+// acc[k] for a k known only at run time (the write-backs), through constant indices.
+fn acc_at(acc: ptr<function, Acc>, k: u32) -> mat4x4<f32> {
+  if (!ACC_FIXED) {
+    return (*acc)[k];
+  }
+  switch k {
+    case 0u: {
+      return (*acc)[0];
+    }
+    case 1u: {
+      return (*acc)[1];
+    }
+    case 2u: {
+      return (*acc)[2];
+    }
+    default: {
+      return (*acc)[3];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Forward: workgroup (BR queries, q head h). Online softmax over the key tiles from seqStart of
 // the first query to the last query. Per tile: S in registers; row max of the tile across the TC
 // threads of a row through oth_a (the K tile is dead by then); P into tile_a; V into oth_a;
@@ -372,7 +521,7 @@ fn attention_gpu_forward(
   }
   var m = vec4<f32>(MASKED);
   var l = vec4<f32>(); // partial over this thread's columns
-  var acc: array<mat4x4<f32>, NKMAX>;
+  var acc: Acc;
 
   for (var k0 = kLo; k0 <= qHi; k0 += 4u * TC) {
     workgroupBarrier();
@@ -412,23 +561,12 @@ fn attention_gpu_forward(
     );
     l = l * alpha + ((pr[0] + pr[1]) + (pr[2] + pr[3]));
     m = mNew;
-    for (var k = 0u; k < NK; k++) {
-      let a = acc[k];
-      acc[k] = mat4x4<f32>(a[0] * alpha.x, a[1] * alpha.y, a[2] * alpha.z, a[3] * alpha.w);
-    }
+    acc_rescale(&acc, alpha);
     put_tile_a(pr, 4u * ty, tx);
     workgroupBarrier(); // partials read: oth_a takes V
     stage_kv_a(true, k0, kvh, li);
     workgroupBarrier();
-    for (var c = 0u; c < TC; c++) {
-      let pr = tile_rows_a(ty, c);
-      for (var k = 0u; k < NK; k++) {
-        let d0 = 4u * (tx + TC * k);
-        if (d0 < D) {
-          acc[k] += dots(pr, oth_dims_a(d0, c));
-        }
-      }
-    }
+    acc_tile_a(&acc, ty, tx);
   }
 
   workgroupBarrier(); // V reads done: oth_a takes the row-sum partials
@@ -452,7 +590,7 @@ fn attention_gpu_forward(
       let d0 = 4u * (tx + TC * k);
       for (var j = 0u; j < 4u; j++) {
         if (d0 + j < D) {
-          out_o[(row * p.hq + h) * D + d0 + j] = acc[k][i][j] * inv[i];
+          out_o[(row * p.hq + h) * D + d0 + j] = acc_at(&acc, k)[i][j] * inv[i];
         }
       }
     }
@@ -486,7 +624,7 @@ fn attention_gpu_backward_dq(
   let base_o = own_base(q0 + 4u * ty, p.hq * D, 0u, h); // dO (dense)
   let qHi = min(q0 + 4u * TR, T) - 1u;
   let kLo = in_start[q0];
-  var acc: array<mat4x4<f32>, NKMAX>;
+  var acc: Acc;
 
   for (var k0 = kLo; k0 <= qHi; k0 += 4u * TC) {
     workgroupBarrier(); // last tile's reads done
@@ -504,15 +642,7 @@ fn attention_gpu_backward_dq(
     ds[3] = select(vec4<f32>(), exp(sp[0][3] * p.scale - lse) * (sp[1][3] - delta), keep[3]);
     put_tile_a(ds, 4u * ty, tx);
     workgroupBarrier();
-    for (var c = 0u; c < TC; c++) {
-      let pr = tile_rows_a(ty, c);
-      for (var k = 0u; k < NK; k++) {
-        let d0 = 4u * (tx + TC * k);
-        if (d0 < D) {
-          acc[k] += dots(pr, oth_dims_a(d0, c));
-        }
-      }
-    }
+    acc_tile_a(&acc, ty, tx);
   }
 
   for (var i = 0u; i < 4u; i++) {
@@ -524,7 +654,7 @@ fn attention_gpu_backward_dq(
       let d0 = 4u * (tx + TC * k);
       for (var j = 0u; j < 4u; j++) {
         if (d0 + j < D) {
-          out_dq[row * p.ld_q + p.q_off + h * D + d0 + j] = acc[k][i][j] * p.scale;
+          out_dq[row * p.ld_q + p.q_off + h * D + d0 + j] = acc_at(&acc, k)[i][j] * p.scale;
         }
       }
     }
@@ -560,8 +690,8 @@ fn attention_gpu_backward_dkv(
   let base = own_base(k0 + 4u * ty, p.ld_kv, p.k_off, kvh); // K
   let base_v = own_base(k0 + 4u * ty, p.ld_kv, p.v_off, kvh); // V
   let qEnd = in_end[min(k0 + 4u * TR, T) - 1u];
-  var dk: array<mat4x4<f32>, NKMAX>;
-  var dv: array<mat4x4<f32>, NKMAX>;
+  var dk: Acc;
+  var dv: Acc;
 
   for (var gh = part * per; gh < (part + 1u) * per; gh++) {
     let h = kvh * p.group + gh;
@@ -590,17 +720,7 @@ fn attention_gpu_backward_dkv(
       put_tile_a(pr, 4u * ty, tx);
       put_tile_b(ds, 4u * ty, tx);
       workgroupBarrier();
-      for (var c = 0u; c < TC; c++) {
-        let pr = tile_rows_a(ty, c);
-        let gr = tile_rows_b(ty, c);
-        for (var k = 0u; k < NK; k++) {
-          let d0 = 4u * (tx + TC * k);
-          if (d0 < D) {
-            dv[k] += dots(pr, oth_dims_b(d0, c));
-            dk[k] += dots(gr, oth_dims_a(d0, c));
-          }
-        }
-      }
+      acc_tile_dkv(&dv, &dk, ty, tx);
     }
   }
 
@@ -615,12 +735,12 @@ fn attention_gpu_backward_dkv(
         if (d0 + j < D) {
           if (parts > 1u) { // dense partials in the scratch
             let o = part * T * p.hkv * D + (key * p.hkv + kvh) * D + d0 + j;
-            out_dk[o] = dk[k][i][j] * p.scale;
-            out_dv[o] = dv[k][i][j];
+            out_dk[o] = acc_at(&dk, k)[i][j] * p.scale;
+            out_dv[o] = acc_at(&dv, k)[i][j];
           } else {
             let o = key * p.ld_kv + kvh * D + d0 + j;
-            out_dk[o + p.k_off] = dk[k][i][j] * p.scale;
-            out_dv[o + p.v_off] = dv[k][i][j];
+            out_dk[o + p.k_off] = acc_at(&dk, k)[i][j] * p.scale;
+            out_dv[o + p.v_off] = acc_at(&dv, k)[i][j];
           }
         }
       }

@@ -25,11 +25,16 @@ import {
   type WideConfig,
 } from "./matmul.ts";
 import {
+  type AttentionAcc,
+  attentionAccForms,
   attentionGpuShapeCandidates,
   type AttentionGrid,
+  attentionTunedAcc,
   attentionTunedShapes,
   type RecordedAttention,
+  setAttentionAcc,
   setAttentionGpuShapes,
+  setAttentionTunedAcc,
   setAttentionTunedShapes,
   startAttentionRecording,
   stopAttentionRecording,
@@ -61,6 +66,8 @@ export interface MatmulTuneReport {
     measured: number;
     changed: number;
     grids: Record<string, AttentionGrid>;
+    /** The accumulator form each launch runs with. */
+    acc: Record<string, AttentionAcc>;
   };
 }
 
@@ -83,7 +90,10 @@ interface CacheFile {
     choices: Record<string, CachedChoice>;
     attention?: {
       kernels: string;
-      choices: Record<string, { tr: number; tc: number; parts?: number; ms: number }>;
+      choices: Record<
+        string,
+        { tr: number; tc: number; parts?: number; acc?: AttentionAcc; ms: number }
+      >;
     };
   }>;
 }
@@ -326,24 +336,38 @@ export function tuneSegments(
   return { starts, ends };
 }
 
+/** One attention_gpu configuration the autotune times: thread grid and accumulator form. */
+interface AttentionCandidate {
+  grid: AttentionGrid;
+  acc: AttentionAcc;
+}
+
 /**
- * Time every fitting thread grid (and dK/dV split) of one recorded attention_gpu launch; ms per
- * call by grid, its dispatches summed.
+ * Time attention_gpu configurations of one recorded launch (default: every fitting thread grid and
+ * dK/dV split, accumulators in the "loop" form); ms per call by candidate, its dispatches summed.
  */
 async function timeAttentionGrids(
   gpu: Gpu,
   rec: RecordedAttention,
   reps: number,
-): Promise<{ grid: AttentionGrid; ms: number }[]> {
+  candidates: AttentionCandidate[] = attentionGpuShapeCandidates(
+    gpu,
+    rec.entry,
+    rec.D,
+    rec.group,
+  ).map((grid) => ({ grid, acc: "loop" })),
+): Promise<(AttentionCandidate & { ms: number })[]> {
   const arena = new ParamArena(gpu, "attention_tune", 64 * 1024);
-  const lists: { grid: AttentionGrid; ds: Dispatch[] }[] = [];
+  const lists: (AttentionCandidate & { ds: Dispatch[] })[] = [];
   try {
-    for (const grid of attentionGpuShapeCandidates(gpu, rec.entry, rec.D, rec.group)) {
+    for (const { grid, acc } of candidates) {
       setAttentionGpuShapes(gpu, { [rec.entry]: grid });
-      lists.push({ grid, ds: rec.rebuild(arena) });
+      setAttentionAcc(gpu, acc);
+      lists.push({ grid, acc, ds: rec.rebuild(arena) });
     }
   } finally {
     setAttentionGpuShapes(gpu, null);
+    setAttentionAcc(gpu, null);
   }
   // Samples of the launch's longest length (all T tokens when unknown): what a graph holds before
   // its first batch is zeros, under which dK/dV walks no queries and every grid times the same
@@ -354,7 +378,7 @@ async function timeAttentionGrids(
   gpu.device.queue.writeBuffer(seqEnd.buffer, seqEnd.offset ?? 0, ends);
   const ms = await timeLists(gpu, lists.map((l) => l.ds), reps);
   arena.buffer.destroy();
-  return lists.map((l, i) => ({ grid: l.grid, ms: ms[i] }));
+  return lists.map((l, i) => ({ grid: l.grid, acc: l.acc, ms: ms[i] }));
 }
 
 /**
@@ -414,10 +438,14 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     ? entry.attention
     : { kernels: attnHash, choices: {} };
   const grids = new Map(attentionTunedShapes(gpu));
+  const accs = new Map(attentionTunedAcc(gpu));
   for (const [k, c] of Object.entries(attnEntry.choices)) {
-    if (!grids.has(k)) grids.set(k, c.parts ? [c.tr, c.tc, c.parts] : [c.tr, c.tc]);
+    if (grids.has(k)) continue;
+    grids.set(k, c.parts ? [c.tr, c.tc, c.parts] : [c.tr, c.tc]);
+    accs.set(k, c.acc === "fixed" ? "fixed" : "loop");
   }
   setAttentionTunedShapes(gpu, grids);
+  setAttentionTunedAcc(gpu, accs);
 
   startGemmRecording(gpu);
   startAttentionRecording(gpu);
@@ -467,33 +495,56 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   }
   const attn = { shapes: attnRecorded.size, measured: 0, changed: 0 };
   const used: Record<string, AttentionGrid> = {};
+  const usedAcc: Record<string, AttentionAcc> = {};
+  const fastest = <T extends { ms: number }>(ts: T[]) => ts.reduce((a, b) => (b.ms < a.ms ? b : a));
   for (const [key, rec] of attnRecorded) {
     if (grids.has(key)) continue;
     const times = await timeAttentionGrids(gpu, rec, opts.reps ?? 3);
     if (times.length < 2) continue;
-    const best = times.reduce((a, b) => (b.ms < a.ms ? b : a));
+    let best = fastest(times);
     if (!(best.ms > 0 && Number.isFinite(best.ms))) continue;
     const used = times.find((t) => sameGrid(t.grid, rec.grid));
+    // Then the best grid's two accumulator forms (where it has both), side by side in one submission.
+    const accForms = attentionAccForms(rec.D, best.grid);
+    const forms = accForms.length < 2 ? [] : await timeAttentionGrids(
+      gpu,
+      rec,
+      opts.reps ?? 3,
+      accForms.map((acc) => ({ grid: best.grid, acc })),
+    );
+    const formBest = forms.length ? fastest(forms) : best;
+    if (formBest.ms > 0 && Number.isFinite(formBest.ms)) best = formBest;
     grids.set(key, best.grid);
+    accs.set(key, best.acc);
     attnEntry.choices[key] = {
       tr: best.grid[0],
       tc: best.grid[1],
       ...(best.grid[2] ? { parts: best.grid[2] } : {}),
+      ...(best.acc === "fixed" ? { acc: best.acc } : {}),
       ms: Number(best.ms.toFixed(4)),
     };
     attn.measured++;
-    if (used !== best) {
+    if (!used || !sameGrid(used.grid, best.grid) || best.acc !== rec.acc) {
       attn.changed++;
       rebuild = true;
     }
     opts.log?.(
-      `attention tune ${key}: ${best.grid.join("×")} ${best.ms.toFixed(3)} ms ` +
-        `(default ${rec.grid.join("×")}, ${used ? used.ms.toFixed(3) + " ms" : "n/a"})`,
+      `attention tune ${key}: ${best.grid.join("×")} ${best.ms.toFixed(3)} ms, accumulators ` +
+        `${best.acc} (${
+          forms.length
+            ? forms.map((f) => `${f.acc} ${f.ms.toFixed(3)}`).join(", ") + " ms"
+            : "one form"
+        }; ` +
+        `default ${rec.grid.join("×")}, ${used ? used.ms.toFixed(3) + " ms" : "n/a"})`,
     );
   }
   setAttentionTunedShapes(gpu, grids);
-  for (const [key, rec] of attnRecorded) used[key] = grids.get(key) ?? rec.grid;
-  if (attn.shapes > 0) report.attention = { ...attn, grids: used };
+  setAttentionTunedAcc(gpu, accs);
+  for (const [key, rec] of attnRecorded) {
+    used[key] = grids.get(key) ?? rec.grid;
+    usedAcc[key] = accs.get(key) ?? rec.acc;
+  }
+  if (attn.shapes > 0) report.attention = { ...attn, grids: used, acc: usedAcc };
   report.ms = performance.now() - t0;
   setMatmulTuning(gpu, { choices, wideChoices });
   if (attn.measured > 0) entry.attention = attnEntry;
@@ -523,7 +574,7 @@ export function describeTune(r: MatmulTuneReport): string {
   const attn = a
     ? `; attention: ${a.shapes} launches, ${
       a.measured > 0
-        ? `${a.measured} timed, ${a.changed} off the default grid`
+        ? `${a.measured} timed, ${a.changed} off the default grid or accumulator form`
         : "all from the cache"
     }`
     : "";

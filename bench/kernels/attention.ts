@@ -1,6 +1,8 @@
 // Attention benchmark cases: packed causal forward and backward at training shapes, checked against the f64 reference.
 import type { KernelCase, KernelSetup } from "../lib.ts";
 import {
+  type AttentionAcc,
+  attentionAccForms,
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
@@ -8,6 +10,7 @@ import {
   attentionGpuShapeCandidates,
   attentionGpuTakes,
   type AttentionGrid,
+  setAttentionAcc,
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
 import { isCpuAdapter } from "../../kernels/matmul.ts";
@@ -63,7 +66,7 @@ function setup(
   gpu: Gpu,
   s: Shape,
   which: "forward" | "backward",
-  grid?: { entry: AttentionGpuEntry; grid: AttentionGrid },
+  grid?: { entry: AttentionGpuEntry; grid: AttentionGrid; acc: AttentionAcc },
 ): KernelSetup {
   const T = s.lengths.reduce((a, b) => a + b, 0);
   const sh: AttnShape = { T, Hq: s.Hq, Hkv: s.Hkv, D: s.D, scale: 1 / Math.sqrt(s.D) };
@@ -90,13 +93,19 @@ function setup(
     workspace: mk("ws", attentionBackwardWorkspaceBytes(T, s.Hq)),
   };
   const arena = new ParamArena(gpu, "bench.attention.params", 4096);
-  if (grid) setAttentionGpuShapes(gpu, { [grid.entry]: grid.grid });
+  if (grid) {
+    setAttentionGpuShapes(gpu, { [grid.entry]: grid.grid });
+    setAttentionAcc(gpu, grid.acc);
+  }
   let fwd, bwd;
   try {
     fwd = attentionForward(gpu, arena, { ...b, ...sh, variant: grid ? "gpu" : undefined });
     bwd = attentionBackward(gpu, arena, { ...b, ...sh, variant: grid ? "gpu" : undefined });
   } finally {
-    if (grid) setAttentionGpuShapes(gpu, null);
+    if (grid) {
+      setAttentionGpuShapes(gpu, null);
+      setAttentionAcc(gpu, null);
+    }
   }
   if (which === "backward") gpu.run(fwd, "bench.attention.forward"); // o and lse for the backward
   return {
@@ -148,8 +157,8 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
 
 /**
  * One case per attention_gpu thread grid that fits the device (and dK/dV split of the q-head
- * group), per entry point and sweep shape (the other entry points at their defaults): the figures
- * for choosing ATTENTION_GPU_SHAPES' order. dQ and dK/dV grids are timed through the whole
+ * group) and accumulator form, per entry point and sweep shape (the other entry points at their
+ * defaults): the figures for choosing ATTENTION_GPU_SHAPES' order. dQ and dK/dV grids are timed through the whole
  * backward (delta, dQ, dK/dV and a split's reduce).
  */
 function sweepCases(gpu?: Gpu): KernelCase[] {
@@ -164,14 +173,16 @@ function sweepCases(gpu?: Gpu): KernelCase[] {
     const pairs = unmaskedPairs(s.lengths) * s.Hq;
     for (const entry of ["forward", "dq", "dkv"] as AttentionGpuEntry[]) {
       for (const grid of attentionGpuShapeCandidates(gpu, entry, s.D, s.Hq / s.Hkv)) {
-        const which = entry === "forward" ? "forward" : "backward";
-        const split = grid[2] ? ` split ${grid[2]}` : "";
-        out.push({
-          kernel: `attention_sweep_${entry} ${grid[0]}×${grid[1]}${split}`,
-          shape: label(s),
-          flops: (which === "forward" ? 4 : 10) * s.D * pairs,
-          setup: (g) => setup(g, s, which, { entry, grid }),
-        });
+        for (const acc of attentionAccForms(s.D, grid)) {
+          const which = entry === "forward" ? "forward" : "backward";
+          const split = grid[2] ? ` split ${grid[2]}` : "";
+          out.push({
+            kernel: `attention_sweep_${entry} ${grid[0]}×${grid[1]}${split} ${acc}`,
+            shape: label(s),
+            flops: (which === "forward" ? 4 : 10) * s.D * pairs,
+            setup: (g) => setup(g, s, which, { entry, grid, acc }),
+          });
+        }
       }
     }
   }

@@ -1,6 +1,7 @@
 // Attention tests: packed varlen causal forward/backward vs f64 references and finite differences.
 import assert from "node:assert/strict";
 import {
+  attentionAccForms,
   attentionBackward,
   attentionBackwardWorkspaceBytes,
   attentionForward,
@@ -10,6 +11,7 @@ import {
   dkvSplits,
   gpuTileConfig,
   kvWindowsTake,
+  setAttentionAcc,
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
@@ -330,6 +332,51 @@ for (const entry of ["forward", "dq", "dkv"] as AttentionGpuEntry[]) {
     }
   });
 }
+
+// The two accumulator forms the autotune chooses between give the same bits. D = 60 on grids with
+// 4 threads per tile row: 4 dim quads per thread, the written-out maximum, the last one past D for
+// some threads and not others.
+gpuTest("attention[gpu]: fixed accumulators give the loop form's bits", async (gpu) => {
+  const c: Case = { name: "D=60", lengths: [1, 23, 9], Hq: 4, Hkv: 2, D: 60 };
+  const T = c.lengths.reduce((a, b) => a + b, 0);
+  const sh: AttnShape = { T, Hq: c.Hq, Hkv: c.Hkv, D: c.D, scale: 1 / Math.sqrt(c.D) };
+  const q = randomArray(T * c.Hq * c.D, 31), k = randomArray(T * c.Hkv * c.D, 32);
+  const v = randomArray(T * c.Hkv * c.D, 33), dout = randomArray(T * c.Hq * c.D, 34);
+  const entries = ["forward", "dq", "dkv"] as AttentionGpuEntry[];
+  const grids = Object.fromEntries(entries.map((e) => {
+    const g = attentionGpuShapeCandidates(gpu, e, c.D).find((g) => g[1] === 4 && !g[2]);
+    assert.ok(g, `${e}: a grid with TC = 4 fits`);
+    return [e, g];
+  }));
+  setAttentionGpuShapes(gpu, grids);
+  try {
+    for (const e of entries) assert.equal(gpuTileConfig(gpu, e, c.D).NK, 4);
+    // the fixed form is written out for at most 4 dim quads; past that only the loop form exists
+    assert.deepEqual(attentionAccForms(c.D, [16, 4]), ["loop", "fixed"]);
+    assert.deepEqual(attentionAccForms(128, [16, 4]), ["loop"]);
+    const loop = await runGpu(gpu, "gpu", sh, c.lengths, q, k, v, dout);
+    setAttentionAcc(gpu, "fixed");
+    for (const e of entries) assert.equal(gpuTileConfig(gpu, e, c.D).ACC_FIXED, 1);
+    const fixed = await runGpu(gpu, "gpu", sh, c.lengths, q, k, v, dout);
+    const keys = ["o", "lse", "dq", "dk", "dv"] as const;
+    assertSameBits(keys.map((x) => fixed[x]), keys.map((x) => loop[x]), "fixed vs loop");
+    // and both match f64
+    const { seqStart } = packSamples(c.lengths);
+    const ref = attentionRef(q, k, v, seqStart, sh);
+    const bref = attentionBackwardRef(q, k, v, dout, seqStart, sh);
+    const err = Math.max(
+      relErr(fixed.o, ref.o),
+      relErr(fixed.dq, bref.dq),
+      relErr(fixed.dk, bref.dk),
+      relErr(fixed.dv, bref.dv),
+    );
+    report(`fixed accumulators, grids ${entries.map((e) => grids[e].join("×"))}`, err, TOL);
+    assert.ok(err <= TOL, `${err}`);
+  } finally {
+    setAttentionAcc(gpu, null);
+    setAttentionGpuShapes(gpu, null);
+  }
+});
 
 // Q, K, V (and their gradients) as column blocks of one fused tensor: the same bits as dense.
 for (const variant of VARIANTS) {

@@ -11,7 +11,9 @@ import {
 import { matmulTuning, setMatmulTuning } from "../../kernels/matmul.ts";
 import {
   ATTENTION_GPU_SHAPES,
+  attentionTunedAcc,
   attentionTunedShapes,
+  setAttentionTunedAcc,
   setAttentionTunedShapes,
   setAttentionVariant,
 } from "../../kernels/attention.ts";
@@ -212,6 +214,7 @@ gpuTest(
       const cached = JSON.parse(await Deno.readTextFile(cacheFile));
       const sig = Object.keys(cached.adapters)[0];
       assert.equal(Object.keys(cached.adapters[sig].attention.choices).length, 3);
+      assert.deepEqual(Object.keys(a.acc).sort(), [...grids.keys()].sort()); // a form per launch
       const tuned = await lossOf(first.graph);
       first.graph.destroy();
       const err = Math.abs(tuned - ref) / Math.abs(ref);
@@ -229,11 +232,15 @@ gpuTest(
       const choices = cached.adapters[sig].attention.choices;
       const dkvKey = Object.keys(choices).find((k) => k.startsWith("dkv "))!;
       choices[dkvKey].parts = 2;
+      for (const c of Object.values(choices)) (c as { acc?: string }).acc = "fixed"; // and its form
       await Deno.writeTextFile(cacheFile, JSON.stringify(cached));
       setAttentionTunedShapes(gpu, new Map());
+      setAttentionTunedAcc(gpu, new Map());
       const third = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
       assert.equal(third.report.attention?.measured, 0);
       assert.equal(attentionTunedShapes(gpu).get(dkvKey)?.[2], 2);
+      assert.deepEqual(new Set(attentionTunedAcc(gpu).values()), new Set(["fixed"]));
+      assert.deepEqual(new Set(Object.values(third.report.attention!.acc)), new Set(["fixed"]));
       const names = third.graph.forwardBackward.map((d) => d.kernel.name);
       assert.ok(names.some((n) => n.includes("attention_gpu_dkv_reduce")), "split dK/dV ran");
       assert.ok(Math.abs((await lossOf(third.graph)) - ref) / Math.abs(ref) < 1e-5);
@@ -250,6 +257,7 @@ gpuTest(
     } finally {
       setAttentionVariant(gpu, null);
       setAttentionTunedShapes(gpu, new Map());
+      setAttentionTunedAcc(gpu, new Map());
       setMatmulTuning(gpu, before);
       await Deno.remove(dir, { recursive: true });
     }
