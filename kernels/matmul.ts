@@ -480,6 +480,30 @@ function windowAt(gpu: Gpu, t: Tensor, first: number): { offset: number; rel: nu
   return { offset: start, rel: (at - start) / 4 };
 }
 
+/** Whether every chunk of `plan` lies inside the 64 KiB uniform window bound for it. */
+export function vecPlanFits(gpu: Gpu, g: GemmArgs, plan: VecPlan): boolean {
+  const window = UNIFORM_WINDOW_BYTES / 4;
+  const offA = g.offA ?? 0, offB = g.offB ?? 0;
+  for (let i0 = 0; i0 < g.M; i0 += plan.rc) {
+    const Mc = Math.min(plan.rc, g.M - i0);
+    for (let j0 = 0; j0 < g.N; j0 += plan.jc) {
+      const Nc = Math.min(plan.jc, g.N - j0);
+      for (let p0 = 0; p0 < g.K; p0 += plan.pc) {
+        const Kc = Math.min(plan.pc, g.K - p0);
+        if (plan.au) {
+          const { rel } = windowAt(gpu, g.a, offA + i0 * g.sAi + p0 * g.sAp);
+          if (rel + (Mc - 1) * g.sAi + (Kc - 1) * g.sAp + 1 > window) return false;
+        }
+        if (plan.bu) {
+          const { rel } = windowAt(gpu, g.b, offB + p0 * g.sBp + j0 * g.sBj);
+          if (rel + (Kc - 1) * g.sBp + (Nc - 1) * g.sBj + 1 > window) return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
 /** matmul_vec dispatches for `g` (see VecPlan): one per chunk, in K order within each block. */
 function matmulVec(
   gpu: Gpu,
@@ -489,10 +513,22 @@ function matmulVec(
   cfg: { rows: number; cols: number },
 ): Dispatch[] {
   const t = matmulTuning(gpu);
-  const slack = gpu.limits.minUniformBufferOffsetAlignment / 4;
   const on = t.vecWindows !== "off";
   const allow = { a: on && windowable(g.a), b: on && windowable(g.b) };
-  const plan = planVec(g, cfg, allow, t.vecWindow, slack, t.vecWindows === "force");
+  const force = t.vecWindows === "force";
+  // Windows start at an aligned offset: a chunk that starts off alignment loses up to `slack`
+  // elements of its window. Plan for full windows first (the common case: aligned tensors and
+  // strides, up to twice the rows per window at K = 64, so half the dispatches), and keep the
+  // plan only if every chunk really fits.
+  const slack = gpu.limits.minUniformBufferOffsetAlignment / 4;
+  let plan = planVec(g, cfg, allow, t.vecWindow, 0, force);
+  if (!vecPlanFits(gpu, g, plan)) {
+    plan = planVec(g, cfg, allow, t.vecWindow, slack, force);
+    // a window shifted back from the end of a buffer whose size is not aligned: no windows
+    if (!vecPlanFits(gpu, g, plan)) {
+      plan = planVec(g, cfg, { a: false, b: false }, t.vecWindow, slack);
+    }
+  }
   const out: Dispatch[] = [];
   const offA = g.offA ?? 0, offB = g.offB ?? 0, offC = g.offC ?? 0, offBias = g.offBias ?? 0;
   const win = (u: boolean, x: Tensor, first: number) => {

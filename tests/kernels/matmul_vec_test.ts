@@ -10,6 +10,7 @@ import {
   matmulBackwardInput,
   matmulBackwardWeight,
   matmulForward,
+  matmulGemm,
   type MatmulTuning,
   matmulTuning,
   planVec,
@@ -247,6 +248,44 @@ for (
     report(`matmul_vec ${name}: ${CASES.length} cases (${chunked} cut)`, worst, TOL);
   });
 }
+
+gpuTest("matmul_vec: chunks that start on a window's start get the whole window", async (gpu) => {
+  if (!gpu.isCpu) return; // uniform windows exist on CPU adapters only
+  // A (512, 64) read through 64 KiB windows of 256 rows, VR = 4 (32-row workgroups): at offset 0
+  // every chunk starts on an aligned window start (2 chunks of 256 rows); 16 bytes in, a chunk may
+  // start up to 7 elements into its window, so 255 rows fit: 224 + 224 + 64.
+  const M = 512, N = 16, K = 64;
+  assert.equal(gpu.limits.minUniformBufferOffsetAlignment, 32, "the figures assume 32 bytes");
+  const x = randomArray(M * K, 5, 1), w = randomArray(N * K, 6, 1);
+  const ref = matmulRef(x, w, M, N, K);
+  const before = { ...matmulTuning(gpu) };
+  const arena = new ParamArena(gpu, "test.matmul_vec", 1 << 16);
+  const a = gpu.buffer("test.a", (M * K + 64) * 4),
+    b = gpu.buffer("test.b", VEC_WINDOW_ELEMENTS * 4);
+  const c = gpu.buffer("test.c", M * N * 4);
+  try {
+    setMatmulTuning(gpu, { variant: "vec", vecRows: 4, vecCols: 8, vecWindows: "force" });
+    gpu.write(b, w);
+    const counts: number[] = [];
+    for (const offA of [0, 4]) {
+      gpu.write(a, x, offA * 4);
+      const g = { c, a, b, M, N, K, sAi: K, sAp: 1, sBp: 1, sBj: K, ldc: N, offA };
+      const ds = matmulGemm(gpu, arena, g);
+      const names = ds.map((d) => d.kernel.name).join(" ");
+      assert.ok(names.includes("AU=1") && names.includes("BU=1"), names);
+      gpu.run(ds);
+      const err = maxRelErr(await gpu.readF32(c), ref, 1e-2 * rms(ref));
+      report(`matmul_vec A at element offset ${offA}: ${ds.length} dispatches`, err, TOL);
+      assert.ok(err <= TOL, `offA ${offA}: ${err}`);
+      counts.push(ds.length);
+    }
+    assert.deepEqual(counts, [2, 3]);
+  } finally {
+    setMatmulTuning(gpu, before);
+    for (const buf of [a, b, c]) buf.destroy();
+    arena.buffer.destroy();
+  }
+});
 
 gpuTest(
   "matmul_vec: the CPU default where the shape allows it; vec: false keeps matmul_wide",
