@@ -480,25 +480,30 @@ function windowAt(gpu: Gpu, t: Tensor, first: number): { offset: number; rel: nu
   return { offset: start, rel: (at - start) / 4 };
 }
 
+/** The chunks of `plan` (first row, column and K index, and lengths), in dispatch order. */
+function* vecChunks(g: GemmArgs, plan: VecPlan) {
+  for (let i0 = 0; i0 < g.M; i0 += plan.rc) {
+    for (let j0 = 0; j0 < g.N; j0 += plan.jc) {
+      for (let p0 = 0; p0 < g.K; p0 += plan.pc) {
+        const Mc = Math.min(plan.rc, g.M - i0), Nc = Math.min(plan.jc, g.N - j0);
+        yield { i0, j0, p0, Mc, Nc, Kc: Math.min(plan.pc, g.K - p0) };
+      }
+    }
+  }
+}
+
 /** Whether every chunk of `plan` lies inside the 64 KiB uniform window bound for it. */
 export function vecPlanFits(gpu: Gpu, g: GemmArgs, plan: VecPlan): boolean {
   const window = UNIFORM_WINDOW_BYTES / 4;
   const offA = g.offA ?? 0, offB = g.offB ?? 0;
-  for (let i0 = 0; i0 < g.M; i0 += plan.rc) {
-    const Mc = Math.min(plan.rc, g.M - i0);
-    for (let j0 = 0; j0 < g.N; j0 += plan.jc) {
-      const Nc = Math.min(plan.jc, g.N - j0);
-      for (let p0 = 0; p0 < g.K; p0 += plan.pc) {
-        const Kc = Math.min(plan.pc, g.K - p0);
-        if (plan.au) {
-          const { rel } = windowAt(gpu, g.a, offA + i0 * g.sAi + p0 * g.sAp);
-          if (rel + (Mc - 1) * g.sAi + (Kc - 1) * g.sAp + 1 > window) return false;
-        }
-        if (plan.bu) {
-          const { rel } = windowAt(gpu, g.b, offB + p0 * g.sBp + j0 * g.sBj);
-          if (rel + (Kc - 1) * g.sBp + (Nc - 1) * g.sBj + 1 > window) return false;
-        }
-      }
+  for (const { i0, j0, p0, Mc, Nc, Kc } of vecChunks(g, plan)) {
+    if (plan.au) {
+      const { rel } = windowAt(gpu, g.a, offA + i0 * g.sAi + p0 * g.sAp);
+      if (rel + (Mc - 1) * g.sAi + (Kc - 1) * g.sAp + 1 > window) return false;
+    }
+    if (plan.bu) {
+      const { rel } = windowAt(gpu, g.b, offB + p0 * g.sBp + j0 * g.sBj);
+      if (rel + (Kc - 1) * g.sBp + (Nc - 1) * g.sBj + 1 > window) return false;
     }
   }
   return true;
@@ -541,60 +546,53 @@ function matmulVec(
     };
     return { bind, rel: w.rel };
   };
-  for (let i0 = 0; i0 < g.M; i0 += plan.rc) {
-    const Mc = Math.min(plan.rc, g.M - i0);
-    for (let j0 = 0; j0 < g.N; j0 += plan.jc) {
-      const Nc = Math.min(plan.jc, g.N - j0);
-      for (let p0 = 0; p0 < g.K; p0 += plan.pc) {
-        const Kc = Math.min(plan.pc, g.K - p0);
-        const accumulate = !!g.accumulate || p0 > 0;
-        const bias = !!g.bias && p0 === 0;
-        const flags = (accumulate ? 1 : 0) | (bias ? 2 : 0);
-        const wa = win(plan.au, g.a, offA + i0 * g.sAi + p0 * g.sAp);
-        const wb = win(plan.bu, g.b, offB + p0 * g.sBp + j0 * g.sBj);
-        const params = arena.alloc(packParams([
-          Mc,
-          Nc,
-          Kc,
-          g.ldc,
-          g.sAi,
-          g.sAp,
-          g.sBp,
-          g.sBj,
-          wa.rel,
-          wb.rel,
-          offC + i0 * g.ldc + j0,
-          flags,
-          g.alpha ?? 1,
-          offBias + j0,
-          Kc,
-          0,
-        ], [12]));
-        const kernel = gpu.kernel("matmul_vec", "matmul_vec", {
-          VR: cfg.rows,
-          VC: cfg.cols,
-          AV: forms.av,
-          BV: forms.bv,
-          AU: plan.au ? 1 : 0,
-          BU: plan.bu ? 1 : 0,
-          VFLAGS: flags,
-        });
-        const bindGroup = gpu.bind(kernel, {
-          0: params,
-          1: g.c,
-          2: g.a,
-          3: g.b,
-          4: g.bias ?? dummyBuffer(gpu),
-          5: wb.bind,
-          6: wa.bind,
-        });
-        out.push({
-          kernel,
-          bindGroup,
-          workgroups: [Math.ceil(Nc / cfg.cols), Math.ceil(Mc / (8 * cfg.rows)), 1],
-        });
-      }
-    }
+  for (const { i0, j0, p0, Mc, Nc, Kc } of vecChunks(g, plan)) {
+    const accumulate = !!g.accumulate || p0 > 0;
+    const bias = !!g.bias && p0 === 0;
+    const flags = (accumulate ? 1 : 0) | (bias ? 2 : 0);
+    const wa = win(plan.au, g.a, offA + i0 * g.sAi + p0 * g.sAp);
+    const wb = win(plan.bu, g.b, offB + p0 * g.sBp + j0 * g.sBj);
+    const params = arena.alloc(packParams([
+      Mc,
+      Nc,
+      Kc,
+      g.ldc,
+      g.sAi,
+      g.sAp,
+      g.sBp,
+      g.sBj,
+      wa.rel,
+      wb.rel,
+      offC + i0 * g.ldc + j0,
+      flags,
+      g.alpha ?? 1,
+      offBias + j0,
+      Kc,
+      0,
+    ], [12]));
+    const kernel = gpu.kernel("matmul_vec", "matmul_vec", {
+      VR: cfg.rows,
+      VC: cfg.cols,
+      AV: forms.av,
+      BV: forms.bv,
+      AU: plan.au ? 1 : 0,
+      BU: plan.bu ? 1 : 0,
+      VFLAGS: flags,
+    });
+    const bindGroup = gpu.bind(kernel, {
+      0: params,
+      1: g.c,
+      2: g.a,
+      3: g.b,
+      4: g.bias ?? dummyBuffer(gpu),
+      5: wb.bind,
+      6: wa.bind,
+    });
+    out.push({
+      kernel,
+      bindGroup,
+      workgroups: [Math.ceil(Nc / cfg.cols), Math.ceil(Mc / (8 * cfg.rows)), 1],
+    });
   }
   return out;
 }

@@ -291,7 +291,7 @@ async function timeCandidates(
     setMatmulTuning(gpu, before);
   }
   const ms = await timeLists(gpu, lists.map((l) => l.dispatches), reps);
-  arena.buffer.destroy();
+  arena.destroy();
   return lists.map((l, i) => ({ choice: l.choice, ms: ms[i] }));
 }
 
@@ -377,7 +377,7 @@ async function timeAttentionGrids(
   gpu.device.queue.writeBuffer(seqStart.buffer, seqStart.offset ?? 0, starts);
   gpu.device.queue.writeBuffer(seqEnd.buffer, seqEnd.offset ?? 0, ends);
   const ms = await timeLists(gpu, lists.map((l) => l.ds), reps);
-  arena.buffer.destroy();
+  arena.destroy();
   return lists.map((l, i) => ({ grid: l.grid, acc: l.acc, ms: ms[i] }));
 }
 

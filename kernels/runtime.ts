@@ -335,30 +335,38 @@ export class Gpu {
   async profile(dispatches: Dispatch[]): Promise<number[]> {
     if (!this.hasTimestamps) throw new GpuError("adapter lacks timestamp-query", "profile");
     const n = dispatches.length;
-    const qs = this.device.createQuerySet({ label: "profile", type: "timestamp", count: 2 * n });
+    if (n === 0) return [];
     const resolve = this.device.createBuffer({
       label: "profile.resolve",
       size: 16 * n,
       usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
     });
     const enc = this.device.createCommandEncoder({ label: "profile" });
-    dispatches.forEach((d, i) => {
-      const pass = enc.beginComputePass({
-        label: d.kernel.name,
-        timestampWrites: {
-          querySet: qs,
-          beginningOfPassWriteIndex: 2 * i,
-          endOfPassWriteIndex: 2 * i + 1,
-        },
-      });
-      encodeDispatches(pass, [d]);
-      pass.end();
-    });
-    enc.resolveQuerySet(qs, 0, 2 * n, resolve, 0);
+    // A query set holds at most 4,096 queries (a WebGPU limit): one set per PROFILE_CHUNK passes.
+    const sets: GPUQuerySet[] = [];
+    for (let c0 = 0; c0 < n; c0 += PROFILE_CHUNK) {
+      const m = Math.min(PROFILE_CHUNK, n - c0);
+      const qs = this.device.createQuerySet({ label: "profile", type: "timestamp", count: 2 * m });
+      sets.push(qs);
+      for (let i = 0; i < m; i++) {
+        const d = dispatches[c0 + i];
+        const pass = enc.beginComputePass({
+          label: d.kernel.name,
+          timestampWrites: {
+            querySet: qs,
+            beginningOfPassWriteIndex: 2 * i,
+            endOfPassWriteIndex: 2 * i + 1,
+          },
+        });
+        encodeDispatches(pass, [d]);
+        pass.end();
+      }
+      enc.resolveQuerySet(qs, 0, 2 * m, resolve, 16 * c0); // 16·PROFILE_CHUNK: 256-byte aligned
+    }
     this.device.queue.submit([enc.finish()]);
     const [ab] = await this.read([{ buffer: resolve, size: 16 * n }]);
     const t = new BigUint64Array(ab);
-    qs.destroy();
+    for (const qs of sets) qs.destroy();
     resolve.destroy();
     return dispatches.map((_, i) => Number(t[2 * i + 1] - t[2 * i]) / 1e6);
   }
@@ -369,6 +377,9 @@ export class Gpu {
     this.device.destroy();
   }
 }
+
+/** Dispatches timed per query set by `Gpu.profile` (two timestamps each, at most 4,096 per set). */
+export const PROFILE_CHUNK = 2048;
 
 /** Record `dispatches` into an open compute pass. */
 export function encodeDispatches(pass: GPUComputePassEncoder, dispatches: Dispatch[]): void {
@@ -402,34 +413,58 @@ export function loadWgsl(file: string, seen = new Set<string>()): string {
 
 /**
  * Uniform parameters of many dispatches in one buffer, each at an aligned offset, so a plan
- * builds its bind groups once and a schedule can rewrite a value without new buffers.
+ * builds its bind groups once and a schedule can rewrite a value without new buffers. When a
+ * buffer of `capacity` bytes is full, the arena continues in another of the same size (a plan of
+ * many GEMM chunks can need more slots than one buffer holds).
  */
 export class ParamArena {
+  /** The first buffer (most plans need only this one). */
   readonly buffer: GPUBuffer;
+  private readonly buffers: GPUBuffer[];
+  private current = 0;
   private used = 0;
   private readonly align: number;
 
   constructor(readonly gpu: Gpu, readonly label: string, readonly capacity = 1 << 20) {
     this.align = gpu.limits.minUniformBufferOffsetAlignment;
     this.buffer = gpu.uniform(label, capacity);
+    this.buffers = [this.buffer];
   }
 
   /** Reserve a slot and write `data` (at most 256 bytes) into it. */
   alloc(data: ArrayBufferView): BufferSlice {
     const size = alignUp(Math.max(data.byteLength, 16), 16);
-    const offset = alignUp(this.used, this.align);
+    if (size > this.capacity) {
+      throw new GpuError(`param slot of ${size} bytes exceeds ${this.capacity}`, this.label);
+    }
+    let offset = alignUp(this.used, this.align);
     if (offset + size > this.capacity) {
-      throw new GpuError(`param arena full (${this.capacity} bytes)`, this.label);
+      this.current++;
+      if (this.current === this.buffers.length) {
+        this.buffers.push(this.gpu.uniform(`${this.label}#${this.current}`, this.capacity));
+      }
+      offset = 0;
     }
     this.used = offset + size;
-    const slice = { buffer: this.buffer, offset, size };
-    this.gpu.write(this.buffer, data, offset);
-    return slice;
+    const buffer = this.buffers[this.current];
+    this.gpu.write(buffer, data, offset);
+    return { buffer, offset, size };
   }
 
-  /** Forget every slot (the buffer is reused). */
+  /** Forget every slot (the buffers are reused). */
   reset(): void {
+    this.current = 0;
     this.used = 0;
+  }
+
+  /** Bytes of uniform buffers the arena holds. */
+  get bytes(): number {
+    return this.buffers.length * this.capacity;
+  }
+
+  /** Release every buffer of the arena. */
+  destroy(): void {
+    for (const b of this.buffers) b.destroy();
   }
 }
 

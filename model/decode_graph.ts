@@ -445,7 +445,7 @@ export class DecodeGraph {
     if (Tp > this.prefillCapacity) {
       // Grow: drop the smaller plans and their scratch.
       for (const b of this.prefillBuffers) b.destroy();
-      for (const p of this.prefillPlans.values()) p.arena.buffer.destroy();
+      for (const p of this.prefillPlans.values()) p.arena.destroy();
       this.prefillBuffers = [];
       this.prefillPlans.clear();
       this.prefillCapacity = Tp;
@@ -783,7 +783,7 @@ export class DecodeGraph {
   destroy(): void {
     this.own?.destroy();
     for (const b of [...this.buffers, ...this.prefillBuffers]) b.destroy();
-    this.arena.buffer.destroy();
-    for (const p of this.prefillPlans.values()) p.arena.buffer.destroy();
+    this.arena.destroy();
+    for (const p of this.prefillPlans.values()) p.arena.destroy();
   }
 }

@@ -1226,7 +1226,7 @@ export class LlamaGraph {
     ) {
       b?.destroy();
     }
-    this.arena.buffer.destroy();
+    this.arena.destroy();
     this.ceWs.destroy();
   }
 }

@@ -124,7 +124,7 @@ function setup(
     },
     cleanup: () => {
       for (const x of Object.values(b)) x.buffer.destroy();
-      arena.buffer.destroy();
+      arena.destroy();
     },
   };
 }

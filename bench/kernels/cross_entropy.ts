@@ -115,7 +115,7 @@ function ceCase(T: number, C: number, V: number, backward: boolean): KernelCase 
         cleanup: () => {
           for (const b of bufs) b.destroy();
           ws.destroy();
-          arena.buffer.destroy();
+          arena.destroy();
         },
       };
     },

@@ -155,7 +155,7 @@ function matmulCase(
         },
         cleanup: () => {
           for (const b of bufs) b.destroy();
-          arena.buffer.destroy();
+          arena.destroy();
         },
       };
     },

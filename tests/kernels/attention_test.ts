@@ -89,7 +89,7 @@ async function runGpu(
   gpu.run([...fwd, ...bwd], "attention_test");
   const r = await gpu.read([b.o, b.lse, b.dq, b.dk, b.dv]);
   for (const x of Object.values(b)) x.buffer.destroy();
-  arena.buffer.destroy();
+  arena.destroy();
   const [o, lse, dq, dk, dv] = r.map((a) => new Float32Array(a));
   return { o, lse, dq, dk, dv };
 }
@@ -143,7 +143,7 @@ async function runFused(
   gpu.run([...fwd, ...bwd], "attention_test.fused");
   const [o, lse, g] = (await gpu.read([b.o, b.lse, grads])).map((a) => new Float32Array(a));
   for (const x of new Set(Object.values(b))) x.buffer.destroy();
-  arena.buffer.destroy();
+  arena.destroy();
   const dq = new Float32Array(T * wq), dk = new Float32Array(T * wk), dv = new Float32Array(T * wk);
   for (let t = 0; t < T; t++) {
     dq.set(g.subarray(t * ld, t * ld + wq), t * wq);
@@ -579,7 +579,7 @@ gpuTest(
       }
       assertSameBits(outs[1], outs[0], `T ${T}, ${JSON.stringify(kv)}`);
       for (const x of Object.values(b)) x.buffer.destroy();
-      arena.buffer.destroy();
+      arena.destroy();
     }
   },
 );

@@ -131,7 +131,7 @@ async function runCase(
     assert.ok(err < TOL, `${name} pos ${pos}: ${err}`);
   }
   for (const b of Object.values(bufs)) b.buffer.destroy();
-  arena.buffer.destroy();
+  arena.destroy();
 }
 
 gpuTest(

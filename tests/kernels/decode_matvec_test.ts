@@ -65,7 +65,7 @@ gpuTest("decode matvec: every variant (vec4/scalar, bias, accumulate) vs f64", a
     assert.ok(err < TOL, `case ${i}: ${err}`);
     for (const x of Object.values(bufs)) x.buffer.destroy();
   }
-  arena.buffer.destroy();
+  arena.destroy();
 });
 
 gpuTest("decode matvec: fused SwiGLU silu(Wg·x)·(Wu·x) vs f64, vec4 and scalar", async (gpu) => {
@@ -96,5 +96,5 @@ gpuTest("decode matvec: fused SwiGLU silu(Wg·x)·(Wu·x) vs f64, vec4 and scala
     assert.ok(err < TOL, `N=${N} K=${K}: ${err}`);
     for (const v of Object.values(b)) v.buffer.destroy();
   }
-  arena.buffer.destroy();
+  arena.destroy();
 });

@@ -25,7 +25,7 @@ async function pick(
   gpu.run(sampleToken(gpu, arena, { ...b, V, ringLen, logitScale }), "decode_sample_test");
   const [ids, ring] = (await gpu.read([b.ids, b.ring])).map((a) => new Uint32Array(a));
   for (const x of Object.values(b)) x.buffer.destroy();
-  arena.buffer.destroy();
+  arena.destroy();
   return { id: ids[0], ring };
 }
 

@@ -352,7 +352,7 @@ gpuTest("matmul: bad shapes and tunings are rejected", (gpu) => {
   assert.throws(() => setMatmulTuning(gpu, { vecWindow: 20000 }));
   assert.throws(() => setMatmulTuning(gpu, { vecWindows: "on" as "auto" }));
   buf.destroy();
-  arena.buffer.destroy();
+  arena.destroy();
 });
 
 Deno.test("matmul: the GPU plan picks 128-tiles for large grids and splits K for small ones", () => {

@@ -171,7 +171,7 @@ async function runCase(
   } finally {
     setMatmulTuning(gpu, before);
     for (const b of bufs) b.destroy();
-    arena.buffer.destroy();
+    arena.destroy();
   }
 }
 
@@ -283,7 +283,7 @@ gpuTest("matmul_vec: chunks that start on a window's start get the whole window"
   } finally {
     setMatmulTuning(gpu, before);
     for (const buf of [a, b, c]) buf.destroy();
-    arena.buffer.destroy();
+    arena.destroy();
   }
 });
 

@@ -158,7 +158,7 @@ gpuTest("rmsnorm: the vec4 row kernels equal the one-channel ones bit for bit", 
       }
     }
   } finally {
-    arena.buffer.destroy();
+    arena.destroy();
   }
 });
 

@@ -200,6 +200,6 @@ gpuTest("rope: the vec4 in-place kernels equal the one-pair ones bit for bit", a
     }
   } finally {
     gpu.vec4Forms = true;
-    arena.buffer.destroy();
+    arena.destroy();
   }
 });

@@ -133,7 +133,7 @@ gpuTest(
       }
     } finally {
       gpu.vec4Forms = true;
-      arena.buffer.destroy();
+      arena.destroy();
     }
   },
 );
