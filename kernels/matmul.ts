@@ -381,7 +381,8 @@ function windowable(t: Tensor): boolean {
  * The cheapest way (by the cost model) to run `g` on matmul_vec with VR rows per invocation and
  * VC columns per workgroup, given which operands may use windows of `window` elements (less the
  * offset-alignment slack `slack`): tries K whole and K cut so that B or A fits, each operand with
- * and without a window (with `force`, the plans with the most windows).
+ * and without a window (with `force`, the plans with the most windows). `threads`: how many threads
+ * the adapter runs a dispatch's workgroups on (lavapipe: one per CPU).
  */
 export function planVec(
   g: GemmArgs,
@@ -390,6 +391,7 @@ export function planVec(
   window: number,
   slack: number,
   force = false,
+  threads = 1,
 ): VecPlan {
   const { M, N, K, sAi, sAp, sBp, sBj } = g;
   const cap = window - slack;
@@ -417,6 +419,9 @@ export function planVec(
   // multiple of 4 (part of a workgroup), else infeasible (0)
   const chunk = (n: number, unit: number, maxFit: number) =>
     maxFit >= n ? n : maxFit >= unit ? Math.floor(maxFit / unit) * unit : down4(maxFit);
+  // workgroups along an axis of n cut into chunks of c, `unit` per workgroup
+  const units = (n: number, c: number, unit: number) =>
+    Math.floor(n / c) * Math.ceil(c / unit) + (n % c ? Math.ceil((n % c) / unit) : 0);
   let best: VecPlan | null = null, forced: VecPlan | null = null;
   for (const pc of pcs) {
     const nP = Math.ceil(K / pc);
@@ -427,7 +432,13 @@ export function planVec(
         if (rc <= 0 || jc <= 0) continue;
         if ((au && spanA(rc, pc) > cap) || (bu && spanB(pc, jc) > cap)) continue;
         const dispatches = Math.ceil(M / rc) * Math.ceil(N / jc) * nP;
-        const steps = Math.ceil(M / rowsUnit) * Math.ceil(N / colsUnit) * Math.ceil(K / 4);
+        // every chunk runs whole workgroups: a chunk of fewer rows (columns) than a workgroup
+        // covers costs a whole workgroup's work all the same
+        let steps = units(M, rc, rowsUnit) * units(N, jc, colsUnit) * Math.ceil(K / 4);
+        // and the adapter's `threads` share a dispatch's workgroups: a dispatch of 3 workgroups
+        // on 2 threads takes as long as one of 4
+        const wgs = Math.ceil(Math.min(rc, M) / rowsUnit) * Math.ceil(Math.min(jc, N) / colsUnit);
+        steps *= (Math.ceil(wgs / threads) * threads) / wgs;
         const perStep = cfg.rows * (au ? COST_UNIFORM_V4 : COST_STORAGE_V4) +
           cfg.cols * (bu ? COST_UNIFORM_V4 : COST_STORAGE_V4) + cfg.rows * cfg.cols * COST_MAC;
         const accumulate = (nP - 1) * (M * N / 4) * 2 * (COST_STORAGE_V4 / 8);
@@ -526,12 +537,13 @@ function matmulVec(
   // strides, up to twice the rows per window at K = 64, so half the dispatches), and keep the
   // plan only if every chunk really fits.
   const slack = gpu.limits.minUniformBufferOffsetAlignment / 4;
-  let plan = planVec(g, cfg, allow, t.vecWindow, 0, force);
+  const threads = navigator.hardwareConcurrency ?? 1; // lavapipe's worker threads
+  let plan = planVec(g, cfg, allow, t.vecWindow, 0, force, threads);
   if (!vecPlanFits(gpu, g, plan)) {
-    plan = planVec(g, cfg, allow, t.vecWindow, slack, force);
+    plan = planVec(g, cfg, allow, t.vecWindow, slack, force, threads);
     // a window shifted back from the end of a buffer whose size is not aligned: no windows
     if (!vecPlanFits(gpu, g, plan)) {
-      plan = planVec(g, cfg, { a: false, b: false }, t.vecWindow, slack);
+      plan = planVec(g, cfg, { a: false, b: false }, t.vecWindow, slack, false, threads);
     }
   }
   const out: Dispatch[] = [];

@@ -87,6 +87,27 @@ Deno.test("planVec: every chunk fits its window, and the stories260K GEMMs use w
   );
 });
 
+Deno.test("planVec: chunks pay for whole workgroups, shared among the adapter's threads", () => {
+  // stories15M's q/k/v GEMM (1024 × 864 × 288): a 64 KiB window of A holds 56 rows of 288
+  const g = { M: 1024, N: 864, K: 288, sAi: 288, sAp: 1, sBp: 1, sBj: 288, ldc: 864 };
+  const plan = (rows: number, cols: number, threads: number) =>
+    planVec(
+      g as never,
+      { rows, cols },
+      { a: true, b: true },
+      VEC_WINDOW_ELEMENTS,
+      0,
+      false,
+      threads,
+    );
+  // 16 × 16 runs 128-row workgroups: 56-row chunks would pay for 128 rows each
+  assert.deepEqual([plan(16, 16, 1).au, plan(16, 16, 1).dispatches], [false, 18]);
+  // 8 × 16 (64-row workgroups): windowed chunks of 56 rows × 48 columns are 3 workgroups, which
+  // one thread runs in 3 turns but two threads in 2, so on two threads A stays in storage
+  assert.deepEqual([plan(8, 16, 1).au, plan(8, 16, 1).dispatches], [true, 342]);
+  assert.deepEqual([plan(8, 16, 2).au, plan(8, 16, 2).dispatches], [false, 18]);
+});
+
 /** One GEMM case: which launcher, its shape, and whether it accumulates. */
 interface Case {
   op: "fwd" | "dx" | "dw";
