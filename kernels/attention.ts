@@ -287,6 +287,19 @@ interface TileConfig extends Record<string, number> {
   NG: number;
 }
 
+/** The head-dim capacity the attention kernels are built for: D rounded up to 16, 32, 64 or 128. */
+function headDimCapacity(D: number): number {
+  return D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
+}
+
+/** Dim quads per attention_gpu thread at capacity DM and TC threads per row: NK. */
+function dimQuads(DM: number, TC: number): number {
+  return Math.ceil(DM / (4 * TC));
+}
+
+/** The fixed accumulator form is written out for this many dim quads per thread. */
+const ACC_FIXED_MAX_QUADS = 4;
+
 /**
  * Tile sizes for `entry` at head dim D that fit the device's workgroup memory: accumulators of
  * RQ·4 rows × DM floats (two of them in dK/dV) and two staged tiles of NG·16 rows × DM floats.
@@ -294,7 +307,7 @@ interface TileConfig extends Record<string, number> {
  */
 function tileConfig(gpu: Gpu, entry: "forward" | "dq" | "dkv", D: number): TileConfig {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
+  const DM = headDimCapacity(D);
   const accs = entry === "dkv" ? 2 : 1;
   const bytes = (rq: number, ng: number) => accs * 16 * DM * rq + ng * 128 * DM;
   // whole 8-lane groups first (CPU drivers run 8 invocations per SIMD vector)
@@ -395,8 +408,9 @@ export function setAttentionGpuShapes(
 
 /** Accumulator forms a thread grid (TR, TC, ...) offers at head dim D: "fixed" needs NK <= 4. */
 export function attentionAccForms(D: number, grid: AttentionGrid): AttentionAcc[] {
-  const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
-  return Math.ceil(DM / (4 * grid[1])) <= 4 ? ["loop", "fixed"] : ["loop"];
+  return dimQuads(headDimCapacity(D), grid[1]) <= ACC_FIXED_MAX_QUADS
+    ? ["loop", "fixed"]
+    : ["loop"];
 }
 
 /** Force the accumulator form of every later attention_gpu launch on `gpu` (null: tuned or "loop"). */
@@ -526,13 +540,13 @@ function gpuTileFor(
 ): GpuTileConfig | null {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const maxThreads = gpu.limits.maxComputeInvocationsPerWorkgroup;
-  const DM = D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : 128;
+  const DM = headDimCapacity(D);
   const HD = D === DM && !isCpuAdapter(gpu) ? D : 0;
   if (TR * TC > maxThreads || TC % 4 !== 0) return null; // tile loops take 4 quads per iteration
-  const NK = Math.ceil(DM / (4 * TC));
+  const NK = dimQuads(DM, TC);
   if (NK > 8) return null;
   const oth = DM * TC, tile = 4 * TR * TC;
-  const ACC_FIXED = acc === "fixed" && NK <= 4 ? 1 : 0; // written out for 4 dim quads
+  const ACC_FIXED = acc === "fixed" && NK <= ACC_FIXED_MAX_QUADS ? 1 : 0;
   const c: GpuTileConfig = {
     DM,
     HD,
