@@ -571,6 +571,7 @@ async function runOurs(
       microBatchTokens: T,
       recompute: false,
       kvCopies: isCpuAdapter(gpu),
+      attentionBands: isCpuAdapter(gpu) ? undefined : { maxSampleTokens: S },
       limits: gpu.limits as unknown as {
         maxBufferSize: number;
         maxStorageBufferBindingSize: number;

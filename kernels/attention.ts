@@ -12,6 +12,12 @@ import {
 } from "./runtime.ts";
 import { isCpuAdapter } from "./matmul.ts";
 import { ROW_MAX_HEAD_DIM } from "./attention_row_gen.ts";
+import {
+  attentionBandBackward,
+  attentionBandFits,
+  attentionBandForward,
+  bandSlots,
+} from "./attention_band.ts";
 
 /** Largest head dim (the kernels take any D in 1..128). */
 export const ATTENTION_MAX_HEAD_DIM = 128;
@@ -228,7 +234,7 @@ export interface AttentionForwardArgs {
   variant?: AttentionVariant; // default: attentionVariant(gpu)
   layout?: QkvLayout; // default: denseQkvLayout
   kvDense?: KvDense; // dense copies of K and V for the row kernels' uniform windows
-  maxSample?: number; // longest sample the launch sees: the autotune times grids on such samples
+  maxSample?: number; // bounds every sample's length (the tune times such samples; band size)
 }
 
 /** Buffers and shape of the attention backward (dq, dk, dv are written, not accumulated). */
@@ -253,7 +259,7 @@ export interface AttentionBackwardArgs {
   variant?: AttentionVariant; // default: attentionVariant(gpu)
   layout?: QkvLayout; // of q, k, v and of dq, dk, dv alike; default: denseQkvLayout
   kvDense?: KvDense; // dense copies of K and V for the row kernels' uniform windows (dQ)
-  maxSample?: number; // longest sample the launch sees: the autotune times grids on such samples
+  maxSample?: number; // bounds every sample's length (the tune times such samples; band size)
 }
 
 /** Bytes of scratch the backward needs: delta = rowsum(dO∘O), (Hq, T) f32. */
@@ -442,6 +448,97 @@ export function attentionTunedShapes(gpu: Gpu): Map<string, AttentionGrid> {
   return tunedShapes.get(gpu) ?? new Map();
 }
 
+/**
+ * How the "gpu" variant computes a forward or a backward: "flash" (attention_gpu.wgsl: scores in
+ * registers, never written) or "band" (attention_band.wgsl: 64×64 score tiles written to a scratch
+ * band and every product a tiled GEMM, as eager PyTorch does; more memory, see attentionBandBytes).
+ * The autotune times both per launch and keeps the faster; "flash" otherwise.
+ */
+export type AttentionForm = "flash" | "band";
+
+/** A pass of the attention, the unit the form is chosen for. */
+export type AttentionPass = "forward" | "backward";
+
+const forcedForm = new WeakMap<Gpu, AttentionForm>();
+const tunedForm = new WeakMap<Gpu, Map<string, AttentionForm>>();
+
+/** Force the form of every later "gpu" attention launch on `gpu` (null: tuned, else "flash"). */
+export function setAttentionForm(gpu: Gpu, form: AttentionForm | null): void {
+  if (form === null) forcedForm.delete(gpu);
+  else forcedForm.set(gpu, form);
+}
+
+/** The form forced with setAttentionForm, or null. */
+export function attentionForcedForm(gpu: Gpu): AttentionForm | null {
+  return forcedForm.get(gpu) ?? null;
+}
+
+/** Forms measured by the autotune, by attentionFormKey (absent: "flash"). */
+export function setAttentionTunedForms(gpu: Gpu, forms: Map<string, AttentionForm>): void {
+  tunedForm.set(gpu, forms);
+}
+
+/** The measured forms in use on `gpu` (empty until an autotuned build). */
+export function attentionTunedForms(gpu: Gpu): Map<string, AttentionForm> {
+  return tunedForm.get(gpu) ?? new Map();
+}
+
+/** The autotune key of one pass's form: pass and shape. */
+export function attentionFormKey(
+  pass: AttentionPass,
+  a: { T: number; Hq: number; Hkv: number; D: number; maxSample?: number },
+): string {
+  return attentionKey(`${pass} form`, a);
+}
+
+/** The form a "gpu" launch of `key` runs: forced, else tuned, else "flash"; "band" only where it fits. */
+function formFor(
+  gpu: Gpu,
+  key: string,
+  a: { T: number; Hq: number; maxSample?: number },
+): AttentionForm {
+  const form = forcedForm.get(gpu) ?? tunedForm.get(gpu)?.get(key) ?? "flash";
+  return form === "band" && attentionBandFits(gpu, a) ? "band" : "flash";
+}
+
+/** `fn` with the form forced to `form`, then the forced form as it was. */
+function withForm<T>(gpu: Gpu, form: AttentionForm, fn: () => T): T {
+  const prev = forcedForm.get(gpu);
+  forcedForm.set(gpu, form);
+  try {
+    return fn();
+  } finally {
+    if (prev) forcedForm.set(gpu, prev);
+    else forcedForm.delete(gpu);
+  }
+}
+
+/** Both forms of one recorded pass, for the autotune to time against each other. */
+export interface RecordedAttentionForm {
+  pass: AttentionPass;
+  /** The form it got. */
+  form: AttentionForm;
+  /** Whether the band fits this launch (else only "flash" is offered). */
+  bandFits: boolean;
+  /** The pass's dispatches in `form` (grids and accumulators as tuned now). */
+  rebuild(arena: ParamArena, form: AttentionForm): Dispatch[];
+  segments: RecordedAttention["segments"];
+}
+
+const formRecorders = new WeakMap<Gpu, Map<string, RecordedAttentionForm>>();
+
+function recordForm(gpu: Gpu, key: string, r: RecordedAttentionForm) {
+  const rec = formRecorders.get(gpu);
+  if (rec && !rec.has(key)) rec.set(key, r);
+}
+
+/** The passes recorded since startAttentionRecording, by attentionFormKey; stops their recording. */
+export function stopAttentionFormRecording(gpu: Gpu): Map<string, RecordedAttentionForm> {
+  const rec = formRecorders.get(gpu) ?? new Map();
+  formRecorders.delete(gpu);
+  return rec;
+}
+
 /** The dK/dV split of a GQA group of `group` q heads worth trying: every divisor above 1. */
 export function dkvSplits(group: number): number[] {
   const out: number[] = [];
@@ -466,9 +563,9 @@ function dkvPartsFor(gpu: Gpu, key: string, group: number): number {
   return group % tuned === 0 ? tuned : 1;
 }
 
-/** The autotune key of one attention_gpu launch: entry point and shape. */
+/** The autotune key of one attention_gpu launch (entry point and shape), or of a pass's form. */
 export function attentionKey(
-  entry: AttentionGpuEntry,
+  entry: AttentionGpuEntry | `${AttentionPass} form`,
   a: { T: number; Hq: number; Hkv: number; D: number; maxSample?: number },
 ): string {
   const s = a.maxSample && a.maxSample < a.T ? ` S${a.maxSample}` : "";
@@ -505,9 +602,13 @@ function segmentsOf(
   return { T: a.T, sample, seqStart: a.seqStart, seqEnd: a.seqEnd };
 }
 
-/** Start recording the attention_gpu launches built on `gpu`. */
+/**
+ * Start recording the attention_gpu launches built on `gpu` (their grids: stopAttentionRecording;
+ * their forms: stopAttentionFormRecording).
+ */
 export function startAttentionRecording(gpu: Gpu): void {
   attnRecorders.set(gpu, new Map());
+  formRecorders.set(gpu, new Map());
 }
 
 /** Stop recording; the distinct launches seen, by attentionKey. */
@@ -628,17 +729,19 @@ export function gpuTileConfig(
 /**
  * Uniform parameters shared by the attention entry points (Params in attention.wgsl): shape, the
  * dK/dV split's parts and dV partials offset (attention_gpu.wgsl) when given, the Q/K/V layout,
- * the queries of a chunked row-attention dispatch.
+ * the queries of a chunked row-attention dispatch, the band's key tiles per query tile
+ * (attention_band.wgsl).
  */
 function params(
   arena: ParamArena,
   a: { T: number; Hq: number; Hkv: number; D: number; scale: number; layout?: QkvLayout },
   split = { parts: 0, dvOff: 0 },
   rows = { qBase: 0, qEnd: a.T },
+  slots = 0,
 ) {
   const l = a.layout ?? denseQkvLayout(a);
   const v = [a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, a.D, split.parts, split.dvOff];
-  const tail = [l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff, rows.qBase, rows.qEnd, 0];
+  const tail = [l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff, rows.qBase, rows.qEnd, slots];
   return arena.alloc(packParams([...v, ...tail], [4]));
 }
 
@@ -659,6 +762,23 @@ export function attentionForward(
   const rowVariant = variant === "row" && attentionRowTakes(D);
   const gpuVariant = variant === "gpu" && attentionGpuTakes(D, args.layout);
   const key = attentionKey("forward", args);
+  if (gpuVariant) {
+    const fkey = attentionFormKey("forward", args);
+    if (attnRecorders.has(gpu)) {
+      recordForm(gpu, fkey, {
+        pass: "forward",
+        form: formFor(gpu, fkey, args),
+        bandFits: attentionBandFits(gpu, args),
+        rebuild: (a, form) =>
+          withForm(gpu, form, () => attentionForward(gpu, a, { ...args, variant: "gpu" })),
+        segments: segmentsOf(args),
+      });
+    }
+    if (formFor(gpu, fkey, args) === "band") {
+      const prm = params(arena, args, undefined, undefined, bandSlots(T, args.maxSample));
+      return attentionBandForward(gpu, prm, args);
+    }
+  }
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
   const rowsPerGroup = rowVariant ? ROW_RR * ROW_WG : gpuVariant ? 4 * c.TR : 4 * c.RQ;
   const windowed = rowVariant &&
@@ -759,6 +879,23 @@ export function attentionBackward(
     }];
   }
   const gpuVariant = variant === "gpu" && attentionGpuTakes(D, args.layout);
+  if (gpuVariant) {
+    const fkey = attentionFormKey("backward", args);
+    if (attnRecorders.has(gpu)) {
+      recordForm(gpu, fkey, {
+        pass: "backward",
+        form: formFor(gpu, fkey, args),
+        bandFits: attentionBandFits(gpu, args),
+        rebuild: (a, form) =>
+          withForm(gpu, form, () => attentionBackward(gpu, a, { ...args, variant: "gpu" })),
+        segments: segmentsOf(args),
+      });
+    }
+    if (formFor(gpu, fkey, args) === "band") {
+      const prmBand = params(arena, args, undefined, undefined, bandSlots(T, args.maxSample));
+      return [dDelta, ...attentionBandBackward(gpu, prmBand, { ...args, delta })];
+    }
+  }
   const keyDq = attentionKey("dq", args), keyDkv = attentionKey("dkv", args);
   const cDq = gpuVariant ? gpuTileConfig(gpu, "dq", D, keyDq) : tileConfig(gpu, "dq", D);
   const kDq = gpuVariant

@@ -1,4 +1,4 @@
-// Uniform parameters of every attention entry point (attention.wgsl and attention_gpu.wgsl).
+// Uniform parameters of every attention entry point (attention.wgsl, attention_gpu.wgsl, attention_band.wgsl).
 
 struct Params {
   t: u32, // tokens in the packed row
@@ -16,7 +16,7 @@ struct Params {
   v_off: u32,
   q_base: u32, // row attention: first query (forward, dQ) of the dispatch
   q_end: u32, // row attention: one past its last query (forward, dQ); T unless chunked
-  _pad0: u32,
+  slots: u32, // attention_band: key tiles per query tile in the score band
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -27,18 +27,25 @@ import {
 import {
   type AttentionAcc,
   attentionAccForms,
+  attentionForcedForm,
+  type AttentionForm,
   attentionGpuShapeCandidates,
   type AttentionGrid,
   attentionTunedAcc,
+  attentionTunedForms,
   attentionTunedShapes,
   type RecordedAttention,
+  type RecordedAttentionForm,
   setAttentionAcc,
   setAttentionGpuShapes,
   setAttentionTunedAcc,
+  setAttentionTunedForms,
   setAttentionTunedShapes,
   startAttentionRecording,
+  stopAttentionFormRecording,
   stopAttentionRecording,
 } from "./attention.ts";
+import { releaseAttentionBands } from "./attention_band.ts";
 import { type Dispatch, type Gpu, ParamArena } from "./runtime.ts";
 
 /** What tuneMatmul did. */
@@ -68,6 +75,8 @@ export interface MatmulTuneReport {
     grids: Record<string, AttentionGrid>;
     /** The accumulator form each launch runs with. */
     acc: Record<string, AttentionAcc>;
+    /** The form each pass runs with (flash or band), by attentionFormKey; also counted in measured. */
+    forms: Record<string, AttentionForm>;
   };
 }
 
@@ -94,6 +103,8 @@ interface CacheFile {
         string,
         { tr: number; tc: number; parts?: number; acc?: AttentionAcc; ms: number }
       >;
+      /** attentionFormKey → the faster form of that pass and both timings (ms per pass) */
+      forms?: Record<string, { form: AttentionForm; flash: number; band: number }>;
     };
   }>;
 }
@@ -129,9 +140,15 @@ function matmulSourceHash(): Promise<string> {
   return sourceHash(["./matmul.wgsl", "./matmul_f16.wgsl", "./matmul_vec.wgsl", "./matmul.ts"]);
 }
 
-/** The same for attention_gpu.wgsl (+ its params) + attention.ts (the attention grids' cache). */
+/** The same for the GPU attention kernels and launchers (the attention grids' and forms' cache). */
 function attentionSourceHash(): Promise<string> {
-  return sourceHash(["./attention_gpu.wgsl", "./attention_params.wgsl", "./attention.ts"]);
+  return sourceHash([
+    "./attention_gpu.wgsl",
+    "./attention_band.wgsl",
+    "./attention_params.wgsl",
+    "./attention.ts",
+    "./attention_band.ts",
+  ]);
 }
 
 function sourceHash(files: string[]): Promise<string> {
@@ -381,6 +398,24 @@ async function timeAttentionGrids(
   return lists.map((l, i) => ({ grid: l.grid, acc: l.acc, ms: ms[i] }));
 }
 
+/** Time both forms of one recorded attention pass on its segments: ms per pass by form. */
+async function timeAttentionForms(
+  gpu: Gpu,
+  rec: RecordedAttentionForm,
+  reps: number,
+): Promise<{ form: AttentionForm; ms: number }[]> {
+  const arena = new ParamArena(gpu, "attention_tune", 64 * 1024);
+  const forms: AttentionForm[] = ["flash", "band"];
+  const lists = forms.map((f) => rec.rebuild(arena, f));
+  const { T, sample, seqStart, seqEnd } = rec.segments;
+  const { starts, ends } = tuneSegments(T, sample);
+  gpu.device.queue.writeBuffer(seqStart.buffer, seqStart.offset ?? 0, starts);
+  gpu.device.queue.writeBuffer(seqEnd.buffer, seqEnd.offset ?? 0, ends);
+  const ms = await timeLists(gpu, lists, reps);
+  arena.destroy();
+  return forms.map((form, i) => ({ form, ms: ms[i] }));
+}
+
 /**
  * Keep a GPU busy for about 300 ms before timing anything: an idle GPU clocks down (an H100 sat at
  * 345 MHz, against 1,980 under load), and the first candidates timed would run at whatever clock it
@@ -446,17 +481,24 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   }
   setAttentionTunedShapes(gpu, grids);
   setAttentionTunedAcc(gpu, accs);
+  const forms = new Map(attentionTunedForms(gpu));
+  for (const [k, f] of Object.entries(attnEntry.forms ?? {})) {
+    if (!forms.has(k)) forms.set(k, f.form === "band" ? "band" : "flash");
+  }
+  setAttentionTunedForms(gpu, forms);
 
   startGemmRecording(gpu);
   startAttentionRecording(gpu);
   let graph: G;
   let recorded = new Map<string, RecordedGemm>();
   let attnRecorded = new Map<string, RecordedAttention>();
+  let formRecorded = new Map<string, RecordedAttentionForm>();
   try {
     graph = build();
   } finally {
     recorded = stopGemmRecording(gpu);
     attnRecorded = stopAttentionRecording(gpu);
+    formRecorded = stopAttentionFormRecording(gpu);
   }
   const report: MatmulTuneReport = { ...base, shapes: recorded.size };
   const t0 = performance.now();
@@ -540,11 +582,40 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   }
   setAttentionTunedShapes(gpu, grids);
   setAttentionTunedAcc(gpu, accs);
+  // Then each pass's form, flash (at the grids just chosen) against band, where the band fits.
+  const usedForm: Record<string, AttentionForm> = {};
+  for (const [key, rec] of formRecorded) {
+    usedForm[key] = forms.get(key) ?? rec.form;
+    if (forms.has(key) || !rec.bandFits) continue;
+    const times = await timeAttentionForms(gpu, rec, opts.reps ?? 3);
+    const best = fastest(times);
+    if (!(best.ms > 0 && Number.isFinite(best.ms))) continue;
+    const at = (f: AttentionForm) => Number(times.find((t) => t.form === f)!.ms.toFixed(4));
+    forms.set(key, best.form);
+    usedForm[key] = best.form;
+    (attnEntry.forms ??= {})[key] = { form: best.form, flash: at("flash"), band: at("band") };
+    attn.measured++;
+    if (best.form !== rec.form) {
+      attn.changed++;
+      rebuild = true;
+    }
+    opts.log?.(
+      `attention tune ${key}: ${best.form} (flash ${at("flash").toFixed(3)} ms, band ` +
+        `${at("band").toFixed(3)} ms)`,
+    );
+  }
+  setAttentionTunedForms(gpu, forms);
+  // Timing built the bands; nothing built on this adapter reads them unless some pass kept "band".
+  if (![...forms.values()].includes("band") && attentionForcedForm(gpu) === null) {
+    releaseAttentionBands(gpu);
+  }
   for (const [key, rec] of attnRecorded) {
     used[key] = grids.get(key) ?? rec.grid;
     usedAcc[key] = accs.get(key) ?? rec.acc;
   }
-  if (attn.shapes > 0) report.attention = { ...attn, grids: used, acc: usedAcc };
+  if (attn.shapes > 0 || formRecorded.size > 0) {
+    report.attention = { ...attn, grids: used, acc: usedAcc, forms: usedForm };
+  }
   report.ms = performance.now() - t0;
   setMatmulTuning(gpu, { choices, wideChoices });
   if (attn.measured > 0) entry.attention = attnEntry;

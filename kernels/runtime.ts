@@ -103,6 +103,18 @@ export function sharedScratch(gpu: Gpu, label: string, bytes: number, minBytes =
   return s;
 }
 
+/**
+ * Destroy the scratch buffer `label` of `gpu`, when one exists and no dispatch still to be built or
+ * run needs it (the caller knows: e.g. the autotune after timing a form it did not keep).
+ */
+export function releaseSharedScratch(gpu: Gpu, label: string): void {
+  const m = scratches.get(gpu);
+  const s = m?.get(label);
+  if (!s) return;
+  s.destroy();
+  m!.delete(label);
+}
+
 /** The device, its limits and the caches every launcher uses. */
 export class Gpu {
   readonly pipelines = new Map<string, Kernel>();

@@ -1,5 +1,6 @@
 // GPU memory plan of a training run: weights, gradients, AdamW state, activations, workspaces, buffer sharding.
 import { kvDenseFloats } from "../kernels/attention.ts";
+import { attentionBandBytes, BAND_MAX_BYTES } from "../kernels/attention_band.ts";
 import { type ModelConfig, numel, parameterCount, parameterShapes } from "./config.ts";
 
 /** Device limits that decide buffer sharding. */
@@ -24,6 +25,12 @@ export interface PlanOptions {
    * row attention reads through uniform windows (kernels/attention.ts KvDense).
    */
   kvCopies?: boolean;
+  /**
+   * GPU adapters: the two score bands of the band attention form (kernels/attention_band.ts), used
+   * when the autotune finds it faster than flash and each band stays within BAND_MAX_BYTES. The
+   * longest sample sizes them (default: the whole micro-batch).
+   */
+  attentionBands?: { maxSampleTokens?: number };
 }
 
 /** One line of the plan. */
@@ -124,6 +131,19 @@ function planRaw(cfg: ModelConfig, o: PlanOptions): Omit<MemoryPlan, "advice" | 
       what: `attention dK/dV split scratch (at most ${group} parts)`,
       bytes: 2 * group * T * cfg.numKvHeads * cfg.headDim * F32,
     });
+  }
+  if (o.attentionBands) {
+    const band = attentionBandBytes({
+      T,
+      Hq: cfg.numHeads,
+      maxSample: o.attentionBands.maxSampleTokens,
+    });
+    if (band <= Math.min(BAND_MAX_BYTES, o.limits.maxStorageBufferBindingSize)) {
+      rows.push({
+        what: "attention score bands (GPU band form, if the autotune picks it)",
+        bytes: 2 * band,
+      });
+    }
   }
   rows.push({
     what: "misc (final norm out, ids/labels/pos/seq, grad-norm partials, params)",

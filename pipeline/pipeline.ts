@@ -412,6 +412,7 @@ function checkMemory(gpu: Gpu, hf: HfConfig, cfg: PipelineConfig): void {
     microBatchTokens: cfg.train.micro_batch_tokens,
     recompute: cfg.train.recompute,
     kvCopies: isCpuAdapter(gpu),
+    attentionBands: isCpuAdapter(gpu) ? undefined : {},
     limits: {
       maxBufferSize: gpu.limits.maxBufferSize,
       maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize,

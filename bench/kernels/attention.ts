@@ -11,6 +11,7 @@ import {
   attentionGpuTakes,
   type AttentionGrid,
   setAttentionAcc,
+  setAttentionForm,
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
 import { isCpuAdapter } from "../../kernels/matmul.ts";
@@ -62,14 +63,21 @@ const SWEEP_SHAPES: Shape[] = [
   { lengths: [1024, 1024, 1024, 1024], Hq: 32, Hkv: 8, D: 64 },
 ];
 
+/**
+ * One case's buffers and dispatches: the adapter's default kernels; a forced attention_gpu grid and
+ * accumulator form (`grid`); or the band form (`band`, attention_band.wgsl). The launches know the
+ * longest sample, as a training graph's do.
+ */
 function setup(
   gpu: Gpu,
   s: Shape,
   which: "forward" | "backward",
   grid?: { entry: AttentionGpuEntry; grid: AttentionGrid; acc: AttentionAcc },
+  band = false,
 ): KernelSetup {
   const T = s.lengths.reduce((a, b) => a + b, 0);
   const sh: AttnShape = { T, Hq: s.Hq, Hkv: s.Hkv, D: s.D, scale: 1 / Math.sqrt(s.D) };
+  const maxSample = Math.max(...s.lengths);
   const { seqStart, seqEnd } = packSamples(s.lengths);
   const q = randomArray(T * s.Hq * s.D, 1), k = randomArray(T * s.Hkv * s.D, 2);
   const v = randomArray(T * s.Hkv * s.D, 3), dout = randomArray(T * s.Hq * s.D, 4);
@@ -97,15 +105,18 @@ function setup(
     setAttentionGpuShapes(gpu, { [grid.entry]: grid.grid });
     setAttentionAcc(gpu, grid.acc);
   }
+  if (band) setAttentionForm(gpu, "band");
+  const variant = grid || band ? "gpu" : undefined;
   let fwd, bwd;
   try {
-    fwd = attentionForward(gpu, arena, { ...b, ...sh, variant: grid ? "gpu" : undefined });
-    bwd = attentionBackward(gpu, arena, { ...b, ...sh, variant: grid ? "gpu" : undefined });
+    fwd = attentionForward(gpu, arena, { ...b, ...sh, variant, maxSample });
+    bwd = attentionBackward(gpu, arena, { ...b, ...sh, variant, maxSample });
   } finally {
     if (grid) {
       setAttentionGpuShapes(gpu, null);
       setAttentionAcc(gpu, null);
     }
+    if (band) setAttentionForm(gpu, null);
   }
   if (which === "backward") gpu.run(fwd, "bench.attention.forward"); // o and lse for the backward
   return {
@@ -150,6 +161,16 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
       flops: 10 * s.D * pairs,
       setup: (gpu) => setup(gpu, s, "backward"),
     });
+    if (!attentionGpuTakes(s.D)) continue;
+    // the band form (GPU adapters' alternative to flash, chosen by the autotune), same FLOP count
+    for (const which of ["forward", "backward"] as const) {
+      out.push({
+        kernel: `attention_band_${which}`,
+        shape: label(s),
+        flops: (which === "forward" ? 4 : 10) * s.D * pairs,
+        setup: (gpu) => setup(gpu, s, which, undefined, true),
+      });
+    }
   }
   if (filter?.includes("sweep")) out.push(...sweepCases(gpu));
   return out.filter((c) => !filter || c.kernel.includes(filter));
@@ -159,7 +180,7 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
  * One case per attention_gpu thread grid that fits the device (and dK/dV split of the q-head
  * group) and accumulator form, per entry point and sweep shape (the other entry points at their
  * defaults): the figures for choosing ATTENTION_GPU_SHAPES' order. dQ and dK/dV grids are timed through the whole
- * backward (delta, dQ, dK/dV and a split's reduce).
+ * backward (delta, dQ, dK/dV and a split's reduce). Then the band form's forward and backward.
  */
 function sweepCases(gpu?: Gpu): KernelCase[] {
   if (!gpu) return [];
@@ -184,6 +205,14 @@ function sweepCases(gpu?: Gpu): KernelCase[] {
           });
         }
       }
+    }
+    for (const which of ["forward", "backward"] as const) {
+      out.push({
+        kernel: `attention_sweep_band ${which}`,
+        shape: label(s),
+        flops: (which === "forward" ? 4 : 10) * s.D * pairs,
+        setup: (g) => setup(g, s, which, undefined, true),
+      });
     }
   }
   return out;

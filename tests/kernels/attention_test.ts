@@ -12,6 +12,7 @@ import {
   gpuTileConfig,
   kvWindowsTake,
   setAttentionAcc,
+  setAttentionForm,
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
@@ -25,7 +26,9 @@ import {
 
 const TOL = 1e-4;
 /** Every implementation runs everywhere (the adapter's default is only a launch-time choice). */
-const VARIANTS: AttentionVariant[] = ["row", "cpu", "gpu"];
+/** The launch variants, plus "band": the gpu variant with its band form forced. */
+type TestVariant = AttentionVariant | "band";
+const VARIANTS: TestVariant[] = ["row", "cpu", "gpu", "band"];
 /** Relative-error floor: this fraction of the reference's largest magnitude (at least 1e-6). */
 const FLOOR_FRAC = 1e-2;
 
@@ -54,7 +57,7 @@ interface GpuResult {
  */
 async function runGpu(
   gpu: Gpu,
-  variant: AttentionVariant,
+  variant: TestVariant,
   sh: AttnShape,
   lengths: number[],
   q: Float32Array,
@@ -63,6 +66,14 @@ async function runGpu(
   dout: Float32Array,
   fused = false,
 ): Promise<GpuResult> {
+  if (variant === "band") {
+    setAttentionForm(gpu, "band");
+    try {
+      return await runGpu(gpu, "gpu", sh, lengths, q, k, v, dout, fused);
+    } finally {
+      setAttentionForm(gpu, null);
+    }
+  }
   const { T, Hq, Hkv, D } = sh;
   const { seqStart, seqEnd } = packSamples(lengths);
   const nq = T * Hq * D, nk = T * Hkv * D;

@@ -14,6 +14,7 @@ import {
   attentionTunedAcc,
   attentionTunedShapes,
   setAttentionTunedAcc,
+  setAttentionTunedForms,
   setAttentionTunedShapes,
   setAttentionVariant,
 } from "../../kernels/attention.ts";
@@ -201,9 +202,14 @@ gpuTest(
       plain.destroy();
       const build = () => new LlamaGraph(gpu, cfg, { tokens: 16 });
       const first = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
-      // one shape, three entry points (forward, dQ, dK/dV), shared by both layers
+      // one shape, three entry points (forward, dQ, dK/dV), shared by both layers, and the form
+      // (flash or band) of its forward and backward
       const a = first.report.attention!;
-      assert.deepEqual([a.shapes, a.measured], [3, 3]);
+      assert.deepEqual([a.shapes, a.measured], [3, 5]);
+      assert.deepEqual(Object.keys(a.forms).map((k) => k.split(" ")[0]).sort(), [
+        "backward",
+        "forward",
+      ]);
       const grids = attentionTunedShapes(gpu);
       assert.equal(grids.size, 3);
       assert.deepEqual(Object.entries(a.grids).sort(), [...grids].sort());
@@ -214,6 +220,11 @@ gpuTest(
       const cached = JSON.parse(await Deno.readTextFile(cacheFile));
       const sig = Object.keys(cached.adapters)[0];
       assert.equal(Object.keys(cached.adapters[sig].attention.choices).length, 3);
+      const cachedForms = cached.adapters[sig].attention.forms;
+      assert.deepEqual(Object.keys(cachedForms).sort(), Object.keys(a.forms).sort());
+      for (const f of Object.values(cachedForms) as { flash: number; band: number }[]) {
+        assert.ok(f.flash > 0 && f.band > 0, JSON.stringify(f)); // both forms timed
+      }
       assert.deepEqual(Object.keys(a.acc).sort(), [...grids.keys()].sort()); // a form per launch
       const tuned = await lossOf(first.graph);
       first.graph.destroy();
@@ -222,6 +233,7 @@ gpuTest(
       assert.ok(err < 1e-5);
       // from the cache: nothing timed
       setAttentionTunedShapes(gpu, new Map());
+      setAttentionTunedForms(gpu, new Map());
       const second = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
       assert.equal(second.report.attention?.measured, 0);
       assert.deepEqual([...attentionTunedShapes(gpu)].sort(), [...grids].sort());
@@ -233,9 +245,11 @@ gpuTest(
       const dkvKey = Object.keys(choices).find((k) => k.startsWith("dkv "))!;
       choices[dkvKey].parts = 2;
       for (const c of Object.values(choices)) (c as { acc?: string }).acc = "fixed"; // and its form
+      for (const f of Object.values(cachedForms)) (f as { form: string }).form = "flash";
       await Deno.writeTextFile(cacheFile, JSON.stringify(cached));
       setAttentionTunedShapes(gpu, new Map());
       setAttentionTunedAcc(gpu, new Map());
+      setAttentionTunedForms(gpu, new Map());
       const third = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
       assert.equal(third.report.attention?.measured, 0);
       assert.equal(attentionTunedShapes(gpu).get(dkvKey)?.[2], 2);
@@ -254,10 +268,38 @@ gpuTest(
       // f32 sums in another order (per part, then across parts), carried through the backward
       report("gradients with dK/dV split in 2 vs unsplit (floor 1% of max)", worst, 1e-4);
       assert.ok(worst < 1e-4);
+      // a cached band form comes back: both passes run attention_band, and the loss holds
+      for (const f of Object.values(cachedForms)) (f as { form: string }).form = "band";
+      await Deno.writeTextFile(cacheFile, JSON.stringify(cached));
+      setAttentionTunedForms(gpu, new Map());
+      const fourth = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      assert.equal(fourth.report.attention?.measured, 0);
+      assert.deepEqual(new Set(Object.values(fourth.report.attention!.forms)), new Set(["band"]));
+      const bandNames = fourth.graph.forwardBackward.map((d) => d.kernel.name);
+      for (const e of ["attention_band_pv", "attention_band_dkv"]) {
+        assert.ok(bandNames.some((n) => n.includes(e)), `${e} ran`);
+      }
+      assert.ok(!bandNames.some((n) => n.includes("attention_gpu")), "no flash kernel ran");
+      const banded = await lossOf(fourth.graph);
+      const bandM = await fourth.graph.download("m");
+      fourth.graph.destroy();
+      const bandErr = Math.abs(banded - ref) / Math.abs(ref);
+      report(`band-form loss ${banded} vs flash ${ref}`, bandErr, 1e-5);
+      assert.ok(bandErr < 1e-5);
+      let worstBand = 0, differ = 0;
+      for (const [name, m] of unsplit) {
+        const floor = 1e-2 * m.reduce((a, x) => Math.max(a, Math.abs(x)), 0) || 1e-30;
+        const b = bandM.get(name)!;
+        worstBand = Math.max(worstBand, maxRelErr(b, m, floor));
+        differ += m.filter((x, i) => x !== b[i]).length;
+      }
+      report(`gradients, band vs flash form (floor 1% of max; ${differ} differ)`, worstBand, 1e-4);
+      assert.ok(worstBand < 1e-4);
     } finally {
       setAttentionVariant(gpu, null);
       setAttentionTunedShapes(gpu, new Map());
       setAttentionTunedAcc(gpu, new Map());
+      setAttentionTunedForms(gpu, new Map());
       setMatmulTuning(gpu, before);
       await Deno.remove(dir, { recursive: true });
     }

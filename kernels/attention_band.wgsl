@@ -1,0 +1,515 @@
+// Packed varlen causal attention through materialised 64×64 score tiles (GPU adapters): forward, dQ, dK/dV.
+//
+// The contracts of attention_gpu.wgsl (same Params, bindings 1–10, Q/K/V layouts, D and strides
+// multiples of 4, (T, heads, D) tensors read as vec4 over d; token i attends to key j when
+// seqStart[i] <= j <= i), computed the way eager PyTorch does it: the scores are written to memory
+// and every product is a tiled GEMM with a 4×4 register block per thread, 16×16 threads per
+// 64×64 output tile and the reduction staged 16 deep in workgroup memory (as matmul_tiled).
+//
+// The band. Tokens form query tiles qt of BT = 64 rows (nqt of them). Query tile qt sees the key
+// tiles from lo(qt) = seqStart[64·qt] / 64 to qt, at most p.slots of them (the launcher sizes slots
+// from the longest sample). The score tile of (q head h, query tile qt, key tile qt − s) is a
+// 64×64 row-major block (row = query, column = key) at band[((h · nqt + qt) · slots + s) · 4096].
+// Tiles with qt − s < lo(qt) are never written or read.
+//
+// Forward: attention_band_scores writes scale · q·k (masked pairs MASKED); attention_band_softmax
+// turns each row into P = exp(score − lse) in place and writes lse; attention_band_pv computes
+// O = P·V. Backward (delta = rowsum(dO∘O) from attention.wgsl first):
+// attention_band_backward_scores recomputes P and writes it with dS = P ∘ (dO·Vᵀ − delta) to two
+// bands; attention_band_dq computes dQ = scale · dS·K; attention_band_dkv computes
+// dV = Σ_h Pᵀ·dO and dK = scale · Σ_h dSᵀ·Q over the q heads of a kv head.
+// Every k loop over a staged slice is written out (16 steps): Naga bounds each loop with a 64-bit
+// counter that keeps drivers from unrolling it (see matmul.wgsl).
+
+const BT: u32 = 64u; // rows of a query or key tile
+const TILE: u32 = 4096u; // floats of a score tile (BT × BT)
+const MASKED: f32 = -1.0e30; // score of a masked pair
+
+// #include attention_params.wgsl
+
+// Outputs (bindings 1, 2) of each entry point.
+@group(0) @binding(1) var<storage, read_write> out_band: array<vec4<f32>>; // scores: band (row-major, vec4 over keys)
+@group(0) @binding(1) var<storage, read_write> io_band: array<f32>; // softmax: band, in place
+@group(0) @binding(2) var<storage, read_write> out_lse: array<f32>; // softmax: (Hq, T)
+@group(0) @binding(1) var<storage, read_write> out_o: array<f32>; // pv: (T, Hq, D)
+@group(0) @binding(1) var<storage, read_write> out_dq: array<f32>; // dq: (T, Hq, D) by ld_q
+@group(0) @binding(1) var<storage, read_write> out_p: array<vec4<f32>>; // backward scores: P band
+@group(0) @binding(2) var<storage, read_write> out_ds: array<vec4<f32>>; // backward scores: dS band
+@group(0) @binding(1) var<storage, read_write> out_dk: array<f32>; // dkv: (T, Hkv, D) by ld_kv
+@group(0) @binding(2) var<storage, read_write> out_dv: array<f32>; // dkv: (T, Hkv, D) by ld_kv
+
+// Inputs, at attention_gpu.wgsl's bindings.
+@group(0) @binding(3) var<storage, read> in_q: array<vec4<f32>>; // (T, Hq, D/4)
+@group(0) @binding(4) var<storage, read> in_k: array<vec4<f32>>; // (T, Hkv, D/4)
+@group(0) @binding(5) var<storage, read> in_v: array<vec4<f32>>; // (T, Hkv, D/4)
+@group(0) @binding(6) var<storage, read> in_start: array<u32>; // (T) seqStart
+@group(0) @binding(8) var<storage, read> in_dout: array<vec4<f32>>; // (T, Hq, D/4)
+@group(0) @binding(9) var<storage, read> in_lse: array<f32>; // (Hq, T)
+@group(0) @binding(10) var<storage, read> in_delta: array<f32>; // (Hq, T)
+@group(0) @binding(12) var<storage, read> in_band: array<vec4<f32>>; // P (O = P·V, dV) or dS (dQ, dK/dV)
+@group(0) @binding(13) var<storage, read> in_band2: array<vec4<f32>>; // dS (dK/dV)
+
+// Staged slices, 16 deep × 64 wide, vec4 over 4 consecutive columns of the output tile:
+// s?[kk · 16 + quad]. sa/sb feed one product, sc/sd a second (the backward scores' dO·Vᵀ).
+var<workgroup> sa: array<vec4<f32>, 256>;
+var<workgroup> sb: array<vec4<f32>, 256>;
+var<workgroup> sc: array<vec4<f32>, 256>;
+var<workgroup> sd: array<vec4<f32>, 256>;
+var<workgroup> red: array<f32, 256>; // softmax row reductions
+
+// ---------------------------------------------------------------------------------------------
+// Indexing and loads.
+
+fn nqt() -> u32 {
+  return (p.t + BT - 1u) / BT;
+}
+
+// First key tile query tile qt sees.
+fn lo_tile(qt: u32) -> u32 {
+  return in_start[qt * BT] / BT;
+}
+
+// Float offset of score tile (h, qt, s).
+fn tile_base(h: u32, qt: u32, s: u32) -> u32 {
+  return ((h * nqt() + qt) * p.slots + s) * TILE;
+}
+
+// Dims 4·d4..4·d4+3 of (row, head h); zeros past T and past D.
+fn live(row: u32, d4: u32) -> bool {
+  return row < p.t && 4u * d4 < p.d;
+}
+
+fn ld_q(row: u32, h: u32, d4: u32) -> vec4<f32> {
+  let ok = live(row, d4);
+  let i = (select(0u, row, ok) * p.ld_q + p.q_off + h * p.d) / 4u + select(0u, d4, ok);
+  return select(vec4<f32>(), in_q[i], ok);
+}
+
+fn ld_k(row: u32, h: u32, d4: u32) -> vec4<f32> {
+  let ok = live(row, d4);
+  let i = (select(0u, row, ok) * p.ld_kv + p.k_off + h * p.d) / 4u + select(0u, d4, ok);
+  return select(vec4<f32>(), in_k[i], ok);
+}
+
+fn ld_v(row: u32, h: u32, d4: u32) -> vec4<f32> {
+  let ok = live(row, d4);
+  let i = (select(0u, row, ok) * p.ld_kv + p.v_off + h * p.d) / 4u + select(0u, d4, ok);
+  return select(vec4<f32>(), in_v[i], ok);
+}
+
+fn ld_dout(row: u32, h: u32, d4: u32) -> vec4<f32> {
+  let ok = live(row, d4);
+  let i = (select(0u, row, ok) * p.hq + h) * (p.d / 4u) + select(0u, d4, ok);
+  return select(vec4<f32>(), in_dout[i], ok);
+}
+
+// x (vec4 over 4 reduction steps 4·k4..+3 of tile row r) into a slice transposed: s?[(4·k4 + c) ·
+// 16 + r / 4][r % 4] = x[c].
+fn put_a(x: vec4<f32>, r: u32, k4: u32) {
+  let o = 4u * k4 * 16u + r / 4u;
+  sa[o][r % 4u] = x.x;
+  sa[o + 16u][r % 4u] = x.y;
+  sa[o + 32u][r % 4u] = x.z;
+  sa[o + 48u][r % 4u] = x.w;
+}
+
+fn put_b(x: vec4<f32>, r: u32, k4: u32) {
+  let o = 4u * k4 * 16u + r / 4u;
+  sb[o][r % 4u] = x.x;
+  sb[o + 16u][r % 4u] = x.y;
+  sb[o + 32u][r % 4u] = x.z;
+  sb[o + 48u][r % 4u] = x.w;
+}
+
+fn put_c(x: vec4<f32>, r: u32, k4: u32) {
+  let o = 4u * k4 * 16u + r / 4u;
+  sc[o][r % 4u] = x.x;
+  sc[o + 16u][r % 4u] = x.y;
+  sc[o + 32u][r % 4u] = x.z;
+  sc[o + 48u][r % 4u] = x.w;
+}
+
+fn put_d(x: vec4<f32>, r: u32, k4: u32) {
+  let o = 4u * k4 * 16u + r / 4u;
+  sd[o][r % 4u] = x.x;
+  sd[o + 16u][r % 4u] = x.y;
+  sd[o + 32u][r % 4u] = x.z;
+  sd[o + 48u][r % 4u] = x.w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 4×4 block products (column j = output column 4tx + j, component i = output row 4ty + i).
+
+fn outer(acc: mat4x4<f32>, x: vec4<f32>, y: vec4<f32>) -> mat4x4<f32> {
+  return acc + mat4x4<f32>(x * y.x, x * y.y, x * y.z, x * y.w);
+}
+
+// acc + Σ_kk sa[kk][rows] ⊗ sb[kk][cols] over one staged slice, 16 steps written out.
+fn mma_ab(acc0: mat4x4<f32>, tx: u32, ty: u32) -> mat4x4<f32> {
+  var a = acc0;
+  a = outer(a, sa[ty], sb[tx]);
+  a = outer(a, sa[16u + ty], sb[16u + tx]);
+  a = outer(a, sa[32u + ty], sb[32u + tx]);
+  a = outer(a, sa[48u + ty], sb[48u + tx]);
+  a = outer(a, sa[64u + ty], sb[64u + tx]);
+  a = outer(a, sa[80u + ty], sb[80u + tx]);
+  a = outer(a, sa[96u + ty], sb[96u + tx]);
+  a = outer(a, sa[112u + ty], sb[112u + tx]);
+  a = outer(a, sa[128u + ty], sb[128u + tx]);
+  a = outer(a, sa[144u + ty], sb[144u + tx]);
+  a = outer(a, sa[160u + ty], sb[160u + tx]);
+  a = outer(a, sa[176u + ty], sb[176u + tx]);
+  a = outer(a, sa[192u + ty], sb[192u + tx]);
+  a = outer(a, sa[208u + ty], sb[208u + tx]);
+  a = outer(a, sa[224u + ty], sb[224u + tx]);
+  a = outer(a, sa[240u + ty], sb[240u + tx]);
+  return a;
+}
+
+// The same over sc and sd.
+fn mma_cd(acc0: mat4x4<f32>, tx: u32, ty: u32) -> mat4x4<f32> {
+  var a = acc0;
+  a = outer(a, sc[ty], sd[tx]);
+  a = outer(a, sc[16u + ty], sd[16u + tx]);
+  a = outer(a, sc[32u + ty], sd[32u + tx]);
+  a = outer(a, sc[48u + ty], sd[48u + tx]);
+  a = outer(a, sc[64u + ty], sd[64u + tx]);
+  a = outer(a, sc[80u + ty], sd[80u + tx]);
+  a = outer(a, sc[96u + ty], sd[96u + tx]);
+  a = outer(a, sc[112u + ty], sd[112u + tx]);
+  a = outer(a, sc[128u + ty], sd[128u + tx]);
+  a = outer(a, sc[144u + ty], sd[144u + tx]);
+  a = outer(a, sc[160u + ty], sd[160u + tx]);
+  a = outer(a, sc[176u + ty], sd[176u + tx]);
+  a = outer(a, sc[192u + ty], sd[192u + tx]);
+  a = outer(a, sc[208u + ty], sd[208u + tx]);
+  a = outer(a, sc[224u + ty], sd[224u + tx]);
+  a = outer(a, sc[240u + ty], sd[240u + tx]);
+  return a;
+}
+
+// Pairs of a score block that the mask keeps: query rows (components) × keys k0..k0+3 (columns).
+fn keep_block(rows: vec4<u32>, start: vec4<u32>, k0: u32) -> array<vec4<bool>, 4> {
+  let live = rows < vec4<u32>(p.t);
+  return array<vec4<bool>, 4>(
+    live & (vec4<u32>(k0) >= start) & (vec4<u32>(k0) <= rows),
+    live & (vec4<u32>(k0 + 1u) >= start) & (vec4<u32>(k0 + 1u) <= rows),
+    live & (vec4<u32>(k0 + 2u) >= start) & (vec4<u32>(k0 + 2u) <= rows),
+    live & (vec4<u32>(k0 + 3u) >= start) & (vec4<u32>(k0 + 3u) <= rows),
+  );
+}
+
+fn quad_start(rows: vec4<u32>) -> vec4<u32> {
+  let c = min(rows, vec4<u32>(p.t - 1u));
+  return vec4<u32>(in_start[c.x], in_start[c.y], in_start[c.z], in_start[c.w]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward 1: scores of tile (key tile qt − s, query tile qt, q head h) = workgroup (s, qt, h).
+
+@compute @workgroup_size(16, 16)
+fn attention_band_scores(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  let s = wid.x;
+  let qt = wid.y;
+  let h = wid.z;
+  if (qt < s || qt - s < lo_tile(qt)) {
+    return; // a tile the band never reads (uniform over the workgroup)
+  }
+  let kt = qt - s;
+  let kvh = h / p.group;
+  let tx = lid.x;
+  let ty = lid.y;
+  let r = li / 4u;
+  let k4 = li % 4u;
+  var acc = mat4x4<f32>();
+  for (var d0 = 0u; d0 < p.d; d0 += 16u) {
+    workgroupBarrier();
+    put_a(ld_q(qt * BT + r, h, d0 / 4u + k4), r, k4);
+    put_b(ld_k(kt * BT + r, kvh, d0 / 4u + k4), r, k4);
+    workgroupBarrier();
+    acc = mma_ab(acc, tx, ty);
+  }
+  let rows = vec4<u32>(qt * BT + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
+  let keep = keep_block(rows, quad_start(rows), kt * BT + 4u * tx);
+  let m = vec4<f32>(MASKED);
+  let sc = mat4x4<f32>(
+    select(m, acc[0] * p.scale, keep[0]),
+    select(m, acc[1] * p.scale, keep[1]),
+    select(m, acc[2] * p.scale, keep[2]),
+    select(m, acc[3] * p.scale, keep[3]),
+  );
+  let t = transpose(sc); // t[i] = row 4ty + i over keys 4tx..4tx+3
+  let b = tile_base(h, qt, s) / 4u + 4u * ty * 16u + tx;
+  out_band[b] = t[0];
+  out_band[b + 16u] = t[1];
+  out_band[b + 32u] = t[2];
+  out_band[b + 48u] = t[3];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward 2: row softmax in place and lse. Workgroup (4 query rows, q head h), 64 threads per row,
+// thread c reading column c of each of the row's key tiles.
+
+@compute @workgroup_size(64, 4)
+fn attention_band_softmax(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  let row = wid.x * 4u + lid.y;
+  let h = wid.y;
+  let c = lid.x;
+  let ok = row < p.t;
+  let qt = min(row, p.t - 1u) / BT;
+  let r = min(row, p.t - 1u) % BT;
+  // The tile's key tiles, qt − sHi .. qt: those before the row's own first key hold masked scores
+  // and become zeros, which attention_band_pv reads.
+  let sHi = qt - lo_tile(qt);
+  let base = tile_base(h, qt, 0u) + r * BT + c;
+  var m = MASKED;
+  if (ok) {
+    for (var s = 0u; s <= sHi; s++) {
+      m = max(m, io_band[base + s * TILE]);
+    }
+  }
+  let slot = lid.y * 64u;
+  red[slot + c] = m;
+  workgroupBarrier();
+  for (var w = 32u; w > 0u; w >>= 1u) {
+    if (c < w) {
+      red[slot + c] = max(red[slot + c], red[slot + c + w]);
+    }
+    workgroupBarrier();
+  }
+  let mx = red[slot];
+  workgroupBarrier();
+  var l = 0.0;
+  if (ok) {
+    for (var s = 0u; s <= sHi; s++) {
+      l += exp(io_band[base + s * TILE] - mx);
+    }
+  }
+  red[slot + c] = l;
+  workgroupBarrier();
+  for (var w = 32u; w > 0u; w >>= 1u) {
+    if (c < w) {
+      red[slot + c] += red[slot + c + w];
+    }
+    workgroupBarrier();
+  }
+  let lsum = red[slot];
+  let inv = 1.0 / lsum;
+  if (ok) {
+    if (c == 0u) {
+      out_lse[h * p.t + row] = mx + log(lsum);
+    }
+    // exp(score − max) / sum rather than exp(score − lse): the rounding of lse would scale a whole
+    // row of P, and O with it (a relative 7.6e-6 at lse = 64).
+    for (var s = 0u; s <= sHi; s++) {
+      io_band[base + s * TILE] = exp(io_band[base + s * TILE] - mx) * inv;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward 3 and dQ: out (query tile qt, q head h, dims 64·wid.x..) = Σ over the tile's key tiles of
+// band (64 × 64) · Y (64 keys × dims): O = P·V (Y = V), dQ = scale · dS·K (Y = K).
+
+fn band_times_kv(wid: vec3<u32>, lid: vec3<u32>, li: u32, use_k: bool) -> mat4x4<f32> {
+  let qt = wid.y;
+  let h = wid.z;
+  let kvh = h / p.group;
+  let dq0 = wid.x * 16u; // first dim quad of the output tile
+  let tx = lid.x;
+  let ty = lid.y;
+  let sHi = qt - lo_tile(qt);
+  var acc = mat4x4<f32>();
+  for (var s = 0u; s <= sHi; s++) {
+    let tb = tile_base(h, qt, s) / 4u;
+    let kt = qt - s;
+    for (var c0 = 0u; c0 < BT; c0 += 16u) {
+      workgroupBarrier();
+      // A: band rows r, keys c0 + 4·k4..+3, transposed (vec4 over rows).
+      let r = li / 4u;
+      let k4 = li % 4u;
+      put_a(in_band[tb + r * 16u + c0 / 4u + k4], r, k4);
+      // B: key kt·64 + c0 + kk, dim quad dq0 + q.
+      let kk = li / 16u;
+      let q = li % 16u;
+      if (use_k) {
+        sb[li] = ld_k(kt * BT + c0 + kk, kvh, dq0 + q);
+      } else {
+        sb[li] = ld_v(kt * BT + c0 + kk, kvh, dq0 + q);
+      }
+      workgroupBarrier();
+      acc = mma_ab(acc, tx, ty);
+    }
+  }
+  return acc;
+}
+
+@compute @workgroup_size(16, 16)
+fn attention_band_pv(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  let acc = band_times_kv(wid, lid, li, false);
+  let h = wid.z;
+  for (var i = 0u; i < 4u; i++) {
+    let row = wid.y * BT + 4u * lid.y + i;
+    for (var j = 0u; j < 4u; j++) {
+      let d = wid.x * BT + 4u * lid.x + j;
+      if (row < p.t && d < p.d) {
+        out_o[(row * p.hq + h) * p.d + d] = acc[j][i];
+      }
+    }
+  }
+}
+
+@compute @workgroup_size(16, 16)
+fn attention_band_dq(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  let acc = band_times_kv(wid, lid, li, true);
+  let h = wid.z;
+  for (var i = 0u; i < 4u; i++) {
+    let row = wid.y * BT + 4u * lid.y + i;
+    for (var j = 0u; j < 4u; j++) {
+      let d = wid.x * BT + 4u * lid.x + j;
+      if (row < p.t && d < p.d) {
+        out_dq[row * p.ld_q + p.q_off + h * p.d + d] = acc[j][i] * p.scale;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward 1: P and dS of tile (s, qt, h), as attention_band_scores: S = Q·Kᵀ and dP = dO·Vᵀ side
+// by side, P = exp(scale · S − lse) and dS = P ∘ (dP − delta) where the mask keeps the pair, else 0.
+
+@compute @workgroup_size(16, 16)
+fn attention_band_backward_scores(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  let s = wid.x;
+  let qt = wid.y;
+  let h = wid.z;
+  if (qt < s || qt - s < lo_tile(qt)) {
+    return; // a tile the band never reads (uniform over the workgroup)
+  }
+  let kt = qt - s;
+  let kvh = h / p.group;
+  let tx = lid.x;
+  let ty = lid.y;
+  let r = li / 4u;
+  let k4 = li % 4u;
+  var acc = mat4x4<f32>(); // S
+  var dpa = mat4x4<f32>(); // dP
+  for (var d0 = 0u; d0 < p.d; d0 += 16u) {
+    workgroupBarrier();
+    put_a(ld_q(qt * BT + r, h, d0 / 4u + k4), r, k4);
+    put_b(ld_k(kt * BT + r, kvh, d0 / 4u + k4), r, k4);
+    put_c(ld_dout(qt * BT + r, h, d0 / 4u + k4), r, k4);
+    put_d(ld_v(kt * BT + r, kvh, d0 / 4u + k4), r, k4);
+    workgroupBarrier();
+    acc = mma_ab(acc, tx, ty);
+    dpa = mma_cd(dpa, tx, ty);
+  }
+  let rows = vec4<u32>(qt * BT + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
+  let keep = keep_block(rows, quad_start(rows), kt * BT + 4u * tx);
+  let c = min(rows, vec4<u32>(p.t - 1u)) + vec4<u32>(h * p.t);
+  let lse = vec4<f32>(in_lse[c.x], in_lse[c.y], in_lse[c.z], in_lse[c.w]);
+  let delta = vec4<f32>(in_delta[c.x], in_delta[c.y], in_delta[c.z], in_delta[c.w]);
+  let z = vec4<f32>();
+  var pr: mat4x4<f32>;
+  var ds: mat4x4<f32>;
+  pr[0] = select(z, exp(acc[0] * p.scale - lse), keep[0]);
+  ds[0] = pr[0] * (dpa[0] - delta);
+  pr[1] = select(z, exp(acc[1] * p.scale - lse), keep[1]);
+  ds[1] = pr[1] * (dpa[1] - delta);
+  pr[2] = select(z, exp(acc[2] * p.scale - lse), keep[2]);
+  ds[2] = pr[2] * (dpa[2] - delta);
+  pr[3] = select(z, exp(acc[3] * p.scale - lse), keep[3]);
+  ds[3] = pr[3] * (dpa[3] - delta);
+  let pt = transpose(pr);
+  let dt = transpose(ds);
+  let b = tile_base(h, qt, s) / 4u + 4u * ty * 16u + tx;
+  out_p[b] = pt[0];
+  out_p[b + 16u] = pt[1];
+  out_p[b + 32u] = pt[2];
+  out_p[b + 48u] = pt[3];
+  out_ds[b] = dt[0];
+  out_ds[b + 16u] = dt[1];
+  out_ds[b + 32u] = dt[2];
+  out_ds[b + 48u] = dt[3];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward 2: dV (wid.z even) and dK (odd) of (key tile kt = wid.y, kv head wid.z / 2, dims
+// 64·wid.x..): Σ over the group's q heads and the query tiles qt = kt + s that see kt of
+// band(h, qt, s)ᵀ · Y (64 queries × dims): dV from P and dO, dK = scale · Σ dSᵀ·Q.
+
+@compute @workgroup_size(16, 16)
+fn attention_band_dkv(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
+) {
+  let kt = wid.y;
+  let kvh = wid.z / 2u;
+  let want_k = wid.z % 2u == 1u;
+  let dq0 = wid.x * 16u;
+  let tx = lid.x;
+  let ty = lid.y;
+  let n = nqt();
+  let kk = li / 16u;
+  let q = li % 16u;
+  var acc = mat4x4<f32>();
+  for (var gh = 0u; gh < p.group; gh++) {
+    let h = kvh * p.group + gh;
+    for (var s = 0u; s < p.slots; s++) {
+      let qt = kt + s;
+      if (qt >= n || kt < lo_tile(qt)) {
+        break; // lo_tile grows with qt: no later query tile sees kt either
+      }
+      let tb = tile_base(h, qt, s) / 4u;
+      for (var r0 = 0u; r0 < BT; r0 += 16u) {
+        workgroupBarrier();
+        // A: band rows r0 + kk (queries), key quad q: natural layout (vec4 over keys).
+        // B: query qt·64 + r0 + kk, dim quad dq0 + q.
+        if (want_k) {
+          sa[li] = in_band2[tb + (r0 + kk) * 16u + q];
+          sb[li] = ld_q(qt * BT + r0 + kk, h, dq0 + q);
+        } else {
+          sa[li] = in_band[tb + (r0 + kk) * 16u + q];
+          sb[li] = ld_dout(qt * BT + r0 + kk, h, dq0 + q);
+        }
+        workgroupBarrier();
+        acc = mma_ab(acc, tx, ty);
+      }
+    }
+  }
+  let alpha = select(1.0, p.scale, want_k);
+  for (var i = 0u; i < 4u; i++) {
+    let key = kt * BT + 4u * ty + i;
+    for (var j = 0u; j < 4u; j++) {
+      let d = wid.x * BT + 4u * tx + j;
+      if (key < p.t && d < p.d) {
+        let o = key * p.ld_kv + kvh * p.d + d;
+        if (want_k) {
+          out_dk[o + p.k_off] = acc[j][i] * alpha;
+        } else {
+          out_dv[o + p.v_off] = acc[j][i];
+        }
+      }
+    }
+  }
+}
