@@ -17,6 +17,7 @@ import {
   attentionBandFits,
   attentionBandForward,
   bandSlots,
+  bandSplitLayout,
 } from "./attention_band.ts";
 
 /** Largest head dim (the kernels take any D in 1..128). */
@@ -451,10 +452,17 @@ export function attentionTunedShapes(gpu: Gpu): Map<string, AttentionGrid> {
 /**
  * How the "gpu" variant computes a forward or a backward: "flash" (attention_gpu.wgsl: scores in
  * registers, never written) or "band" (attention_band.wgsl: 64×64 score tiles written to a scratch
- * band and every product a tiled GEMM, as eager PyTorch does; more memory, see attentionBandBytes).
- * The autotune times both per launch and keeps the faster; "flash" otherwise.
+ * band and every product a tiled GEMM, as eager PyTorch does; more memory, see attentionBandBytes);
+ * "band-split" is "band" with the backward's dK/dV split over every q head of a GQA group (partial
+ * sums, then a pass that adds them), which evens out the work per workgroup. The autotune times
+ * them per launch and keeps the fastest; "flash" otherwise.
  */
-export type AttentionForm = "flash" | "band";
+export type AttentionForm = "flash" | "band" | "band-split";
+
+/** The forms worth timing for a pass with `group` q heads per kv head. */
+export function attentionForms(pass: AttentionPass, group: number): AttentionForm[] {
+  return pass === "backward" && group > 1 ? ["flash", "band", "band-split"] : ["flash", "band"];
+}
 
 /** A pass of the attention, the unit the form is chosen for. */
 export type AttentionPass = "forward" | "backward";
@@ -495,10 +503,11 @@ export function attentionFormKey(
 function formFor(
   gpu: Gpu,
   key: string,
-  a: { T: number; Hq: number; maxSample?: number },
+  a: { T: number; Hq: number; Hkv: number; maxSample?: number },
 ): AttentionForm {
   const form = forcedForm.get(gpu) ?? tunedForm.get(gpu)?.get(key) ?? "flash";
-  return form === "band" && attentionBandFits(gpu, a) ? "band" : "flash";
+  if (form === "flash" || !attentionBandFits(gpu, a)) return "flash";
+  return form === "band-split" && a.Hq > a.Hkv ? "band-split" : "band";
 }
 
 /** `fn` with the form forced to `form`, then the forced form as it was. */
@@ -518,6 +527,8 @@ export interface RecordedAttentionForm {
   pass: AttentionPass;
   /** The form it got. */
   form: AttentionForm;
+  /** q heads per kv head (the band-split form needs more than 1). */
+  group: number;
   /** Whether the band fits this launch (else only "flash" is offered). */
   bandFits: boolean;
   /** The pass's dispatches in `form` (grids and accumulators as tuned now). */
@@ -768,13 +779,14 @@ export function attentionForward(
       recordForm(gpu, fkey, {
         pass: "forward",
         form: formFor(gpu, fkey, args),
+        group: args.Hq / args.Hkv,
         bandFits: attentionBandFits(gpu, args),
         rebuild: (a, form) =>
           withForm(gpu, form, () => attentionForward(gpu, a, { ...args, variant: "gpu" })),
         segments: segmentsOf(args),
       });
     }
-    if (formFor(gpu, fkey, args) === "band") {
+    if (formFor(gpu, fkey, args) !== "flash") {
       const prm = params(arena, args, undefined, undefined, bandSlots(T, args.maxSample));
       return attentionBandForward(gpu, prm, args);
     }
@@ -885,15 +897,19 @@ export function attentionBackward(
       recordForm(gpu, fkey, {
         pass: "backward",
         form: formFor(gpu, fkey, args),
+        group: Hq / Hkv,
         bandFits: attentionBandFits(gpu, args),
         rebuild: (a, form) =>
           withForm(gpu, form, () => attentionBackward(gpu, a, { ...args, variant: "gpu" })),
         segments: segmentsOf(args),
       });
     }
-    if (formFor(gpu, fkey, args) === "band") {
-      const prmBand = params(arena, args, undefined, undefined, bandSlots(T, args.maxSample));
-      return [dDelta, ...attentionBandBackward(gpu, prmBand, { ...args, delta })];
+    const form = formFor(gpu, fkey, args);
+    if (form !== "flash") {
+      const parts = form === "band-split" ? Hq / Hkv : 1;
+      const split = { parts, dvOff: bandSplitLayout(args, parts).dvOff / 4 };
+      const prmBand = params(arena, args, split, undefined, bandSlots(T, args.maxSample));
+      return [dDelta, ...attentionBandBackward(gpu, prmBand, { ...args, delta }, parts)];
     }
   }
   const keyDq = attentionKey("dq", args), keyDkv = attentionKey("dkv", args);

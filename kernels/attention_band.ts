@@ -106,8 +106,23 @@ export function attentionBandForward(
 }
 
 /**
+ * Bytes of the partial dK (and as many of dV, from `dvOff`) of a backward whose q-head groups are
+ * split in `parts`: (parts, T, Hkv, D) f32 each.
+ */
+export function bandSplitLayout(
+  a: { T: number; Hkv: number; D: number },
+  parts: number,
+): { partBytes: number; dvOff: number } {
+  const partBytes = parts * a.T * a.Hkv * a.D * 4;
+  return { partBytes, dvOff: alignUp(partBytes, 256) };
+}
+
+/**
  * The backward after attention.ts's delta pass, in three dispatches: P and dS into two bands, dQ =
- * scale · dS·K, and dK/dV (one workgroup column each) over the q heads of every kv head.
+ * scale · dS·K, and dK/dV (one workgroup column each) over the q heads of every kv head. With
+ * `parts` > 1 (it must divide the group, and `prm` must carry it and bandSplitLayout's dvOff / 4),
+ * each kv head's q heads are split over that many workgroups whose partial dK and dV go to a scratch,
+ * and a fourth dispatch (attention_gpu_dkv_reduce) sums them.
  */
 export function attentionBandBackward(
   gpu: Gpu,
@@ -120,6 +135,7 @@ export function attentionBandBackward(
     lse: BufferSlice;
     delta: BufferSlice;
   },
+  parts = 1,
 ): Dispatch[] {
   const nqt = Math.ceil(a.T / BAND_TILE), slots = bandSlots(a.T, a.maxSample);
   const bytes = attentionBandBytes(a);
@@ -128,7 +144,11 @@ export function attentionBandBackward(
   const kDq = gpu.kernel("attention_band", "attention_band_dq");
   const kKv = gpu.kernel("attention_band", "attention_band_dkv");
   const dTiles = Math.ceil(a.D / BAND_TILE);
-  return [
+  const { partBytes, dvOff } = bandSplitLayout(a, parts);
+  const scratch = parts > 1
+    ? sharedScratch(gpu, "attention_gpu.dkv_scratch", dvOff + partBytes, 1 << 16)
+    : null;
+  const out: Dispatch[] = [
     {
       kernel: kS,
       bindGroup: gpu.bind(kS, {
@@ -154,15 +174,26 @@ export function attentionBandBackward(
       kernel: kKv,
       bindGroup: gpu.bind(kKv, {
         0: prm,
-        1: a.dk,
-        2: a.dv,
+        1: scratch ? { buffer: scratch, offset: 0, size: partBytes } : a.dk,
+        2: scratch ? { buffer: scratch, offset: dvOff, size: partBytes } : a.dv,
         3: a.q,
         6: a.seqStart,
         8: a.dout,
         12: bp,
         13: bds,
       }),
-      workgroups: [dTiles, nqt, 2 * a.Hkv],
+      workgroups: [dTiles, nqt, 2 * a.Hkv * parts],
     },
   ];
+  if (scratch) {
+    const kRed = gpu.kernel("attention_gpu", "attention_gpu_dkv_reduce");
+    const groups = Math.ceil((a.T * a.Hkv * a.D) / 64);
+    const gx = Math.min(groups, 65535);
+    out.push({
+      kernel: kRed,
+      bindGroup: gpu.bind(kRed, { 0: prm, 1: a.dk, 2: a.dv, 11: scratch }),
+      workgroups: [gx, Math.ceil(groups / gx), 1],
+    });
+  }
+  return out;
 }

@@ -19,7 +19,9 @@
 // bands; attention_band_dq computes dQ = scale · dS·K; attention_band_dkv computes
 // dV = Σ_h Pᵀ·dO and dK = scale · Σ_h dSᵀ·Q over the q heads of a kv head.
 // Every k loop over a staged slice is written out (16 steps): Naga bounds each loop with a 64-bit
-// counter that keeps drivers from unrolling it (see matmul.wgsl).
+// counter that keeps drivers from unrolling it (see matmul.wgsl). Each step's global loads for the
+// next slice are issued before its multiply-adds (register prefetch, as matmul_tiled), so their
+// latency hides behind the arithmetic.
 
 const BT: u32 = 64u; // rows of a query or key tile
 const TILE: u32 = 4096u; // floats of a score tile (BT × BT)
@@ -226,11 +228,15 @@ fn attention_band_scores(
   let r = li / 4u;
   let k4 = li % 4u;
   var acc = mat4x4<f32>();
+  var xq = ld_q(qt * BT + r, h, k4); // the slice at d0 = 0; each step loads the next one early
+  var xk = ld_k(kt * BT + r, kvh, k4);
   for (var d0 = 0u; d0 < p.d; d0 += 16u) {
     workgroupBarrier();
-    put_a(ld_q(qt * BT + r, h, d0 / 4u + k4), r, k4);
-    put_b(ld_k(kt * BT + r, kvh, d0 / 4u + k4), r, k4);
+    put_a(xq, r, k4);
+    put_b(xk, r, k4);
     workgroupBarrier();
+    xq = ld_q(qt * BT + r, h, (d0 + 16u) / 4u + k4); // zeros past D
+    xk = ld_k(kt * BT + r, kvh, (d0 + 16u) / 4u + k4);
     acc = mma_ab(acc, tx, ty);
   }
   let rows = vec4<u32>(qt * BT + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
@@ -318,35 +324,36 @@ fn attention_band_softmax(
 // Forward 3 and dQ: out (query tile qt, q head h, dims 64·wid.x..) = Σ over the tile's key tiles of
 // band (64 × 64) · Y (64 keys × dims): O = P·V (Y = V), dQ = scale · dS·K (Y = K).
 
+// The staged values of step `it` (key tile qt − it / 4, keys 16·(it % 4)..+15) for lane li: A, the
+// band's row li / 4 at keys +4·(li % 4)..+3; B, key li / 16 at dim quad dq0 + li % 16 of K or V.
+// Zeros past the last step.
+fn pv_step(it: u32, n: u32, h: u32, qt: u32, dq0: u32, li: u32, use_k: bool) -> array<vec4<f32>, 2> {
+  if (it >= n) {
+    return array<vec4<f32>, 2>();
+  }
+  let s = it / 4u;
+  let c0 = (it % 4u) * 16u;
+  let a = in_band[tile_base(h, qt, s) / 4u + (li / 4u) * 16u + c0 / 4u + li % 4u];
+  let key = (qt - s) * BT + c0 + li / 16u;
+  let kvh = h / p.group;
+  let b = select(ld_v(key, kvh, dq0 + li % 16u), ld_k(key, kvh, dq0 + li % 16u), use_k);
+  return array<vec4<f32>, 2>(a, b);
+}
+
 fn band_times_kv(wid: vec3<u32>, lid: vec3<u32>, li: u32, use_k: bool) -> mat4x4<f32> {
   let qt = wid.y;
   let h = wid.z;
-  let kvh = h / p.group;
   let dq0 = wid.x * 16u; // first dim quad of the output tile
-  let tx = lid.x;
-  let ty = lid.y;
-  let sHi = qt - lo_tile(qt);
+  let n = 4u * (qt - lo_tile(qt) + 1u); // 16-key steps over the tile's key tiles
   var acc = mat4x4<f32>();
-  for (var s = 0u; s <= sHi; s++) {
-    let tb = tile_base(h, qt, s) / 4u;
-    let kt = qt - s;
-    for (var c0 = 0u; c0 < BT; c0 += 16u) {
-      workgroupBarrier();
-      // A: band rows r, keys c0 + 4·k4..+3, transposed (vec4 over rows).
-      let r = li / 4u;
-      let k4 = li % 4u;
-      put_a(in_band[tb + r * 16u + c0 / 4u + k4], r, k4);
-      // B: key kt·64 + c0 + kk, dim quad dq0 + q.
-      let kk = li / 16u;
-      let q = li % 16u;
-      if (use_k) {
-        sb[li] = ld_k(kt * BT + c0 + kk, kvh, dq0 + q);
-      } else {
-        sb[li] = ld_v(kt * BT + c0 + kk, kvh, dq0 + q);
-      }
-      workgroupBarrier();
-      acc = mma_ab(acc, tx, ty);
-    }
+  var x = pv_step(0u, n, h, qt, dq0, li, use_k);
+  for (var it = 0u; it < n; it++) {
+    workgroupBarrier();
+    put_a(x[0], li / 4u, li % 4u); // transposed: vec4 over band rows
+    sb[li] = x[1];
+    workgroupBarrier();
+    x = pv_step(it + 1u, n, h, qt, dq0, li, use_k); // the next step's loads, early
+    acc = mma_ab(acc, lid.x, lid.y);
   }
   return acc;
 }
@@ -413,13 +420,22 @@ fn attention_band_backward_scores(
   let k4 = li % 4u;
   var acc = mat4x4<f32>(); // S
   var dpa = mat4x4<f32>(); // dP
+  var xq = ld_q(qt * BT + r, h, k4); // the slice at d0 = 0; each step loads the next one early
+  var xk = ld_k(kt * BT + r, kvh, k4);
+  var xo = ld_dout(qt * BT + r, h, k4);
+  var xv = ld_v(kt * BT + r, kvh, k4);
   for (var d0 = 0u; d0 < p.d; d0 += 16u) {
     workgroupBarrier();
-    put_a(ld_q(qt * BT + r, h, d0 / 4u + k4), r, k4);
-    put_b(ld_k(kt * BT + r, kvh, d0 / 4u + k4), r, k4);
-    put_c(ld_dout(qt * BT + r, h, d0 / 4u + k4), r, k4);
-    put_d(ld_v(kt * BT + r, kvh, d0 / 4u + k4), r, k4);
+    put_a(xq, r, k4);
+    put_b(xk, r, k4);
+    put_c(xo, r, k4);
+    put_d(xv, r, k4);
     workgroupBarrier();
+    let nd = (d0 + 16u) / 4u + k4; // zeros past D
+    xq = ld_q(qt * BT + r, h, nd);
+    xk = ld_k(kt * BT + r, kvh, nd);
+    xo = ld_dout(qt * BT + r, h, nd);
+    xv = ld_v(kt * BT + r, kvh, nd);
     acc = mma_ab(acc, tx, ty);
     dpa = mma_cd(dpa, tx, ty);
   }
@@ -453,9 +469,41 @@ fn attention_band_backward_scores(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward 2: dV (wid.z even) and dK (odd) of (key tile kt = wid.y, kv head wid.z / 2, dims
-// 64·wid.x..): Σ over the group's q heads and the query tiles qt = kt + s that see kt of
-// band(h, qt, s)ᵀ · Y (64 queries × dims): dV from P and dO, dK = scale · Σ dSᵀ·Q.
+// Backward 2: dV (wid.z even) and dK (odd) of (key tile kt = wid.y, kv head, dims 64·wid.x..):
+// Σ over the group's q heads and the query tiles qt = kt + s that see kt of band(h, qt, s)ᵀ · Y
+// (64 queries × dims): dV from P and dO, dK = scale · Σ dSᵀ·Q. Split (p.parts > 1): wid.z / 2 is
+// (kv head, part), each part sums group / parts q heads and writes its partial dK and dV densely at
+// part · T·Hkv·D of out_dk / out_dv (scratch), which attention_gpu_dkv_reduce sums in part order.
+// The split evens out the work: a key tile at the start of a sample sees every query tile after
+// it, one at its end only its own.
+
+// The staged values of step `it` of a dK/dV workgroup (q head gh0 + it / (4·ns), query tile
+// kt + it / 4 % ns, queries 16·(it % 4)..+15) for lane li: A, band row li / 16 at key quad li % 16
+// (dS for dK, P for dV); B, that query's dim quad dq0 + li % 16 of Q (dK) or dO (dV). Zeros past
+// the last step.
+fn dkv_step(
+  it: u32,
+  n: u32,
+  ns: u32,
+  h0: u32,
+  kt: u32,
+  dq0: u32,
+  li: u32,
+  want_k: bool,
+) -> array<vec4<f32>, 2> {
+  if (it >= n) {
+    return array<vec4<f32>, 2>();
+  }
+  let h = h0 + it / (4u * ns);
+  let s = it / 4u % ns;
+  let row = (it % 4u) * 16u + li / 16u; // query row within the tile
+  let qt = kt + s;
+  let i = tile_base(h, qt, s) / 4u + row * 16u + li % 16u;
+  if (want_k) {
+    return array<vec4<f32>, 2>(in_band2[i], ld_q(qt * BT + row, h, dq0 + li % 16u));
+  }
+  return array<vec4<f32>, 2>(in_band[i], ld_dout(qt * BT + row, h, dq0 + li % 16u));
+}
 
 @compute @workgroup_size(16, 16)
 fn attention_band_dkv(
@@ -464,50 +512,48 @@ fn attention_band_dkv(
   @builtin(local_invocation_index) li: u32,
 ) {
   let kt = wid.y;
-  let kvh = wid.z / 2u;
+  let parts = max(p.parts, 1u);
+  let kvh = wid.z / 2u / parts;
+  let part = wid.z / 2u % parts;
+  let per = p.group / parts; // q heads of this part
   let want_k = wid.z % 2u == 1u;
   let dq0 = wid.x * 16u;
+  // The query tiles that see kt: kt, kt + 1, ... while lo_tile(qt) <= kt (lo_tile grows with qt).
+  var ns = 0u;
+  for (var s = 0u; s < p.slots; s++) {
+    if (kt + s >= nqt() || kt < lo_tile(kt + s)) {
+      break;
+    }
+    ns++;
+  }
+  let h0 = kvh * p.group + part * per;
+  let n = per * ns * 4u; // 16-query steps over the part's q heads and those query tiles
+  var acc = mat4x4<f32>();
+  var x = dkv_step(0u, n, ns, h0, kt, dq0, li, want_k);
+  for (var it = 0u; it < n; it++) {
+    workgroupBarrier();
+    sa[li] = x[0]; // natural layout: vec4 over keys, the output rows
+    sb[li] = x[1];
+    workgroupBarrier();
+    x = dkv_step(it + 1u, n, ns, h0, kt, dq0, li, want_k); // the next step's loads, early
+    acc = mma_ab(acc, lid.x, lid.y);
+  }
   let tx = lid.x;
   let ty = lid.y;
-  let n = nqt();
-  let kk = li / 16u;
-  let q = li % 16u;
-  var acc = mat4x4<f32>();
-  for (var gh = 0u; gh < p.group; gh++) {
-    let h = kvh * p.group + gh;
-    for (var s = 0u; s < p.slots; s++) {
-      let qt = kt + s;
-      if (qt >= n || kt < lo_tile(qt)) {
-        break; // lo_tile grows with qt: no later query tile sees kt either
-      }
-      let tb = tile_base(h, qt, s) / 4u;
-      for (var r0 = 0u; r0 < BT; r0 += 16u) {
-        workgroupBarrier();
-        // A: band rows r0 + kk (queries), key quad q: natural layout (vec4 over keys).
-        // B: query qt·64 + r0 + kk, dim quad dq0 + q.
-        if (want_k) {
-          sa[li] = in_band2[tb + (r0 + kk) * 16u + q];
-          sb[li] = ld_q(qt * BT + r0 + kk, h, dq0 + q);
-        } else {
-          sa[li] = in_band[tb + (r0 + kk) * 16u + q];
-          sb[li] = ld_dout(qt * BT + r0 + kk, h, dq0 + q);
-        }
-        workgroupBarrier();
-        acc = mma_ab(acc, tx, ty);
-      }
-    }
-  }
   let alpha = select(1.0, p.scale, want_k);
   for (var i = 0u; i < 4u; i++) {
     let key = kt * BT + 4u * ty + i;
     for (var j = 0u; j < 4u; j++) {
       let d = wid.x * BT + 4u * tx + j;
       if (key < p.t && d < p.d) {
-        let o = key * p.ld_kv + kvh * p.d + d;
+        var o = key * p.ld_kv + kvh * p.d + d + select(p.v_off, p.k_off, want_k);
+        if (parts > 1u) { // dense partials in the scratch
+          o = part * p.t * p.hkv * p.d + (key * p.hkv + kvh) * p.d + d;
+        }
         if (want_k) {
-          out_dk[o + p.k_off] = acc[j][i] * alpha;
+          out_dk[o] = acc[j][i] * alpha;
         } else {
-          out_dv[o + p.v_off] = acc[j][i];
+          out_dv[o] = acc[j][i];
         }
       }
     }

@@ -29,6 +29,7 @@ import {
   attentionAccForms,
   attentionForcedForm,
   type AttentionForm,
+  attentionForms,
   attentionGpuShapeCandidates,
   type AttentionGrid,
   attentionTunedAcc,
@@ -103,8 +104,8 @@ interface CacheFile {
         string,
         { tr: number; tc: number; parts?: number; acc?: AttentionAcc; ms: number }
       >;
-      /** attentionFormKey → the faster form of that pass and both timings (ms per pass) */
-      forms?: Record<string, { form: AttentionForm; flash: number; band: number }>;
+      /** attentionFormKey → the fastest form of that pass and every form's time (ms per pass) */
+      forms?: Record<string, { form: AttentionForm; ms: Partial<Record<AttentionForm, number>> }>;
     };
   }>;
 }
@@ -405,7 +406,7 @@ async function timeAttentionForms(
   reps: number,
 ): Promise<{ form: AttentionForm; ms: number }[]> {
   const arena = new ParamArena(gpu, "attention_tune", 64 * 1024);
-  const forms: AttentionForm[] = ["flash", "band"];
+  const forms = attentionForms(rec.pass, rec.group);
   const lists = forms.map((f) => rec.rebuild(arena, f));
   const { T, sample, seqStart, seqEnd } = rec.segments;
   const { starts, ends } = tuneSegments(T, sample);
@@ -483,7 +484,8 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
   setAttentionTunedAcc(gpu, accs);
   const forms = new Map(attentionTunedForms(gpu));
   for (const [k, f] of Object.entries(attnEntry.forms ?? {})) {
-    if (!forms.has(k)) forms.set(k, f.form === "band" ? "band" : "flash");
+    const known = ["flash", "band", "band-split"].includes(f.form);
+    if (!forms.has(k)) forms.set(k, known ? f.form : "flash");
   }
   setAttentionTunedForms(gpu, forms);
 
@@ -590,18 +592,18 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     const times = await timeAttentionForms(gpu, rec, opts.reps ?? 3);
     const best = fastest(times);
     if (!(best.ms > 0 && Number.isFinite(best.ms))) continue;
-    const at = (f: AttentionForm) => Number(times.find((t) => t.form === f)!.ms.toFixed(4));
+    const ms = Object.fromEntries(times.map((t) => [t.form, Number(t.ms.toFixed(4))]));
     forms.set(key, best.form);
     usedForm[key] = best.form;
-    (attnEntry.forms ??= {})[key] = { form: best.form, flash: at("flash"), band: at("band") };
+    (attnEntry.forms ??= {})[key] = { form: best.form, ms };
     attn.measured++;
     if (best.form !== rec.form) {
       attn.changed++;
       rebuild = true;
     }
     opts.log?.(
-      `attention tune ${key}: ${best.form} (flash ${at("flash").toFixed(3)} ms, band ` +
-        `${at("band").toFixed(3)} ms)`,
+      `attention tune ${key}: ${best.form} (` +
+        times.map((t) => `${t.form} ${t.ms.toFixed(3)}`).join(", ") + " ms)",
     );
   }
   setAttentionTunedForms(gpu, forms);

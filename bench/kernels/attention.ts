@@ -65,15 +65,17 @@ const SWEEP_SHAPES: Shape[] = [
 
 /**
  * One case's buffers and dispatches: the adapter's default kernels; a forced attention_gpu grid and
- * accumulator form (`grid`); or the band form (`band`, attention_band.wgsl). The launches know the
- * longest sample, as a training graph's do.
+ * accumulator form (`grid`); or a band form (`band`, attention_band.wgsl). The launches know the
+ * longest sample, as a training graph's do. `verify`: check against the f64 reference (not at the
+ * sweep shapes, where it would take minutes).
  */
 function setup(
   gpu: Gpu,
   s: Shape,
   which: "forward" | "backward",
   grid?: { entry: AttentionGpuEntry; grid: AttentionGrid; acc: AttentionAcc },
-  band = false,
+  band?: "band" | "band-split",
+  verify = !grid,
 ): KernelSetup {
   const T = s.lengths.reduce((a, b) => a + b, 0);
   const sh: AttnShape = { T, Hq: s.Hq, Hkv: s.Hkv, D: s.D, scale: 1 / Math.sqrt(s.D) };
@@ -105,7 +107,7 @@ function setup(
     setAttentionGpuShapes(gpu, { [grid.entry]: grid.grid });
     setAttentionAcc(gpu, grid.acc);
   }
-  if (band) setAttentionForm(gpu, "band");
+  if (band) setAttentionForm(gpu, band);
   const variant = grid || band ? "gpu" : undefined;
   let fwd, bwd;
   try {
@@ -122,7 +124,7 @@ function setup(
   return {
     dispatches: which === "forward" ? fwd : bwd,
     // sweep shapes: the f64 reference would take minutes; the tests check every grid
-    check: grid ? undefined : async () => {
+    check: !verify ? undefined : async () => {
       if (which === "forward") {
         const [o, lse] = (await gpu.read([b.o, b.lse])).map((a) => new Float32Array(a));
         const ref = attentionRef(q, k, v, seqStart, sh);
@@ -168,7 +170,7 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
         kernel: `attention_band_${which}`,
         shape: label(s),
         flops: (which === "forward" ? 4 : 10) * s.D * pairs,
-        setup: (gpu) => setup(gpu, s, which, undefined, true),
+        setup: (gpu) => setup(gpu, s, which, undefined, "band"),
       });
     }
   }
@@ -180,7 +182,8 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
  * One case per attention_gpu thread grid that fits the device (and dK/dV split of the q-head
  * group) and accumulator form, per entry point and sweep shape (the other entry points at their
  * defaults): the figures for choosing ATTENTION_GPU_SHAPES' order. dQ and dK/dV grids are timed through the whole
- * backward (delta, dQ, dK/dV and a split's reduce). Then the band form's forward and backward.
+ * backward (delta, dQ, dK/dV and a split's reduce). Then the band form's forward and backward, and
+ * the backward with its dK/dV split per q head (band-split).
  */
 function sweepCases(gpu?: Gpu): KernelCase[] {
   if (!gpu) return [];
@@ -206,13 +209,16 @@ function sweepCases(gpu?: Gpu): KernelCase[] {
         }
       }
     }
-    for (const which of ["forward", "backward"] as const) {
-      out.push({
-        kernel: `attention_sweep_band ${which}`,
-        shape: label(s),
-        flops: (which === "forward" ? 4 : 10) * s.D * pairs,
-        setup: (g) => setup(g, s, which, undefined, true),
-      });
+    for (const form of ["band", "band-split"] as const) {
+      for (const which of ["forward", "backward"] as const) {
+        if (form === "band-split" && which === "forward") continue; // the same as band
+        out.push({
+          kernel: `attention_sweep_${form} ${which}`,
+          shape: label(s),
+          flops: (which === "forward" ? 4 : 10) * s.D * pairs,
+          setup: (g) => setup(g, s, which, undefined, form, false),
+        });
+      }
     }
   }
   return out;

@@ -26,9 +26,9 @@ import {
 
 const TOL = 1e-4;
 /** Every implementation runs everywhere (the adapter's default is only a launch-time choice). */
-/** The launch variants, plus "band": the gpu variant with its band form forced. */
-type TestVariant = AttentionVariant | "band";
-const VARIANTS: TestVariant[] = ["row", "cpu", "gpu", "band"];
+/** The launch variants, plus the gpu variant with a band form forced ("band-split": dK/dV split). */
+type TestVariant = AttentionVariant | "band" | "band-split";
+const VARIANTS: TestVariant[] = ["row", "cpu", "gpu", "band", "band-split"];
 /** Relative-error floor: this fraction of the reference's largest magnitude (at least 1e-6). */
 const FLOOR_FRAC = 1e-2;
 
@@ -66,8 +66,8 @@ async function runGpu(
   dout: Float32Array,
   fused = false,
 ): Promise<GpuResult> {
-  if (variant === "band") {
-    setAttentionForm(gpu, "band");
+  if (variant === "band" || variant === "band-split") {
+    setAttentionForm(gpu, variant);
     try {
       return await runGpu(gpu, "gpu", sh, lengths, q, k, v, dout, fused);
     } finally {

@@ -222,8 +222,11 @@ gpuTest(
       assert.equal(Object.keys(cached.adapters[sig].attention.choices).length, 3);
       const cachedForms = cached.adapters[sig].attention.forms;
       assert.deepEqual(Object.keys(cachedForms).sort(), Object.keys(a.forms).sort());
-      for (const f of Object.values(cachedForms) as { flash: number; band: number }[]) {
-        assert.ok(f.flash > 0 && f.band > 0, JSON.stringify(f)); // both forms timed
+      for (const [k, f] of Object.entries(cachedForms) as [string, { ms: object }][]) {
+        // every form timed: the backward of this 2-head group also split per q head
+        const want = k.startsWith("backward") ? ["band", "band-split", "flash"] : ["band", "flash"];
+        assert.deepEqual(Object.keys(f.ms).sort(), want, k);
+        for (const ms of Object.values(f.ms)) assert.ok(ms > 0, JSON.stringify(f));
       }
       assert.deepEqual(Object.keys(a.acc).sort(), [...grids.keys()].sort()); // a form per launch
       const tuned = await lossOf(first.graph);
@@ -268,18 +271,25 @@ gpuTest(
       // f32 sums in another order (per part, then across parts), carried through the backward
       report("gradients with dK/dV split in 2 vs unsplit (floor 1% of max)", worst, 1e-4);
       assert.ok(worst < 1e-4);
-      // a cached band form comes back: both passes run attention_band, and the loss holds
-      for (const f of Object.values(cachedForms)) (f as { form: string }).form = "band";
+      // cached band forms come back (the backward's split per q head): both passes run
+      // attention_band, and the loss holds
+      for (const [k, f] of Object.entries(cachedForms)) {
+        (f as { form: string }).form = k.startsWith("backward") ? "band-split" : "band";
+      }
       await Deno.writeTextFile(cacheFile, JSON.stringify(cached));
       setAttentionTunedForms(gpu, new Map());
       const fourth = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
       assert.equal(fourth.report.attention?.measured, 0);
-      assert.deepEqual(new Set(Object.values(fourth.report.attention!.forms)), new Set(["band"]));
+      assert.deepEqual(
+        new Set(Object.values(fourth.report.attention!.forms)),
+        new Set(["band", "band-split"]),
+      );
       const bandNames = fourth.graph.forwardBackward.map((d) => d.kernel.name);
-      for (const e of ["attention_band_pv", "attention_band_dkv"]) {
+      for (const e of ["attention_band_pv", "attention_band_dkv", "attention_gpu_dkv_reduce"]) {
         assert.ok(bandNames.some((n) => n.includes(e)), `${e} ran`);
       }
-      assert.ok(!bandNames.some((n) => n.includes("attention_gpu")), "no flash kernel ran");
+      const flash = /attention_gpu_(forward|backward)/;
+      assert.ok(!bandNames.some((n) => flash.test(n)), "no flash kernel ran");
       const banded = await lossOf(fourth.graph);
       const bandM = await fourth.graph.download("m");
       fourth.graph.destroy();
