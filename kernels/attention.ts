@@ -522,7 +522,7 @@ function withForm<T>(gpu: Gpu, form: AttentionForm, fn: () => T): T {
   }
 }
 
-/** Both forms of one recorded pass, for the autotune to time against each other. */
+/** One recorded pass, rebuildable in each form, for the autotune to time them against each other. */
 export interface RecordedAttentionForm {
   pass: AttentionPass;
   /** The form it got. */
@@ -760,7 +760,8 @@ function params(
  * o = softmax(scale · q·kᵀ + mask) · v per q head over the block-diagonal causal mask
  * (token i sees keys seqStart[i] ≤ j ≤ i), and lse = log Σ_j exp(scale · q_i·k_j).
  * One workgroup per (4·RQ queries, q head); key tiles outside the queries' ranges are never
- * visited. Samples must be contiguous (seqStart, seqEnd non-decreasing).
+ * visited. Samples must be contiguous (seqStart, seqEnd non-decreasing). The "gpu" variant runs the
+ * form forced or tuned for this shape (AttentionForm: flash, or the band's three dispatches).
  */
 export function attentionForward(
   gpu: Gpu,
@@ -838,7 +839,8 @@ export function attentionForward(
  * atomics: delta = rowsum(dO∘O) into the workspace; dQ per (query tile, q head); dK and dV per
  * (key tile, kv head), looping over the q heads of its group and the query tiles that see it.
  * A split dK/dV (attention_gpu, AttentionGrid) runs per (key tile, kv head, part of the group) and
- * adds a fourth dispatch that sums the parts.
+ * adds a fourth dispatch that sums the parts. The "gpu" variant's band forms (AttentionForm) run the
+ * delta pass, then attention_band.wgsl's P/dS, dQ and dK/dV (and the reduce when split).
  */
 export function attentionBackward(
   gpu: Gpu,

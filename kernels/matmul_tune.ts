@@ -399,7 +399,7 @@ async function timeAttentionGrids(
   return lists.map((l, i) => ({ grid: l.grid, acc: l.acc, ms: ms[i] }));
 }
 
-/** Time both forms of one recorded attention pass on its segments: ms per pass by form. */
+/** Time every form of one recorded attention pass on its segments: ms per pass by form. */
 async function timeAttentionForms(
   gpu: Gpu,
   rec: RecordedAttentionForm,
@@ -607,8 +607,9 @@ export async function buildWithTunedMatmul<G extends { destroy(): void }>(
     );
   }
   setAttentionTunedForms(gpu, forms);
-  // Timing built the bands; nothing built on this adapter reads them unless some pass kept "band".
-  if (![...forms.values()].includes("band") && attentionForcedForm(gpu) === null) {
+  // Timing built the bands; nothing built on this adapter reads them unless some pass kept a band
+  // form (or one is forced).
+  if ([...forms.values()].every((f) => f === "flash") && attentionForcedForm(gpu) === null) {
     releaseAttentionBands(gpu);
   }
   for (const [key, rec] of attnRecorded) {

@@ -305,6 +305,16 @@ gpuTest(
       }
       report(`gradients, band vs flash form (floor 1% of max; ${differ} differ)`, worstBand, 1e-4);
       assert.ok(worstBand < 1e-4);
+      // band-split kept for the backward alone: the tune keeps the bands it reads
+      for (const [k, f] of Object.entries(cachedForms)) {
+        (f as { form: string }).form = k.startsWith("backward") ? "band-split" : "flash";
+      }
+      await Deno.writeTextFile(cacheFile, JSON.stringify(cached));
+      setAttentionTunedForms(gpu, new Map());
+      const fifth = await buildWithTunedMatmul(gpu, build, { cacheFile, force: true, reps: 1 });
+      const mixed = await lossOf(fifth.graph);
+      fifth.graph.destroy();
+      assert.ok(Math.abs(mixed - ref) / Math.abs(ref) < 1e-5, `${mixed} vs ${ref}`);
     } finally {
       setAttentionVariant(gpu, null);
       setAttentionTunedShapes(gpu, new Map());
