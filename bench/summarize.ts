@@ -2,7 +2,8 @@
 //
 // Usage: deno run -A bench/summarize.ts DIR   (bench/gpu_session.sh runs it after every phase)
 // One row per file: model, GEMM precision, ours tokens/s and ms/step, matmul and attention ms per
-// step (GPU timestamps), MFU, and each PyTorch run's tokens/s with our ratio and loss check.
+// step (GPU timestamps), the attention form of each pass (autotune), MFU, and each PyTorch run's
+// tokens/s with our ratio and loss check.
 import { join } from "node:path";
 import type { TrainBenchResult } from "./train.ts";
 
@@ -10,8 +11,8 @@ import type { TrainBenchResult } from "./train.ts";
 export function summaryRows(results: { file: string; r: TrainBenchResult }[]): string[] {
   const f0 = (x: number) => x.toLocaleString("en-US", { maximumFractionDigits: 0 });
   const rows = [
-    "| file | model | GEMMs | ours tok/s | ms/step | matmul ms | attention ms | MFU | PyTorch runs (tok/s, ours/torch, losses) |",
-    "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    "| file | model | GEMMs | ours tok/s | ms/step | matmul ms | attention ms | attention forms | MFU | PyTorch runs (tok/s, ours/torch, losses) |",
+    "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |",
   ];
   for (const { file, r } of results) {
     const o = r.ours;
@@ -26,12 +27,15 @@ export function summaryRows(results: { file: string; r: TrainBenchResult }[]): s
       } ${t.lossMaxRelDiff.toExponential(1)})`
     ).join("; ");
     const gemms = o.gemms ? `${r.matmulPrecision} (${o.gemms.f16} f16)` : r.matmulPrecision;
+    // "forward band, backward band-split": the form of each pass (GPU attention kernels only)
+    const forms = Object.entries(o.tune?.attention?.forms ?? {})
+      .map(([key, form]) => `${key.split(" ")[0]} ${form}`).join(", ") || "-";
     rows.push(
       `| ${file} | ${r.model.name} | ${gemms} | ${f0(o.tokensPerS)} | ${o.stepMs.toFixed(1)} | ${
         opMs(/^matmul/)
-      } | ${opMs(/^attention/)} | ${o.mfu === null ? "-" : (100 * o.mfu).toFixed(1) + " %"} | ${
-        torch || "-"
-      } |`,
+      } | ${opMs(/^attention/)} | ${forms} | ${
+        o.mfu === null ? "-" : (100 * o.mfu).toFixed(1) + " %"
+      } | ${torch || "-"} |`,
     );
   }
   return rows;

@@ -125,6 +125,21 @@ gpuTest(
       // The GPU session's summary table row of this result.
       const [, , row] = summaryRows([{ file: "x_train.json", r }]);
       assert.match(row, /^\| x_train\.json \| stories260k \| f32 \(0 f16\) \| [\d,]+ \|/);
+      // the attention forms column: each pass's form, as a GPU run's autotune reports them
+      const attention = {
+        shapes: 3,
+        measured: 5,
+        changed: 2,
+        grids: {},
+        acc: {},
+        forms: {
+          "forward form T2048 H8/4 D8": "band",
+          "backward form T2048 H8/4 D8": "band-split",
+        },
+      } as const;
+      const g = { ...r, ours: { ...r.ours, tune: { ...r.ours.tune, attention } } };
+      const [, , gRow] = summaryRows([{ file: "g_train.json", r: g }]);
+      assert.equal(gRow.split("|").map((c) => c.trim())[8], "forward band, backward band-split");
 
       // --gpu-kernels --matmul-precision f16: every GEMM of the pass in f16, losses still sane.
       if (gpu.hasF16) {
