@@ -7,7 +7,6 @@ import {
   GpuError,
   packParams,
   type ParamArena,
-  sharedScratch,
   UNIFORM_WINDOW_BYTES,
 } from "./runtime.ts";
 import { isCpuAdapter } from "./matmul.ts";
@@ -17,7 +16,8 @@ import {
   attentionBandFits,
   attentionBandForward,
   bandSlots,
-  bandSplitLayout,
+  dkvSplit,
+  dkvSplitLayout,
 } from "./attention_band.ts";
 
 /** Largest head dim (the kernels take any D in 1..128). */
@@ -909,7 +909,7 @@ export function attentionBackward(
     const form = formFor(gpu, fkey, args);
     if (form !== "flash") {
       const parts = form === "band-split" ? Hq / Hkv : 1;
-      const split = { parts, dvOff: bandSplitLayout(args, parts).dvOff / 4 };
+      const split = { parts, dvOff: dkvSplitLayout(args, parts).dvOff / 4 };
       const prmBand = params(arena, args, split, undefined, bandSlots(T, args.maxSample));
       return [dDelta, ...attentionBandBackward(gpu, prmBand, { ...args, delta }, parts)];
     }
@@ -942,17 +942,14 @@ export function attentionBackward(
   // A split dK/dV writes `parts` partial dK and dV into the scratch, then one pass sums them.
   const group = Hq / Hkv;
   const parts = gpuVariant ? dkvPartsFor(gpu, keyDkv, group) : 1;
-  const partBytes = parts * T * Hkv * D * 4, dvOff = alignUp(partBytes, 256);
-  const scratch = parts > 1
-    ? sharedScratch(gpu, "attention_gpu.dkv_scratch", dvOff + partBytes, 1 << 16)
-    : null;
+  const { dvOff } = dkvSplitLayout(args, parts);
   const prmDkv = parts > 1 ? params(arena, args, { parts, dvOff: dvOff / 4 }) : prm;
+  const split = dkvSplit(gpu, prmDkv, args, parts);
   const dDkv: Dispatch = {
     kernel: kDkv,
     bindGroup: gpu.bind(kDkv, {
       0: prmDkv,
-      1: scratch ? { buffer: scratch, offset: 0, size: partBytes } : args.dk,
-      2: scratch ? { buffer: scratch, offset: dvOff, size: partBytes } : args.dv,
+      ...split.outputs,
       3: args.q,
       4: args.k,
       5: args.v,
@@ -964,17 +961,7 @@ export function attentionBackward(
     }),
     workgroups: [Math.ceil(T / (4 * (gpuVariant ? cDkv.TR : cDkv.RQ))), Hkv * parts, 1],
   };
-  const out = [dDelta, dDq, dDkv];
-  if (scratch) {
-    const kRed = gpu.kernel("attention_gpu", "attention_gpu_dkv_reduce");
-    const groups = Math.ceil((T * Hkv * D) / 64);
-    const gx = Math.min(groups, 65535);
-    out.push({
-      kernel: kRed,
-      bindGroup: gpu.bind(kRed, { 0: prmDkv, 1: args.dk, 2: args.dv, 11: scratch }),
-      workgroups: [gx, Math.ceil(groups / gx), 1],
-    });
-  }
+  const out = [dDelta, dDq, dDkv, ...split.reduce];
   if (gpuVariant && attnRecorders.has(gpu)) {
     const again = (a: ParamArena) => attentionBackward(gpu, a, { ...args, variant: "gpu" });
     record(gpu, keyDq, {

@@ -107,9 +107,9 @@ export function attentionBandForward(
 
 /**
  * Bytes of the partial dK (and as many of dV, from `dvOff`) of a backward whose q-head groups are
- * split in `parts`: (parts, T, Hkv, D) f32 each.
+ * split in `parts`: (parts, T, Hkv, D) f32 each. Both GPU forms (flash and band) split this way.
  */
-export function bandSplitLayout(
+export function dkvSplitLayout(
   a: { T: number; Hkv: number; D: number },
   parts: number,
 ): { partBytes: number; dvOff: number } {
@@ -118,9 +118,39 @@ export function bandSplitLayout(
 }
 
 /**
+ * A split dK/dV's scratch (null when unsplit), the bindings its dK/dV kernel writes (1: partial dK,
+ * 2: partial dV, or dk and dv themselves when unsplit), and the dispatch that sums the partials in
+ * part order (attention_gpu_dkv_reduce; `prm` carries parts and dvOff / 4).
+ */
+export function dkvSplit(
+  gpu: Gpu,
+  prm: BufferSlice,
+  a: { T: number; Hkv: number; D: number; dk: BufferSlice; dv: BufferSlice },
+  parts: number,
+): { outputs: Record<1 | 2, BufferSlice>; reduce: Dispatch[] } {
+  if (parts <= 1) return { outputs: { 1: a.dk, 2: a.dv }, reduce: [] };
+  const { partBytes, dvOff } = dkvSplitLayout(a, parts);
+  const scratch = sharedScratch(gpu, "attention_gpu.dkv_scratch", dvOff + partBytes, 1 << 16);
+  const kRed = gpu.kernel("attention_gpu", "attention_gpu_dkv_reduce");
+  const groups = Math.ceil((a.T * a.Hkv * a.D) / 64);
+  const gx = Math.min(groups, 65535);
+  return {
+    outputs: {
+      1: { buffer: scratch, offset: 0, size: partBytes },
+      2: { buffer: scratch, offset: dvOff, size: partBytes },
+    },
+    reduce: [{
+      kernel: kRed,
+      bindGroup: gpu.bind(kRed, { 0: prm, 1: a.dk, 2: a.dv, 11: scratch }),
+      workgroups: [gx, Math.ceil(groups / gx), 1],
+    }],
+  };
+}
+
+/**
  * The backward after attention.ts's delta pass, in three dispatches: P and dS into two bands, dQ =
  * scale · dS·K, and dK/dV (one workgroup column each) over the q heads of every kv head. With
- * `parts` > 1 (it must divide the group, and `prm` must carry it and bandSplitLayout's dvOff / 4),
+ * `parts` > 1 (it must divide the group, and `prm` must carry it and dkvSplitLayout's dvOff / 4),
  * each kv head's q heads are split over that many workgroups whose partial dK and dV go to a scratch,
  * and a fourth dispatch (attention_gpu_dkv_reduce) sums them.
  */
@@ -144,11 +174,8 @@ export function attentionBandBackward(
   const kDq = gpu.kernel("attention_band", "attention_band_dq");
   const kKv = gpu.kernel("attention_band", "attention_band_dkv");
   const dTiles = Math.ceil(a.D / BAND_TILE);
-  const { partBytes, dvOff } = bandSplitLayout(a, parts);
-  const scratch = parts > 1
-    ? sharedScratch(gpu, "attention_gpu.dkv_scratch", dvOff + partBytes, 1 << 16)
-    : null;
-  const out: Dispatch[] = [
+  const split = dkvSplit(gpu, prm, a, parts);
+  return [
     {
       kernel: kS,
       bindGroup: gpu.bind(kS, {
@@ -174,8 +201,7 @@ export function attentionBandBackward(
       kernel: kKv,
       bindGroup: gpu.bind(kKv, {
         0: prm,
-        1: scratch ? { buffer: scratch, offset: 0, size: partBytes } : a.dk,
-        2: scratch ? { buffer: scratch, offset: dvOff, size: partBytes } : a.dv,
+        ...split.outputs,
         3: a.q,
         6: a.seqStart,
         8: a.dout,
@@ -184,16 +210,6 @@ export function attentionBandBackward(
       }),
       workgroups: [dTiles, nqt, 2 * a.Hkv * parts],
     },
+    ...split.reduce,
   ];
-  if (scratch) {
-    const kRed = gpu.kernel("attention_gpu", "attention_gpu_dkv_reduce");
-    const groups = Math.ceil((a.T * a.Hkv * a.D) / 64);
-    const gx = Math.min(groups, 65535);
-    out.push({
-      kernel: kRed,
-      bindGroup: gpu.bind(kRed, { 0: prm, 1: a.dk, 2: a.dv, 11: scratch }),
-      workgroups: [gx, Math.ceil(groups / gx), 1],
-    });
-  }
-  return out;
 }

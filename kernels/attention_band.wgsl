@@ -51,12 +51,14 @@ const MASKED: f32 = -1.0e30; // score of a masked pair
 @group(0) @binding(12) var<storage, read> in_band: array<vec4<f32>>; // P (O = P·V, dV) or dS (dQ, dK/dV)
 @group(0) @binding(13) var<storage, read> in_band2: array<vec4<f32>>; // dS (dK/dV)
 
-// Staged slices, 16 deep × 64 wide, vec4 over 4 consecutive columns of the output tile:
-// s?[kk · 16 + quad]. sa/sb feed one product, sc/sd a second (the backward scores' dO·Vᵀ).
-var<workgroup> sa: array<vec4<f32>, 256>;
-var<workgroup> sb: array<vec4<f32>, 256>;
-var<workgroup> sc: array<vec4<f32>, 256>;
-var<workgroup> sd: array<vec4<f32>, 256>;
+// Staged slices, 16 deep × 64 wide, vec4 over 4 consecutive columns of the output tile, at
+// stage[base + kk · 16 + quad]: A (base SA) and B (SB) feed one product, C and D a second (the
+// backward scores' dO·Vᵀ).
+const SA: u32 = 0u;
+const SB: u32 = 256u;
+const SC: u32 = 512u;
+const SD: u32 = 768u;
+var<workgroup> stage: array<vec4<f32>, 1024>;
 var<workgroup> red: array<f32, 256>; // softmax row reductions
 
 // ---------------------------------------------------------------------------------------------
@@ -105,38 +107,14 @@ fn ld_dout(row: u32, h: u32, d4: u32) -> vec4<f32> {
   return select(vec4<f32>(), in_dout[i], ok);
 }
 
-// x (vec4 over 4 reduction steps 4·k4..+3 of tile row r) into a slice transposed: s?[(4·k4 + c) ·
-// 16 + r / 4][r % 4] = x[c].
-fn put_a(x: vec4<f32>, r: u32, k4: u32) {
-  let o = 4u * k4 * 16u + r / 4u;
-  sa[o][r % 4u] = x.x;
-  sa[o + 16u][r % 4u] = x.y;
-  sa[o + 32u][r % 4u] = x.z;
-  sa[o + 48u][r % 4u] = x.w;
-}
-
-fn put_b(x: vec4<f32>, r: u32, k4: u32) {
-  let o = 4u * k4 * 16u + r / 4u;
-  sb[o][r % 4u] = x.x;
-  sb[o + 16u][r % 4u] = x.y;
-  sb[o + 32u][r % 4u] = x.z;
-  sb[o + 48u][r % 4u] = x.w;
-}
-
-fn put_c(x: vec4<f32>, r: u32, k4: u32) {
-  let o = 4u * k4 * 16u + r / 4u;
-  sc[o][r % 4u] = x.x;
-  sc[o + 16u][r % 4u] = x.y;
-  sc[o + 32u][r % 4u] = x.z;
-  sc[o + 48u][r % 4u] = x.w;
-}
-
-fn put_d(x: vec4<f32>, r: u32, k4: u32) {
-  let o = 4u * k4 * 16u + r / 4u;
-  sd[o][r % 4u] = x.x;
-  sd[o + 16u][r % 4u] = x.y;
-  sd[o + 32u][r % 4u] = x.z;
-  sd[o + 48u][r % 4u] = x.w;
+// x (vec4 over 4 reduction steps 4·k4..+3 of tile row r) into the slice at `base`, transposed:
+// stage[base + (4·k4 + c) · 16 + r / 4][r % 4] = x[c].
+fn put_t(x: vec4<f32>, base: u32, r: u32, k4: u32) {
+  let o = base + 4u * k4 * 16u + r / 4u;
+  stage[o][r % 4u] = x.x;
+  stage[o + 16u][r % 4u] = x.y;
+  stage[o + 32u][r % 4u] = x.z;
+  stage[o + 48u][r % 4u] = x.w;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,48 +124,27 @@ fn outer(acc: mat4x4<f32>, x: vec4<f32>, y: vec4<f32>) -> mat4x4<f32> {
   return acc + mat4x4<f32>(x * y.x, x * y.y, x * y.z, x * y.w);
 }
 
-// acc + Σ_kk sa[kk][rows] ⊗ sb[kk][cols] over one staged slice, 16 steps written out.
-fn mma_ab(acc0: mat4x4<f32>, tx: u32, ty: u32) -> mat4x4<f32> {
-  var a = acc0;
-  a = outer(a, sa[ty], sb[tx]);
-  a = outer(a, sa[16u + ty], sb[16u + tx]);
-  a = outer(a, sa[32u + ty], sb[32u + tx]);
-  a = outer(a, sa[48u + ty], sb[48u + tx]);
-  a = outer(a, sa[64u + ty], sb[64u + tx]);
-  a = outer(a, sa[80u + ty], sb[80u + tx]);
-  a = outer(a, sa[96u + ty], sb[96u + tx]);
-  a = outer(a, sa[112u + ty], sb[112u + tx]);
-  a = outer(a, sa[128u + ty], sb[128u + tx]);
-  a = outer(a, sa[144u + ty], sb[144u + tx]);
-  a = outer(a, sa[160u + ty], sb[160u + tx]);
-  a = outer(a, sa[176u + ty], sb[176u + tx]);
-  a = outer(a, sa[192u + ty], sb[192u + tx]);
-  a = outer(a, sa[208u + ty], sb[208u + tx]);
-  a = outer(a, sa[224u + ty], sb[224u + tx]);
-  a = outer(a, sa[240u + ty], sb[240u + tx]);
-  return a;
-}
-
-// The same over sc and sd.
-fn mma_cd(acc0: mat4x4<f32>, tx: u32, ty: u32) -> mat4x4<f32> {
-  var a = acc0;
-  a = outer(a, sc[ty], sd[tx]);
-  a = outer(a, sc[16u + ty], sd[16u + tx]);
-  a = outer(a, sc[32u + ty], sd[32u + tx]);
-  a = outer(a, sc[48u + ty], sd[48u + tx]);
-  a = outer(a, sc[64u + ty], sd[64u + tx]);
-  a = outer(a, sc[80u + ty], sd[80u + tx]);
-  a = outer(a, sc[96u + ty], sd[96u + tx]);
-  a = outer(a, sc[112u + ty], sd[112u + tx]);
-  a = outer(a, sc[128u + ty], sd[128u + tx]);
-  a = outer(a, sc[144u + ty], sd[144u + tx]);
-  a = outer(a, sc[160u + ty], sd[160u + tx]);
-  a = outer(a, sc[176u + ty], sd[176u + tx]);
-  a = outer(a, sc[192u + ty], sd[192u + tx]);
-  a = outer(a, sc[208u + ty], sd[208u + tx]);
-  a = outer(a, sc[224u + ty], sd[224u + tx]);
-  a = outer(a, sc[240u + ty], sd[240u + tx]);
-  return a;
+// acc + Σ_kk stage[a + kk·16 + ty] ⊗ stage[b + kk·16 + tx] over one staged slice (rows of the block
+// from the slice at a, columns from b), 16 steps written out.
+fn mma(acc0: mat4x4<f32>, a: u32, b: u32, tx: u32, ty: u32) -> mat4x4<f32> {
+  var m = acc0;
+  m = outer(m, stage[a + ty], stage[b + tx]);
+  m = outer(m, stage[a + 16u + ty], stage[b + 16u + tx]);
+  m = outer(m, stage[a + 32u + ty], stage[b + 32u + tx]);
+  m = outer(m, stage[a + 48u + ty], stage[b + 48u + tx]);
+  m = outer(m, stage[a + 64u + ty], stage[b + 64u + tx]);
+  m = outer(m, stage[a + 80u + ty], stage[b + 80u + tx]);
+  m = outer(m, stage[a + 96u + ty], stage[b + 96u + tx]);
+  m = outer(m, stage[a + 112u + ty], stage[b + 112u + tx]);
+  m = outer(m, stage[a + 128u + ty], stage[b + 128u + tx]);
+  m = outer(m, stage[a + 144u + ty], stage[b + 144u + tx]);
+  m = outer(m, stage[a + 160u + ty], stage[b + 160u + tx]);
+  m = outer(m, stage[a + 176u + ty], stage[b + 176u + tx]);
+  m = outer(m, stage[a + 192u + ty], stage[b + 192u + tx]);
+  m = outer(m, stage[a + 208u + ty], stage[b + 208u + tx]);
+  m = outer(m, stage[a + 224u + ty], stage[b + 224u + tx]);
+  m = outer(m, stage[a + 240u + ty], stage[b + 240u + tx]);
+  return m;
 }
 
 // Pairs of a score block that the mask keeps: query rows (components) × keys k0..k0+3 (columns).
@@ -206,6 +163,22 @@ fn quad_start(rows: vec4<u32>) -> vec4<u32> {
   return vec4<u32>(in_start[c.x], in_start[c.y], in_start[c.z], in_start[c.w]);
 }
 
+// Whether the band holds score tile (qt, s): key tile qt − s is one query tile qt sees.
+fn tile_live(qt: u32, s: u32) -> bool {
+  return qt >= s && qt - s >= lo_tile(qt);
+}
+
+// The mask of thread (tx, ty)'s 4×4 block of score tile (qt, key tile kt).
+fn block_keep(qt: u32, kt: u32, tx: u32, ty: u32) -> array<vec4<bool>, 4> {
+  let rows = vec4<u32>(qt * BT + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
+  return keep_block(rows, quad_start(rows), kt * BT + 4u * tx);
+}
+
+// Vec4 index of thread (tx, ty)'s first row of its block in score tile (h, qt, s); rows 16 apart.
+fn block_at(h: u32, qt: u32, s: u32, tx: u32, ty: u32) -> u32 {
+  return tile_base(h, qt, s) / 4u + 4u * ty * 16u + tx;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward 1: scores of tile (key tile qt − s, query tile qt, q head h) = workgroup (s, qt, h).
 
@@ -218,7 +191,7 @@ fn attention_band_scores(
   let s = wid.x;
   let qt = wid.y;
   let h = wid.z;
-  if (qt < s || qt - s < lo_tile(qt)) {
+  if (!tile_live(qt, s)) {
     return; // a tile the band never reads (uniform over the workgroup)
   }
   let kt = qt - s;
@@ -232,15 +205,14 @@ fn attention_band_scores(
   var xk = ld_k(kt * BT + r, kvh, k4);
   for (var d0 = 0u; d0 < p.d; d0 += 16u) {
     workgroupBarrier();
-    put_a(xq, r, k4);
-    put_b(xk, r, k4);
+    put_t(xq, SA, r, k4);
+    put_t(xk, SB, r, k4);
     workgroupBarrier();
     xq = ld_q(qt * BT + r, h, (d0 + 16u) / 4u + k4); // zeros past D
     xk = ld_k(kt * BT + r, kvh, (d0 + 16u) / 4u + k4);
-    acc = mma_ab(acc, tx, ty);
+    acc = mma(acc, SA, SB, tx, ty);
   }
-  let rows = vec4<u32>(qt * BT + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
-  let keep = keep_block(rows, quad_start(rows), kt * BT + 4u * tx);
+  let keep = block_keep(qt, kt, tx, ty);
   let m = vec4<f32>(MASKED);
   let sc = mat4x4<f32>(
     select(m, acc[0] * p.scale, keep[0]),
@@ -249,7 +221,7 @@ fn attention_band_scores(
     select(m, acc[3] * p.scale, keep[3]),
   );
   let t = transpose(sc); // t[i] = row 4ty + i over keys 4tx..4tx+3
-  let b = tile_base(h, qt, s) / 4u + 4u * ty * 16u + tx;
+  let b = block_at(h, qt, s, tx, ty);
   out_band[b] = t[0];
   out_band[b + 16u] = t[1];
   out_band[b + 32u] = t[2];
@@ -349,11 +321,11 @@ fn band_times_kv(wid: vec3<u32>, lid: vec3<u32>, li: u32, use_k: bool) -> mat4x4
   var x = pv_step(0u, n, h, qt, dq0, li, use_k);
   for (var it = 0u; it < n; it++) {
     workgroupBarrier();
-    put_a(x[0], li / 4u, li % 4u); // transposed: vec4 over band rows
-    sb[li] = x[1];
+    put_t(x[0], SA, li / 4u, li % 4u); // transposed: vec4 over band rows
+    stage[SB + li] = x[1];
     workgroupBarrier();
     x = pv_step(it + 1u, n, h, qt, dq0, li, use_k); // the next step's loads, early
-    acc = mma_ab(acc, lid.x, lid.y);
+    acc = mma(acc, SA, SB, lid.x, lid.y);
   }
   return acc;
 }
@@ -409,7 +381,7 @@ fn attention_band_backward_scores(
   let s = wid.x;
   let qt = wid.y;
   let h = wid.z;
-  if (qt < s || qt - s < lo_tile(qt)) {
+  if (!tile_live(qt, s)) {
     return; // a tile the band never reads (uniform over the workgroup)
   }
   let kt = qt - s;
@@ -426,21 +398,21 @@ fn attention_band_backward_scores(
   var xv = ld_v(kt * BT + r, kvh, k4);
   for (var d0 = 0u; d0 < p.d; d0 += 16u) {
     workgroupBarrier();
-    put_a(xq, r, k4);
-    put_b(xk, r, k4);
-    put_c(xo, r, k4);
-    put_d(xv, r, k4);
+    put_t(xq, SA, r, k4);
+    put_t(xk, SB, r, k4);
+    put_t(xo, SC, r, k4);
+    put_t(xv, SD, r, k4);
     workgroupBarrier();
     let nd = (d0 + 16u) / 4u + k4; // zeros past D
     xq = ld_q(qt * BT + r, h, nd);
     xk = ld_k(kt * BT + r, kvh, nd);
     xo = ld_dout(qt * BT + r, h, nd);
     xv = ld_v(kt * BT + r, kvh, nd);
-    acc = mma_ab(acc, tx, ty);
-    dpa = mma_cd(dpa, tx, ty);
+    acc = mma(acc, SA, SB, tx, ty);
+    dpa = mma(dpa, SC, SD, tx, ty);
   }
+  let keep = block_keep(qt, kt, tx, ty);
   let rows = vec4<u32>(qt * BT + 4u * ty) + vec4<u32>(0u, 1u, 2u, 3u);
-  let keep = keep_block(rows, quad_start(rows), kt * BT + 4u * tx);
   let c = min(rows, vec4<u32>(p.t - 1u)) + vec4<u32>(h * p.t);
   let lse = vec4<f32>(in_lse[c.x], in_lse[c.y], in_lse[c.z], in_lse[c.w]);
   let delta = vec4<f32>(in_delta[c.x], in_delta[c.y], in_delta[c.z], in_delta[c.w]);
@@ -457,7 +429,7 @@ fn attention_band_backward_scores(
   ds[3] = pr[3] * (dpa[3] - delta);
   let pt = transpose(pr);
   let dt = transpose(ds);
-  let b = tile_base(h, qt, s) / 4u + 4u * ty * 16u + tx;
+  let b = block_at(h, qt, s, tx, ty);
   out_p[b] = pt[0];
   out_p[b + 16u] = pt[1];
   out_p[b + 32u] = pt[2];
@@ -532,11 +504,11 @@ fn attention_band_dkv(
   var x = dkv_step(0u, n, ns, h0, kt, dq0, li, want_k);
   for (var it = 0u; it < n; it++) {
     workgroupBarrier();
-    sa[li] = x[0]; // natural layout: vec4 over keys, the output rows
-    sb[li] = x[1];
+    stage[SA + li] = x[0]; // natural layout: vec4 over keys, the output rows
+    stage[SB + li] = x[1];
     workgroupBarrier();
     x = dkv_step(it + 1u, n, ns, h0, kt, dq0, li, want_k); // the next step's loads, early
-    acc = mma_ab(acc, lid.x, lid.y);
+    acc = mma(acc, SA, SB, lid.x, lid.y);
   }
   let tx = lid.x;
   let ty = lid.y;
