@@ -138,7 +138,12 @@ function planRaw(cfg: ModelConfig, o: PlanOptions): Omit<MemoryPlan, "advice" | 
       Hq: cfg.numHeads,
       maxSample: o.attentionBands.maxSampleTokens,
     });
-    if (band <= Math.min(BAND_MAX_BYTES, o.limits.maxStorageBufferBindingSize)) {
+    const cap = Math.min(
+      BAND_MAX_BYTES,
+      o.limits.maxStorageBufferBindingSize,
+      o.limits.maxBufferSize,
+    );
+    if (band <= cap) { // else the band form is not offered (kernels/attention_band.ts)
       rows.push({
         what: "attention score bands (GPU band form, if the autotune picks it)",
         bytes: 2 * band,

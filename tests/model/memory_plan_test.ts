@@ -31,6 +31,21 @@ Deno.test("memory plan: rows computed by hand for the tiny preset", () => {
   assert.match(p.advice, /unknown/);
 });
 
+Deno.test("memory plan: GPU adapters list the band attention's two score bands where they fit", () => {
+  const gpuLimits = { maxBufferSize: 4 * GiB, maxStorageBufferBindingSize: 2 * GiB - 4 };
+  const opts = { microBatchTokens: 4096, recompute: true, limits: gpuLimits };
+  const bands = (p: ReturnType<typeof planMemory>) =>
+    p.rows.filter((r) => /score bands/.test(r.what));
+  // 4 samples of 1,024: 32 q heads × 64 query tiles × 17 key tiles × 64·64 floats, twice
+  const short = planMemory(llama1b, { ...opts, attentionBands: { maxSampleTokens: 1024 } });
+  assert.deepEqual(bands(short).map((r) => r.bytes), [2 * 32 * 64 * 17 * 4096 * 4]);
+  // one 4,096-token sample: 64 key tiles, 2 GiB per band, past the 1 GiB cap: not offered
+  const long = planMemory(llama1b, { ...opts, attentionBands: {} });
+  assert.deepEqual(bands(long), []);
+  // CPU adapters: no bands
+  assert.deepEqual(bands(planMemory(llama1b, opts)), []);
+});
+
 Deno.test("memory plan: recompute keeps x_in per layer plus one layer", () => {
   const T = 2048;
   const off = planMemory(llama1b, { microBatchTokens: T, recompute: false, limits: LIMITS });
