@@ -452,7 +452,7 @@ export function attentionTunedShapes(gpu: Gpu): Map<string, AttentionGrid> {
 /**
  * How the "gpu" variant computes a forward or a backward: "flash" (attention_gpu.wgsl: scores in
  * registers, never written) or "band" (attention_band.wgsl: 64×64 score tiles written to a scratch
- * band and every product a tiled GEMM, as eager PyTorch does; more memory, see attentionBandBytes);
+ * band and every product a tiled GEMM, as eager PyTorch does; more memory, see bandBlocks);
  * "band-split" is "band" with the backward's dK/dV split over every q head of a GQA group (partial
  * sums, then a pass that adds them), which evens out the work per workgroup. The autotune times
  * them per launch and keeps the fastest; "flash" otherwise.
@@ -740,19 +740,20 @@ export function gpuTileConfig(
 /**
  * Uniform parameters shared by the attention entry points (Params in attention.wgsl): shape, the
  * dK/dV split's parts and dV partials offset (attention_gpu.wgsl) when given, the Q/K/V layout,
- * the queries of a chunked row-attention dispatch, the band's key tiles per query tile
- * (attention_band.wgsl).
+ * the queries of a chunked row-attention dispatch, the band's key tiles per query tile and the
+ * first q head of its head block (attention_band.wgsl).
  */
 function params(
   arena: ParamArena,
   a: { T: number; Hq: number; Hkv: number; D: number; scale: number; layout?: QkvLayout },
   split = { parts: 0, dvOff: 0 },
   rows = { qBase: 0, qEnd: a.T },
-  slots = 0,
+  band = { slots: 0, h0: 0 },
 ) {
   const l = a.layout ?? denseQkvLayout(a);
   const v = [a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, a.D, split.parts, split.dvOff];
-  const tail = [l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff, rows.qBase, rows.qEnd, slots];
+  const tail = [l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff, rows.qBase, rows.qEnd, band.slots];
+  tail.push(band.h0, 0, 0, 0);
   return arena.alloc(packParams([...v, ...tail], [4]));
 }
 
@@ -788,8 +789,12 @@ export function attentionForward(
       });
     }
     if (formFor(gpu, fkey, args) !== "flash") {
-      const prm = params(arena, args, undefined, undefined, bandSlots(T, args.maxSample));
-      return attentionBandForward(gpu, prm, args);
+      const slots = bandSlots(T, args.maxSample);
+      return attentionBandForward(
+        gpu,
+        (h0) => params(arena, args, undefined, undefined, { slots, h0 }),
+        args,
+      );
     }
   }
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
@@ -910,7 +915,8 @@ export function attentionBackward(
     if (form !== "flash") {
       const parts = form === "band-split" ? Hq / Hkv : 1;
       const split = { parts, dvOff: dkvSplitLayout(args, parts).dvOff / 4 };
-      const prmBand = params(arena, args, split, undefined, bandSlots(T, args.maxSample));
+      const slots = bandSlots(T, args.maxSample);
+      const prmBand = (h0: number) => params(arena, args, split, undefined, { slots, h0 });
       return [dDelta, ...attentionBandBackward(gpu, prmBand, { ...args, delta }, parts)];
     }
   }

@@ -13,9 +13,29 @@ export const BAND_TILE = 64;
 
 /**
  * Largest band the launchers allocate, in bytes (each of the forward's one and the backward's two;
- * also capped by the device's storage binding size): beyond it the flash form runs.
+ * also capped by the device's storage binding and buffer sizes). A shape whose band is larger runs
+ * in blocks of heads (whole GQA groups), one block after another through the same band; when one
+ * group alone is larger, the flash form runs.
  */
 export const BAND_MAX_BYTES = 1 << 30;
+
+let capOverride: number | null = null;
+
+/** Lower the band cap (bytes; null: BAND_MAX_BYTES): for tests of the head blocks. */
+export function setAttentionBandCap(bytes: number | null): void {
+  capOverride = bytes;
+}
+
+/** The band cap on a device with these limits. */
+export function attentionBandCap(
+  limits: { maxStorageBufferBindingSize: number; maxBufferSize: number },
+): number {
+  return Math.min(
+    capOverride ?? BAND_MAX_BYTES,
+    limits.maxStorageBufferBindingSize,
+    limits.maxBufferSize,
+  );
+}
 
 /** Key tiles per query tile: enough for a sample of `maxSample` tokens starting anywhere. */
 export function bandSlots(T: number, maxSample?: number): number {
@@ -24,20 +44,53 @@ export function bandSlots(T: number, maxSample?: number): number {
   return Math.min(nqt, Math.ceil((S - 1) / BAND_TILE) + 1);
 }
 
-/** Bytes of one score band: Hq × query tiles × slots × 64·64 floats. */
-export function attentionBandBytes(a: { T: number; Hq: number; maxSample?: number }): number {
-  return a.Hq * Math.ceil(a.T / BAND_TILE) * bandSlots(a.T, a.maxSample) * BAND_TILE * BAND_TILE *
-    4;
+/** How a shape's band is cut: kv heads (and their q heads) per block, blocks, bytes of one band. */
+export interface BandBlocks {
+  kvHeads: number;
+  blocks: number;
+  bytes: number;
 }
 
-/** Whether the band form fits `gpu` for this shape (one band within the binding and size caps). */
+/**
+ * The head blocks of a shape's band under `cap` bytes: as few blocks as fit, of equal size (the
+ * last one smaller); null when one GQA group's band alone exceeds the cap.
+ */
+export function bandBlocks(
+  a: { T: number; Hq: number; Hkv: number; maxSample?: number },
+  cap: number,
+): BandBlocks | null {
+  const group = a.Hq / a.Hkv;
+  const perKv = group * Math.ceil(a.T / BAND_TILE) * bandSlots(a.T, a.maxSample) * BAND_TILE *
+    BAND_TILE * 4;
+  const fit = Math.min(a.Hkv, Math.floor(cap / perKv));
+  if (fit < 1) return null;
+  const blocks = Math.ceil(a.Hkv / fit);
+  const kvHeads = Math.ceil(a.Hkv / blocks);
+  return { kvHeads, blocks, bytes: kvHeads * perKv };
+}
+
+/** Whether the band form runs on `gpu` for this shape (in one or more head blocks). */
 export function attentionBandFits(
   gpu: Gpu,
-  a: { T: number; Hq: number; maxSample?: number },
+  a: { T: number; Hq: number; Hkv: number; maxSample?: number },
 ): boolean {
-  const bytes = attentionBandBytes(a);
-  return bytes <= BAND_MAX_BYTES && bytes <= gpu.limits.maxStorageBufferBindingSize &&
-    bytes <= gpu.limits.maxBufferSize;
+  return bandBlocks(a, attentionBandCap(gpu.limits)) !== null;
+}
+
+/** The blocks of `a` on `gpu`; throws where the band form does not run. */
+function blocksOf(gpu: Gpu, a: { T: number; Hq: number; Hkv: number; maxSample?: number }) {
+  const b = bandBlocks(a, attentionBandCap(gpu.limits));
+  if (!b) throw new Error(`attention_band: one GQA group's band exceeds the cap`);
+  return b;
+}
+
+/** First q head and q heads of each head block: [h0, heads][]. */
+function headBlocks(a: { Hq: number; Hkv: number }, b: BandBlocks): [number, number][] {
+  const group = a.Hq / a.Hkv, out: [number, number][] = [];
+  for (let kv = 0; kv < a.Hkv; kv += b.kvHeads) {
+    out.push([kv * group, Math.min(b.kvHeads, a.Hkv - kv) * group]);
+  }
+  return out;
 }
 
 /** The shared band buffer `which` ("p": scores / P, "ds": dS), at least `bytes` long. */
@@ -72,37 +125,41 @@ interface BandShape {
 }
 
 /**
- * The forward in three dispatches: scores into the band, row softmax in place (writes lse), O =
- * P·V. `prm` is attention.ts's Params with `slots` = bandSlots(T, maxSample).
+ * The forward in three dispatches per head block: scores into the band, row softmax in place
+ * (writes lse), O = P·V. `prm(h0)` is attention.ts's Params with `slots` = bandSlots(T, maxSample)
+ * and the block's first q head.
  */
 export function attentionBandForward(
   gpu: Gpu,
-  prm: BufferSlice,
+  prm: (h0: number) => BufferSlice,
   a: BandShape & { o: BufferSlice; lse: BufferSlice },
 ): Dispatch[] {
   const nqt = Math.ceil(a.T / BAND_TILE), slots = bandSlots(a.T, a.maxSample);
-  const b = band(gpu, "p", attentionBandBytes(a));
+  const blocks = blocksOf(gpu, a);
+  const b = band(gpu, "p", blocks.bytes);
   const kS = gpu.kernel("attention_band", "attention_band_scores");
   const kSm = gpu.kernel("attention_band", "attention_band_softmax");
   const kPv = gpu.kernel("attention_band", "attention_band_pv");
-  const inputs = { 3: a.q, 4: a.k, 6: a.seqStart };
-  return [
-    {
-      kernel: kS,
-      bindGroup: gpu.bind(kS, { 0: prm, 1: b, ...inputs }),
-      workgroups: [slots, nqt, a.Hq],
-    },
-    {
-      kernel: kSm,
-      bindGroup: gpu.bind(kSm, { 0: prm, 1: b, 2: a.lse, 6: a.seqStart }),
-      workgroups: [Math.ceil(a.T / 4), a.Hq, 1],
-    },
-    {
-      kernel: kPv,
-      bindGroup: gpu.bind(kPv, { 0: prm, 1: a.o, 4: a.k, 5: a.v, 6: a.seqStart, 12: b }),
-      workgroups: [Math.ceil(a.D / BAND_TILE), nqt, a.Hq],
-    },
-  ];
+  return headBlocks(a, blocks).flatMap(([h0, heads]): Dispatch[] => {
+    const p = prm(h0);
+    return [
+      {
+        kernel: kS,
+        bindGroup: gpu.bind(kS, { 0: p, 1: b, 3: a.q, 4: a.k, 6: a.seqStart }),
+        workgroups: [slots, nqt, heads],
+      },
+      {
+        kernel: kSm,
+        bindGroup: gpu.bind(kSm, { 0: p, 1: b, 2: a.lse, 6: a.seqStart }),
+        workgroups: [Math.ceil(a.T / 4), heads, 1],
+      },
+      {
+        kernel: kPv,
+        bindGroup: gpu.bind(kPv, { 0: p, 1: a.o, 4: a.k, 5: a.v, 6: a.seqStart, 12: b }),
+        workgroups: [Math.ceil(a.D / BAND_TILE), nqt, heads],
+      },
+    ];
+  });
 }
 
 /**
@@ -148,15 +205,15 @@ export function dkvSplit(
 }
 
 /**
- * The backward after attention.ts's delta pass, in three dispatches: P and dS into two bands, dQ =
- * scale · dS·K, and dK/dV (one workgroup column each) over the q heads of every kv head. With
- * `parts` > 1 (it must divide the group, and `prm` must carry it and dkvSplitLayout's dvOff / 4),
- * each kv head's q heads are split over that many workgroups whose partial dK and dV go to a scratch,
- * and a fourth dispatch (attention_gpu_dkv_reduce) sums them.
+ * The backward after attention.ts's delta pass, in three dispatches per head block: P and dS into
+ * two bands, dQ = scale · dS·K, and dK/dV (one workgroup column each) over the q heads of every kv
+ * head. With `parts` > 1 (it must divide the group, and `prm` must carry it and dkvSplitLayout's
+ * dvOff / 4), each kv head's q heads are split over that many workgroups whose partial dK and dV
+ * go to a scratch, and a last dispatch (attention_gpu_dkv_reduce) sums them.
  */
 export function attentionBandBackward(
   gpu: Gpu,
-  prm: BufferSlice,
+  prm: (h0: number) => BufferSlice,
   a: BandShape & {
     dq: BufferSlice;
     dk: BufferSlice;
@@ -168,48 +225,54 @@ export function attentionBandBackward(
   parts = 1,
 ): Dispatch[] {
   const nqt = Math.ceil(a.T / BAND_TILE), slots = bandSlots(a.T, a.maxSample);
-  const bytes = attentionBandBytes(a);
-  const bp = band(gpu, "p", bytes), bds = band(gpu, "ds", bytes);
+  const blocks = blocksOf(gpu, a);
+  const bp = band(gpu, "p", blocks.bytes), bds = band(gpu, "ds", blocks.bytes);
   const kS = gpu.kernel("attention_band", "attention_band_backward_scores");
   const kDq = gpu.kernel("attention_band", "attention_band_dq");
   const kKv = gpu.kernel("attention_band", "attention_band_dkv");
   const dTiles = Math.ceil(a.D / BAND_TILE);
-  const split = dkvSplit(gpu, prm, a, parts);
+  const split = dkvSplit(gpu, prm(0), a, parts);
+  const group = a.Hq / a.Hkv;
   return [
-    {
-      kernel: kS,
-      bindGroup: gpu.bind(kS, {
-        0: prm,
-        1: bp,
-        2: bds,
-        3: a.q,
-        4: a.k,
-        5: a.v,
-        6: a.seqStart,
-        8: a.dout,
-        9: a.lse,
-        10: a.delta,
-      }),
-      workgroups: [slots, nqt, a.Hq],
-    },
-    {
-      kernel: kDq,
-      bindGroup: gpu.bind(kDq, { 0: prm, 1: a.dq, 4: a.k, 5: a.v, 6: a.seqStart, 12: bds }),
-      workgroups: [dTiles, nqt, a.Hq],
-    },
-    {
-      kernel: kKv,
-      bindGroup: gpu.bind(kKv, {
-        0: prm,
-        ...split.outputs,
-        3: a.q,
-        6: a.seqStart,
-        8: a.dout,
-        12: bp,
-        13: bds,
-      }),
-      workgroups: [dTiles, nqt, 2 * a.Hkv * parts],
-    },
+    ...headBlocks(a, blocks).flatMap(([h0, heads]): Dispatch[] => {
+      const p = prm(h0);
+      return [
+        {
+          kernel: kS,
+          bindGroup: gpu.bind(kS, {
+            0: p,
+            1: bp,
+            2: bds,
+            3: a.q,
+            4: a.k,
+            5: a.v,
+            6: a.seqStart,
+            8: a.dout,
+            9: a.lse,
+            10: a.delta,
+          }),
+          workgroups: [slots, nqt, heads],
+        },
+        {
+          kernel: kDq,
+          bindGroup: gpu.bind(kDq, { 0: p, 1: a.dq, 4: a.k, 5: a.v, 6: a.seqStart, 12: bds }),
+          workgroups: [dTiles, nqt, heads],
+        },
+        {
+          kernel: kKv,
+          bindGroup: gpu.bind(kKv, {
+            0: p,
+            ...split.outputs,
+            3: a.q,
+            6: a.seqStart,
+            8: a.dout,
+            12: bp,
+            13: bds,
+          }),
+          workgroups: [dTiles, nqt, (2 * heads / group) * parts],
+        },
+      ];
+    }),
     ...split.reduce,
   ];
 }

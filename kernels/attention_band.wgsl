@@ -9,7 +9,9 @@
 // The band. Tokens form query tiles qt of BT = 64 rows (nqt of them). Query tile qt sees the key
 // tiles from lo(qt) = seqStart[64·qt] / 64 to qt, at most p.slots of them (the launcher sizes slots
 // from the longest sample). The score tile of (q head h, query tile qt, key tile qt − s) is a
-// 64×64 row-major block (row = query, column = key) at band[((h · nqt + qt) · slots + s) · 4096].
+// 64×64 row-major block (row = query, column = key) at band[(((h − h0) · nqt + qt) · slots + s) ·
+// 4096]: a band holds one block of heads from p.h0 (whole GQA groups; all heads unless the
+// launcher had to cut them into blocks, which then run one after another through the same band).
 // Tiles with qt − s < lo(qt) are never written or read.
 //
 // Forward: attention_band_scores writes scale · q·k (masked pairs MASKED); attention_band_softmax
@@ -73,9 +75,9 @@ fn lo_tile(qt: u32) -> u32 {
   return in_start[qt * BT] / BT;
 }
 
-// Float offset of score tile (h, qt, s).
+// Float offset of score tile (q head h, qt, s): the band holds the heads of one block from p.h0.
 fn tile_base(h: u32, qt: u32, s: u32) -> u32 {
-  return ((h * nqt() + qt) * p.slots + s) * TILE;
+  return (((h - p.h0) * nqt() + qt) * p.slots + s) * TILE;
 }
 
 // Dims 4·d4..4·d4+3 of (row, head h); zeros past T and past D.
@@ -190,7 +192,7 @@ fn attention_band_scores(
 ) {
   let s = wid.x;
   let qt = wid.y;
-  let h = wid.z;
+  let h = p.h0 + wid.z;
   if (!tile_live(qt, s)) {
     return; // a tile the band never reads (uniform over the workgroup)
   }
@@ -238,7 +240,7 @@ fn attention_band_softmax(
   @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
   let row = wid.x * 4u + lid.y;
-  let h = wid.y;
+  let h = p.h0 + wid.y;
   let c = lid.x;
   let ok = row < p.t;
   let qt = min(row, p.t - 1u) / BT;
@@ -314,7 +316,7 @@ fn pv_step(it: u32, n: u32, h: u32, qt: u32, dq0: u32, li: u32, use_k: bool) -> 
 
 fn band_times_kv(wid: vec3<u32>, lid: vec3<u32>, li: u32, use_k: bool) -> mat4x4<f32> {
   let qt = wid.y;
-  let h = wid.z;
+  let h = p.h0 + wid.z;
   let dq0 = wid.x * 16u; // first dim quad of the output tile
   let n = 4u * (qt - lo_tile(qt) + 1u); // 16-key steps over the tile's key tiles
   var acc = mat4x4<f32>();
@@ -337,7 +339,7 @@ fn attention_band_pv(
   @builtin(local_invocation_index) li: u32,
 ) {
   let acc = band_times_kv(wid, lid, li, false);
-  let h = wid.z;
+  let h = p.h0 + wid.z;
   for (var i = 0u; i < 4u; i++) {
     let row = wid.y * BT + 4u * lid.y + i;
     for (var j = 0u; j < 4u; j++) {
@@ -356,7 +358,7 @@ fn attention_band_dq(
   @builtin(local_invocation_index) li: u32,
 ) {
   let acc = band_times_kv(wid, lid, li, true);
-  let h = wid.z;
+  let h = p.h0 + wid.z;
   for (var i = 0u; i < 4u; i++) {
     let row = wid.y * BT + 4u * lid.y + i;
     for (var j = 0u; j < 4u; j++) {
@@ -380,7 +382,7 @@ fn attention_band_backward_scores(
 ) {
   let s = wid.x;
   let qt = wid.y;
-  let h = wid.z;
+  let h = p.h0 + wid.z;
   if (!tile_live(qt, s)) {
     return; // a tile the band never reads (uniform over the workgroup)
   }
@@ -485,7 +487,7 @@ fn attention_band_dkv(
 ) {
   let kt = wid.y;
   let parts = max(p.parts, 1u);
-  let kvh = wid.z / 2u / parts;
+  let kvh = p.h0 / p.group + wid.z / 2u / parts; // the block holds whole groups
   let part = wid.z / 2u % parts;
   let per = p.group / parts; // q heads of this part
   let want_k = wid.z % 2u == 1u;

@@ -17,6 +17,10 @@ struct Params {
   q_base: u32, // row attention: first query (forward, dQ) of the dispatch
   q_end: u32, // row attention: one past its last query (forward, dQ); T unless chunked
   slots: u32, // attention_band: key tiles per query tile in the score band
+  h0: u32, // attention_band: first q head of the dispatch's head block (the band holds its heads)
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -1,6 +1,6 @@
 // GPU memory plan of a training run: weights, gradients, AdamW state, activations, workspaces, buffer sharding.
 import { kvDenseFloats } from "../kernels/attention.ts";
-import { attentionBandBytes, BAND_MAX_BYTES } from "../kernels/attention_band.ts";
+import { attentionBandCap, bandBlocks } from "../kernels/attention_band.ts";
 import { type ModelConfig, numel, parameterCount, parameterShapes } from "./config.ts";
 
 /** Device limits that decide buffer sharding. */
@@ -133,20 +133,17 @@ function planRaw(cfg: ModelConfig, o: PlanOptions): Omit<MemoryPlan, "advice" | 
     });
   }
   if (o.attentionBands) {
-    const band = attentionBandBytes({
+    const b = bandBlocks({
       T,
       Hq: cfg.numHeads,
+      Hkv: cfg.numKvHeads,
       maxSample: o.attentionBands.maxSampleTokens,
-    });
-    const cap = Math.min(
-      BAND_MAX_BYTES,
-      o.limits.maxStorageBufferBindingSize,
-      o.limits.maxBufferSize,
-    );
-    if (band <= cap) { // else the band form is not offered (kernels/attention_band.ts)
+    }, attentionBandCap(o.limits));
+    if (b) { // else the band form is not offered (kernels/attention_band.ts)
+      const blocks = b.blocks > 1 ? `, in ${b.blocks} blocks of heads` : "";
       rows.push({
-        what: "attention score bands (GPU band form, if the autotune picks it)",
-        bytes: 2 * band,
+        what: `attention score bands (GPU band form, if the autotune picks it${blocks})`,
+        bytes: 2 * b.bytes,
       });
     }
   }

@@ -15,6 +15,7 @@ import {
   setAttentionForm,
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
+import { bandBlocks, setAttentionBandCap } from "../../kernels/attention_band.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
 import { assertSameBits, gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import {
@@ -388,6 +389,42 @@ gpuTest("attention[gpu]: fixed accumulators give the loop form's bits", async (g
     setAttentionGpuShapes(gpu, null);
   }
 });
+
+// A band capped below the whole shape runs in blocks of heads (whole GQA groups) through the same
+// buffers: the same bits as one block; below one group's band the flash form runs instead.
+gpuTest(
+  "attention[band]: head blocks give the one-block bits, and flash below one group",
+  async (gpu) => {
+    const c = CASES.find((x) => x.name === "GQA Hq=4 Hkv=2 D=64, T=267 in 5 samples")!;
+    const T = c.lengths.reduce((a, b) => a + b, 0);
+    const sh: AttnShape = { T, Hq: c.Hq, Hkv: c.Hkv, D: c.D, scale: 1 / Math.sqrt(c.D) };
+    const q = randomArray(T * c.Hq * c.D, 31), k = randomArray(T * c.Hkv * c.D, 32);
+    const v = randomArray(T * c.Hkv * c.D, 33), dout = randomArray(T * c.Hq * c.D, 34);
+    const one = bandBlocks(sh, Infinity)!;
+    assert.equal(one.blocks, 1);
+    try {
+      for (const variant of ["band", "band-split"] as const) {
+        setAttentionBandCap(null);
+        const whole = await runGpu(gpu, variant, sh, c.lengths, q, k, v, dout);
+        setAttentionBandCap(one.bytes / 2); // one kv head (2 q heads) per block
+        assert.equal(bandBlocks(sh, one.bytes / 2)!.blocks, 2);
+        const blocked = await runGpu(gpu, variant, sh, c.lengths, q, k, v, dout);
+        for (const key of ["o", "lse", "dq", "dk", "dv"] as const) {
+          assert.deepEqual(blocked[key], whole[key], `${variant}: ${key}`);
+        }
+      }
+      setAttentionBandCap(one.bytes / 2 - 1); // not even one group: the flash form
+      assert.equal(bandBlocks(sh, one.bytes / 2 - 1), null);
+      const fallback = await runGpu(gpu, "band", sh, c.lengths, q, k, v, dout);
+      const flash = await runGpu(gpu, "gpu", sh, c.lengths, q, k, v, dout);
+      for (const key of ["o", "lse", "dq", "dk", "dv"] as const) {
+        assert.deepEqual(fallback[key], flash[key], `fallback: ${key}`);
+      }
+    } finally {
+      setAttentionBandCap(null);
+    }
+  },
+);
 
 // Q, K, V (and their gradients) as column blocks of one fused tensor: the same bits as dense.
 for (const variant of VARIANTS) {

@@ -39,9 +39,13 @@ Deno.test("memory plan: GPU adapters list the band attention's two score bands w
   // 4 samples of 1,024: 32 q heads × 64 query tiles × 17 key tiles × 64·64 floats, twice
   const short = planMemory(llama1b, { ...opts, attentionBands: { maxSampleTokens: 1024 } });
   assert.deepEqual(bands(short).map((r) => r.bytes), [2 * 32 * 64 * 17 * 4096 * 4]);
-  // one 4,096-token sample: 64 key tiles, 2 GiB per band, past the 1 GiB cap: not offered
+  // one 4,096-token sample: 64 key tiles, 2 GiB for all heads, past the 1 GiB cap: 2 head blocks
   const long = planMemory(llama1b, { ...opts, attentionBands: {} });
-  assert.deepEqual(bands(long), []);
+  assert.deepEqual(bands(long).map((r) => r.bytes), [2 * GiB]);
+  assert.match(bands(long)[0].what, /in 2 blocks of heads/);
+  // 16,384 tokens in samples of 4,096: one GQA group (4 q heads) alone needs 1.02 GiB: not offered
+  const huge = { ...opts, microBatchTokens: 16384, attentionBands: { maxSampleTokens: 4096 } };
+  assert.deepEqual(bands(planMemory(llama1b, huge)), []);
   // CPU adapters: no bands
   assert.deepEqual(bands(planMemory(llama1b, opts)), []);
 });
