@@ -15,11 +15,12 @@
 // Tiles with qt − s < lo(qt) are never written or read.
 //
 // Forward: attention_band_scores writes scale · q·k (masked pairs MASKED); attention_band_softmax
-// turns each row into P = exp(score − lse) in place and writes lse; attention_band_pv computes
-// O = P·V. Backward (delta = rowsum(dO∘O) from attention.wgsl first):
-// attention_band_backward_scores recomputes P and writes it with dS = P ∘ (dO·Vᵀ − delta) to two
-// bands; attention_band_dq computes dQ = scale · dS·K; attention_band_dkv computes
-// dV = Σ_h Pᵀ·dO and dK = scale · Σ_h dSᵀ·Q over the q heads of a kv head.
+// turns each row into P = exp(score − max) / sum in place and writes lse; attention_band_pv
+// computes O = P·V. Backward (delta = rowsum(dO∘O) from attention.wgsl first):
+// attention_band_backward_scores recomputes P = exp(scale · q·k − lse) and writes it with
+// dS = P ∘ (dO·Vᵀ − delta) to two bands; attention_band_dq computes dQ = scale · dS·K;
+// attention_band_dkv computes dV = Σ_h Pᵀ·dO and dK = scale · Σ_h dSᵀ·Q over the q heads of a kv
+// head (split over them into partials when p.parts > 1, summed by attention_gpu_dkv_reduce).
 // Every k loop over a staged slice is written out (16 steps): Naga bounds each loop with a 64-bit
 // counter that keeps drivers from unrolling it (see matmul.wgsl). Each step's global loads for the
 // next slice are issued before its multiply-adds (register prefetch, as matmul_tiled), so their
