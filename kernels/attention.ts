@@ -538,9 +538,38 @@ export interface RecordedAttentionForm {
 
 const formRecorders = new WeakMap<Gpu, Map<string, RecordedAttentionForm>>();
 
-function recordForm(gpu: Gpu, key: string, r: RecordedAttentionForm) {
+/**
+ * The form a "gpu" launch of `pass` runs, recorded for the autotune while recording; `build`
+ * rebuilds the pass's dispatches in the "gpu" variant.
+ */
+function passForm(
+  gpu: Gpu,
+  pass: AttentionPass,
+  args: {
+    T: number;
+    Hq: number;
+    Hkv: number;
+    D: number;
+    maxSample?: number;
+    seqStart: BufferSlice;
+    seqEnd: BufferSlice;
+  },
+  build: (arena: ParamArena) => Dispatch[],
+): AttentionForm {
+  const key = attentionFormKey(pass, args);
+  const form = formFor(gpu, key, args);
   const rec = formRecorders.get(gpu);
-  if (rec && !rec.has(key)) rec.set(key, r);
+  if (rec && !rec.has(key)) {
+    rec.set(key, {
+      pass,
+      form,
+      group: args.Hq / args.Hkv,
+      bandFits: attentionBandFits(gpu, args),
+      rebuild: (a, f) => withForm(gpu, f, () => build(a)),
+      segments: segmentsOf(args),
+    });
+  }
+  return form;
 }
 
 /** The passes recorded since startAttentionRecording, by attentionFormKey; stops their recording. */
@@ -776,19 +805,13 @@ export function attentionForward(
   const gpuVariant = variant === "gpu" && attentionGpuTakes(D, args.layout);
   const key = attentionKey("forward", args);
   if (gpuVariant) {
-    const fkey = attentionFormKey("forward", args);
-    if (attnRecorders.has(gpu)) {
-      recordForm(gpu, fkey, {
-        pass: "forward",
-        form: formFor(gpu, fkey, args),
-        group: args.Hq / args.Hkv,
-        bandFits: attentionBandFits(gpu, args),
-        rebuild: (a, form) =>
-          withForm(gpu, form, () => attentionForward(gpu, a, { ...args, variant: "gpu" })),
-        segments: segmentsOf(args),
-      });
-    }
-    if (formFor(gpu, fkey, args) !== "flash") {
+    const form = passForm(
+      gpu,
+      "forward",
+      args,
+      (a) => attentionForward(gpu, a, { ...args, variant: "gpu" }),
+    );
+    if (form !== "flash") {
       const slots = bandSlots(T, args.maxSample);
       return attentionBandForward(
         gpu,
@@ -899,19 +922,12 @@ export function attentionBackward(
   }
   const gpuVariant = variant === "gpu" && attentionGpuTakes(D, args.layout);
   if (gpuVariant) {
-    const fkey = attentionFormKey("backward", args);
-    if (attnRecorders.has(gpu)) {
-      recordForm(gpu, fkey, {
-        pass: "backward",
-        form: formFor(gpu, fkey, args),
-        group: Hq / Hkv,
-        bandFits: attentionBandFits(gpu, args),
-        rebuild: (a, form) =>
-          withForm(gpu, form, () => attentionBackward(gpu, a, { ...args, variant: "gpu" })),
-        segments: segmentsOf(args),
-      });
-    }
-    const form = formFor(gpu, fkey, args);
+    const form = passForm(
+      gpu,
+      "backward",
+      args,
+      (a) => attentionBackward(gpu, a, { ...args, variant: "gpu" }),
+    );
     if (form !== "flash") {
       const parts = form === "band-split" ? Hq / Hkv : 1;
       const split = { parts, dvOff: dkvSplitLayout(args, parts).dvOff / 4 };

@@ -231,11 +231,11 @@ export function attentionBandBackward(
   const kDq = gpu.kernel("attention_band", "attention_band_dq");
   const kKv = gpu.kernel("attention_band", "attention_band_dkv");
   const dTiles = Math.ceil(a.D / BAND_TILE);
-  const split = dkvSplit(gpu, prm(0), a, parts);
+  const heads = headBlocks(a, blocks).map(([h0, n]) => ({ p: prm(h0), n }));
+  const split = dkvSplit(gpu, heads[0].p, a, parts); // the reduce reads no head fields
   const group = a.Hq / a.Hkv;
   return [
-    ...headBlocks(a, blocks).flatMap(([h0, heads]): Dispatch[] => {
-      const p = prm(h0);
+    ...heads.flatMap(({ p, n: heads }): Dispatch[] => {
       return [
         {
           kernel: kS,

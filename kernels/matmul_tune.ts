@@ -387,16 +387,28 @@ async function timeAttentionGrids(
     setAttentionGpuShapes(gpu, null);
     setAttentionAcc(gpu, null);
   }
-  // Samples of the launch's longest length (all T tokens when unknown): what a graph holds before
-  // its first batch is zeros, under which dK/dV walks no queries and every grid times the same
-  // empty launch. setBatch overwrites both buffers.
-  const { T, sample, seqStart, seqEnd } = rec.segments;
+  const ms = await timeOnSegments(gpu, rec.segments, lists.map((l) => l.ds), reps);
+  arena.destroy();
+  return lists.map((l, i) => ({ grid: l.grid, acc: l.acc, ms: ms[i] }));
+}
+
+/**
+ * Time dispatch lists of one attention launch (timeLists) with its segment buffers holding samples
+ * of the launch's longest length (all T tokens when unknown): what a graph holds before its first
+ * batch is zeros, under which dK/dV walks no queries and every candidate times the same empty
+ * launch. setBatch overwrites both buffers.
+ */
+function timeOnSegments(
+  gpu: Gpu,
+  segments: RecordedAttention["segments"],
+  lists: Dispatch[][],
+  reps: number,
+): Promise<number[]> {
+  const { T, sample, seqStart, seqEnd } = segments;
   const { starts, ends } = tuneSegments(T, sample);
   gpu.device.queue.writeBuffer(seqStart.buffer, seqStart.offset ?? 0, starts);
   gpu.device.queue.writeBuffer(seqEnd.buffer, seqEnd.offset ?? 0, ends);
-  const ms = await timeLists(gpu, lists.map((l) => l.ds), reps);
-  arena.destroy();
-  return lists.map((l, i) => ({ grid: l.grid, acc: l.acc, ms: ms[i] }));
+  return timeLists(gpu, lists, reps);
 }
 
 /** Time every form of one recorded attention pass on its segments: ms per pass by form. */
@@ -408,11 +420,7 @@ async function timeAttentionForms(
   const arena = new ParamArena(gpu, "attention_tune", 64 * 1024);
   const forms = attentionForms(rec.pass, rec.group);
   const lists = forms.map((f) => rec.rebuild(arena, f));
-  const { T, sample, seqStart, seqEnd } = rec.segments;
-  const { starts, ends } = tuneSegments(T, sample);
-  gpu.device.queue.writeBuffer(seqStart.buffer, seqStart.offset ?? 0, starts);
-  gpu.device.queue.writeBuffer(seqEnd.buffer, seqEnd.offset ?? 0, ends);
-  const ms = await timeLists(gpu, lists, reps);
+  const ms = await timeOnSegments(gpu, rec.segments, lists, reps);
   arena.destroy();
   return forms.map((form, i) => ({ form, ms: ms[i] }));
 }
