@@ -80,7 +80,7 @@ function printRow(r: KernelRow): void {
   const f = (v: number | null, d = 2) => (v === null ? "-" : v.toFixed(d));
   const e = (v: number | null) => (v === null ? "-" : v.toExponential(2));
   console.log(
-    `${r.kernel.padEnd(28)} ${r.shape.padEnd(26)} ${f(r.ms, 3).padStart(10)} ` +
+    `${r.kernel.padEnd(30)} ${r.shape.padEnd(26)} ${f(r.ms, 3).padStart(10)} ` +
       `${f(r.gflops).padStart(9)} ${f(r.gbs).padStart(8)} ${e(r.maxRelErr).padStart(9)} ${
         e(r.tolerance).padStart(8)
       }`,
@@ -90,7 +90,7 @@ function printRow(r: KernelRow): void {
 /** Print the table header used by {@link runKernelCases}. */
 export function printKernelHeader(): void {
   console.log(
-    `${"kernel".padEnd(28)} ${"shape".padEnd(26)} ${"ms".padStart(10)} ${"GFLOP/s".padStart(9)} ` +
+    `${"kernel".padEnd(30)} ${"shape".padEnd(26)} ${"ms".padStart(10)} ${"GFLOP/s".padStart(9)} ` +
       `${"GB/s".padStart(8)} ${"max rel".padStart(9)} ${"tol".padStart(8)}`,
   );
 }

@@ -15,6 +15,7 @@ import {
   attentionBandBackward,
   attentionBandFits,
   attentionBandForward,
+  bandKeyChunks,
   bandSlots,
   dkvSplit,
   dkvSplitLayout,
@@ -453,15 +454,24 @@ export function attentionTunedShapes(gpu: Gpu): Map<string, AttentionGrid> {
  * How the "gpu" variant computes a forward or a backward: "flash" (attention_gpu.wgsl: scores in
  * registers, never written) or "band" (attention_band.wgsl: 64×64 score tiles written to a scratch
  * band and every product a tiled GEMM, as eager PyTorch does; more memory, see bandBlocks);
- * "band-split" is "band" with the backward's dK/dV split over every q head of a GQA group (partial
- * sums, then a pass that adds them), which evens out the work per workgroup. The autotune times
- * them per launch and keeps the fastest; "flash" otherwise.
+ * "band-split" is "band" with its long reductions cut into partial sums that a last pass adds: P·V
+ * and dQ over chunks of key tiles (bandKeyChunks), the backward's dK/dV over every q head of a GQA
+ * group, which evens out the work per workgroup. The autotune times them per launch and keeps the
+ * fastest; "flash" otherwise.
  */
 export type AttentionForm = "flash" | "band" | "band-split";
 
-/** The forms worth timing for a pass with `group` q heads per kv head. */
-export function attentionForms(pass: AttentionPass, group: number): AttentionForm[] {
-  return pass === "backward" && group > 1 ? ["flash", "band", "band-split"] : ["flash", "band"];
+/** Whether "band-split" cuts anything in `pass` of shape `a` (else it is "band"). */
+export function bandSplitTakes(
+  pass: AttentionPass,
+  a: { T: number; Hq: number; Hkv: number; maxSample?: number },
+): boolean {
+  return bandKeyChunks(a.T, a.maxSample).chunks > 1 || (pass === "backward" && a.Hq > a.Hkv);
+}
+
+/** The forms worth timing for a pass (`split`: bandSplitTakes). */
+export function attentionForms(split: boolean): AttentionForm[] {
+  return split ? ["flash", "band", "band-split"] : ["flash", "band"];
 }
 
 /** A pass of the attention, the unit the form is chosen for. */
@@ -502,12 +512,18 @@ export function attentionFormKey(
 /** The form a "gpu" launch of `key` runs: forced, else tuned, else "flash"; "band" only where it fits. */
 function formFor(
   gpu: Gpu,
+  pass: AttentionPass,
   key: string,
   a: { T: number; Hq: number; Hkv: number; maxSample?: number },
 ): AttentionForm {
   const form = forcedForm.get(gpu) ?? tunedForm.get(gpu)?.get(key) ?? "flash";
   if (form === "flash" || !attentionBandFits(gpu, a)) return "flash";
-  return form === "band-split" && a.Hq > a.Hkv ? "band-split" : "band";
+  return form === "band-split" && bandSplitTakes(pass, a) ? "band-split" : "band";
+}
+
+/** The key-tile chunks of P·V and dQ in band form `form` (cut in "band-split" only). */
+function keyChunksOf(form: AttentionForm, a: { T: number; maxSample?: number }) {
+  return form === "band-split" ? bandKeyChunks(a.T, a.maxSample) : { kchunk: 0, chunks: 1 };
 }
 
 /** `fn` with the form forced to `form`, then the forced form as it was. */
@@ -527,8 +543,8 @@ export interface RecordedAttentionForm {
   pass: AttentionPass;
   /** The form it got. */
   form: AttentionForm;
-  /** q heads per kv head (the band-split form needs more than 1). */
-  group: number;
+  /** Whether "band-split" cuts anything in this pass (bandSplitTakes). */
+  split: boolean;
   /** Whether the band fits this launch (else only "flash" is offered). */
   bandFits: boolean;
   /** The pass's dispatches in `form` (grids and accumulators as tuned now). */
@@ -557,13 +573,13 @@ function passForm(
   build: (arena: ParamArena) => Dispatch[],
 ): AttentionForm {
   const key = attentionFormKey(pass, args);
-  const form = formFor(gpu, key, args);
+  const form = formFor(gpu, pass, key, args);
   const rec = formRecorders.get(gpu);
   if (rec && !rec.has(key)) {
     rec.set(key, {
       pass,
       form,
-      group: args.Hq / args.Hkv,
+      split: bandSplitTakes(pass, args),
       bandFits: attentionBandFits(gpu, args),
       rebuild: (a, f) => withForm(gpu, f, () => build(a)),
       segments: segmentsOf(args),
@@ -777,12 +793,12 @@ function params(
   a: { T: number; Hq: number; Hkv: number; D: number; scale: number; layout?: QkvLayout },
   split = { parts: 0, dvOff: 0 },
   rows = { qBase: 0, qEnd: a.T },
-  band = { slots: 0, h0: 0 },
+  band = { slots: 0, h0: 0, kchunk: 0 },
 ) {
   const l = a.layout ?? denseQkvLayout(a);
   const v = [a.T, a.Hq, a.Hkv, a.Hq / a.Hkv, a.scale, a.D, split.parts, split.dvOff];
   const tail = [l.ldQ, l.ldKv, l.qOff, l.kOff, l.vOff, rows.qBase, rows.qEnd, band.slots];
-  tail.push(band.h0, 0, 0, 0);
+  tail.push(band.h0, band.kchunk, 0, 0);
   return arena.alloc(packParams([...v, ...tail], [4]));
 }
 
@@ -813,10 +829,12 @@ export function attentionForward(
     );
     if (form !== "flash") {
       const slots = bandSlots(T, args.maxSample);
+      const { kchunk, chunks } = keyChunksOf(form, args);
       return attentionBandForward(
         gpu,
-        (h0) => params(arena, args, undefined, undefined, { slots, h0 }),
+        (h0) => params(arena, args, undefined, undefined, { slots, h0, kchunk }),
         args,
+        chunks,
       );
     }
   }
@@ -932,8 +950,10 @@ export function attentionBackward(
       const parts = form === "band-split" ? Hq / Hkv : 1;
       const split = { parts, dvOff: dkvSplitLayout(args, parts).dvOff / 4 };
       const slots = bandSlots(T, args.maxSample);
-      const prmBand = (h0: number) => params(arena, args, split, undefined, { slots, h0 });
-      return [dDelta, ...attentionBandBackward(gpu, prmBand, { ...args, delta }, parts)];
+      const { kchunk, chunks } = keyChunksOf(form, args);
+      const prmBand = (h0: number) => params(arena, args, split, undefined, { slots, h0, kchunk });
+      const a = { ...args, delta };
+      return [dDelta, ...attentionBandBackward(gpu, prmBand, a, parts, chunks)];
     }
   }
   const keyDq = attentionKey("dq", args), keyDkv = attentionKey("dkv", args);

@@ -44,6 +44,41 @@ export function bandSlots(T: number, maxSample?: number): number {
   return Math.min(nqt, Math.ceil((S - 1) / BAND_TILE) + 1);
 }
 
+/** Fewest key tiles a workgroup of the split P·V and dQ walks (4 tiles: 256 keys, 16 steps). */
+export const BAND_KEY_CHUNK_MIN = 4;
+/** Most chunks the split P·V and dQ cut a query tile's key tiles into (bounds their scratch). */
+export const BAND_KEY_CHUNKS_MAX = 8;
+
+/**
+ * How the split band form ("band-split") cuts each query tile's key tiles for P·V and dQ: `kchunk`
+ * key tiles per workgroup (0: no cut) into at most `chunks` partial sums. Without the cut, the
+ * workgroup of a query tile at the end of a long sample walks every key tile of the sample while
+ * one at its start walks one, and the longest set the pace.
+ */
+export function bandKeyChunks(T: number, maxSample?: number): { kchunk: number; chunks: number } {
+  const slots = bandSlots(T, maxSample);
+  const kchunk = chunkOverride ??
+    Math.max(BAND_KEY_CHUNK_MIN, Math.ceil(slots / BAND_KEY_CHUNKS_MAX));
+  if (slots <= kchunk) return { kchunk: 0, chunks: 1 };
+  return { kchunk, chunks: Math.ceil(slots / kchunk) };
+}
+
+let chunkOverride: number | null = null;
+
+/** Force the key tiles per chunk of the split P·V and dQ (null: bandKeyChunks' rule): for tests. */
+export function setAttentionBandKeyChunk(tiles: number | null): void {
+  if (tiles !== null && !(Number.isInteger(tiles) && tiles >= 1)) {
+    throw new Error(`attention_band: key chunk must be a whole number of tiles ≥ 1, got ${tiles}`);
+  }
+  chunkOverride = tiles;
+}
+
+/** Bytes of the split P·V's and dQ's partial sums, (chunks, T, Hq, D) f32; 0 when unsplit. */
+export function bandPartialBytes(a: { T: number; Hq: number; D: number; maxSample?: number }) {
+  const { chunks } = bandKeyChunks(a.T, a.maxSample);
+  return chunks > 1 ? chunks * a.T * a.Hq * a.D * 4 : 0;
+}
+
 /** How a shape's band is cut: kv heads (and their q heads) per block, blocks, bytes of one band. */
 export interface BandBlocks {
   kvHeads: number;
@@ -103,12 +138,51 @@ function band(gpu: Gpu, which: "p" | "ds", bytes: number): BufferSlice {
 }
 
 /**
- * Free both bands of `gpu` (up to 2 × BAND_MAX_BYTES): for the autotune once it has timed the band
- * form and kept flash everywhere, when no graph holds dispatches that read them.
+ * Free both bands of `gpu` (up to 2 × BAND_MAX_BYTES) and the split form's partial sums: for the
+ * autotune once it has timed the band forms and kept flash everywhere, when no graph holds
+ * dispatches that read them.
  */
 export function releaseAttentionBands(gpu: Gpu): void {
   releaseSharedScratch(gpu, "attention_band.p");
   releaseSharedScratch(gpu, "attention_band.ds");
+  releaseSharedScratch(gpu, "attention_band.parts");
+}
+
+/**
+ * The P·V or dQ dispatch of one head block (`entry`, writing `out` unsplit), cut into `chunks` of
+ * key tiles when chunks > 1: it then writes partial sums to the shared scratch, and `reduce` (one
+ * dispatch for every head block, after them) sums them into `out`. `prm` carries p.kchunk.
+ */
+function pvDq(
+  gpu: Gpu,
+  entry: "pv" | "dq",
+  a: BandShape & { out: BufferSlice },
+  chunks: number,
+) {
+  const kernel = gpu.kernel("attention_band", `attention_band_${entry}`);
+  const partBytes = chunks > 1 ? bandPartialBytes(a) : 0;
+  const parts = partBytes ? sharedScratch(gpu, "attention_band.parts", partBytes, 1 << 16) : null;
+  const out = parts ? { buffer: parts, offset: 0, size: partBytes } : a.out;
+  const grid = Math.ceil(a.D / BAND_TILE) * chunks;
+  const dispatch = (p: BufferSlice, heads: number, band: BufferSlice): Dispatch => ({
+    kernel,
+    bindGroup: gpu.bind(kernel, { 0: p, 1: out, 4: a.k, 5: a.v, 6: a.seqStart, 12: band }),
+    workgroups: [grid, Math.ceil(a.T / BAND_TILE), heads],
+  });
+  const reduce = (p: BufferSlice): Dispatch[] => {
+    if (!parts) return [];
+    const kRed = gpu.kernel("attention_band", "attention_band_reduce", {
+      REDUCE_DQ: entry === "dq" ? 1 : 0,
+    });
+    const groups = Math.ceil((a.T * a.Hq * a.D) / 64);
+    const gx = Math.min(groups, 65535);
+    return [{
+      kernel: kRed,
+      bindGroup: gpu.bind(kRed, { 0: p, 1: a.out, 6: a.seqStart, 11: parts }),
+      workgroups: [gx, Math.ceil(groups / gx), 1],
+    }];
+  };
+  return { dispatch, reduce };
 }
 
 /** Shape and buffers the band launchers read (a subset of attention.ts's forward/backward args). */
@@ -126,40 +200,41 @@ interface BandShape {
 
 /**
  * The forward in three dispatches per head block: scores into the band, row softmax in place
- * (writes lse), O = P·V. `prm(h0)` is attention.ts's Params with `slots` = bandSlots(T, maxSample)
- * and the block's first q head.
+ * (writes lse), O = P·V. `prm(h0)` is attention.ts's Params with `slots` = bandSlots(T, maxSample),
+ * the block's first q head and `kchunk` (bandKeyChunks when `chunks` > 1, else 0). With `chunks`
+ * > 1 (the split form) P·V writes partial sums per chunk of key tiles and a last dispatch sums them.
  */
 export function attentionBandForward(
   gpu: Gpu,
   prm: (h0: number) => BufferSlice,
   a: BandShape & { o: BufferSlice; lse: BufferSlice },
+  chunks = 1,
 ): Dispatch[] {
   const nqt = Math.ceil(a.T / BAND_TILE), slots = bandSlots(a.T, a.maxSample);
   const blocks = blocksOf(gpu, a);
   const b = band(gpu, "p", blocks.bytes);
   const kS = gpu.kernel("attention_band", "attention_band_scores");
   const kSm = gpu.kernel("attention_band", "attention_band_softmax");
-  const kPv = gpu.kernel("attention_band", "attention_band_pv");
-  return headBlocks(a, blocks).flatMap(([h0, heads]): Dispatch[] => {
-    const p = prm(h0);
-    return [
-      {
-        kernel: kS,
-        bindGroup: gpu.bind(kS, { 0: p, 1: b, 3: a.q, 4: a.k, 6: a.seqStart }),
-        workgroups: [slots, nqt, heads],
-      },
-      {
-        kernel: kSm,
-        bindGroup: gpu.bind(kSm, { 0: p, 1: b, 2: a.lse, 6: a.seqStart }),
-        workgroups: [Math.ceil(a.T / 4), heads, 1],
-      },
-      {
-        kernel: kPv,
-        bindGroup: gpu.bind(kPv, { 0: p, 1: a.o, 4: a.k, 5: a.v, 6: a.seqStart, 12: b }),
-        workgroups: [Math.ceil(a.D / BAND_TILE), nqt, heads],
-      },
-    ];
-  });
+  const pv = pvDq(gpu, "pv", { ...a, out: a.o }, chunks);
+  const heads = headBlocks(a, blocks).map(([h0, n]) => ({ p: prm(h0), n }));
+  return [
+    ...heads.flatMap(({ p, n: heads }): Dispatch[] => {
+      return [
+        {
+          kernel: kS,
+          bindGroup: gpu.bind(kS, { 0: p, 1: b, 3: a.q, 4: a.k, 6: a.seqStart }),
+          workgroups: [slots, nqt, heads],
+        },
+        {
+          kernel: kSm,
+          bindGroup: gpu.bind(kSm, { 0: p, 1: b, 2: a.lse, 6: a.seqStart }),
+          workgroups: [Math.ceil(a.T / 4), heads, 1],
+        },
+        pv.dispatch(p, heads, b),
+      ];
+    }),
+    ...pv.reduce(heads[0].p),
+  ]; // the reduce reads no head fields
 }
 
 /**
@@ -209,7 +284,8 @@ export function dkvSplit(
  * two bands, dQ = scale · dS·K, and dK/dV (one workgroup column each) over the q heads of every kv
  * head. With `parts` > 1 (it must divide the group, and `prm` must carry it and dkvSplitLayout's
  * dvOff / 4), each kv head's q heads are split over that many workgroups whose partial dK and dV
- * go to a scratch, and a last dispatch (attention_gpu_dkv_reduce) sums them.
+ * go to a scratch, and a last dispatch (attention_gpu_dkv_reduce) sums them. With `chunks` > 1
+ * (`prm` carrying bandKeyChunks' kchunk), dQ is cut into chunks of key tiles as the forward's P·V.
  */
 export function attentionBandBackward(
   gpu: Gpu,
@@ -223,12 +299,13 @@ export function attentionBandBackward(
     delta: BufferSlice;
   },
   parts = 1,
+  chunks = 1,
 ): Dispatch[] {
   const nqt = Math.ceil(a.T / BAND_TILE), slots = bandSlots(a.T, a.maxSample);
   const blocks = blocksOf(gpu, a);
   const bp = band(gpu, "p", blocks.bytes), bds = band(gpu, "ds", blocks.bytes);
   const kS = gpu.kernel("attention_band", "attention_band_backward_scores");
-  const kDq = gpu.kernel("attention_band", "attention_band_dq");
+  const dq = pvDq(gpu, "dq", { ...a, out: a.dq }, chunks);
   const kKv = gpu.kernel("attention_band", "attention_band_dkv");
   const dTiles = Math.ceil(a.D / BAND_TILE);
   const heads = headBlocks(a, blocks).map(([h0, n]) => ({ p: prm(h0), n }));
@@ -253,11 +330,7 @@ export function attentionBandBackward(
           }),
           workgroups: [slots, nqt, heads],
         },
-        {
-          kernel: kDq,
-          bindGroup: gpu.bind(kDq, { 0: p, 1: a.dq, 4: a.k, 5: a.v, 6: a.seqStart, 12: bds }),
-          workgroups: [dTiles, nqt, heads],
-        },
+        dq.dispatch(p, heads, bds),
         {
           kernel: kKv,
           bindGroup: gpu.bind(kKv, {
@@ -273,6 +346,7 @@ export function attentionBandBackward(
         },
       ];
     }),
+    ...dq.reduce(heads[0].p),
     ...split.reduce,
   ];
 }

@@ -16,11 +16,13 @@
 //
 // Forward: attention_band_scores writes scale · q·k (masked pairs MASKED); attention_band_softmax
 // turns each row into P = exp(score − max) / sum in place and writes lse; attention_band_pv
-// computes O = P·V. Backward (delta = rowsum(dO∘O) from attention.wgsl first):
+// computes O = P·V (split over chunks of key tiles when p.kchunk > 0, then attention_band_reduce
+// sums the chunks). Backward (delta = rowsum(dO∘O) from attention.wgsl first):
 // attention_band_backward_scores recomputes P = exp(scale · q·k − lse) and writes it with
-// dS = P ∘ (dO·Vᵀ − delta) to two bands; attention_band_dq computes dQ = scale · dS·K;
-// attention_band_dkv computes dV = Σ_h Pᵀ·dO and dK = scale · Σ_h dSᵀ·Q over the q heads of a kv
-// head (split over them into partials when p.parts > 1, summed by attention_gpu_dkv_reduce).
+// dS = P ∘ (dO·Vᵀ − delta) to two bands; attention_band_dq computes dQ = scale · dS·K (split as
+// P·V, summed by attention_band_reduce); attention_band_dkv computes dV = Σ_h Pᵀ·dO and
+// dK = scale · Σ_h dSᵀ·Q over the q heads of a kv head (split over them into partials when
+// p.parts > 1, summed by attention_gpu_dkv_reduce).
 // Every k loop over a staged slice is written out (16 steps): Naga bounds each loop with a 64-bit
 // counter that keeps drivers from unrolling it (see matmul.wgsl). Each step's global loads for the
 // next slice are issued before its multiply-adds (register prefetch, as matmul_tiled), so their
@@ -31,13 +33,14 @@ const TILE: u32 = 4096u; // floats of a score tile (BT × BT)
 const MASKED: f32 = -1.0e30; // score of a masked pair
 
 // #include attention_params.wgsl
+// #include flat_index.wgsl
 
 // Outputs (bindings 1, 2) of each entry point.
 @group(0) @binding(1) var<storage, read_write> out_band: array<vec4<f32>>; // scores: band (row-major, vec4 over keys)
 @group(0) @binding(1) var<storage, read_write> io_band: array<f32>; // softmax: band, in place
 @group(0) @binding(2) var<storage, read_write> out_lse: array<f32>; // softmax: (Hq, T)
-@group(0) @binding(1) var<storage, read_write> out_o: array<f32>; // pv: (T, Hq, D)
-@group(0) @binding(1) var<storage, read_write> out_dq: array<f32>; // dq: (T, Hq, D) by ld_q
+// pv, reduce: O (T, Hq, D); dq, reduce: dQ (T, Hq, D) by ld_q; split pv, dq: the partials
+@group(0) @binding(1) var<storage, read_write> out_od: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out_p: array<vec4<f32>>; // backward scores: P band
 @group(0) @binding(2) var<storage, read_write> out_ds: array<vec4<f32>>; // backward scores: dS band
 @group(0) @binding(1) var<storage, read_write> out_dk: array<f32>; // dkv: (T, Hkv, D) by ld_kv
@@ -51,6 +54,7 @@ const MASKED: f32 = -1.0e30; // score of a masked pair
 @group(0) @binding(8) var<storage, read> in_dout: array<vec4<f32>>; // (T, Hq, D/4)
 @group(0) @binding(9) var<storage, read> in_lse: array<f32>; // (Hq, T)
 @group(0) @binding(10) var<storage, read> in_delta: array<f32>; // (Hq, T)
+@group(0) @binding(11) var<storage, read> in_parts: array<f32>; // reduce: (chunks, T, Hq, D)
 @group(0) @binding(12) var<storage, read> in_band: array<vec4<f32>>; // P (O = P·V, dV) or dS (dQ, dK/dV)
 @group(0) @binding(13) var<storage, read> in_band2: array<vec4<f32>>; // dS (dK/dV)
 
@@ -296,14 +300,31 @@ fn attention_band_softmax(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward 3 and dQ: out (query tile qt, q head h, dims 64·wid.x..) = Σ over the tile's key tiles of
-// band (64 × 64) · Y (64 keys × dims): O = P·V (Y = V), dQ = scale · dS·K (Y = K).
+// Forward 3 and dQ: out (query tile qt, q head h, dims 64·dt..) = Σ over the tile's key tiles of
+// band (64 × 64) · Y (64 keys × dims): O = P·V (Y = V), dQ = scale · dS·K (Y = K). Workgroup
+// (dt + dTiles · c, qt, h). Unsplit (p.kchunk = 0, c = 0) it walks all the tile's key tiles and
+// writes O or dQ. Split, workgroup c walks key tiles qt − s for s in [c, c + 1) · p.kchunk only
+// and writes its partial sum (unscaled) densely at c · T·Hq·D + (row · Hq + h) · D + d of binding
+// 1 (a scratch), which attention_band_reduce sums in chunk order: a query tile at the end
+// of a long sample sees many key tiles, one at its start only its own, so unsplit the longest
+// workgroups set the pace.
+
+// The 16-key steps [x, y) of workgroup (dt + dTiles · c, qt): 4 per key tile.
+fn pv_steps(c: u32, qt: u32) -> vec2<u32> {
+  let n = 4u * (qt - lo_tile(qt) + 1u);
+  if (p.kchunk == 0u) {
+    return vec2<u32>(0u, n);
+  }
+  let x = min(n, 4u * p.kchunk * c);
+  return vec2<u32>(x, min(n, x + 4u * p.kchunk));
+}
 
 // The staged values of step `it` (key tile qt − it / 4, keys 16·(it % 4)..+15) for lane li: A, the
 // band's row li / 4 at keys +4·(li % 4)..+3; B, key li / 16 at dim quad dq0 + li % 16 of K or V.
-// Zeros past the last step.
-fn pv_step(it: u32, n: u32, h: u32, qt: u32, dq0: u32, li: u32, use_k: bool) -> array<vec4<f32>, 2> {
-  if (it >= n) {
+// Zeros from step `end` on.
+fn pv_step(it: u32, end: u32, h: u32, qt: u32, dq0: u32, li: u32, use_k: bool)
+  -> array<vec4<f32>, 2> {
+  if (it >= end) {
     return array<vec4<f32>, 2>();
   }
   let s = it / 4u;
@@ -315,22 +336,49 @@ fn pv_step(it: u32, n: u32, h: u32, qt: u32, dq0: u32, li: u32, use_k: bool) -> 
   return array<vec4<f32>, 2>(a, b);
 }
 
-fn band_times_kv(wid: vec3<u32>, lid: vec3<u32>, li: u32, use_k: bool) -> mat4x4<f32> {
-  let qt = wid.y;
-  let h = p.h0 + wid.z;
-  let dq0 = wid.x * 16u; // first dim quad of the output tile
-  let n = 4u * (qt - lo_tile(qt) + 1u); // 16-key steps over the tile's key tiles
+// Σ over steps [r.x, r.y) of the block products, for output dims from dim quad dq0.
+fn band_times_kv(r: vec2<u32>, h: u32, qt: u32, dq0: u32, lid: vec3<u32>, li: u32, use_k: bool)
+  -> mat4x4<f32> {
   var acc = mat4x4<f32>();
-  var x = pv_step(0u, n, h, qt, dq0, li, use_k);
-  for (var it = 0u; it < n; it++) {
+  var x = pv_step(r.x, r.y, h, qt, dq0, li, use_k);
+  for (var it = r.x; it < r.y; it++) {
     workgroupBarrier();
     put_t(x[0], SA, li / 4u, li % 4u); // transposed: vec4 over band rows
     stage[SB + li] = x[1];
     workgroupBarrier();
-    x = pv_step(it + 1u, n, h, qt, dq0, li, use_k); // the next step's loads, early
+    x = pv_step(it + 1u, r.y, h, qt, dq0, li, use_k); // the next step's loads, early
     acc = mma(acc, SA, SB, lid.x, lid.y);
   }
   return acc;
+}
+
+// Thread (tx, ty)'s block of workgroup (dt + dTiles · c, qt, h): O (use_k false) or dQ, or the
+// chunk's partial. Workgroups past the tile's key tiles write nothing (the reduce skips them).
+fn band_pv_dq(wid: vec3<u32>, lid: vec3<u32>, li: u32, use_k: bool) {
+  let dTiles = (p.d + BT - 1u) / BT;
+  let dt = wid.x % dTiles;
+  let c = wid.x / dTiles;
+  let qt = wid.y;
+  let h = p.h0 + wid.z;
+  let r = pv_steps(c, qt);
+  if (r.x >= r.y) {
+    return; // an empty chunk (uniform over the workgroup)
+  }
+  let acc = band_times_kv(r, h, qt, dt * 16u, lid, li, use_k);
+  let split = p.kchunk > 0u;
+  for (var i = 0u; i < 4u; i++) {
+    let row = qt * BT + 4u * lid.y + i;
+    for (var j = 0u; j < 4u; j++) {
+      let d = dt * BT + 4u * lid.x + j;
+      if (row < p.t && d < p.d) {
+        if (use_k && !split) {
+          out_od[row * p.ld_q + p.q_off + h * p.d + d] = acc[j][i] * p.scale;
+        } else {
+          out_od[((c * p.t + row) * p.hq + h) * p.d + d] = acc[j][i]; // O: c = 0
+        }
+      }
+    }
+  }
 }
 
 @compute @workgroup_size(16, 16)
@@ -339,17 +387,7 @@ fn attention_band_pv(
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  let acc = band_times_kv(wid, lid, li, false);
-  let h = p.h0 + wid.z;
-  for (var i = 0u; i < 4u; i++) {
-    let row = wid.y * BT + 4u * lid.y + i;
-    for (var j = 0u; j < 4u; j++) {
-      let d = wid.x * BT + 4u * lid.x + j;
-      if (row < p.t && d < p.d) {
-        out_o[(row * p.hq + h) * p.d + d] = acc[j][i];
-      }
-    }
-  }
+  band_pv_dq(wid, lid, li, false);
 }
 
 @compute @workgroup_size(16, 16)
@@ -358,16 +396,36 @@ fn attention_band_dq(
   @builtin(local_invocation_id) lid: vec3<u32>,
   @builtin(local_invocation_index) li: u32,
 ) {
-  let acc = band_times_kv(wid, lid, li, true);
-  let h = p.h0 + wid.z;
-  for (var i = 0u; i < 4u; i++) {
-    let row = wid.y * BT + 4u * lid.y + i;
-    for (var j = 0u; j < 4u; j++) {
-      let d = wid.x * BT + 4u * lid.x + j;
-      if (row < p.t && d < p.d) {
-        out_dq[row * p.ld_q + p.q_off + h * p.d + d] = acc[j][i] * p.scale;
-      }
-    }
+  band_pv_dq(wid, lid, li, true);
+}
+
+// attention_band_reduce: O = Σ_c partial O (REDUCE_DQ 0: split P·V) or dQ = scale · Σ_c partial
+// dS·K (REDUCE_DQ 1: split dQ, into dQ's layout), over the chunks each row's query tile filled: one
+// thread per element e = (row · Hq + h) · D + d of the (T, Hq, D) output.
+override REDUCE_DQ: u32 = 0u;
+
+@compute @workgroup_size(64)
+fn attention_band_reduce(
+  @builtin(global_invocation_id) gid: vec3<u32>,
+  @builtin(num_workgroups) nw: vec3<u32>,
+) {
+  let e = flat_index(gid, nw, 64u);
+  let n = p.t * p.hq * p.d;
+  if (e >= n) {
+    return;
+  }
+  let w = p.hq * p.d;
+  let row = e / w;
+  let qt = row / BT;
+  let chunks = (qt - lo_tile(qt) + p.kchunk) / p.kchunk; // ⌈key tiles / kchunk⌉
+  var sum = 0.0;
+  for (var c = 0u; c < chunks; c++) {
+    sum += in_parts[c * n + e];
+  }
+  if (REDUCE_DQ == 1u) {
+    out_od[row * p.ld_q + p.q_off + e % w] = sum * p.scale;
+  } else {
+    out_od[e] = sum;
   }
 }
 

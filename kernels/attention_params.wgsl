@@ -18,7 +18,7 @@ struct Params {
   q_end: u32, // row attention: one past its last query (forward, dQ); T unless chunked
   slots: u32, // attention_band: key tiles per query tile in the score band
   h0: u32, // attention_band: first q head of the dispatch's head block (the band holds its heads)
-  _pad0: u32,
+  kchunk: u32, // attention_band: key tiles per P·V / dQ workgroup (0: all; else partial sums)
   _pad1: u32,
   _pad2: u32,
 }

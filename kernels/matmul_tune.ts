@@ -418,7 +418,7 @@ async function timeAttentionForms(
   reps: number,
 ): Promise<{ form: AttentionForm; ms: number }[]> {
   const arena = new ParamArena(gpu, "attention_tune", 64 * 1024);
-  const forms = attentionForms(rec.pass, rec.group);
+  const forms = attentionForms(rec.split);
   const lists = forms.map((f) => rec.rebuild(arena, f));
   const ms = await timeOnSegments(gpu, rec.segments, lists, reps);
   arena.destroy();

@@ -1,6 +1,11 @@
 // GPU memory plan of a training run: weights, gradients, AdamW state, activations, workspaces, buffer sharding.
 import { kvDenseFloats } from "../kernels/attention.ts";
-import { attentionBandCap, bandBlocks } from "../kernels/attention_band.ts";
+import {
+  attentionBandCap,
+  bandBlocks,
+  bandKeyChunks,
+  bandPartialBytes,
+} from "../kernels/attention_band.ts";
 import { type ModelConfig, numel, parameterCount, parameterShapes } from "./config.ts";
 
 /** Device limits that decide buffer sharding. */
@@ -145,6 +150,20 @@ function planRaw(cfg: ModelConfig, o: PlanOptions): Omit<MemoryPlan, "advice" | 
         what: `attention score bands (GPU band form, if the autotune picks it${blocks})`,
         bytes: 2 * b.bytes,
       });
+      const partBytes = bandPartialBytes({
+        T,
+        Hq: cfg.numHeads,
+        D: cfg.headDim,
+        maxSample: o.attentionBands.maxSampleTokens,
+      });
+      if (partBytes > 0) {
+        rows.push({
+          what: `attention P·V / dQ partial sums (GPU band-split form, ${
+            bandKeyChunks(T, o.attentionBands.maxSampleTokens).chunks
+          } chunks of key tiles)`,
+          bytes: partBytes,
+        });
+      }
     }
   }
   rows.push({

@@ -10,6 +10,7 @@ import {
   attentionGpuShapeCandidates,
   attentionGpuTakes,
   type AttentionGrid,
+  bandSplitTakes,
   setAttentionAcc,
   setAttentionForm,
   setAttentionGpuShapes,
@@ -164,14 +165,19 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
       setup: (gpu) => setup(gpu, s, "backward"),
     });
     if (!attentionGpuTakes(s.D)) continue;
-    // the band form (GPU adapters' alternative to flash, chosen by the autotune), same FLOP count
-    for (const which of ["forward", "backward"] as const) {
-      out.push({
-        kernel: `attention_band_${which}`,
-        shape: label(s),
-        flops: (which === "forward" ? 4 : 10) * s.D * pairs,
-        setup: (gpu) => setup(gpu, s, which, undefined, "band"),
-      });
+    // the band forms (GPU adapters' alternative to flash, chosen by the autotune), same FLOP count
+    const T = s.lengths.reduce((a, b) => a + b, 0), maxSample = Math.max(...s.lengths);
+    for (const form of ["band", "band-split"] as const) {
+      for (const which of ["forward", "backward"] as const) {
+        const cuts = bandSplitTakes(which, { T, Hq: s.Hq, Hkv: s.Hkv, maxSample });
+        if (form === "band-split" && !cuts) continue; // the same as band
+        out.push({
+          kernel: `attention_${form.replace("-", "_")}_${which}`,
+          shape: label(s),
+          flops: (which === "forward" ? 4 : 10) * s.D * pairs,
+          setup: (gpu) => setup(gpu, s, which, undefined, form),
+        });
+      }
     }
   }
   if (filter?.includes("sweep")) out.push(...sweepCases(gpu));
@@ -182,8 +188,8 @@ export function cases(filter?: string, gpu?: Gpu): KernelCase[] {
  * One case per attention_gpu thread grid that fits the device (and dK/dV split of the q-head
  * group) and accumulator form, per entry point and sweep shape (the other entry points at their
  * defaults): the figures for choosing ATTENTION_GPU_SHAPES' order. dQ and dK/dV grids are timed through the whole
- * backward (delta, dQ, dK/dV and a split's reduce). Then the band form's forward and backward, and
- * the backward with its dK/dV split per q head (band-split).
+ * backward (delta, dQ, dK/dV and a split's reduce). Then the band form's forward and backward,
+ * unsplit and split (band-split: P·V and dQ in chunks of key tiles, dK/dV per q head).
  */
 function sweepCases(gpu?: Gpu): KernelCase[] {
   if (!gpu) return [];
@@ -211,7 +217,9 @@ function sweepCases(gpu?: Gpu): KernelCase[] {
     }
     for (const form of ["band", "band-split"] as const) {
       for (const which of ["forward", "backward"] as const) {
-        if (form === "band-split" && which === "forward") continue; // the same as band
+        const T = s.lengths.reduce((a, b) => a + b, 0), maxSample = Math.max(...s.lengths);
+        const cuts = bandSplitTakes(which, { T, Hq: s.Hq, Hkv: s.Hkv, maxSample });
+        if (form === "band-split" && !cuts) continue; // the same as band
         out.push({
           kernel: `attention_sweep_${form} ${which}`,
           shape: label(s),

@@ -15,7 +15,11 @@ import {
   setAttentionForm,
   setAttentionGpuShapes,
 } from "../../kernels/attention.ts";
-import { bandBlocks, setAttentionBandCap } from "../../kernels/attention_band.ts";
+import {
+  bandBlocks,
+  setAttentionBandCap,
+  setAttentionBandKeyChunk,
+} from "../../kernels/attention_band.ts";
 import { type Gpu, ParamArena } from "../../kernels/runtime.ts";
 import { assertSameBits, gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
 import {
@@ -27,9 +31,13 @@ import {
 
 const TOL = 1e-4;
 /** Every implementation runs everywhere (the adapter's default is only a launch-time choice). */
-/** The launch variants, plus the gpu variant with a band form forced ("band-split": dK/dV split). */
-type TestVariant = AttentionVariant | "band" | "band-split";
-const VARIANTS: TestVariant[] = ["row", "cpu", "gpu", "band", "band-split"];
+/**
+ * The launch variants, plus the gpu variant with a band form forced ("band-split": dK/dV split per
+ * q head, P·V and dQ in chunks of key tiles as in training; "band-split-k1": chunks of one key tile,
+ * so that every case of more than one tile is cut).
+ */
+type TestVariant = AttentionVariant | "band" | "band-split" | "band-split-k1";
+const VARIANTS: TestVariant[] = ["row", "cpu", "gpu", "band", "band-split", "band-split-k1"];
 /** Relative-error floor: this fraction of the reference's largest magnitude (at least 1e-6). */
 const FLOOR_FRAC = 1e-2;
 
@@ -49,6 +57,8 @@ interface GpuResult {
   dq: Float32Array;
   dk: Float32Array;
   dv: Float32Array;
+  /** The kernels dispatched, in order ("<file>.<entry>"). */
+  kernels: string[];
 }
 
 /**
@@ -67,12 +77,14 @@ async function runGpu(
   dout: Float32Array,
   fused = false,
 ): Promise<GpuResult> {
-  if (variant === "band" || variant === "band-split") {
-    setAttentionForm(gpu, variant);
+  if (variant === "band" || variant === "band-split" || variant === "band-split-k1") {
+    setAttentionForm(gpu, variant === "band" ? "band" : "band-split");
+    if (variant === "band-split-k1") setAttentionBandKeyChunk(1);
     try {
       return await runGpu(gpu, "gpu", sh, lengths, q, k, v, dout, fused);
     } finally {
       setAttentionForm(gpu, null);
+      setAttentionBandKeyChunk(null);
     }
   }
   const { T, Hq, Hkv, D } = sh;
@@ -103,7 +115,7 @@ async function runGpu(
   for (const x of Object.values(b)) x.buffer.destroy();
   arena.destroy();
   const [o, lse, dq, dk, dv] = r.map((a) => new Float32Array(a));
-  return { o, lse, dq, dk, dv };
+  return { o, lse, dq, dk, dv, kernels: [...fwd, ...bwd].map((d) => d.kernel.name) };
 }
 
 const PAD = 12345; // the fused tensors' padding columns
@@ -163,7 +175,7 @@ async function runFused(
     dv.set(g.subarray(t * ld + wq + wk, t * ld + wq + 2 * wk), t * wk);
     for (let j = ld - 4; j < ld; j++) assert.equal(g[t * ld + j], PAD, `padding of token ${t}`);
   }
-  return { o, lse, dq, dk, dv };
+  return { o, lse, dq, dk, dv, kernels: [...fwd, ...bwd].map((d) => d.kernel.name) };
 }
 
 /** Max relative error with a floor of max(FLOOR_FRAC × max |ref|, 1e-6). */
@@ -261,6 +273,15 @@ for (const variant of VARIANTS) {
         ];
         for (const [n, e] of errs) report(`${n} (floor ${FLOOR_FRAC}·max|ref|)`, e, TOL);
         for (const [n, e] of errs) assert.ok(e <= TOL, `${n}: ${e}`);
+        // The split forms cut P·V and dQ into chunks of key tiles (4 or more in training, so only
+        // T = 267 among these cases; one in band-split-k1, so every case of two or more tiles).
+        const tiles = Math.ceil(T / 64);
+        const cut = c.D % 4 === 0 &&
+          (variant === "band-split-k1" ? tiles > 1 : variant === "band-split" && tiles > 4);
+        for (const dq of [0, 1]) {
+          const name = `attention_band.attention_band_reduce{REDUCE_DQ=${dq}}`;
+          assert.equal(g.kernels.includes(name), cut, `${name} dispatched`);
+        }
       },
     );
   }
@@ -403,7 +424,7 @@ gpuTest(
     const one = bandBlocks(sh, Infinity)!;
     assert.equal(one.blocks, 1);
     try {
-      for (const variant of ["band", "band-split"] as const) {
+      for (const variant of ["band", "band-split", "band-split-k1"] as const) {
         setAttentionBandCap(null);
         const whole = await runGpu(gpu, variant, sh, c.lengths, q, k, v, dout);
         setAttentionBandCap(one.bytes / 2); // one kv head (2 q heads) per block
@@ -547,7 +568,15 @@ gpuTest("attention[row]: the _v4 entry points equal the scalar ones bit for bit"
       gpu.vec4Forms = false;
       try {
         const scalar = await runGpu(gpu, "row", sh, lengths, q, k, v, dout, fused);
-        assert.deepEqual(v4, scalar, `Hq=${Hq} Hkv=${Hkv} D=${D} fused=${fused}`);
+        for (const key of ["o", "lse", "dq", "dk", "dv"] as const) {
+          assert.deepEqual(
+            v4[key],
+            scalar[key],
+            `Hq=${Hq} Hkv=${Hkv} D=${D} fused=${fused}: ${key}`,
+          );
+        }
+        assert.ok(v4.kernels.some((n) => n.includes("_v4")), "the _v4 entry points ran");
+        assert.ok(!scalar.kernels.some((n) => n.includes("_v4")), "the scalar ones ran");
       } finally {
         gpu.vec4Forms = true;
       }

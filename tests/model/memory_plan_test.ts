@@ -43,11 +43,22 @@ Deno.test("memory plan: GPU adapters list the band attention's two score bands w
   const long = planMemory(llama1b, { ...opts, attentionBands: {} });
   assert.deepEqual(bands(long).map((r) => r.bytes), [2 * GiB]);
   assert.match(bands(long)[0].what, /in 2 blocks of heads/);
+  // band-split's P·V / dQ partial sums, (chunks, T, Hq, D): 17 key tiles in 5 chunks of 4, and
+  // 64 in 8 chunks of 8 (at most 8 chunks)
+  const parts = (p: ReturnType<typeof planMemory>) =>
+    p.rows.filter((r) => /partial sums/.test(r.what)).map((r) => [r.bytes, r.what]);
+  assert.deepEqual(parts(short).map((r) => r[0]), [5 * 4096 * 32 * 64 * 4]);
+  assert.match(String(parts(short)[0][1]), /5 chunks of key tiles/);
+  assert.deepEqual(parts(long).map((r) => r[0]), [8 * 4096 * 32 * 64 * 4]);
+  // samples of at most 193 tokens span at most 4 key tiles: one chunk, no partials
+  const brief = planMemory(llama1b, { ...opts, attentionBands: { maxSampleTokens: 193 } });
+  assert.deepEqual(parts(brief), []);
   // 16,384 tokens in samples of 4,096: one GQA group (4 q heads) alone needs 1.02 GiB: not offered
   const huge = { ...opts, microBatchTokens: 16384, attentionBands: { maxSampleTokens: 4096 } };
   assert.deepEqual(bands(planMemory(llama1b, huge)), []);
   // CPU adapters: no bands
   assert.deepEqual(bands(planMemory(llama1b, opts)), []);
+  assert.deepEqual(parts(planMemory(llama1b, opts)), []);
 });
 
 Deno.test("memory plan: recompute keeps x_in per layer plus one layer", () => {
