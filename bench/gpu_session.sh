@@ -46,7 +46,7 @@ for phase in "$@"; do
     tests/model/decode_graph_test.ts ;;
   kernels) step kernels 120 deno task bench kernels ;;
   matmul) step matmul 90 deno task bench kernels --filter matmul ;;
-  attention) TAIL=68 step attention 150 deno task bench kernels --filter attention_sweep ;;
+  attention) TAIL=72 step attention 150 deno task bench kernels --filter attention_sweep ;;
   small) step train_260k 120 deno task bench train --model stories260k "${vs_torch[@]}"
     step train_15m 150 deno task bench train --model stories15m "${vs_torch[@]}" ;;
   135m) step train_135m 180 deno task bench train --model smollm2-135m "${vs_torch[@]}" ;;
