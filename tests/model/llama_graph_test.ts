@@ -7,7 +7,12 @@ import {
   type MicroBatch,
   packMicroBatch,
 } from "../../model/llama_graph.ts";
-import { type AttentionVariant, setAttentionVariant } from "../../kernels/attention.ts";
+import {
+  type AttentionVariant,
+  setAttentionForm,
+  setAttentionVariant,
+} from "../../kernels/attention.ts";
+import { setAttentionBandKeyChunk } from "../../kernels/attention_band.ts";
 import { type MatmulTuning, matmulTuning, setMatmulTuning } from "../../kernels/matmul.ts";
 import type { Gpu } from "../../kernels/runtime.ts";
 import { assertSameBits, gpuTest, maxRelErr, randomArray, report } from "../helpers.ts";
@@ -87,17 +92,21 @@ for (const [family, json] of Object.entries(FAMILIES)) {
   }
 }
 
-/** One step of `family` on the GPU against the f64 reference: loss, every gradient, grad norm. */
+/**
+ * One step of `family` on the GPU against the f64 reference: loss, every gradient, grad norm, on
+ * `batch` (default: testBatch's 16 tokens). Returns the kernels of the graph's forward and backward.
+ */
 async function checkFamily(
   gpu: Gpu,
   family: string,
   json: Record<string, unknown>,
   tol: Tolerances,
-) {
+  batch?: (V: number) => MicroBatch,
+): Promise<string[]> {
   {
     const cfg = parseModelConfig(json, `${family}/config.json`);
     const weights = randomWeights(cfg, 7);
-    const mb = testBatch(cfg.vocabSize, 3);
+    const mb = batch ? batch(cfg.vocabSize) : testBatch(cfg.vocabSize, 3);
     const ref = referenceForwardBackward(cfg, weights, {
       ids: Int32Array.from(mb.ids),
       labels: mb.labels,
@@ -106,7 +115,7 @@ async function checkFamily(
       seqEnd: mb.seqEnd,
     });
     assert.equal(ref.lossTokens, mb.lossTokens);
-    const graph = new LlamaGraph(gpu, cfg, { tokens: 16 });
+    const graph = new LlamaGraph(gpu, cfg, { tokens: mb.ids.length });
     graph.upload(weights);
     // One step with lr 0: gradients of the token-mean loss land in Adam's m = (1 − β1)·g.
     graph.queueStep(0, [mb], {
@@ -147,8 +156,39 @@ async function checkFamily(
     const gnErr = Math.abs(metrics[1] - Math.sqrt(sq)) / Math.sqrt(sq);
     assert.ok(gnErr < tol.gradNorm, `gradnorm ${metrics[1]} vs ${Math.sqrt(sq)}`);
     if (graph.lossScale) assert.equal(metrics[4], 65536, "the step ran at the initial loss scale");
+    const kernels = graph.forwardBackward.map((d) => d.kernel.name);
     graph.destroy();
+    return kernels;
   }
+}
+
+// The band attention forms in the graph, over several 64-token tiles: samples of 70, 1 and 89 tokens
+// (T = 160), band-split with chunks of one key tile so that P·V and dQ are cut and reduced.
+for (const form of ["band", "band-split"] as const) {
+  gpuTest(`graph: llama-gqa with the ${form} attention form matches the reference`, async (gpu) => {
+    const long = (V: number) => {
+      const r = randomArray(160, 13, 1);
+      let k = 0;
+      const samples = [70, 1, 89].map((n) => {
+        const ids = Array.from({ length: n }, () => Math.floor(Math.abs(r[k++]) * V) % V);
+        return { ids, labels: ids.map((id, i) => (i === 0 ? -100 : id)) };
+      });
+      return packMicroBatch(samples, 160, 0);
+    };
+    setAttentionVariant(gpu, "gpu");
+    setAttentionForm(gpu, form);
+    if (form === "band-split") setAttentionBandKeyChunk(1);
+    try {
+      const kernels = await checkFamily(gpu, "llama-gqa", FAMILIES["llama-gqa"], F32_TOL, long);
+      assert.ok(!kernels.some((n) => /attention_gpu_(forward|backward)/.test(n)), "no flash");
+      const reduces = kernels.filter((n) => n.includes("attention_band_reduce"));
+      assert.equal(reduces.length, form === "band-split" ? 4 : 0, "P·V and dQ reduces, 2 layers");
+    } finally {
+      setAttentionVariant(gpu, null);
+      setAttentionForm(gpu, null);
+      setAttentionBandKeyChunk(null);
+    }
+  });
 }
 
 gpuTest(
