@@ -7,6 +7,7 @@ import {
   findTorchPython,
   LOSS_TOLERANCE,
   statedPeak,
+  TRAIN_FLAGS,
   trainFlopsPerStep,
   trainOptionsFromFlags,
 } from "../../bench/train.ts";
@@ -74,6 +75,23 @@ Deno.test("trainOptionsFromFlags: defaults, and one clear error per bad flag", (
   assert.equal(o.matmulPrecision, "f32");
   assert.equal(trainOptionsFromFlags({ "matmul-precision": "f16" }).matmulPrecision, "f16");
   assert.throws(() => trainOptionsFromFlags({ "matmul-precision": "bf16" }), /f32 or f16/);
+});
+
+Deno.test("bench --help: every suite and every train flag, exit 0", async () => {
+  const main = new URL("../../bench/main.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", main, "train", "--help"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  const text = new TextDecoder().decode(out.stdout);
+  for (const suite of ["kernels", "data", "train", "eval"]) {
+    assert.match(text, new RegExp(`  ${suite} `));
+  }
+  for (const flag of ["filter", ...Object.keys(TRAIN_FLAGS)]) {
+    assert.ok(text.includes(`--${flag}`), `--${flag} is described`);
+  }
 });
 
 gpuTest(
