@@ -160,7 +160,7 @@ function pvDq(
   chunks: number,
 ) {
   const kernel = gpu.kernel("attention_band", `attention_band_${entry}`);
-  const partBytes = chunks > 1 ? bandPartialBytes(a) : 0;
+  const partBytes = chunks > 1 ? chunks * a.T * a.Hq * a.D * 4 : 0; // as bandPartialBytes
   const parts = partBytes ? sharedScratch(gpu, "attention_band.parts", partBytes, 1 << 16) : null;
   const out = parts ? { buffer: parts, offset: 0, size: partBytes } : a.out;
   const grid = Math.ceil(a.D / BAND_TILE) * chunks;
@@ -233,8 +233,8 @@ export function attentionBandForward(
         pv.dispatch(p, heads, b),
       ];
     }),
-    ...pv.reduce(heads[0].p),
-  ]; // the reduce reads no head fields
+    ...pv.reduce(heads[0].p), // the reduce reads no head fields
+  ];
 }
 
 /**
