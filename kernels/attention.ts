@@ -521,9 +521,22 @@ function formFor(
   return form === "band-split" && bandSplitTakes(pass, a) ? "band-split" : "band";
 }
 
-/** The key-tile chunks of P·V and dQ in band form `form` (cut in "band-split" only). */
-function keyChunksOf(form: AttentionForm, a: { T: number; maxSample?: number }) {
-  return form === "band-split" ? bandKeyChunks(a.T, a.maxSample) : { kchunk: 0, chunks: 1 };
+/**
+ * What the band launchers of form `form` take: Params per head block (`prm(h0)`: the band's slots,
+ * the block's first q head, the key-tile chunk and, backward, the dK/dV split) and the number of
+ * key-tile chunks of P·V and dQ (cut in "band-split" only).
+ */
+function bandLaunch(
+  arena: ParamArena,
+  a: AttentionForwardArgs | AttentionBackwardArgs,
+  form: AttentionForm,
+  split?: { parts: number; dvOff: number },
+): { prm: (h0: number) => BufferSlice; chunks: number } {
+  const slots = bandSlots(a.T, a.maxSample);
+  const { kchunk, chunks } = form === "band-split"
+    ? bandKeyChunks(a.T, a.maxSample)
+    : { kchunk: 0, chunks: 1 };
+  return { prm: (h0) => params(arena, a, split, undefined, { slots, h0, kchunk }), chunks };
 }
 
 /** `fn` with the form forced to `form`, then the forced form as it was. */
@@ -828,14 +841,8 @@ export function attentionForward(
       (a) => attentionForward(gpu, a, { ...args, variant: "gpu" }),
     );
     if (form !== "flash") {
-      const slots = bandSlots(T, args.maxSample);
-      const { kchunk, chunks } = keyChunksOf(form, args);
-      return attentionBandForward(
-        gpu,
-        (h0) => params(arena, args, undefined, undefined, { slots, h0, kchunk }),
-        args,
-        chunks,
-      );
+      const { prm, chunks } = bandLaunch(arena, args, form);
+      return attentionBandForward(gpu, prm, args, chunks);
     }
   }
   const c = gpuVariant ? gpuTileConfig(gpu, "forward", D, key) : tileConfig(gpu, "forward", D);
@@ -949,11 +956,8 @@ export function attentionBackward(
     if (form !== "flash") {
       const parts = form === "band-split" ? Hq / Hkv : 1;
       const split = { parts, dvOff: dkvSplitLayout(args, parts).dvOff / 4 };
-      const slots = bandSlots(T, args.maxSample);
-      const { kchunk, chunks } = keyChunksOf(form, args);
-      const prmBand = (h0: number) => params(arena, args, split, undefined, { slots, h0, kchunk });
-      const a = { ...args, delta };
-      return [dDelta, ...attentionBandBackward(gpu, prmBand, a, parts, chunks)];
+      const { prm, chunks } = bandLaunch(arena, args, form, split);
+      return [dDelta, ...attentionBandBackward(gpu, prm, { ...args, delta }, parts, chunks)];
     }
   }
   const keyDq = attentionKey("dq", args), keyDkv = attentionKey("dkv", args);

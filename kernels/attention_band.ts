@@ -73,9 +73,8 @@ export function setAttentionBandKeyChunk(tiles: number | null): void {
   chunkOverride = tiles;
 }
 
-/** Bytes of the split P·V's and dQ's partial sums, (chunks, T, Hq, D) f32; 0 when unsplit. */
-export function bandPartialBytes(a: { T: number; Hq: number; D: number; maxSample?: number }) {
-  const { chunks } = bandKeyChunks(a.T, a.maxSample);
+/** Bytes of the split P·V's and dQ's partial sums in `chunks`, (chunks, T, Hq, D) f32; 0 unsplit. */
+export function bandPartialBytes(a: { T: number; Hq: number; D: number }, chunks: number): number {
   return chunks > 1 ? chunks * a.T * a.Hq * a.D * 4 : 0;
 }
 
@@ -160,7 +159,7 @@ function pvDq(
   chunks: number,
 ) {
   const kernel = gpu.kernel("attention_band", `attention_band_${entry}`);
-  const partBytes = chunks > 1 ? chunks * a.T * a.Hq * a.D * 4 : 0; // as bandPartialBytes
+  const partBytes = bandPartialBytes(a, chunks);
   const parts = partBytes ? sharedScratch(gpu, "attention_band.parts", partBytes, 1 << 16) : null;
   const out = parts ? { buffer: parts, offset: 0, size: partBytes } : a.out;
   const grid = Math.ceil(a.D / BAND_TILE) * chunks;

@@ -150,17 +150,12 @@ function planRaw(cfg: ModelConfig, o: PlanOptions): Omit<MemoryPlan, "advice" | 
         what: `attention score bands (GPU band form, if the autotune picks it${blocks})`,
         bytes: 2 * b.bytes,
       });
-      const partBytes = bandPartialBytes({
-        T,
-        Hq: cfg.numHeads,
-        D: cfg.headDim,
-        maxSample: o.attentionBands.maxSampleTokens,
-      });
+      const { chunks } = bandKeyChunks(T, o.attentionBands.maxSampleTokens);
+      const partBytes = bandPartialBytes({ T, Hq: cfg.numHeads, D: cfg.headDim }, chunks);
       if (partBytes > 0) {
         rows.push({
-          what: `attention P·V / dQ partial sums (GPU band-split form, ${
-            bandKeyChunks(T, o.attentionBands.maxSampleTokens).chunks
-          } chunks of key tiles)`,
+          what:
+            `attention P·V / dQ partial sums (GPU band-split form, ${chunks} chunks of key tiles)`,
           bytes: partBytes,
         });
       }
